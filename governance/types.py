@@ -1,0 +1,152 @@
+"""Plain domain values shared by the engine's modules. Frozen, so they can cross threads."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+MICRO = Decimal("0.000001")
+
+
+def to_micro(usd: Decimal) -> int:
+    """USD as integer micro-USD, rounded up: a reservation must never be smaller than its price."""
+    return int((usd / MICRO).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def from_micro(micro: int) -> Decimal:
+    """Integer micro-USD back to an exact `Decimal` of USD."""
+    return (Decimal(micro) * MICRO).quantize(MICRO)
+
+
+def usd(amount: Decimal | None) -> str:
+    """Money for humans: `$0.123456` trimmed to cents where exact (`$1.00`)."""
+    if amount is None:
+        return "n/a"
+    q = amount.quantize(MICRO)
+    text = f"{q:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
+
+
+class Metering(enum.Enum):
+    """How an endpoint on a known LLM host is treated."""
+
+    METERED = "metered"  # priced, checked, reserved and settled
+    FREE = "free"  # passes untouched: model lists, token counting
+    UNMETERED = "unmetered"  # billable but not metered by this version: refused unless allowed
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What `wire.detect` found: an API family and what to do with the request."""
+
+    family: str  # "openai" | "anthropic" | a known-but-unmetered host's name
+    api: str  # "chat" | "responses" | "completions" | "messages" | "count_tokens" | "models" | path
+    metering: Metering
+    host: str
+    path: str  # normalised: lower case, no query, no duplicate or trailing slashes
+    envelope: str = "openai"  # whose error format this endpoint's clients understand
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """The facts a wire parser reads from a request body."""
+
+    model: str
+    max_output_tokens: int | None  # the request's own cap, per choice; None when absent
+    choices: int  # n (or best_of): each choice can produce max_output_tokens
+    stream: bool
+    prompt: tuple[object, ...]  # the JSON values whose text is billed as input
+    cache_write_hint: str | None = None  # "5m" / "1h" when the prompt asks for cache writes
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """Everything the engine needs to decide on one request."""
+
+    request_id: str
+    provider: str  # genai-prices provider id
+    api: str
+    model: str
+    principal: str
+    stream: bool
+    input_tokens: int  # estimate, margin included
+    max_output_tokens: int  # worst case across all choices
+    output_cap_source: str  # "request" | "model_table" | "default"
+    cache_write_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Real usage, normalised: `input_tokens` is the TOTAL input, cache reads and writes included."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    model: str | None = None  # the model the upstream says it used, when it says
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is negative")
+        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
+            raise ValueError("cache tokens exceed the total input")
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A price and where it came from, so every ledger row can say which prices it used."""
+
+    cost: Decimal
+    source: str  # "genai-prices 0.2.3", "override:<key>" or "default_price"
+
+
+class RefusalKind(enum.Enum):
+    """The family of a refusal; each wire module maps it to its provider's status and type."""
+
+    QUOTA = "quota"  # a budget: terminal until raised or reset
+    INVALID = "invalid"  # the request itself is unacceptable (parse, model, multiplier)
+    FORBIDDEN = "forbidden"  # an endpoint this proxy does not let through
+    UPGRADE = "upgrade"  # a WebSocket upgrade; the client falls back to HTTP
+    UNAVAILABLE = "unavailable"  # the proxy cannot decide (ledger down, internal error)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is refused. Every refusal names its rule; quota refusals carry the numbers."""
+
+    rule: str  # which rule tripped: "budget:global", "model_multiplier_cap", ...
+    code: str  # machine-readable code placed in the provider's envelope
+    kind: RefusalKind
+    message: str
+    limit: Decimal | None = None
+    spent: Decimal | None = None
+    reserved: Decimal | None = None
+    remaining: Decimal | None = None
+    requested: Decimal | None = None
+    resets: str | None = None  # ISO time, or "never"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One limit a request must fit under: `amount` micro-USD against `limit` in a scope's window."""
+
+    scope: str  # e.g. "global"
+    window_start: str  # ISO time, or "" for a window that never resets
+    resets: str  # ISO time, or "never"
+    limit_micro: int
+    amount_micro: int
+    rule: str  # the rule name shown to the client
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The engine's answer to `admit`."""
+
+    allowed: bool
+    reserved: Decimal = Decimal(0)
+    refusal: Refusal | None = None  # set when refused, and in dry run when it *would* refuse
+    price_source: str | None = None

@@ -1,0 +1,155 @@
+"""Anthropic Messages: request facts, usage (body and stream), the error envelope."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from governance.errors import RequestParseError
+from governance.types import ParsedRequest, Refusal, RefusalKind, Usage
+from governance.wire.common import optional_bool, optional_int, require_model, token_count
+from governance.wire.envelope import refusal_details, refusal_headers
+from governance.wire.sse import Event
+
+PROVIDER = "anthropic"
+APIS = ("messages",)
+
+_PROMPT_KEYS = ("system", "messages", "tools", "tool_choice", "output_format")
+
+
+def _cache_write_hint(body: Mapping[str, Any]) -> str | None:
+    """"1h" or "5m" when the prompt asks Anthropic to write cache entries, else None.
+
+    Cache writes cost more than plain input (1.25x for five minutes, 2x for an hour), so the
+    worst case must price the prompt as writes whenever it could be written."""
+    text = json.dumps(body.get("system"), separators=(",", ":")) + json.dumps(
+        body.get("messages"), separators=(",", ":")
+    ) + json.dumps(body.get("tools"), separators=(",", ":"))
+    if '"cache_control"' not in text:
+        return None
+    return "1h" if '"ttl":"1h"' in text else "5m"
+
+
+def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
+    """Read model, max_tokens and the stream flag. Raises `RequestParseError`."""
+    if api != "messages":
+        raise ValueError(f"not an Anthropic API: {api}")
+    model = require_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise RequestParseError("`messages` must be a list")
+    return ParsedRequest(
+        model=model,
+        max_output_tokens=optional_int(body, "max_tokens"),  # required by the API, but may be absent
+        choices=1,
+        stream=optional_bool(body, "stream"),
+        prompt=tuple(body[k] for k in _PROMPT_KEYS if body.get(k) is not None),
+        cache_write_hint=_cache_write_hint(body),
+    )
+
+
+def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) -> dict[str, Any] | None:
+    """Anthropic streams always carry usage: nothing to change."""
+    return None
+
+
+def _merge_usage(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """message_delta counts are cumulative: they overwrite, never add."""
+    merged = dict(base)
+    for key, value in update.items():
+        if value is not None:
+            merged[key] = value
+    return merged
+
+
+def _to_usage(usage: Mapping[str, Any], model: str | None) -> Usage | None:
+    if not isinstance(usage.get("input_tokens"), int) or not isinstance(usage.get("output_tokens"), int):
+        return None
+    read = token_count(usage, "cache_read_input_tokens")
+    write = token_count(usage, "cache_creation_input_tokens")
+    # Anthropic's input_tokens EXCLUDES cache reads and writes; the total billed input adds them.
+    return Usage(
+        input_tokens=token_count(usage, "input_tokens") + read + write,
+        output_tokens=token_count(usage, "output_tokens"),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        model=model,
+    )
+
+
+def cache_write_ttl(usage: Mapping[str, Any]) -> str | None:
+    """"1h" when the response says its cache writes were one-hour ones."""
+    detail = usage.get("cache_creation")
+    if isinstance(detail, Mapping) and token_count(detail, "ephemeral_1h_input_tokens") > 0:
+        return "1h"
+    return None
+
+
+def usage_from_body(api: str, body: Any) -> Usage | None:
+    """Usage from a whole (non-streamed) Messages response, or None when it carries none."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("usage"), Mapping):
+        return None
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    return _to_usage(body["usage"], model)
+
+
+class StreamUsage:
+    """`message_start` gives input and cache counts; each `message_delta` overwrites them with
+    cumulative totals. Usage is known once a `message_delta` has been seen."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self._raw: dict[str, Any] = {}
+        self._model: str | None = None
+        self.usage: Usage | None = None
+
+    def on_event(self, event: Event) -> None:
+        if event.event not in ("message_start", "message_delta", "") or '"usage"' not in event.data:
+            return
+        try:
+            obj = json.loads(event.data)
+        except ValueError:
+            return
+        if not isinstance(obj, Mapping):
+            return
+        if obj.get("type") == "message_start" and isinstance(obj.get("message"), Mapping):
+            message = obj["message"]
+            self._model = message.get("model") if isinstance(message.get("model"), str) else None
+            if isinstance(message.get("usage"), Mapping):
+                self._raw = _merge_usage(self._raw, message["usage"])
+        elif obj.get("type") == "message_delta" and isinstance(obj.get("usage"), Mapping):
+            self._raw = _merge_usage(self._raw, obj["usage"])
+            self.usage = _to_usage(self._raw, self._model)
+
+
+_STATUS = {
+    RefusalKind.QUOTA: (429, "rate_limit_error"),
+    RefusalKind.INVALID: (400, "invalid_request_error"),
+    RefusalKind.FORBIDDEN: (403, "permission_error"),
+    RefusalKind.UPGRADE: (426, "invalid_request_error"),
+    # Never overloaded_error/529: Claude Code retries that even with x-should-retry: false.
+    RefusalKind.UNAVAILABLE: (503, "api_error"),
+}
+
+
+def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The refusal as Anthropic sends errors: `{"type": "error", "error": {type, message}}`.
+
+    A budget refusal is a 429 `rate_limit_error` with `x-should-retry: false`, on which the SDK
+    and Claude Code stop at once; `details.error_code` is Anthropic's own spend-limit code."""
+    status, err_type = _STATUS[refusal.kind]
+    code = "enforced_spend_limit_reached" if refusal.kind is RefusalKind.QUOTA else refusal.code
+    body = {
+        "type": "error",
+        "error": {
+            "type": err_type,
+            "message": refusal.message,
+            "details": {"error_code": code},
+            "spendfuse": refusal_details(refusal),
+        },
+        "request_id": request_id,
+    }
+    headers = refusal_headers(refusal)
+    headers["request-id"] = request_id
+    return status, headers, json.dumps(body).encode()

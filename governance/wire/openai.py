@@ -1,0 +1,173 @@
+"""OpenAI: Chat Completions, Responses and legacy Completions; usage; the error envelope."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from governance.errors import RequestParseError
+from governance.types import ParsedRequest, Refusal, RefusalKind, Usage
+from governance.wire.common import largest, optional_bool, optional_int, require_model, token_count
+from governance.wire.envelope import refusal_details, refusal_headers
+from governance.wire.sse import Event
+
+PROVIDER = "openai"
+APIS = ("chat", "responses", "completions")
+
+# Legacy Completions defaults max_tokens to 16 (OpenAI API reference).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+_PROMPT_KEYS = {
+    "chat": ("messages", "tools", "functions", "response_format", "prediction"),
+    "responses": ("instructions", "input", "tools", "text", "prompt"),
+    "completions": ("prompt", "suffix"),
+}
+
+_TERMINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
+    """Read model, output cap, choices and stream flag. Raises `RequestParseError`."""
+    model = require_model(body)
+    stream = optional_bool(body, "stream")
+    if api == "chat":
+        cap = largest(optional_int(body, "max_completion_tokens"), optional_int(body, "max_tokens"))
+        choices = optional_int(body, "n", minimum=1) or 1
+    elif api == "responses":
+        cap = optional_int(body, "max_output_tokens")
+        choices = 1
+    elif api == "completions":
+        cap = optional_int(body, "max_tokens")
+        if cap is None:
+            cap = COMPLETIONS_DEFAULT_MAX_TOKENS
+        n = optional_int(body, "n", minimum=1) or 1
+        best_of = optional_int(body, "best_of", minimum=1) or 1
+        choices = max(n, best_of)  # best_of candidates are all generated and billed
+    else:
+        raise ValueError(f"not an OpenAI API: {api}")
+    prompt = tuple(body[k] for k in _PROMPT_KEYS[api] if body.get(k) is not None)
+    if api != "responses" and not prompt:
+        raise RequestParseError(f"the request has no {' or '.join(_PROMPT_KEYS[api][:1])}")
+    return ParsedRequest(model=model, max_output_tokens=cap, choices=choices, stream=stream, prompt=prompt)
+
+
+def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) -> dict[str, Any] | None:
+    """The body to forward instead, or None to forward it untouched.
+
+    A streamed chat/completions request reports usage only with `stream_options.include_usage`,
+    so it is switched on; the SDKs skip the extra usage-only chunk it adds.
+    """
+    if api not in ("chat", "completions") or not parsed.stream:
+        return None
+    options = body.get("stream_options")
+    if isinstance(options, Mapping) and options.get("include_usage") is True:
+        return None
+    new = dict(body)
+    new["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
+    return new
+
+
+def _chat_usage(usage: Any, model: str | None) -> Usage | None:
+    if not isinstance(usage, Mapping) or not isinstance(usage.get("prompt_tokens"), int):
+        return None
+    if not isinstance(usage.get("completion_tokens"), int):
+        return None
+    total_in = token_count(usage, "prompt_tokens")  # includes cached tokens
+    read = token_count(usage, "prompt_tokens_details", "cached_tokens")
+    write = token_count(usage, "prompt_tokens_details", "cache_write_tokens")
+    return Usage(
+        input_tokens=max(total_in, read + write),
+        output_tokens=token_count(usage, "completion_tokens"),  # includes reasoning
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        model=model,
+    )
+
+
+def _responses_usage(usage: Any, model: str | None) -> Usage | None:
+    if not isinstance(usage, Mapping) or not isinstance(usage.get("input_tokens"), int):
+        return None
+    if not isinstance(usage.get("output_tokens"), int):
+        return None
+    total_in = token_count(usage, "input_tokens")  # includes cached tokens
+    read = token_count(usage, "input_tokens_details", "cached_tokens")
+    write = token_count(usage, "input_tokens_details", "cache_write_tokens")
+    return Usage(
+        input_tokens=max(total_in, read + write),
+        output_tokens=token_count(usage, "output_tokens"),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        model=model,
+    )
+
+
+def usage_from_body(api: str, body: Any) -> Usage | None:
+    """Usage from a whole (non-streamed) JSON response, or None when it carries none."""
+    if not isinstance(body, Mapping):
+        return None
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    if api == "responses":
+        return _responses_usage(body.get("usage"), model)
+    return _chat_usage(body.get("usage"), model)
+
+
+class StreamUsage:
+    """Reads usage off a response's SSE events as they pass.
+
+    Chat/completions: the chunk whose `usage` is not null. Responses: the terminal event
+    (`response.completed`, `.incomplete` or `.failed`), whose `response.usage` is the total.
+    """
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.usage: Usage | None = None
+
+    def on_event(self, event: Event) -> None:
+        # Cheap filter first: content deltas are the bulk of a stream and never carry usage.
+        if '"usage"' not in event.data or event.data == "[DONE]":
+            return
+        try:
+            obj = json.loads(event.data)
+        except ValueError:
+            return
+        if not isinstance(obj, Mapping):
+            return
+        if self.api == "responses":
+            if obj.get("type") in _TERMINAL_RESPONSE_EVENTS and isinstance(obj.get("response"), Mapping):
+                resp = obj["response"]
+                found = _responses_usage(resp.get("usage"), resp.get("model"))
+                if found is not None:
+                    self.usage = found
+        else:
+            found = _chat_usage(obj.get("usage"), obj.get("model"))
+            if found is not None:
+                self.usage = found
+
+
+_STATUS = {
+    RefusalKind.QUOTA: (429, "insufficient_quota"),
+    RefusalKind.INVALID: (400, "invalid_request_error"),
+    RefusalKind.FORBIDDEN: (403, "permission_error"),
+    RefusalKind.UPGRADE: (426, "invalid_request_error"),
+    RefusalKind.UNAVAILABLE: (503, "server_error"),
+}
+
+
+def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The refusal as OpenAI sends errors: `{"error": {message, type, param, code}}`."""
+    status, err_type = _STATUS[refusal.kind]
+    # Budget refusals use OpenAI's own quota code, which SDKs and Codex know as terminal.
+    code = "insufficient_quota" if refusal.kind is RefusalKind.QUOTA else refusal.code
+    body = {
+        "error": {
+            "message": refusal.message,
+            "type": err_type,
+            "param": None,
+            "code": code,
+            "spendfuse": refusal_details(refusal),
+        }
+    }
+    headers = refusal_headers(refusal)
+    headers["x-request-id"] = request_id
+    return status, headers, json.dumps(body).encode()
