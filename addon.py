@@ -486,7 +486,8 @@ class SpendFuse:
             )
             msg = (flow.error.msg if flow.error else "error").split("\n")[0][:80]
             await self._on_ledger(
-                lambda: engine.finish(pending.info, usage, now(), outcome=f"error: {msg}", upstream_ran=reached)
+                lambda: engine.finish(pending.info, usage, now(), upstream_ran=reached,
+                                      outcome=f"usage; then {msg}" if usage is not None else f"error: {msg}")
             )
         except Exception:
             logger.exception("spendfuse: settling failed flow %s failed; its reservation stays until it expires", flow.id)

@@ -1,0 +1,261 @@
+"""A fake OpenAI + Anthropic upstream on loopback: fixed usage, counted hits, SSE with knobs.
+
+Plain HTTP: the proxy under test reaches it through the harness addon's redirect, while the
+client still talks TLS to `api.openai.com` / `api.anthropic.com` through the proxy.
+Like the real OpenAI API, chat streams carry usage only when `stream_options.include_usage`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Knobs:
+    """What the upstream does; tests change these between requests."""
+
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0  # Anthropic cache_creation_input_tokens
+    delay_s: float = 0.0  # before any response byte
+    chunk_delay_s: float = 0.0  # between SSE events
+    chunks: int = 3  # content events in a stream
+    status: int = 200  # a non-200 answers an error envelope without usage
+    break_stream_after: int | None = None  # close the connection after this many events
+    omit_usage: bool = False  # answer without any usage
+
+
+@dataclass
+class Upstream:
+    server: ThreadingHTTPServer
+    knobs: Knobs = field(default_factory=Knobs)
+    hits: Counter = field(default_factory=Counter)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def total_hits(self) -> int:
+        with self.lock:
+            return sum(self.hits.values())
+
+    def reset(self) -> None:
+        with self.lock:
+            self.hits.clear()
+            self.bodies.clear()
+            self.headers.clear()
+        self.knobs = Knobs()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _sse(event: str | None, data: Any) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    upstream: Upstream  # set on the subclass
+
+    def setup(self) -> None:
+        super().setup()
+        # Without it, Nagle plus delayed ACK hold the first SSE event back ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        with self.upstream.lock:
+            self.upstream.hits[f"GET {path}"] += 1
+        self._json(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        up = self.upstream
+        k = up.knobs
+        path = self.path.split("?", 1)[0]
+        length = int(self.headers.get("content-length", "0"))
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        with up.lock:
+            up.hits[path] += 1
+            up.bodies.append(body)
+            up.headers.append({k_.lower(): v for k_, v in self.headers.items()})
+        if k.delay_s:
+            time.sleep(k.delay_s)
+        anthropic = path.startswith("/v1/messages")
+        if k.status != 200:
+            if anthropic:
+                err = {"type": "error", "error": {"type": "api_error", "message": "upstream failed"}}
+            else:
+                err = {"error": {"message": "upstream failed", "type": "server_error", "param": None, "code": None}}
+            self._json(k.status, err, extra={"x-should-retry": "false"})
+            return
+        if path == "/v1/messages/count_tokens":
+            self._json(200, {"input_tokens": k.prompt_tokens})
+            return
+        stream = bool(body.get("stream"))
+        model = body.get("model", "?")
+        if path == "/v1/chat/completions":
+            self._chat(model, stream, body, legacy=False)
+        elif path == "/v1/completions":
+            self._chat(model, stream, body, legacy=True)
+        elif path == "/v1/responses":
+            self._responses(model, stream)
+        elif path == "/v1/messages":
+            self._messages(model, stream)
+        else:
+            self._json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+
+    # -- bodies ---------------------------------------------------------------------------------
+
+    def _openai_usage(self) -> dict[str, Any]:
+        k = self.upstream.knobs
+        return {
+            "prompt_tokens": k.prompt_tokens,
+            "completion_tokens": k.completion_tokens,
+            "total_tokens": k.prompt_tokens + k.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": k.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    def _chat(self, model: str, stream: bool, body: dict[str, Any], *, legacy: bool) -> None:
+        k = self.upstream.knobs
+        obj = "text_completion" if legacy else "chat.completion"
+        if not stream:
+            choice = {"index": 0, "text": "hello"} if legacy else {
+                "index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+            resp = {"id": "chatcmpl-1", "object": obj, "created": 1, "model": model, "choices": [choice]}
+            if not k.omit_usage:
+                resp["usage"] = self._openai_usage()
+            self._json(200, resp)
+            return
+        include = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = []
+        for i in range(k.chunks):
+            delta = {"index": 0, "text": f"w{i} "} if legacy else {
+                "index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+            events.append((None, {"id": "chatcmpl-1", "object": obj + ".chunk", "created": 1, "model": model,
+                                  "choices": [delta], "usage": None}))
+        if include and not k.omit_usage:
+            events.append((None, {"id": "chatcmpl-1", "object": obj + ".chunk", "created": 1, "model": model,
+                                  "choices": [], "usage": self._openai_usage()}))
+        events.append((None, "[DONE]"))
+        self._stream(events)
+
+    def _responses(self, model: str, stream: bool) -> None:
+        k = self.upstream.knobs
+        usage = {
+            "input_tokens": k.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": k.cached_tokens},
+            "output_tokens": k.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": k.prompt_tokens + k.completion_tokens,
+        }
+        final = {"id": "resp_1", "object": "response", "created_at": 1, "model": model, "status": "completed",
+                 "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                             "content": [{"type": "output_text", "text": "hello", "annotations": []}]}],
+                 "usage": None if k.omit_usage else usage}
+        if not stream:
+            self._json(200, final)
+            return
+        events = [("response.created", {"type": "response.created", "sequence_number": 0,
+                                        "response": {**final, "status": "in_progress", "usage": None}})]
+        for i in range(k.chunks):
+            events.append(("response.output_text.delta", {"type": "response.output_text.delta",
+                                                          "sequence_number": i + 1, "delta": f"w{i} "}))
+        events.append(("response.completed", {"type": "response.completed", "sequence_number": k.chunks + 1,
+                                              "response": final}))
+        self._stream(events)
+
+    def _messages(self, model: str, stream: bool) -> None:
+        k = self.upstream.knobs
+        usage = {"input_tokens": k.prompt_tokens, "cache_creation_input_tokens": k.cache_write_tokens,
+                 "cache_read_input_tokens": k.cached_tokens, "output_tokens": k.completion_tokens}
+        if not stream:
+            resp = {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn"}
+            if not k.omit_usage:
+                resp["usage"] = usage
+            self._json(200, resp)
+            return
+        start_usage = {**usage, "output_tokens": 1}
+        events = [("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, **({} if k.omit_usage else {"usage": start_usage})}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}})]
+        for i in range(k.chunks):
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                   "delta": {"type": "text_delta", "text": f"w{i} "}}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+        if not k.omit_usage:
+            delta["usage"] = {"output_tokens": k.completion_tokens}
+        events.append(("message_delta", delta))
+        events.append(("message_stop", {"type": "message_stop"}))
+        self._stream(events)
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _json(self, status: int, obj: Any, extra: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, events: list[tuple[str | None, Any]]) -> None:
+        k = self.upstream.knobs
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("cache-control", "no-cache")
+        self.end_headers()
+        for i, (name, data) in enumerate(events):
+            if k.break_stream_after is not None and i >= k.break_stream_after:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            chunk = _sse(name, data)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+            if k.chunk_delay_s:
+                time.sleep(k.chunk_delay_s)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def start_upstream() -> Upstream:
+    """Start a fake upstream on 127.0.0.1 with a random port, in a daemon thread."""
+    handler = type("Handler", (_Handler,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    upstream = Upstream(server)
+    handler.upstream = upstream
+    threading.Thread(target=server.serve_forever, name="fake-upstream", daemon=True).start()
+    return upstream

@@ -1,0 +1,338 @@
+"""End to end: a real mitmdump with spendfuse, the official openai and anthropic SDKs configured
+only through HTTPS_PROXY and SSL_CERT_FILE, and a fake upstream on loopback."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from governance.ledger import Ledger
+from tests.conftest import write_rules
+from tests.support.proxy import BIN, REPO
+
+MILLION = Decimal(1_000_000)
+
+
+def micro(usd: Decimal) -> int:
+    return int((usd * MILLION).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def rows(db: Path, *, settled: bool = True) -> list[dict]:
+    """The ledger's request rows. A stream's last bytes reach the client just before the
+    proxy's `response` hook settles it, so by default wait (briefly) until no hold is left."""
+    deadline = time.monotonic() + 10
+    while True:
+        ledger = Ledger.open(db)
+        try:
+            found = ledger.query("SELECT * FROM requests ORDER BY created_at")
+        finally:
+            ledger.close()
+        if not settled or all(r["state"] != "held" for r in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def chat(client: openai.OpenAI, **kw):
+    return client.chat.completions.create(
+        model=kw.pop("model", "gpt-4o"), messages=[{"role": "user", "content": "hi"}], **kw
+    )
+
+
+class TestAllowed:
+    def test_openai_chat_not_streamed(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        resp = chat(openai.OpenAI(), max_tokens=100)
+        assert resp.choices[0].message.content == "hello"
+        assert upstream.hits["/v1/chat/completions"] == 1
+        # Transparent: the upstream got the request as sent (no usage option forced on non-streams).
+        assert "stream_options" not in upstream.bodies[0]
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["state"] == "settled" and row["decision"] == "allowed"
+        assert (row["input_tokens"], row["output_tokens"]) == (11, 7)
+        assert row["cost_micro"] == micro(Decimal(11) * 1 / MILLION + Decimal(7) * 10 / MILLION)  # $0.000081
+        assert row["price_source"] == "override:gpt-4o"
+        assert row["principal"].startswith("key:")
+
+    def test_openai_chat_streamed_chunk_by_chunk(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.chunk_delay_s = 0.3
+        upstream.knobs.chunks = 4
+        t0 = time.monotonic()
+        arrivals = []
+        texts = []
+        for chunk in chat(openai.OpenAI(), max_tokens=100, stream=True):
+            arrivals.append(time.monotonic() - t0)
+            if chunk.choices and chunk.choices[0].delta.content:
+                texts.append(chunk.choices[0].delta.content)
+        assert texts == ["w0 ", "w1 ", "w2 ", "w3 "]
+        # Streamed, not buffered: the first chunk arrived long before the stream ended.
+        assert arrivals[0] < arrivals[-1] - 0.8
+        # The client left include_usage out; spendfuse switched it on to read usage.
+        assert upstream.bodies[0]["stream_options"] == {"include_usage": True}
+        [row] = rows(tmp_path / "ledger.sqlite")
+        # The SDK may hang up right after [DONE]; usage was read as it passed either way.
+        assert row["state"] == "settled" and row["outcome"].startswith("usage")
+        assert row["cost_micro"] == 81
+
+    def test_openai_responses_streamed(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 1000, 200
+        events = [e.type for e in openai.OpenAI().responses.create(
+            model="gpt-4o", input="hi", max_output_tokens=500, stream=True)]
+        assert events[-1] == "response.completed"
+        assert "stream_options" not in upstream.bodies[0]  # the Responses API rejects it
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert (row["input_tokens"], row["output_tokens"], row["cost_micro"]) == (1000, 200, 1000 + 2000)
+
+    def test_openai_legacy_completions(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        resp = openai.OpenAI().completions.create(model="gpt-4o", prompt="say hi")
+        assert resp.choices[0].text == "hello"
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["max_output_tokens"] == 16  # the API's default output cap
+        assert row["cost_micro"] == 81
+
+    def test_anthropic_not_streamed_with_cache(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        k = upstream.knobs
+        k.prompt_tokens, k.cached_tokens, k.cache_write_tokens, k.completion_tokens = 20, 10_000, 3_000, 400
+        msg = anthropic.Anthropic().messages.create(
+            model="claude-sonnet-4-5", max_tokens=1000, messages=[{"role": "user", "content": "hi"}])
+        assert msg.content[0].text == "hello"
+        [row] = rows(tmp_path / "ledger.sqlite")
+        # Anthropic's input_tokens excludes cache: the billed input is 20 + 10,000 + 3,000.
+        assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (13_020, 10_000, 3_000)
+        expected = (Decimal(20) * 2 + Decimal(10_000) * Decimal("0.2") + Decimal(3_000) * Decimal("2.5")
+                    + Decimal(400) * 20) / MILLION
+        assert row["cost_micro"] == micro(expected)
+
+    def test_anthropic_streamed(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.chunk_delay_s = 0.2
+        t0 = time.monotonic()
+        first = None
+        with anthropic.Anthropic().messages.stream(
+            model="claude-sonnet-4-5", max_tokens=1000, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            for _text in stream.text_stream:
+                first = first if first is not None else time.monotonic() - t0
+            final = stream.get_final_message()
+        total = time.monotonic() - t0
+        assert final.usage.output_tokens == 7
+        assert first is not None and first < total - 0.5
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert (row["input_tokens"], row["output_tokens"]) == (11, 7)
+        assert row["cost_micro"] == micro((Decimal(11) * 2 + Decimal(7) * 20) / MILLION)
+
+    def test_count_tokens_and_model_list_pass_free(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        count = anthropic.Anthropic().messages.count_tokens(
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}])
+        assert count.input_tokens == 11
+        assert [m.id for m in openai.OpenAI().models.list()] == ["gpt-4o"]
+        assert upstream.hits["/v1/messages/count_tokens"] == 1
+        assert rows(tmp_path / "ledger.sqlite") == []
+
+
+class TestRefused:
+    def test_budget_refusal_stops_the_openai_sdk_after_one_attempt(self, start, client_env, upstream, tmp_path):
+        proxy = start(spendfuse_budget="0.005")
+        client_env(proxy)
+        with pytest.raises(openai.RateLimitError) as exc:
+            chat(openai.OpenAI(), max_tokens=1000)  # worst case > $0.01: over the $0.005 cap
+        err = exc.value
+        assert err.code == "insufficient_quota" and err.type == "insufficient_quota"
+        assert err.response.headers["x-should-retry"] == "false"
+        assert "retry-after" not in err.response.headers
+        assert err.response.headers["x-spendfuse-refused"] == "budget:global"
+        for words in ("limit $0.005", "spent $0.00", "reserved by requests in flight $0.00",
+                      "remaining $0.005", "never resets"):
+            assert words in err.message
+        assert upstream.total_hits == 0
+        # Exactly one attempt reached the proxy: the SDK did not retry.
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["decision"] == "refused" and row["rule"] == "budget:global"
+
+    def test_budget_refusal_stops_the_anthropic_sdk_after_one_attempt(self, start, client_env, upstream, tmp_path):
+        proxy = start(spendfuse_budget="0.01")
+        client_env(proxy)
+        with pytest.raises(anthropic.RateLimitError) as exc:  # worst case $0.16 > $0.01
+            anthropic.Anthropic().messages.create(
+                model="claude-sonnet-4-5", max_tokens=8000, messages=[{"role": "user", "content": "hi"}])
+        body = exc.value.body
+        assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+        assert body["error"]["details"]["error_code"] == "enforced_spend_limit_reached"
+        assert exc.value.response.headers["x-should-retry"] == "false"
+        assert upstream.total_hits == 0
+        assert len(rows(tmp_path / "ledger.sqlite")) == 1
+
+    def test_spend_accumulates_until_the_cap_refuses(self, start, client_env, upstream, tmp_path):
+        # Each call reserves ~$0.01 and costs $0.008111 (11 input at $1/M, 810 output at $10/M).
+        upstream.knobs.completion_tokens = 810
+        proxy = start(spendfuse_budget="0.03")
+        client_env(proxy)
+        client = openai.OpenAI()
+        served = 0
+        with pytest.raises(openai.RateLimitError):
+            for _ in range(10):
+                chat(client, max_tokens=1000)
+                served += 1
+        spent = sum(r["cost_micro"] or 0 for r in rows(tmp_path / "ledger.sqlite"))
+        assert served == upstream.total_hits == 3
+        assert spent == 3 * 8_111 <= 30_000
+
+    def test_multiplier_cap(self, start, client_env, upstream, tmp_path):
+        proxy = start(spendfuse_max_multiplier="2")
+        client_env(proxy)
+        with pytest.raises(anthropic.BadRequestError) as exc:
+            anthropic.Anthropic().messages.create(
+                model="claude-opus-4-1-20250805", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+        message = exc.value.body["error"]["message"]
+        assert "'claude-opus-4-1-20250805'" in message and "multiplier 5" in message and "maximum of 2" in message
+        assert exc.value.body["error"]["details"]["error_code"] == "model_multiplier_cap_exceeded"
+        with pytest.raises(openai.BadRequestError) as exc2:
+            chat(openai.OpenAI(), model="gpt-5", max_tokens=10)  # not in this test's table, no default
+        assert exc2.value.code == "model_multiplier_cap_exceeded"
+        assert "no multiplier" in exc2.value.message
+        chat(openai.OpenAI(), model="gpt-4o", max_tokens=10)  # 0.78 <= 2
+        assert upstream.total_hits == 1
+
+    def test_unpriced_model_is_refused_by_name(self, start, client_env, upstream):
+        proxy = start()
+        client_env(proxy)
+        with pytest.raises(openai.BadRequestError) as exc:
+            chat(openai.OpenAI(), model="gpt-nonexistent-9", max_tokens=10)
+        assert exc.value.code == "model_not_priced" and "gpt-nonexistent-9" in exc.value.message
+        assert upstream.total_hits == 0
+
+    def test_unmetered_endpoint_is_refused_unless_allowed(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        with pytest.raises(openai.PermissionDeniedError) as exc:
+            openai.OpenAI().embeddings.create(model="text-embedding-3-small", input="hi")
+        assert "/v1/embeddings" in exc.value.message and exc.value.code == "endpoint_not_metered"
+        assert upstream.total_hits == 0
+        rules = write_rules(tmp_path / "open.yaml", allow_unmetered=[{"host": "api.openai.com", "path": "/v1/embeddings"}])
+        proxy2 = start(rules=rules, db=tmp_path / "l2.sqlite")
+        client_env(proxy2)
+        with pytest.raises(openai.NotFoundError):  # reached the fake upstream, which has no such route
+            openai.OpenAI(max_retries=0).embeddings.create(model="text-embedding-3-small", input="hi")
+        assert upstream.hits["/v1/embeddings"] == 1
+
+    def test_websocket_upgrade_is_refused_with_426(self, start, upstream):
+        proxy = start()
+        with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca))) as c:
+            r = c.get("https://api.openai.com/v1/responses",
+                      headers={"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+                               "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert r.status_code == 426
+        assert r.json()["error"]["code"] == "websocket_not_supported"
+        assert upstream.total_hits == 0
+
+    def test_unparseable_body_is_400(self, start, upstream):
+        proxy = start()
+        with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca))) as c:
+            r = c.post("https://api.openai.com/v1/chat/completions", content=b"{not json",
+                       headers={"content-type": "application/json"})
+            r2 = c.post("https://API.OpenAI.com//v1/chat/completions/?x=1", json={"messages": []})
+        assert r.status_code == 400 and r.headers["x-should-retry"] == "false"
+        assert "not JSON" in r.json()["error"]["message"]
+        assert r2.status_code == 400 and "no model" in r2.json()["error"]["message"]
+        assert upstream.total_hits == 0
+
+
+class TestSettlement:
+    def test_upstream_error_releases_the_reservation(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.status = 500
+        with pytest.raises(openai.InternalServerError):
+            chat(openai.OpenAI(max_retries=0), max_tokens=100)
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["state"] == "released" and row["cost_micro"] == 0
+
+    def test_broken_stream_without_usage_charges_the_reservation(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.break_stream_after = 2
+        with pytest.raises(Exception):
+            list(chat(openai.OpenAI(max_retries=0), max_tokens=100, stream=True))
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["state"] == "settled" and row["outcome"].startswith("error")
+        assert row["cost_micro"] == row["reserved_micro"] > 0
+
+    def test_stream_without_usage_charges_the_reservation(self, start, client_env, upstream, tmp_path):
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.omit_usage = True
+        list(chat(openai.OpenAI(), max_tokens=100, stream=True))
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["outcome"] == "no_usage" and row["cost_micro"] == row["reserved_micro"]
+
+
+class TestModes:
+    def test_dry_run_refuses_nothing_and_records_what_it_would(self, start, client_env, upstream, tmp_path):
+        proxy = start(spendfuse_budget="0.001", spendfuse_dry_run="true")
+        client_env(proxy)
+        chat(openai.OpenAI(), max_tokens=1000)
+        assert upstream.total_hits == 1
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["decision"] == "dry_run" and row["rule"] == "budget:global" and row["cost_micro"] == 81
+        assert "would refuse" in proxy.output()
+
+    def test_launcher_enforces_and_redirect_script_still_works(self, start, client_env, upstream):
+        proxy = start(launcher=True, spendfuse_budget="0.005")
+        client_env(proxy)
+        with pytest.raises(openai.RateLimitError):
+            chat(openai.OpenAI(), max_tokens=1000)
+        chat(openai.OpenAI(), max_tokens=10)
+        assert upstream.total_hits == 1
+
+    @pytest.mark.parametrize("bad", [
+        ["--set", "spendfuse_budget=abc"],
+        ["--set", "spendfuse_max_multiplier=-1"],
+        ["--set", "spendfuse_dry_run=perhaps"],
+        ["--set", "spendfuse_budgte=5"],  # misspelled
+        ["--set", "spendfuse_rules=does-not-exist.yaml"],
+        ["--set", "stream_large_bodies=1m"],
+    ])
+    def test_launcher_exits_nonzero_on_a_bad_option(self, bad, tmp_path, confdir):
+        r = subprocess.run(
+            [str(BIN / "spendfuse"), "run", "--listen-host", "127.0.0.1", "--listen-port", "0",
+             "--set", f"confdir={confdir}", "--set", f"spendfuse_db={tmp_path / 'l.sqlite'}", *bad],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+        assert r.returncode != 0, r.stdout + r.stderr
+        assert "spendfuse" in (r.stdout + r.stderr)
+
+    def test_addon_script_exits_nonzero_on_a_misspelled_option(self, tmp_path, confdir):
+        r = subprocess.run(
+            [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", "0", "--set",
+             f"confdir={confdir}", "-s", str(REPO / "addon.py"), "--set", f"spendfuse_db={tmp_path / 'l.sqlite'}",
+             "--set", "spendfuse_max_multipler=2"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+        assert r.returncode != 0
+        assert "spendfuse_max_multipler" in r.stdout + r.stderr
+
+    def test_health_probe(self, start):
+        proxy = start()
+        with httpx.Client(proxy=proxy.url) as c:
+            r = c.get("http://spendfuse.invalid/healthz")
+        assert r.status_code == 200 and json.loads(r.text)["status"] == "ok"
