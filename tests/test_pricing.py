@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from governance import policy
+from governance.errors import PricingError
+from governance.pricing import Pricer
+from governance.types import Usage
+
+
+def make(**data) -> policy.Policy:
+    return policy.parse({"multipliers": {}, "model_limits": {}, **data}, Path("."))
+
+
+def test_genai_prices_bundled_data():
+    p = Pricer(make())
+    assert p.price("openai", "gpt-4o", Usage(1_000_000, 1_000_000)).cost == Decimal("12.5")
+    priced = p.price("anthropic", "claude-sonnet-4-5-20250929", Usage(13_020, 400, 10_000, 3_000))
+    assert priced.cost == Decimal("0.02031") and priced.source == "genai-prices 0.2.3"
+    # The >200k-token tier applies to every token of the request.
+    assert p.price("anthropic", "claude-sonnet-4-5", Usage(1_000_000, 1_000_000)).cost == Decimal("28.5")
+
+
+def test_one_hour_cache_writes_cost_more():
+    p = Pricer(make())
+    u = Usage(13_020, 400, 10_000, 3_000)
+    assert p.price("anthropic", "claude-sonnet-4-5", u, cache_write_ttl="1h").cost > \
+        p.price("anthropic", "claude-sonnet-4-5", u).cost
+
+
+def test_overrides_exact_then_longest_prefix():
+    p = Pricer(make(prices={"gpt-4o": {"input_mtok": 1, "output_mtok": 2},
+                            "gpt-4o-mini": {"input_mtok": 3, "output_mtok": 4, "cache_read_mtok": 0.5}}))
+    assert p.price("openai", "gpt-4o-2024-08-06", Usage(1_000_000, 0)).source == "override:gpt-4o"
+    mini = p.price("openai", "gpt-4o-mini-2024-07-18", Usage(1_000_000, 1_000_000, 500_000))
+    assert mini.cost == Decimal("1.5") + Decimal("0.25") + Decimal(4) and mini.source == "override:gpt-4o-mini"
+
+
+def test_unpriced_model_raises_unless_default_price():
+    with pytest.raises(PricingError, match="gpt-nope"):
+        Pricer(make()).price("openai", "gpt-nope", Usage(1, 1))
+    p = Pricer(make(default_price={"input_mtok": 10, "output_mtok": 30}))
+    priced = p.price("openai", "gpt-nope", Usage(1_000_000, 0))
+    assert priced.cost == Decimal(10) and priced.source == "default_price"
+
+
+def test_worst_case_prices_cache_writes_when_asked():
+    p = Pricer(make())
+    plain = p.worst_case("anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000)
+    cached = p.worst_case("anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000,
+                          cache_write_hint="1h")
+    assert plain.cost == Decimal("0.315") and cached.cost == Decimal("0.615")
