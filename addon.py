@@ -424,7 +424,8 @@ class SpendFuse:
         if answered is not None:
             if flow.is_replay == "response" and flow.response is not None and flow.response.status_code != answered[0]:
                 # Server replay overwrites a refusal with the recorded answer; put the refusal back.
-                flow.response = http.Response.make(*answered)
+                status, headers, body = answered
+                flow.response = http.Response.make(status, body, headers)
             return
         pending = self._pending.pop(flow.id, None)
         if pending is None or self.engine is None:

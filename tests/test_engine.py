@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from governance import policy
+from governance.engine import Engine
+from governance.errors import RequestParseError
+from governance.ledger import Ledger
+from governance.types import Endpoint, Metering, RefusalKind, Usage
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+CHAT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
+MESSAGES = Endpoint("anthropic", "messages", Metering.METERED, "api.anthropic.com", "/v1/messages", "anthropic")
+
+
+@pytest.fixture
+def make(tmp_path: Path):
+    ledgers = []
+
+    def _make(dry_run: bool = False, **data) -> Engine:
+        rules = {"multipliers": {"gpt-4o": 1, "claude-opus-4-1": 5}, "model_limits": {"gpt-4o": 16384},
+                 "budgets": [{"limit_usd": 1}], "prices": {"gpt-4o": {"input_mtok": 1, "output_mtok": 10}},
+                 "estimate": {"input_margin": 1}, **data}
+        led = Ledger.open(tmp_path / f"l{len(ledgers)}.sqlite")
+        ledgers.append(led)
+        return Engine(policy.parse(rules, Path(".")), led, dry_run=dry_run)
+
+    yield _make
+    for led in ledgers:
+        led.close()
+
+
+def body(**kw):
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello world"}], **kw}
+
+
+def test_read_request_worst_case(make):
+    e = make()
+    r = e.read_request(CHAT, body(max_tokens=100, n=2), principal="p", request_id="r1")
+    assert r.info.max_output_tokens == 200 and r.info.output_cap_source == "request"
+    assert 5 < r.info.input_tokens < 40 and r.forward_body is None
+    r2 = e.read_request(CHAT, body(), principal="p", request_id="r2")
+    assert (r2.info.max_output_tokens, r2.info.output_cap_source) == (16384, "model_table")
+
+
+def test_no_cap_and_no_table_entry_is_refused_unless_default(make):
+    with pytest.raises(RequestParseError, match="output cap"):
+        make().read_request(CHAT, body(model="gpt-9"), principal="p", request_id="r")
+    e = make(estimate={"default_max_output_tokens": 777})
+    assert e.read_request(CHAT, body(model="gpt-9"), principal="p", request_id="r").info.max_output_tokens == 777
+
+
+def test_admit_reserves_then_finish_settles(make):
+    e = make()
+    info = e.read_request(CHAT, body(max_tokens=1000), principal="p", request_id="r1").info
+    d = e.admit(info, NOW)
+    assert d.allowed and Decimal("0.01") < d.reserved < Decimal("0.0101")
+    e.finish(info, Usage(11, 7), NOW, outcome="usage")
+    row = e.ledger.request("r1")
+    assert row["state"] == "settled" and row["cost_micro"] == 81
+
+
+def test_admit_refuses_over_budget(make):
+    e = make(budgets=[{"limit_usd": "0.005"}])
+    info = e.read_request(CHAT, body(max_tokens=1000), principal="p", request_id="r1").info
+    d = e.admit(info, NOW)
+    assert not d.allowed and d.refusal.kind is RefusalKind.QUOTA and d.refusal.rule == "budget:global"
+
+
+def test_admit_refuses_multiplier_and_unpriced(make):
+    e = make(max_multiplier=2)
+    opus = e.read_request(MESSAGES, {"model": "claude-opus-4-1", "max_tokens": 10, "messages": []},
+                          principal="p", request_id="o").info
+    assert e.admit(opus, NOW).refusal.code == "model_multiplier_cap_exceeded"
+    e2 = make()
+    odd = e2.read_request(CHAT, body(model="gpt-odd", max_tokens=5), principal="p", request_id="x").info
+    d = e2.admit(odd, NOW)
+    assert not d.allowed and d.refusal.code == "model_not_priced"
+    assert e2.ledger.request("x")["state"] == "refused"
+
+
+def test_dry_run_allows_and_records(make):
+    e = make(dry_run=True, budgets=[{"limit_usd": "0.001"}], max_multiplier=0.5)
+    info = e.read_request(CHAT, body(max_tokens=1000), principal="p", request_id="r").info
+    d = e.admit(info, NOW)
+    assert d.allowed and d.refusal is not None
+    assert e.ledger.request("r")["decision"] == "dry_run"
+
+
+def test_finish_without_usage(make):
+    e = make()
+    a = e.read_request(CHAT, body(max_tokens=100), principal="p", request_id="a").info
+    b = e.read_request(CHAT, body(max_tokens=100), principal="p", request_id="b").info
+    e.admit(a, NOW), e.admit(b, NOW)
+    e.finish(a, None, NOW, outcome="upstream_error_500", upstream_ran=False)
+    e.finish(b, None, NOW, outcome="no_usage")
+    assert e.ledger.request("a")["cost_micro"] == 0
+    assert e.ledger.request("b")["cost_micro"] == e.ledger.request("b")["reserved_micro"] > 0
+
+
+def test_usage_is_priced_by_the_model_the_upstream_ran(make):
+    e = make(prices={"gpt-4o": {"input_mtok": 1, "output_mtok": 10}, "gpt-4o-big": {"input_mtok": 100, "output_mtok": 100}})
+    info = e.read_request(CHAT, body(max_tokens=100), principal="p", request_id="r").info
+    e.admit(info, NOW)
+    e.finish(info, Usage(1000, 0, model="gpt-4o-big"), NOW, outcome="usage")
+    assert e.ledger.request("r")["cost_micro"] == 100_000
