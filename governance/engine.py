@@ -28,7 +28,6 @@ from governance.types import (
     Usage,
     from_micro,
     to_micro,
-    usd,
 )
 
 logger = logging.getLogger(__name__)
@@ -179,7 +178,6 @@ class Engine:
                 info.request_id, to_micro(priced.cost), now, outcome=outcome, usage=usage,
                 price_source=priced.source,
             )
-            logger.debug("settled %s at %s", info.request_id, usd(priced.cost))
         elif upstream_ran:
             self.ledger.charge_reservation(info.request_id, now, outcome=outcome)
         else:

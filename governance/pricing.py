@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import threading
+import time
+from dataclasses import dataclass
 from decimal import Decimal
 
 import genai_prices
+from genai_prices.types import TieredPrices
 
 from governance.errors import PricingError
 from governance.matching import lookup_model
@@ -52,12 +56,100 @@ def _genai_usage(usage: Usage, cache_write_ttl: str | None) -> genai_prices.Usag
     return genai_prices.Usage(**fields)
 
 
+_PROBE = 1000  # tokens per probe: small enough to stay below every tier cliff
+_CARD_TTL_S = 3600.0  # genai-prices has date-conditional prices: re-derive cards hourly
+
+
+@dataclass(frozen=True)
+class RateCard:
+    """A model's genai-prices price as exact per-token rates, valid while the total input stays
+    below `below` tokens (where tiered prices jump for every token of the request).
+
+    genai-prices decomposes usage into priced units on every call (~60 us); a card does the same
+    arithmetic in ~3 us. Cards are derived by probing genai-prices itself and are only used
+    after a mixed probe proved the price linear, so they can never disagree with it."""
+
+    base: Decimal  # per-request fees
+    uncached_input: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    cache_write_1h: Decimal
+    output: Decimal
+    below: int
+
+    def price(self, usage: Usage, cache_write_ttl: str | None) -> Decimal:
+        write_rate = self.cache_write_1h if cache_write_ttl == "1h" else self.cache_write
+        uncached = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
+        return (
+            self.base
+            + uncached * self.uncached_input
+            + usage.cache_read_tokens * self.cache_read
+            + usage.cache_write_tokens * write_rate
+            + usage.output_tokens * self.output
+        )
+
+
+def _genai_cost(provider: str, model: str, usage: Usage, ttl: str | None) -> Decimal:
+    return Decimal(genai_prices.calc_price(_genai_usage(usage, ttl), model, provider_id=provider).total_price)
+
+
+def derive_rate_card(provider: str, model: str) -> RateCard | None:
+    """Probe genai-prices for `model`'s per-token rates. None when its price is not a plain
+    linear function below a tier cliff (then every call goes to genai-prices). Raises
+    LookupError for an unknown model."""
+    calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=_PROBE, output_tokens=_PROBE), model,
+                                   provider_id=provider)
+    below = 10**12
+    for value in vars(calc.model_price).values():
+        if isinstance(value, TieredPrices):
+            below = min([below, *(t.start for t in value.tiers)])
+        elif value is not None and not isinstance(value, Decimal):
+            return None  # a price shape the card does not model
+    if below <= 4 * _PROBE:
+        return None
+
+    def cost(i: int, o: int = 0, r: int = 0, w: int = 0, ttl: str | None = None) -> Decimal:
+        return _genai_cost(provider, model, Usage(i, o, r, w), ttl)
+
+    base = cost(0)
+    card = RateCard(
+        base=base,
+        uncached_input=(cost(_PROBE) - base) / _PROBE,
+        cache_read=(cost(_PROBE, r=_PROBE) - base) / _PROBE,
+        cache_write=(cost(_PROBE, w=_PROBE) - base) / _PROBE,
+        cache_write_1h=(cost(_PROBE, w=_PROBE, ttl="1h") - base) / _PROBE,
+        output=(cost(0, _PROBE) - base) / _PROBE,
+        below=below,
+    )
+    mixed = Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2)
+    for ttl in (None, "1h"):
+        if card.price(mixed, ttl) != _genai_cost(provider, model, mixed, ttl):
+            return None
+    return card
+
+
 class Pricer:
-    """Prices usage for the models of one policy. Stateless apart from the policy it was built on."""
+    """Prices usage for the models of one policy. Thread-safe; caches per-model rate cards."""
 
     def __init__(self, policy: Policy) -> None:
         self._overrides = dict(policy.prices)
         self._default = policy.default_price
+        self._cards: dict[tuple[str, str], tuple[float, RateCard | None]] = {}
+        self._lock = threading.Lock()
+
+    def _card(self, provider: str, model: str) -> RateCard | None:
+        key = (provider, model.lower())
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cards.get(key)
+        if hit is not None and now - hit[0] < _CARD_TTL_S:
+            return hit[1]
+        card = derive_rate_card(provider, model)  # LookupError for unknown models: not cached
+        with self._lock:
+            if len(self._cards) > 4096:
+                self._cards.clear()
+            self._cards[key] = (now, card)
+        return card
 
     def price(
         self, provider: str, model: str, usage: Usage, *, cache_write_ttl: str | None = None
@@ -68,14 +160,14 @@ class Pricer:
             key, override = found
             return Priced(_price_with_override(override, usage), f"override:{key}")
         try:
-            calc = genai_prices.calc_price(
-                _genai_usage(usage, cache_write_ttl), model, provider_id=provider
-            )
+            card = self._card(provider, model)
+            if card is not None and usage.input_tokens < card.below:
+                return Priced(card.price(usage, cache_write_ttl), genai_prices_version())
+            return Priced(_genai_cost(provider, model, usage, cache_write_ttl), genai_prices_version())
         except LookupError:
             if self._default is not None:
                 return Priced(_price_with_override(self._default, usage), "default_price")
             raise PricingError(model, provider) from None
-        return Priced(Decimal(calc.total_price), genai_prices_version())
 
     def worst_case(
         self,

@@ -53,3 +53,26 @@ def test_worst_case_prices_cache_writes_when_asked():
     cached = p.worst_case("anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000,
                           cache_write_hint="1h")
     assert plain.cost == Decimal("0.315") and cached.cost == Decimal("0.615")
+
+
+@pytest.mark.parametrize("provider,model", [("openai", "gpt-4o"), ("openai", "gpt-5"), ("openai", "o3"),
+                                            ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-opus-4-1"),
+                                            ("anthropic", "claude-haiku-4-5")])
+def test_rate_cards_agree_with_genai_prices_exactly(provider, model):
+    import random
+
+    from governance.pricing import _genai_cost, derive_rate_card
+
+    card = derive_rate_card(provider, model)
+    assert card is not None
+    rng = random.Random(7)
+    for _ in range(200):
+        total = rng.randrange(0, min(card.below, 400_000))
+        read = rng.randrange(0, total + 1)
+        write = rng.randrange(0, total - read + 1)
+        u = Usage(total, rng.randrange(0, 100_000), read, write)
+        ttl = rng.choice([None, "1h"])
+        expected = _genai_cost(provider, model, u, ttl)
+        if total < card.below:
+            assert card.price(u, ttl) == expected
+        assert Pricer(make()).price(provider, model, u, cache_write_ttl=ttl).cost == expected

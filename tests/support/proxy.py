@@ -44,10 +44,13 @@ class Proxy:
 
 
 def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redirect_port: int | None,
-                  portfile: Path | None, extra: list[str] | None = None) -> list[str]:
+                  portfile: Path | None, extra: list[str] | None = None, bare: bool = False) -> list[str]:
+    """`bare`: mitmdump with only the harness script, the baseline spendfuse is compared with."""
     args = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}"]
     if launcher:
         cmd = [str(BIN / "spendfuse"), "run", *args]
+    elif bare:
+        cmd = [str(BIN / "mitmdump"), *args]
     else:
         cmd = [str(BIN / "mitmdump"), *args, "-s", str(REPO / "addon.py")]
     for name, value in sets.items():
@@ -61,12 +64,14 @@ def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redire
 
 
 def start_proxy(workdir: Path, *, confdir: Path, sets: dict[str, str], redirect_port: int | None,
-                launcher: bool = False, env: dict[str, str] | None = None, timeout: float = 30.0) -> Proxy:
+                launcher: bool = False, bare: bool = False, env: dict[str, str] | None = None,
+                timeout: float = 30.0) -> Proxy:
     """Start a proxy and wait until it listens. Raises with its log if it exits first."""
     workdir.mkdir(parents=True, exist_ok=True)
     portfile = workdir / f"port-{time.monotonic_ns()}.json"
     log = portfile.with_suffix(".log")
-    cmd = proxy_command(launcher=launcher, confdir=confdir, sets=sets, redirect_port=redirect_port, portfile=portfile)
+    cmd = proxy_command(launcher=launcher, confdir=confdir, sets=sets, redirect_port=redirect_port, portfile=portfile,
+                        bare=bare)
     full_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     full_env.update(env or {})
     with open(log, "wb") as out:
