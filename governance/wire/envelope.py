@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from governance.types import Refusal
 
 
-def _plain(amount) -> str:
-    return f"{amount:.6f}" if amount is not None else ""
+def _numbers(refusal: Refusal) -> list[tuple[str, str]]:
+    """The refusal's amounts that are known, as `(name, "0.123456")`."""
+    amounts: list[tuple[str, Decimal | None]] = [
+        ("limit", refusal.limit),
+        ("spent", refusal.spent),
+        ("reserved", refusal.reserved),
+        ("remaining", refusal.remaining),
+        ("requested", refusal.requested),
+    ]
+    return [(name, f"{value:.6f}") for name, value in amounts if value is not None]
 
 
 def refusal_headers(refusal: Refusal) -> dict[str, str]:
@@ -18,15 +28,7 @@ def refusal_headers(refusal: Refusal) -> dict[str, str]:
         "x-spendfuse-refused": refusal.rule,
         "x-spendfuse-code": refusal.code,
     }
-    for name, value in (
-        ("limit", refusal.limit),
-        ("spent", refusal.spent),
-        ("reserved", refusal.reserved),
-        ("remaining", refusal.remaining),
-        ("requested", refusal.requested),
-    ):
-        if value is not None:
-            headers[f"x-spendfuse-{name}-usd"] = _plain(value)
+    headers.update({f"x-spendfuse-{name}-usd": value for name, value in _numbers(refusal)})
     if refusal.resets:
         headers["x-spendfuse-resets"] = refusal.resets
     headers.update(refusal.headers)
@@ -36,15 +38,7 @@ def refusal_headers(refusal: Refusal) -> dict[str, str]:
 def refusal_details(refusal: Refusal) -> dict[str, object]:
     """The refusal's numbers as JSON, placed beside the provider's own fields."""
     details: dict[str, object] = {"rule": refusal.rule, "code": refusal.code}
-    for name, value in (
-        ("limit_usd", refusal.limit),
-        ("spent_usd", refusal.spent),
-        ("reserved_usd", refusal.reserved),
-        ("remaining_usd", refusal.remaining),
-        ("requested_usd", refusal.requested),
-    ):
-        if value is not None:
-            details[name] = _plain(value)
+    details.update({f"{name}_usd": value for name, value in _numbers(refusal)})
     if refusal.resets:
         details["resets"] = refusal.resets
     return details

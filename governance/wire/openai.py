@@ -68,38 +68,32 @@ def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) ->
     return new
 
 
-def _chat_usage(usage: Any, model: str | None) -> Usage | None:
-    if not isinstance(usage, Mapping) or not isinstance(usage.get("prompt_tokens"), int):
+def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, out: str) -> Usage | None:
+    """OpenAI usage, whichever API's field names: total input (cached tokens included), its
+    cache details, and output (reasoning included). None unless both counts are present."""
+    if not isinstance(usage, Mapping):
         return None
-    if not isinstance(usage.get("completion_tokens"), int):
+    if not isinstance(usage.get(total_in), int) or not isinstance(usage.get(out), int):
         return None
-    total_in = token_count(usage, "prompt_tokens")  # includes cached tokens
-    read = token_count(usage, "prompt_tokens_details", "cached_tokens")
-    write = token_count(usage, "prompt_tokens_details", "cache_write_tokens")
+    read = token_count(usage, details, "cached_tokens")
+    write = token_count(usage, details, "cache_write_tokens")
     return Usage(
-        input_tokens=max(total_in, read + write),
-        output_tokens=token_count(usage, "completion_tokens"),  # includes reasoning
+        input_tokens=max(token_count(usage, total_in), read + write),
+        output_tokens=token_count(usage, out),
         cache_read_tokens=read,
         cache_write_tokens=write,
         model=model,
     )
+
+
+def _chat_usage(usage: Any, model: str | None) -> Usage | None:
+    return _read_usage(usage, model, total_in="prompt_tokens", details="prompt_tokens_details",
+                       out="completion_tokens")
 
 
 def _responses_usage(usage: Any, model: str | None) -> Usage | None:
-    if not isinstance(usage, Mapping) or not isinstance(usage.get("input_tokens"), int):
-        return None
-    if not isinstance(usage.get("output_tokens"), int):
-        return None
-    total_in = token_count(usage, "input_tokens")  # includes cached tokens
-    read = token_count(usage, "input_tokens_details", "cached_tokens")
-    write = token_count(usage, "input_tokens_details", "cache_write_tokens")
-    return Usage(
-        input_tokens=max(total_in, read + write),
-        output_tokens=token_count(usage, "output_tokens"),
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-        model=model,
-    )
+    return _read_usage(usage, model, total_in="input_tokens", details="input_tokens_details",
+                       out="output_tokens")
 
 
 def usage_from_body(api: str, body: Any) -> Usage | None:
