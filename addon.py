@@ -298,10 +298,11 @@ class SpendFuse:
             return
         endpoint: Endpoint | None = None
         try:
-            if self._target_host(flow).lower() == HEALTH_HOST:
+            target = self._target_host(flow)
+            if target.lower() == HEALTH_HOST:
                 self._health(flow)
                 return
-            endpoint = wire.detect(flow.request.method, self._target_host(flow), flow.request.path)
+            endpoint = wire.detect(flow.request.method, target, flow.request.path)
             if endpoint is None:
                 return  # not LLM traffic
             await self._llm_request(flow, endpoint)
