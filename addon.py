@@ -20,11 +20,10 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import asyncio_utils
@@ -107,7 +106,6 @@ class Pending:
     info: RequestInfo
     endpoint: Endpoint
     tap: StreamTap | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _internal_refusal(what: str) -> Refusal:
@@ -279,17 +277,20 @@ class SpendFuse:
                                       "message": refusal.message}
         logger.info("spendfuse: refused %s %s%s: %s", flow.request.method, ep.host, ep.path, refusal.message)
 
-    async def _record_refusal(self, rec: RequestRecord, refusal: Refusal) -> None:
-        """Best effort: a refusal is sent even when it cannot be recorded."""
+    async def _refuse_early(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, rec: RequestRecord, refusal: Refusal
+    ) -> None:
+        """Record a refusal made before any reservation, then answer it (or, in dry run, let the
+        flow pass). Recording is best effort: the refusal is sent even when the ledger is down."""
         engine = self.engine
-        if engine is None:
-            return
-        try:
-            await self._on_ledger(
-                lambda: engine.ledger.record_refusal(rec, now(), rule=refusal.rule, reason=refusal.message)
-            )
-        except Exception as e:
-            logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
+        if engine is not None:
+            decision = "dry_run" if engine.dry_run else "refused"
+            try:
+                await self._on_ledger(lambda: engine.ledger.record_refusal(
+                    rec, now(), rule=refusal.rule, reason=refusal.message, decision=decision))
+            except Exception as e:
+                logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
+        self._fail(flow, endpoint, refusal)
 
     # -- request ------------------------------------------------------------------------------
 
@@ -339,8 +340,7 @@ class SpendFuse:
                 rule="websocket", code="websocket_not_supported", kind=RefusalKind.UPGRADE,
                 message="spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP "
                         "streaming (Codex CLI falls back to it at once).")
-            await self._record_refusal(RequestRecord(flow.id, principal), refusal)
-            self._fail(flow, endpoint, refusal)
+            await self._refuse_early(flow, endpoint, RequestRecord(flow.id, principal), refusal)
             return
         if endpoint.metering is Metering.FREE:
             return
@@ -354,8 +354,8 @@ class SpendFuse:
                 message=f"spendfuse: {flow.request.method} {endpoint.host}{endpoint.path} ({endpoint.family}) "
                         f"is billable but not metered by this proxy, so it is refused. An operator can "
                         f"let it through with `allow_unmetered` in the rules.")
-            await self._record_refusal(RequestRecord(flow.id, principal, provider=endpoint.family), refusal)
-            self._fail(flow, endpoint, refusal)
+            await self._refuse_early(flow, endpoint, RequestRecord(flow.id, principal, provider=endpoint.family),
+                                     refusal)
             return
         await self._metered_request(flow, endpoint, engine, principal)
 
@@ -367,9 +367,8 @@ class SpendFuse:
             else:
                 read = self._read(flow, endpoint, engine, principal)
         except RequestParseError as e:
-            refusal = parse_refusal(str(e))
-            await self._record_refusal(RequestRecord(flow.id, principal, provider=endpoint.family, api=endpoint.api), refusal)
-            self._fail(flow, endpoint, refusal)
+            rec = RequestRecord(flow.id, principal, provider=endpoint.family, api=endpoint.api)
+            await self._refuse_early(flow, endpoint, rec, parse_refusal(str(e)))
             return
         decision = await self._on_ledger(engine.admit, read.info, now())
         if not decision.allowed:
@@ -445,7 +444,6 @@ class SpendFuse:
             await self._on_ledger(engine.ledger.release, pending.info.request_id, now(), "replayed")
             return
         usage = None
-        cache_ttl = None
         tap = pending.tap
         if tap is not None and tap.chunks > 0:
             usage = tap.usage
@@ -459,8 +457,6 @@ class SpendFuse:
                 except ValueError:
                     body = None
                 usage = family.usage_from_body(pending.info.api, body)
-                if pending.endpoint.family == "anthropic" and isinstance(body, dict) and isinstance(body.get("usage"), dict):
-                    cache_ttl = family.cache_write_ttl(body["usage"])
         if usage is not None:
             outcome = "usage"
         elif resp.status_code >= 400:
@@ -469,7 +465,7 @@ class SpendFuse:
             outcome = "no_usage"
         await self._on_ledger(
             lambda: engine.finish(pending.info, usage, now(), outcome=outcome,
-                                  upstream_ran=usage is not None or resp.status_code < 400, cache_write_ttl=cache_ttl)
+                                  upstream_ran=usage is not None or resp.status_code < 400)
         )
 
     async def error(self, flow: http.HTTPFlow) -> None:

@@ -20,7 +20,7 @@ from governance import DEFAULT_RULES, RULES_DIR, policy
 from governance.checks.budget import scope_key, window_of
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import Ledger
-from governance.types import RequestInfo, from_micro, usd
+from governance.types import from_micro, usd
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,11 +47,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     rules = policy.with_overrides(policy.load(args.rules), budget_usd=budget)
     ledger = _open_ledger(args.db)
     now = datetime.now(UTC)
-    probe = RequestInfo("", "", "", "", "", False, 0, 0, "")
     rows = []
     for b in rules.budgets:
         start, resets = window_of(b, now)
-        t = ledger.window_totals(scope_key(b, probe), start)
+        t = ledger.window_totals(scope_key(b), start)
         spent, held = from_micro(t.settled_micro), from_micro(t.held_micro)
         rows.append([b.name, b.window, usd(b.limit_usd), usd(spent), usd(held),
                      usd(max(b.limit_usd - spent - held, Decimal(0))), resets])

@@ -141,35 +141,35 @@ class Engine:
         if result.blocking is not None:
             budget = checks.budget_refusal(result.blocking, result.settled_micro, result.held_micro)
             if not result.granted:
-                return Decision(allowed=False, refusal=budget, price_source=worst.source)
+                return Decision(allowed=False, refusal=budget)
             logger.warning("dry run: would refuse %s: %s", info.request_id, budget.message)
             refusal = refusal or budget
         elif refusal is not None:
             logger.warning("dry run: would refuse %s (%s): %s", info.request_id, refusal.rule, refusal.message)
-        return Decision(allowed=True, reserved=from_micro(amount), refusal=refusal, price_source=worst.source)
+        return Decision(allowed=True, reserved=from_micro(amount), refusal=refusal)
 
     # -- finishing (ledger thread) ------------------------------------------------------------
 
-    def _price_usage(self, info: RequestInfo, usage: Usage, cache_write_ttl: str | None) -> Priced:
+    def _price_usage(self, info: RequestInfo, usage: Usage) -> Priced:
         # Price by the model the upstream says it ran (a dated id, or what a router picked),
         # falling back to the requested model when that name is unknown.
         if usage.model and usage.model != info.model:
             try:
-                return self.pricer.price(info.provider, usage.model, usage, cache_write_ttl=cache_write_ttl)
+                return self.pricer.price(info.provider, usage.model, usage)
             except PricingError:
                 pass
-        return self.pricer.price(info.provider, info.model, usage, cache_write_ttl=cache_write_ttl)
+        return self.pricer.price(info.provider, info.model, usage)
 
     def finish(
         self, info: RequestInfo, usage: Usage | None, now: datetime, *, outcome: str,
-        upstream_ran: bool = True, cache_write_ttl: str | None = None,
+        upstream_ran: bool = True,
     ) -> None:
         """Settle a reservation. Real usage is priced and charged; without usage, the hold is
         released if the upstream never ran the request, and charged in full otherwise (a
         provider bills a stream that was cut before its usage event)."""
         if usage is not None:
             try:
-                priced = self._price_usage(info, usage, cache_write_ttl)
+                priced = self._price_usage(info, usage)
             except PricingError:
                 logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
                 self.ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")

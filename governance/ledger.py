@@ -284,14 +284,17 @@ class Ledger:
             )
 
     def _finish(
-        self, request_id: str, *, cost_micro: int, state: str, outcome: str, now: datetime,
+        self, request_id: str, *, cost_micro: int | None, state: str, outcome: str, now: datetime,
         usage: Usage | None, price_source: str | None,
     ) -> bool:
+        """Replace a hold by `cost_micro`, or by its own reserved amount when that is None."""
         with self._write() as conn:
-            row = conn.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            row = conn.execute("SELECT state, reserved_micro FROM requests WHERE id = ?", (request_id,)).fetchone()
             if row is None or row[0] not in ("held", "expired"):
                 return False  # already settled or released: settlement is idempotent
             was_expired = row[0] == "expired"
+            if cost_micro is None:
+                cost_micro = row[1]
             for scope, window_start, amount in conn.execute(
                 "SELECT scope, window_start, amount_micro FROM claims WHERE request_id = ?", (request_id,)
             ).fetchall():
@@ -340,10 +343,9 @@ class Ledger:
 
     def charge_reservation(self, request_id: str, now: datetime, *, outcome: str) -> bool:
         """Settle a hold at its full reserved amount, when real usage cannot be known."""
-        rows = self._read("SELECT reserved_micro FROM requests WHERE id = ?", (request_id,))
-        if not rows:
-            return False
-        return self.settle(request_id, rows[0][0], now, outcome=outcome)
+        return self._finish(
+            request_id, cost_micro=None, state="settled", outcome=outcome, now=now, usage=None, price_source=None
+        )
 
     def reap(self, now: datetime, ttl_seconds: int) -> int:
         """Charge holds older than `ttl_seconds` at their reserved amount (state `expired`): a

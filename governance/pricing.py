@@ -43,16 +43,16 @@ def _price_with_override(price: PriceOverride, usage: Usage) -> Decimal:
     return total / MILLION
 
 
-def _genai_usage(usage: Usage, cache_write_ttl: str | None) -> genai_prices.Usage:
+def _genai_usage(usage: Usage) -> genai_prices.Usage:
     fields = {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
-    if cache_write_ttl == "1h" and usage.cache_write_tokens:
+    if usage.cache_write_1h_tokens:
         # Anthropic's one-hour cache writes cost 2x input, against 1.25x for five minutes.
-        fields["cache_write_1h_tokens"] = usage.cache_write_tokens
+        fields["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
     return genai_prices.Usage(**fields)
 
 
@@ -77,20 +77,20 @@ class RateCard:
     output: Decimal
     below: int
 
-    def price(self, usage: Usage, cache_write_ttl: str | None) -> Decimal:
-        write_rate = self.cache_write_1h if cache_write_ttl == "1h" else self.cache_write
+    def price(self, usage: Usage) -> Decimal:
         uncached = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
         return (
             self.base
             + uncached * self.uncached_input
             + usage.cache_read_tokens * self.cache_read
-            + usage.cache_write_tokens * write_rate
+            + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * self.cache_write
+            + usage.cache_write_1h_tokens * self.cache_write_1h
             + usage.output_tokens * self.output
         )
 
 
-def _genai_cost(provider: str, model: str, usage: Usage, ttl: str | None) -> Decimal:
-    return Decimal(genai_prices.calc_price(_genai_usage(usage, ttl), model, provider_id=provider).total_price)
+def _genai_cost(provider: str, model: str, usage: Usage) -> Decimal:
+    return Decimal(genai_prices.calc_price(_genai_usage(usage), model, provider_id=provider).total_price)
 
 
 def derive_rate_card(provider: str, model: str) -> RateCard | None:
@@ -108,8 +108,8 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
     if below <= 4 * _PROBE:
         return None
 
-    def cost(i: int, o: int = 0, r: int = 0, w: int = 0, ttl: str | None = None) -> Decimal:
-        return _genai_cost(provider, model, Usage(i, o, r, w), ttl)
+    def cost(i: int, o: int = 0, r: int = 0, w: int = 0, w1h: int = 0) -> Decimal:
+        return _genai_cost(provider, model, Usage(i, o, r, w, cache_write_1h_tokens=w1h))
 
     base = cost(0)
     card = RateCard(
@@ -117,13 +117,13 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
         uncached_input=(cost(_PROBE) - base) / _PROBE,
         cache_read=(cost(_PROBE, r=_PROBE) - base) / _PROBE,
         cache_write=(cost(_PROBE, w=_PROBE) - base) / _PROBE,
-        cache_write_1h=(cost(_PROBE, w=_PROBE, ttl="1h") - base) / _PROBE,
+        cache_write_1h=(cost(_PROBE, w=_PROBE, w1h=_PROBE) - base) / _PROBE,
         output=(cost(0, _PROBE) - base) / _PROBE,
         below=below,
     )
-    mixed = Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2)
-    for ttl in (None, "1h"):
-        if card.price(mixed, ttl) != _genai_cost(provider, model, mixed, ttl):
+    for mixed in (Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2),
+                  Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2, cache_write_1h_tokens=_PROBE // 4)):
+        if card.price(mixed) != _genai_cost(provider, model, mixed):
             return None
     return card
 
@@ -151,9 +151,7 @@ class Pricer:
             self._cards[key] = (now, card)
         return card
 
-    def price(
-        self, provider: str, model: str, usage: Usage, *, cache_write_ttl: str | None = None
-    ) -> Priced:
+    def price(self, provider: str, model: str, usage: Usage) -> Priced:
         """The cost of `usage` on `model`. Raises `PricingError` when the model has no price."""
         found = lookup_model(self._overrides, model)
         if found is not None:
@@ -162,8 +160,8 @@ class Pricer:
         try:
             card = self._card(provider, model)
             if card is not None and usage.input_tokens < card.below:
-                return Priced(card.price(usage, cache_write_ttl), genai_prices_version())
-            return Priced(_genai_cost(provider, model, usage, cache_write_ttl), genai_prices_version())
+                return Priced(card.price(usage), genai_prices_version())
+            return Priced(_genai_cost(provider, model, usage), genai_prices_version())
         except LookupError:
             if self._default is not None:
                 return Priced(_price_with_override(self._default, usage), "default_price")
@@ -184,8 +182,9 @@ class Pricer:
             input_tokens=input_tokens,
             output_tokens=max_output_tokens,
             cache_write_tokens=input_tokens if cache_write_hint else 0,
+            cache_write_1h_tokens=input_tokens if cache_write_hint == "1h" else 0,
         )
-        priced = self.price(provider, model, usage, cache_write_ttl=cache_write_hint)
+        priced = self.price(provider, model, usage)
         if cache_write_hint:
             # Some models price cache writes below input; never let the hint lower the bound.
             plain = self.price(provider, model, Usage(input_tokens=input_tokens, output_tokens=max_output_tokens))

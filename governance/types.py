@@ -86,13 +86,17 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     model: str | None = None  # the model the upstream says it used, when it says
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for an hour (Anthropic: 2x input)
 
     def __post_init__(self) -> None:
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                     "cache_write_1h_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is negative")
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
             raise ValueError("cache tokens exceed the total input")
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError("one-hour cache writes exceed the cache writes")
 
 
 @dataclass(frozen=True)
@@ -149,4 +153,3 @@ class Decision:
     allowed: bool
     reserved: Decimal = Decimal(0)
     refusal: Refusal | None = None  # set when refused, and in dry run when it *would* refuse
-    price_source: str | None = None

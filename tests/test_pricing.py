@@ -27,7 +27,8 @@ def test_genai_prices_bundled_data():
 def test_one_hour_cache_writes_cost_more():
     p = Pricer(make())
     u = Usage(13_020, 400, 10_000, 3_000)
-    assert p.price("anthropic", "claude-sonnet-4-5", u, cache_write_ttl="1h").cost > \
+    one_hour = Usage(13_020, 400, 10_000, 3_000, cache_write_1h_tokens=3_000)
+    assert p.price("anthropic", "claude-sonnet-4-5", one_hour).cost > \
         p.price("anthropic", "claude-sonnet-4-5", u).cost
 
 
@@ -70,9 +71,9 @@ def test_rate_cards_agree_with_genai_prices_exactly(provider, model):
         total = rng.randrange(0, min(card.below, 400_000))
         read = rng.randrange(0, total + 1)
         write = rng.randrange(0, total - read + 1)
-        u = Usage(total, rng.randrange(0, 100_000), read, write)
-        ttl = rng.choice([None, "1h"])
-        expected = _genai_cost(provider, model, u, ttl)
+        u = Usage(total, rng.randrange(0, 100_000), read, write,
+                  cache_write_1h_tokens=rng.choice([0, write, write // 3]))
+        expected = _genai_cost(provider, model, u)
         if total < card.below:
-            assert card.price(u, ttl) == expected
-        assert Pricer(make()).price(provider, model, u, cache_write_ttl=ttl).cost == expected
+            assert card.price(u) == expected
+        assert Pricer(make()).price(provider, model, u).cost == expected

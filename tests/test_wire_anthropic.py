@@ -61,3 +61,14 @@ def test_render_error_budget():
     assert obj["request_id"] == "req_x" and headers["x-should-retry"] == "false"
     s, _, b = anthropic.render_error(Refusal(rule="ledger", code="c", kind=RefusalKind.UNAVAILABLE, message="m"), "r")
     assert s == 503 and json.loads(b)["error"]["type"] == "api_error"  # never overloaded_error
+
+
+def test_one_hour_cache_writes_are_read_from_bodies_and_streams():
+    body = json.loads((FIX / "messages.json").read_text())
+    body["usage"]["cache_creation"] = {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000}
+    assert anthropic.usage_from_body("messages", body).cache_write_1h_tokens == 2000
+    stream = (FIX / "messages_stream.sse").read_bytes().replace(
+        b'"cache_read_input_tokens":10000,', b'"cache_read_input_tokens":10000,"cache_creation":'
+        b'{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":3000},')
+    u = read_sse_body(anthropic.StreamUsage("messages"), stream)
+    assert (u.cache_write_tokens, u.cache_write_1h_tokens) == (3000, 3000)

@@ -17,7 +17,7 @@ def window_of(budget: Budget, now: datetime) -> tuple[str, str]:
     raise ValueError(f"unknown window {budget.window!r}")  # the policy validator forbids this
 
 
-def scope_key(budget: Budget, req: RequestInfo) -> str:
+def scope_key(budget: Budget) -> str:
     """The one place scope keys are built, so two budgets never share a counter by accident."""
     if budget.scope == "global":
         return f"global:{budget.name}" if budget.name != "global" else "global"
@@ -31,7 +31,7 @@ def budget_claims(policy: Policy, req: RequestInfo, amount_micro: int, now: date
         start, resets = window_of(budget, now)
         claims.append(
             Claim(
-                scope=scope_key(budget, req),
+                scope=scope_key(budget),
                 window_start=start,
                 resets=resets,
                 limit_micro=to_micro(budget.limit_usd),

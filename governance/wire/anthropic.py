@@ -75,15 +75,8 @@ def _to_usage(usage: Mapping[str, Any], model: str | None) -> Usage | None:
         cache_read_tokens=read,
         cache_write_tokens=write,
         model=model,
+        cache_write_1h_tokens=min(token_count(usage, "cache_creation", "ephemeral_1h_input_tokens"), write),
     )
-
-
-def cache_write_ttl(usage: Mapping[str, Any]) -> str | None:
-    """"1h" when the response says its cache writes were one-hour ones."""
-    detail = usage.get("cache_creation")
-    if isinstance(detail, Mapping) and token_count(detail, "ephemeral_1h_input_tokens") > 0:
-        return "1h"
-    return None
 
 
 def usage_from_body(api: str, body: Any) -> Usage | None:

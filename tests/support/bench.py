@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.proxy import BIN, REPO, start_proxy
+from tests.support.proxy import REPO, start_proxy
 
 BODY = {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello in one word."}]}
 URL = "https://api.openai.com/v1/chat/completions"
