@@ -14,7 +14,6 @@ exception is allowed to escape a request hook.
 import asyncio
 import base64
 import binascii
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -28,10 +27,11 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import asyncio_utils
 
-from governance import DEFAULT_RULES, policy, wire
+from governance import DEFAULT_RULES, policy, tokens, wire
 from governance.engine import Engine, ReadRequest, parse_refusal
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
 from governance.ledger import Ledger, RequestRecord
+from governance.ledger_thread import LedgerThread
 from governance.types import Endpoint, Metering, Refusal, RefusalKind, RequestInfo, usd
 from governance.wire.tap import StreamTap, read_sse_body
 
@@ -39,6 +39,9 @@ logger = logging.getLogger("spendfuse")
 
 HEALTH_HOST = "spendfuse.invalid"
 KEY_HEADER = "x-spendfuse-key"
+# Upstream API keys, in the order they identify a principal.
+_API_KEY_HEADERS = ("x-api-key", "api-key", "authorization", "x-goog-api-key")
+_PRINCIPAL_HEADERS = frozenset({"proxy-authorization", KEY_HEADER, *_API_KEY_HEADERS})
 # Bodies larger than this are parsed and tokenized off the event loop.
 _OFFLOAD_BYTES = 64 * 1024
 
@@ -140,7 +143,7 @@ class SpendFuse:
     def __init__(self) -> None:
         self.engine: Engine | None = None
         self.config_error: str | None = "not configured yet"
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ledger_worker: LedgerThread | None = None
         self._pending: dict[str, Pending] = {}
         self._answered: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self._proxy_users: dict[str, str] = {}
@@ -153,10 +156,15 @@ class SpendFuse:
         for spec in OPTIONS:
             loader.add_option(spec.name, str, _env_default(spec), f"{spec.help} Env: {spec.env}.")
 
-    def _ledger_thread(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendfuse-ledger")
-        return self._executor
+    def _ledger_thread(self) -> LedgerThread:
+        if self._ledger_worker is None:
+            self._ledger_worker = LedgerThread(on_idle=self._ledger_idle)
+        return self._ledger_worker
+
+    def _ledger_idle(self) -> None:
+        """On the ledger thread, when nothing is queued: housekeeping off the requests' path."""
+        if self.engine is not None:
+            self.engine.ledger.checkpoint_if_due()
 
     def configure(self, updated: set[str]) -> None:
         if getattr(ctx.options, "stream_large_bodies", None):
@@ -186,9 +194,13 @@ class SpendFuse:
         except PolicyError as e:
             raise exceptions.OptionsError(f"spendfuse_rules: {e}") from e
         try:
-            ledger = self._ledger_thread().submit(Ledger.open, o.spendfuse_db).result()
+            ledger = self._ledger_thread().call_blocking(Ledger.open, o.spendfuse_db)
         except LedgerUnavailable as e:
             raise exceptions.OptionsError(f"spendfuse_db: {e}") from e
+        try:
+            tokens.preload()
+        except Exception as e:
+            raise exceptions.OptionsError(f"spendfuse cannot load its tokenizer encodings: {e}") from e
         old, self.engine = self.engine, Engine(rules, ledger, dry_run=dry_run)
         self.config_error = None
         if old is not None:
@@ -223,15 +235,14 @@ class SpendFuse:
     def done(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        if self._executor is not None:
+        if self._ledger_worker is not None:
             if self.engine is not None:
-                self._executor.submit(self.engine.ledger.close)
-            self._executor.shutdown(wait=True)
-            self._executor = None
+                self._ledger_worker.submit(self.engine.ledger.close)
+            self._ledger_worker.close()
+            self._ledger_worker = None
 
     async def _on_ledger(self, fn, *args):  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._ledger_thread(), fn, *args)
+        return await self._ledger_thread().call(fn, *args)
 
     # -- connection facts ------------------------------------------------------------------------
 
@@ -245,14 +256,20 @@ class SpendFuse:
 
     def _principal(self, flow: http.HTTPFlow) -> str:
         """First match wins: proxy credentials, x-spendfuse-key, a hash of the API key, default."""
-        user = self._proxy_users.get(flow.client_conn.id) or _proxy_user(flow.request.headers.get("proxy-authorization"))
+        # One pass over the headers: each `headers.get` is a scan of its own.
+        found: dict[str, str] = {}
+        for name, value in flow.request.headers.items():
+            name = name.lower()
+            if name in _PRINCIPAL_HEADERS and value and name not in found:
+                found[name] = value
+        user = self._proxy_users.get(flow.client_conn.id) or _proxy_user(found.get("proxy-authorization"))
         if user:
             return f"proxy:{user}"
-        key = flow.request.headers.get(KEY_HEADER)
+        key = found.get(KEY_HEADER)
         if key:
             return f"header:{key.strip()}"
-        for name in ("x-api-key", "api-key", "authorization", "x-goog-api-key"):
-            value = flow.request.headers.get(name)
+        for name in _API_KEY_HEADERS:
+            value = found.get(name)
             if value:
                 return _principal_from_key(value.removeprefix("Bearer ").strip())
         return "default"

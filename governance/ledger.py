@@ -32,6 +32,13 @@ from governance.types import Claim, Usage
 
 migrations = Migrations("spendfuse")
 
+# SQLite checkpoints the WAL inside whichever commit pushes it past `wal_autocheckpoint` pages,
+# which puts the checkpoint's copy and fsync on a request's path. The ledger thread instead calls
+# `checkpoint_if_due` when it has nothing queued (a request is at the upstream for seconds), and
+# SQLite's own checkpoint stays as a backstop for a ledger that is never idle.
+IDLE_CHECKPOINT_COMMITS = 100
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+
 
 @migrations()
 def m001_initial(db: Database) -> None:
@@ -84,7 +91,8 @@ def iso(now: datetime) -> str:
     """A fixed-width UTC timestamp, so text order is time order."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is ~20x cheaper than strftime, and this runs twice per request.
+    return now.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class Ledger:
     def __init__(self, db: Database, *, lock_wait_s: float) -> None:
         self.db = db
         self._lock_wait_s = lock_wait_s
+        self.commits_since_checkpoint = 0
 
     @classmethod
     def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0, lock_wait_s: float = 600.0) -> Ledger:
@@ -144,6 +153,7 @@ class Ledger:
             ledger._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             with ledger._write():
                 # Inside BEGIN IMMEDIATE, so two processes never both see a migration as pending.
                 migrations.apply(ledger.db)
@@ -181,6 +191,7 @@ class Ledger:
         try:
             yield conn
             self._retry_busy(conn.commit)
+            self.commits_since_checkpoint += 1
         except BaseException as e:
             try:
                 conn.rollback()
@@ -189,6 +200,19 @@ class Ledger:
             if isinstance(e, sqlite3.Error):
                 raise LedgerUnavailable(f"ledger write failed: {e}") from e
             raise
+
+    def checkpoint_if_due(self) -> bool:
+        """Checkpoint the WAL into the database file if `IDLE_CHECKPOINT_COMMITS` commits have
+        passed since the last one. PASSIVE: it never waits for, or blocks, another process.
+        Returns whether it ran; housekeeping, so a failure is left to the backstop."""
+        if self.commits_since_checkpoint < IDLE_CHECKPOINT_COMMITS:
+            return False
+        self.commits_since_checkpoint = 0
+        try:
+            self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            return False
+        return True
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row | tuple]:
         try:
@@ -289,15 +313,19 @@ class Ledger:
     ) -> bool:
         """Replace a hold by `cost_micro`, or by its own reserved amount when that is None."""
         with self._write() as conn:
-            row = conn.execute("SELECT state, reserved_micro FROM requests WHERE id = ?", (request_id,)).fetchone()
-            if row is None or row[0] not in ("held", "expired"):
+            rows = conn.execute(
+                "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount_micro "
+                "FROM requests r LEFT JOIN claims c ON c.request_id = r.id WHERE r.id = ?",
+                (request_id,),
+            ).fetchall()
+            if not rows or rows[0][0] not in ("held", "expired"):
                 return False  # already settled or released: settlement is idempotent
-            was_expired = row[0] == "expired"
+            was_expired = rows[0][0] == "expired"
             if cost_micro is None:
-                cost_micro = row[1]
-            for scope, window_start, amount in conn.execute(
-                "SELECT scope, window_start, amount_micro FROM claims WHERE request_id = ?", (request_id,)
-            ).fetchall():
+                cost_micro = rows[0][1]
+            for _, _, scope, window_start, amount in rows:
+                if scope is None:
+                    continue  # a hold with no claims (no budget applied)
                 if was_expired:
                     # The reaper already charged the hold; correct it to the real cost, once.
                     sql = "UPDATE totals SET settled_micro = settled_micro + ? WHERE scope = ? AND window_start = ?"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -73,6 +75,21 @@ class TestRequest:
         await a.response(f)
         [row] = rows(a)
         assert row["principal"] == "header:team-a" and row["cost_micro"] == 81
+
+    @pytest.mark.parametrize("headers,principal", [
+        ({"Proxy-Authorization": "Basic " + base64.b64encode(b"ci-run-7:x").decode(),
+          "X-Spendfuse-Key": "team-a", "Authorization": "Bearer sk-1"}, "proxy:ci-run-7"),
+        ({"X-Spendfuse-Key": " team-a ", "Authorization": "Bearer sk-1"}, "header:team-a"),
+        ({"x-goog-api-key": "g-1", "Authorization": "Bearer sk-1"},
+         "key:" + hashlib.sha256(b"sk-1").hexdigest()[:12]),
+        ({"x-api-key": "sk-ant-1", "Authorization": ""}, "key:" + hashlib.sha256(b"sk-ant-1").hexdigest()[:12]),
+        ({"Authorization": ""}, "default"),
+    ])
+    async def test_principal_first_match_wins(self, fuse, headers, principal):
+        a, _ = fuse
+        f = req(headers=headers)
+        await a.request(f)
+        assert f.response is None and f.metadata["spendfuse"]["principal"] == principal
 
     async def test_over_budget_refused_in_envelope(self, fuse):
         a, tctx = fuse

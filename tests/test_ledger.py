@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -134,3 +134,44 @@ def test_processes_racing_on_a_new_file_never_pass_the_cap(tmp_path: Path):
     assert t.settled_micro + t.held_micro == 1_000_000
     assert len(led.query("SELECT id FROM requests")) == 150
     led.close()
+
+
+def test_timestamps_are_fixed_width_utc_text():
+    from governance.ledger import iso
+
+    assert iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000000Z"
+    east = timezone(timedelta(hours=2))
+    assert iso(datetime(2026, 1, 2, 1, 4, 5, 7, tzinfo=east)) == "2026-01-01T23:04:05.000007Z"
+
+
+def test_a_hold_with_no_budget_claims_settles(ledger):
+    assert ledger.reserve(RequestRecord("a", "p"), [], 5_000, NOW).granted
+    assert ledger.settle("a", 1_234, NOW, outcome="usage", usage=Usage(10, 5))
+    row = ledger.request("a")
+    assert (row["state"], row["cost_micro"], row["input_tokens"]) == ("settled", 1_234, 10)
+
+
+def test_the_wal_is_checkpointed_when_idle_after_enough_commits(tmp_path: Path):
+    from governance.ledger import IDLE_CHECKPOINT_COMMITS
+
+    path = tmp_path / "l.sqlite"
+    led = Ledger.open(path)
+    try:
+        assert not led.checkpoint_if_due()
+        size_before = path.stat().st_size
+        opening = led.commits_since_checkpoint  # the migrations' commit
+        for i in range(IDLE_CHECKPOINT_COMMITS - 1 - opening):  # one commit each
+            led.reserve(RequestRecord(f"r{i}", "p"), claim(10), 10, NOW)
+        assert not led.checkpoint_if_due() and path.stat().st_size == size_before  # all in the WAL
+        led.settle("r0", 5, NOW, outcome="usage")
+        assert led.checkpoint_if_due()
+        assert path.stat().st_size > size_before  # the WAL's pages were copied into the file
+        assert not led.checkpoint_if_due()
+    finally:
+        led.close()
+    reopened = Ledger.open(path)
+    try:
+        t = reopened.window_totals("global", "")
+        assert (t.settled_micro, t.held_micro) == (5, 10 * (IDLE_CHECKPOINT_COMMITS - 2 - opening))
+    finally:
+        reopened.close()

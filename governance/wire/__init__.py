@@ -95,9 +95,15 @@ def normalise_host(host: str) -> str:
     return h.rstrip(".")
 
 
+_IP_CHARS = frozenset("0123456789abcdef.:")
+
+
 def is_ip_address(host: str) -> bool:
+    h = normalise_host(host)
+    if not _IP_CHARS.issuperset(h):
+        return False  # a host name: skips ipaddress's exception path on every request
     try:
-        ipaddress.ip_address(normalise_host(host))
+        ipaddress.ip_address(h)
     except ValueError:
         return False
     return True
