@@ -22,6 +22,8 @@ import httpx
 
 from tests.support.proxy import REPO, start_proxy
 
+HOPS_ADDON = Path(__file__).with_name("hops_addon.py")
+
 BODY = {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello in one word."}]}
 URL = "https://api.openai.com/v1/chat/completions"
 
@@ -113,16 +115,18 @@ def main() -> int:
     rules.write_text(json.dumps({"version": 1, "budgets": [{"name": "global", "limit_usd": 1_000_000}],
                                  "multipliers": "%s/rules/multipliers.yaml" % REPO,
                                  "model_limits": "%s/rules/model_limits.yaml" % REPO}))
-    results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "spendfuse": []}
+    kinds = ("bare", "hops", "spendfuse")
+    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     try:
         for _ in range(args.rounds):
-            for kind in ("bare", "spendfuse"):
-                if kind == "bare":
-                    proxy = start_proxy(tmp / kind, confdir=conf, sets={"connection_strategy": "lazy"},
-                                        redirect_port=port, bare=True)
-                else:
+            for kind in kinds:
+                if kind == "spendfuse":
                     proxy = start_proxy(tmp / kind, confdir=conf, redirect_port=port, sets={
                         "spendfuse_rules": str(rules), "spendfuse_db": str(tmp / f"ledger-{time.monotonic_ns()}.sqlite")})
+                else:
+                    proxy = start_proxy(tmp / kind, confdir=conf, sets={"connection_strategy": "lazy"},
+                                        redirect_port=port, bare=True,
+                                        scripts=(HOPS_ADDON,) if kind == "hops" else ())
                 try:
                     rps, p50 = sequential(proxy.url, proxy.ca, args.requests)
                     crps = asyncio.run(concurrent(proxy.url, proxy.ca, args.requests, args.concurrency))
@@ -132,12 +136,15 @@ def main() -> int:
     finally:
         upstream.kill()
     best = {k: (max(r[0] for r in v), min(r[1] for r in v), max(r[2] for r in v)) for k, v in results.items()}
-    b, s = best["bare"], best["spendfuse"]
+    b, h, s = best["bare"], best["hops"], best["spendfuse"]
     print(f"small non-streamed chat requests, {args.requests} per run, best of {args.rounds} alternating runs")
-    print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'ratio':>9}")
-    print(f"{'sequential req/s':24}{b[0]:16.1f}{s[0]:14.1f}{s[0] / b[0]:9.2f}")
-    print(f"{'sequential p50 ms':24}{b[1]:16.2f}{s[1]:14.2f}{s[1] / b[1]:9.2f}")
-    print(f"{f'concurrent({args.concurrency}) req/s':24}{b[2]:16.1f}{s[2]:14.1f}{s[2] / b[2]:9.2f}")
+    print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'ratio':>9}{'hops only':>12}{'ratio':>9}")
+    rows = (("sequential req/s", 0, "10.1f"), ("sequential p50 ms", 1, "10.2f"),
+            (f"concurrent({args.concurrency}) req/s", 2, "10.1f"))
+    for label, i, fmt in rows:
+        print(f"{label:24}{b[i]:16{fmt[2:]}}{s[i]:14{fmt[2:]}}{s[i] / b[i]:9.2f}{h[i]:12{fmt[2:]}}{h[i] / b[i]:9.2f}")
+    print("hops only: mitmdump plus an addon that makes spendfuse's two ledger-thread round trips "
+          "(reserve, settle) with no work in them")
     print(f"ledger reserve+settle: {bench_ledger(tmp):.0f} pairs/s (one process, WAL, synchronous=NORMAL)")
     tps, count = bench_tokens()
     print(f"input-token estimate: {tps / 1e6:.2f} M tokens/s (o200k, {count} tokens per request body)")

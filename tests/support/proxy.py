@@ -44,8 +44,10 @@ class Proxy:
 
 
 def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redirect_port: int | None,
-                  portfile: Path | None, extra: list[str] | None = None, bare: bool = False) -> list[str]:
-    """`bare`: mitmdump with only the harness script, the baseline spendfuse is compared with."""
+                  portfile: Path | None, extra: list[str] | None = None, bare: bool = False,
+                  scripts: tuple[Path, ...] = ()) -> list[str]:
+    """`bare`: mitmdump without spendfuse, the baseline it is compared with; `scripts` load
+    before the harness (the bench's reference addons)."""
     args = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}"]
     if launcher:
         cmd = [str(BIN / "spendfuse"), "run", *args]
@@ -53,6 +55,8 @@ def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redire
         cmd = [str(BIN / "mitmdump"), *args]
     else:
         cmd = [str(BIN / "mitmdump"), *args, "-s", str(REPO / "addon.py")]
+    for script in scripts:
+        cmd += ["-s", str(script)]
     for name, value in sets.items():
         cmd += ["--set", f"{name}={value}"]
     cmd += ["-s", str(HARNESS)]
@@ -65,13 +69,13 @@ def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redire
 
 def start_proxy(workdir: Path, *, confdir: Path, sets: dict[str, str], redirect_port: int | None,
                 launcher: bool = False, bare: bool = False, env: dict[str, str] | None = None,
-                timeout: float = 30.0) -> Proxy:
+                timeout: float = 30.0, scripts: tuple[Path, ...] = ()) -> Proxy:
     """Start a proxy and wait until it listens. Raises with its log if it exits first."""
     workdir.mkdir(parents=True, exist_ok=True)
     portfile = workdir / f"port-{time.monotonic_ns()}.json"
     log = portfile.with_suffix(".log")
     cmd = proxy_command(launcher=launcher, confdir=confdir, sets=sets, redirect_port=redirect_port, portfile=portfile,
-                        bare=bare)
+                        bare=bare, scripts=scripts)
     full_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     full_env.update(env or {})
     with open(log, "wb") as out:
