@@ -58,16 +58,36 @@ class OptionSpec:
 # option gets a malformed `--set` value without a word (and forwards traffic unmetered); a
 # string is never malformed to mitmproxy, so bad values reach `configure` and stop startup.
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("spendfuse_rules", "SPENDFUSE_RULES", str(DEFAULT_RULES),
-               "Path of the rules file (YAML). Defaults to the shipped rules/default.yaml."),
-    OptionSpec("spendfuse_db", "SPENDFUSE_DB", "spendfuse.sqlite",
-               "Path of the SQLite ledger, created if missing. Several proxies may share one file."),
-    OptionSpec("spendfuse_budget", "SPENDFUSE_BUDGET", "",
-               "Global budget in USD; replaces the rules' global cap. Empty: use the rules."),
-    OptionSpec("spendfuse_max_multiplier", "SPENDFUSE_MAX_MULTIPLIER", "",
-               "Refuse models whose multiplier is above this. Empty: use the rules."),
-    OptionSpec("spendfuse_dry_run", "SPENDFUSE_DRY_RUN", "false",
-               "true: log and record what would be refused, but refuse nothing."),
+    OptionSpec(
+        "spendfuse_rules",
+        "SPENDFUSE_RULES",
+        str(DEFAULT_RULES),
+        "Path of the rules file (YAML). Defaults to the shipped rules/default.yaml.",
+    ),
+    OptionSpec(
+        "spendfuse_db",
+        "SPENDFUSE_DB",
+        "spendfuse.sqlite",
+        "Path of the SQLite ledger, created if missing. Several proxies may share one file.",
+    ),
+    OptionSpec(
+        "spendfuse_budget",
+        "SPENDFUSE_BUDGET",
+        "",
+        "Global budget in USD; replaces the rules' global cap. Empty: use the rules.",
+    ),
+    OptionSpec(
+        "spendfuse_max_multiplier",
+        "SPENDFUSE_MAX_MULTIPLIER",
+        "",
+        "Refuse models whose multiplier is above this. Empty: use the rules.",
+    ),
+    OptionSpec(
+        "spendfuse_dry_run",
+        "SPENDFUSE_DRY_RUN",
+        "false",
+        "true: log and record what would be refused, but refuse nothing.",
+    ),
 )
 
 
@@ -112,15 +132,23 @@ class Pending:
 
 
 def _internal_refusal(what: str) -> Refusal:
-    return Refusal(rule="internal_error", code="spendfuse_internal_error", kind=RefusalKind.UNAVAILABLE,
-                   message=f"spendfuse: refused because the proxy hit an internal error ({what}); "
-                           f"the request was not forwarded. See the proxy's log.")
+    return Refusal(
+        rule="internal_error",
+        code="spendfuse_internal_error",
+        kind=RefusalKind.UNAVAILABLE,
+        message=f"spendfuse: refused because the proxy hit an internal error ({what}); "
+        f"the request was not forwarded. See the proxy's log.",
+    )
 
 
 def _ledger_refusal(e: Exception) -> Refusal:
-    return Refusal(rule="ledger", code="ledger_unavailable", kind=RefusalKind.UNAVAILABLE,
-                   message=f"spendfuse: refused because the spend ledger is unavailable ({e}); "
-                           f"the request was not forwarded.")
+    return Refusal(
+        rule="ledger",
+        code="ledger_unavailable",
+        kind=RefusalKind.UNAVAILABLE,
+        message=f"spendfuse: refused because the spend ledger is unavailable ({e}); "
+        f"the request was not forwarded.",
+    )
 
 
 def _principal_from_key(value: str) -> str:
@@ -190,7 +218,9 @@ class SpendFuse:
         budget = parse_decimal(o.spendfuse_budget, "spendfuse_budget")
         max_multiplier = parse_decimal(o.spendfuse_max_multiplier, "spendfuse_max_multiplier")
         try:
-            rules = policy.with_overrides(policy.load(o.spendfuse_rules), budget_usd=budget, max_multiplier=max_multiplier)
+            rules = policy.with_overrides(
+                policy.load(o.spendfuse_rules), budget_usd=budget, max_multiplier=max_multiplier
+            )
         except PolicyError as e:
             raise exceptions.OptionsError(f"spendfuse_rules: {e}") from e
         try:
@@ -208,24 +238,35 @@ class SpendFuse:
         caps = ", ".join(f"{b.name} {usd(b.limit_usd)} ({b.window})" for b in rules.budgets) or "none"
         logger.info(
             "spendfuse: rules %s, ledger %s, budgets: %s, max multiplier: %s%s",
-            o.spendfuse_rules, o.spendfuse_db, caps, rules.max_multiplier or "off", ", DRY RUN" if dry_run else "",
+            o.spendfuse_rules,
+            o.spendfuse_db,
+            caps,
+            rules.max_multiplier or "off",
+            ", DRY RUN" if dry_run else "",
         )
 
     def running(self) -> None:
         typos = sorted(k for k in getattr(ctx.options, "deferred", {}) if k.startswith("spendfuse"))
         if typos:
             # Logged at error level during startup, so mitmdump exits instead of running unenforced.
-            logger.error("spendfuse: unknown option(s) %s; known: %s", ", ".join(typos),
-                         ", ".join(s.name for s in OPTIONS))
+            logger.error(
+                "spendfuse: unknown option(s) %s; known: %s",
+                ", ".join(typos),
+                ", ".join(s.name for s in OPTIONS),
+            )
         if self.engine is not None and self._reaper is None:
-            self._reaper = asyncio_utils.create_task(self._reap_forever(), name="spendfuse reaper", keep_ref=True)
+            self._reaper = asyncio_utils.create_task(
+                self._reap_forever(), name="spendfuse reaper", keep_ref=True
+            )
 
     async def _reap_forever(self) -> None:
         while True:
             engine = self.engine
             if engine is not None:
                 try:
-                    n = await self._on_ledger(engine.ledger.reap, now(), engine.policy.ledger.hold_ttl_seconds)
+                    n = await self._on_ledger(
+                        engine.ledger.reap, now(), engine.policy.ledger.hold_ttl_seconds
+                    )
                     if n:
                         logger.warning("spendfuse: charged %d stale reservation(s) left by a crash", n)
                 except LedgerUnavailable as e:
@@ -290,8 +331,12 @@ class SpendFuse:
         status, headers, body = wire.render_error(ep, refusal, f"req_spendfuse_{flow.id}")
         flow.response = http.Response.make(status, body, headers)
         self._answered[flow.id] = (status, headers, body)
-        flow.metadata["spendfuse"] = {"decision": "refused", "rule": refusal.rule, "code": refusal.code,
-                                      "message": refusal.message}
+        flow.metadata["spendfuse"] = {
+            "decision": "refused",
+            "rule": refusal.rule,
+            "code": refusal.code,
+            "message": refusal.message,
+        }
         logger.info("spendfuse: refused %s %s%s: %s", flow.request.method, ep.host, ep.path, refusal.message)
 
     async def _refuse_early(
@@ -303,9 +348,12 @@ class SpendFuse:
         if engine is not None:
             decision = "dry_run" if engine.dry_run else "refused"
             try:
-                await self._on_ledger(lambda: engine.ledger.record_refusal(
-                    rec, now(), rule=refusal.rule, reason=refusal.message, decision=decision))
-            except Exception as e:
+                await self._on_ledger(
+                    lambda: engine.ledger.record_refusal(
+                        rec, now(), rule=refusal.rule, reason=refusal.message, decision=decision
+                    )
+                )
+            except Exception as e:  # noqa: BLE001 - the refusal is sent whether or not it is recorded
                 logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
         self._fail(flow, endpoint, refusal)
 
@@ -340,10 +388,15 @@ class SpendFuse:
 
     def _health(self, flow: http.HTTPFlow) -> None:
         ok = self.engine is not None
-        body = {"status": "ok" if ok else "unconfigured", "dry_run": bool(self.engine and self.engine.dry_run)}
+        body = {
+            "status": "ok" if ok else "unconfigured",
+            "dry_run": bool(self.engine and self.engine.dry_run),
+        }
         if not ok:
             body["error"] = self.config_error
-        flow.response = http.Response.make(200 if ok else 503, json.dumps(body), {"content-type": "application/json"})
+        flow.response = http.Response.make(
+            200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
+        )
 
     async def _llm_request(self, flow: http.HTTPFlow, endpoint: Endpoint) -> None:
         principal = self._principal(flow)
@@ -354,29 +407,45 @@ class SpendFuse:
             return
         if flow.request.headers.get("upgrade", "").lower() == "websocket":
             refusal = Refusal(
-                rule="websocket", code="websocket_not_supported", kind=RefusalKind.UPGRADE,
+                rule="websocket",
+                code="websocket_not_supported",
+                kind=RefusalKind.UPGRADE,
                 message="spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP "
-                        "streaming (Codex CLI falls back to it at once).")
+                "streaming (Codex CLI falls back to it at once).",
+            )
             await self._refuse_early(flow, endpoint, RequestRecord(flow.id, principal), refusal)
             return
         if endpoint.metering is Metering.FREE:
             return
         if endpoint.metering is Metering.UNMETERED:
-            if any(a.matches(flow.request.method, endpoint.host, endpoint.path) for a in engine.policy.allow_unmetered):
-                logger.info("spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
-                            flow.request.method, endpoint.host, endpoint.path)
+            if any(
+                a.matches(flow.request.method, endpoint.host, endpoint.path)
+                for a in engine.policy.allow_unmetered
+            ):
+                logger.info(
+                    "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
+                    flow.request.method,
+                    endpoint.host,
+                    endpoint.path,
+                )
                 return
             refusal = Refusal(
-                rule="unmetered_endpoint", code="endpoint_not_metered", kind=RefusalKind.FORBIDDEN,
-                message=f"spendfuse: {flow.request.method} {endpoint.host}{endpoint.path} ({endpoint.family}) "
-                        f"is billable but not metered by this proxy, so it is refused. An operator can "
-                        f"let it through with `allow_unmetered` in the rules.")
-            await self._refuse_early(flow, endpoint, RequestRecord(flow.id, principal, provider=endpoint.family),
-                                     refusal)
+                rule="unmetered_endpoint",
+                code="endpoint_not_metered",
+                kind=RefusalKind.FORBIDDEN,
+                message=f"spendfuse: {flow.request.method} {endpoint.host}{endpoint.path} "
+                f"({endpoint.family}) is billable but not metered by this proxy, so it is refused. "
+                f"An operator can let it through with `allow_unmetered` in the rules.",
+            )
+            await self._refuse_early(
+                flow, endpoint, RequestRecord(flow.id, principal, provider=endpoint.family), refusal
+            )
             return
         await self._metered_request(flow, endpoint, engine, principal)
 
-    async def _metered_request(self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str) -> None:
+    async def _metered_request(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str
+    ) -> None:
         raw = flow.request.raw_content or b""
         try:
             if len(raw) > _OFFLOAD_BYTES:
@@ -439,7 +508,11 @@ class SpendFuse:
     async def response(self, flow: http.HTTPFlow) -> None:
         answered = self._answered.pop(flow.id, None)
         if answered is not None:
-            if flow.is_replay == "response" and flow.response is not None and flow.response.status_code != answered[0]:
+            if (
+                flow.is_replay == "response"
+                and flow.response is not None
+                and flow.response.status_code != answered[0]
+            ):
                 # Server replay overwrites a refusal with the recorded answer; put the refusal back.
                 status, headers, body = answered
                 flow.response = http.Response.make(status, body, headers)
@@ -481,8 +554,13 @@ class SpendFuse:
         else:
             outcome = "no_usage"
         await self._on_ledger(
-            lambda: engine.finish(pending.info, usage, now(), outcome=outcome,
-                                  upstream_ran=usage is not None or resp.status_code < 400)
+            lambda: engine.finish(
+                pending.info,
+                usage,
+                now(),
+                outcome=outcome,
+                upstream_ran=usage is not None or resp.status_code < 400,
+            )
         )
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -496,16 +574,24 @@ class SpendFuse:
             server = flow.server_conn
             # Nothing reached the upstream when its connection never came up.
             reached = flow.response is not None or (
-                server is not None and server.timestamp_tcp_setup is not None
+                server is not None
+                and server.timestamp_tcp_setup is not None
                 and (flow.request.scheme == "http" or server.timestamp_tls_setup is not None)
             )
             msg = (flow.error.msg if flow.error else "error").split("\n")[0][:80]
             await self._on_ledger(
-                lambda: engine.finish(pending.info, usage, now(), upstream_ran=reached,
-                                      outcome=f"usage; then {msg}" if usage is not None else f"error: {msg}")
+                lambda: engine.finish(
+                    pending.info,
+                    usage,
+                    now(),
+                    upstream_ran=reached,
+                    outcome=f"usage; then {msg}" if usage is not None else f"error: {msg}",
+                )
             )
         except Exception:
-            logger.exception("spendfuse: settling failed flow %s failed; its reservation stays until it expires", flow.id)
+            logger.exception(
+                "spendfuse: settling failed flow %s failed; its reservation stays until it expires", flow.id
+            )
 
 
 addons = [SpendFuse()]
@@ -557,6 +643,7 @@ def launch(argv: list[str]) -> int:
     if any(Path(a).name == "addon.py" for a in argv):
         print("spendfuse run already loads the addon; do not pass -s addon.py", file=sys.stderr)
         return 2
+
     def extra(args):  # type: ignore[no-untyped-def]
         # The same flow-filter handling as mitmdump's own entry point.
         if args.filter_args:

@@ -1,10 +1,11 @@
 """`spendfuse`: the operator's command.
 
-    spendfuse run [mitmdump args]   the proxy, failing closed on any bad option
-    spendfuse status                spend, reservations and what remains of each budget
-    spendfuse report                spend by model and by day
-    spendfuse env                   the environment variables an agent needs
-    spendfuse schema [--check]      the rules file's JSON schema
+spendfuse run [mitmdump args]   the proxy, failing closed on any bad option
+spendfuse status                spend, reservations and what remains of each budget
+spendfuse report                spend by model and by day
+spendfuse env                   the environment variables an agent needs
+spendfuse schema [--check]      the rules file's JSON schema
+spendfuse addon-path            where the mitmproxy script is: mitmdump -s "$(spendfuse addon-path)"
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from governance import DEFAULT_RULES, RULES_DIR, policy
+from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, policy
 from governance.checks.budget import scope_key, window_of
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import Ledger
@@ -24,8 +25,11 @@ from governance.types import from_micro, usd
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=os.environ.get("SPENDFUSE_DB", "spendfuse.sqlite"),
-                   help="ledger file (env SPENDFUSE_DB; default spendfuse.sqlite)")
+    p.add_argument(
+        "--db",
+        default=os.environ.get("SPENDFUSE_DB", "spendfuse.sqlite"),
+        help="ledger file (env SPENDFUSE_DB; default spendfuse.sqlite)",
+    )
 
 
 def _open_ledger(path: str) -> Ledger:
@@ -36,8 +40,13 @@ def _open_ledger(path: str) -> Ledger:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
+    lines = [
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -52,20 +61,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         start, resets = window_of(b, now)
         t = ledger.window_totals(scope_key(b), start)
         spent, held = from_micro(t.settled_micro), from_micro(t.held_micro)
-        rows.append([b.name, b.window, usd(b.limit_usd), usd(spent), usd(held),
-                     usd(max(b.limit_usd - spent - held, Decimal(0))), resets])
+        rows.append(
+            [
+                b.name,
+                b.window,
+                usd(b.limit_usd),
+                usd(spent),
+                usd(held),
+                usd(max(b.limit_usd - spent - held, Decimal(0))),
+                resets,
+            ]
+        )
     print(f"ledger {args.db}, rules {args.rules}")
     if rows:
         print(_table(rows, ["budget", "window", "limit", "spent", "reserved", "remaining", "resets"]))
     else:
         print("no budgets configured")
     counts = ledger.query(
-        "SELECT state, count(*) AS n, coalesce(sum(cost_micro), 0) AS cost FROM requests GROUP BY state ORDER BY state"
+        "SELECT state, count(*) AS n, coalesce(sum(cost_micro), 0) AS cost FROM requests "
+        "GROUP BY state ORDER BY state"
     )
     if counts:
         print()
-        print(_table([[c["state"], str(c["n"]), usd(from_micro(c["cost"]))] for c in counts],
-                     ["requests", "count", "cost"]))
+        print(
+            _table(
+                [[c["state"], str(c["n"]), usd(from_micro(c["cost"]))] for c in counts],
+                ["requests", "count", "cost"],
+            )
+        )
     return 0
 
 
@@ -76,19 +99,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     by_model = ledger.query(
         f"SELECT coalesce(model, '?') AS model, count(*) AS n, sum(coalesce(input_tokens, 0)) AS tin, "
         f"sum(coalesce(output_tokens, 0)) AS tout, sum(cost_micro) AS cost FROM requests {where} "
-        f"GROUP BY model ORDER BY cost DESC", params)
+        f"GROUP BY model ORDER BY cost DESC",
+        params,
+    )
     by_day = ledger.query(
-        f"SELECT substr(created_at, 1, 10) AS day, count(*) AS n, sum(cost_micro) AS cost FROM requests {where} "
-        f"GROUP BY day ORDER BY day", params)
+        f"SELECT substr(created_at, 1, 10) AS day, count(*) AS n, sum(cost_micro) AS cost "
+        f"FROM requests {where} GROUP BY day ORDER BY day",
+        params,
+    )
     refused = ledger.query(
         "SELECT coalesce(rule, '?') AS rule, count(*) AS n FROM requests WHERE decision = 'refused' "
-        + ("AND created_at >= ? " if args.since else "") + "GROUP BY rule ORDER BY n DESC", params)
+        + ("AND created_at >= ? " if args.since else "")
+        + "GROUP BY rule ORDER BY n DESC",
+        params,
+    )
     print("spend by model")
-    print(_table([[r["model"], str(r["n"]), str(r["tin"]), str(r["tout"]), usd(from_micro(r["cost"]))] for r in by_model],
-                 ["model", "requests", "input tok", "output tok", "cost"]) if by_model else "  (none)")
+    print(
+        _table(
+            [
+                [r["model"], str(r["n"]), str(r["tin"]), str(r["tout"]), usd(from_micro(r["cost"]))]
+                for r in by_model
+            ],
+            ["model", "requests", "input tok", "output tok", "cost"],
+        )
+        if by_model
+        else "  (none)"
+    )
     print("\nspend by day (UTC)")
-    print(_table([[r["day"], str(r["n"]), usd(from_micro(r["cost"]))] for r in by_day],
-                 ["day", "requests", "cost"]) if by_day else "  (none)")
+    print(
+        _table(
+            [[r["day"], str(r["n"]), usd(from_micro(r["cost"]))] for r in by_day], ["day", "requests", "cost"]
+        )
+        if by_day
+        else "  (none)"
+    )
     print("\nrefusals by rule")
     print(_table([[r["rule"], str(r["n"])] for r in refused], ["rule", "count"]) if refused else "  (none)")
     return 0
@@ -108,7 +152,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    import addon  # touches mitmproxy: only the addon module may
+    addon = load_addon()  # touches mitmproxy: only the addon module may
 
     bundle, ca = addon.ensure_ca_bundle(Path(args.confdir).expanduser())
     proxy = f"http://{args.host}:{args.port}"
@@ -122,9 +166,12 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
-    import addon  # touches mitmproxy: only the addon module may
+    return load_addon().launch(argv)  # touches mitmproxy: only the addon module may
 
-    return addon.launch(argv)
+
+def cmd_addon_path(args: argparse.Namespace) -> int:
+    print(ADDON_SCRIPT)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,10 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the proxy (all further arguments go to mitmdump)", add_help=False)
     p = sub.add_parser("status", help="spend, reservations and remaining budget")
-    p.add_argument("--rules", default=os.environ.get("SPENDFUSE_RULES", str(DEFAULT_RULES)),
-                   help="rules file (env SPENDFUSE_RULES)")
-    p.add_argument("--budget", default=os.environ.get("SPENDFUSE_BUDGET", ""),
-                   help="global budget override in USD (env SPENDFUSE_BUDGET)")
+    p.add_argument(
+        "--rules",
+        default=os.environ.get("SPENDFUSE_RULES", str(DEFAULT_RULES)),
+        help="rules file (env SPENDFUSE_RULES)",
+    )
+    p.add_argument(
+        "--budget",
+        default=os.environ.get("SPENDFUSE_BUDGET", ""),
+        help="global budget override in USD (env SPENDFUSE_BUDGET)",
+    )
     _common(p)
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("report", help="spend by model and by day")
@@ -150,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", default="8080")
     p.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir, where its CA lives")
     p.set_defaults(fn=cmd_env)
+    p = sub.add_parser("addon-path", help="print the path of the mitmproxy script (for mitmdump -s)")
+    p.set_defaults(fn=cmd_addon_path)
     return parser
 
 

@@ -42,13 +42,18 @@ class ReadRequest:
 
 
 def parse_refusal(message: str) -> Refusal:
-    return Refusal(rule="request_parse", code="invalid_request", kind=RefusalKind.INVALID,
-                   message=f"spendfuse: cannot meter this request: {message}")
+    return Refusal(
+        rule="request_parse",
+        code="invalid_request",
+        kind=RefusalKind.INVALID,
+        message=f"spendfuse: cannot meter this request: {message}",
+    )
 
 
 def unpriced_refusal(e: PricingError) -> Refusal:
-    return Refusal(rule="pricing", code="model_not_priced", kind=RefusalKind.INVALID,
-                   message=f"spendfuse: refused: {e}")
+    return Refusal(
+        rule="pricing", code="model_not_priced", kind=RefusalKind.INVALID, message=f"spendfuse: refused: {e}"
+    )
 
 
 class Engine:
@@ -105,16 +110,24 @@ class Engine:
 
     def _record(self, info: RequestInfo, price_source: str | None = None) -> RequestRecord:
         return RequestRecord(
-            request_id=info.request_id, principal=info.principal, provider=info.provider, api=info.api,
-            model=info.model, stream=info.stream, est_input_tokens=info.input_tokens,
-            max_output_tokens=info.max_output_tokens, price_source=price_source,
+            request_id=info.request_id,
+            principal=info.principal,
+            provider=info.provider,
+            api=info.api,
+            model=info.model,
+            stream=info.stream,
+            est_input_tokens=info.input_tokens,
+            max_output_tokens=info.max_output_tokens,
+            price_source=price_source,
         )
 
     def refuse(self, rec: RequestRecord, refusal: Refusal, now: datetime) -> Decision:
         """Record a refusal made before any reservation. In dry run, record it and let it pass."""
         if self.dry_run:
             logger.warning("dry run: would refuse %s (%s): %s", rec.request_id, refusal.rule, refusal.message)
-            self.ledger.record_refusal(rec, now, rule=refusal.rule, reason=refusal.message, decision="dry_run")
+            self.ledger.record_refusal(
+                rec, now, rule=refusal.rule, reason=refusal.message, decision="dry_run"
+            )
             return Decision(allowed=True, refusal=refusal)
         self.ledger.record_refusal(rec, now, rule=refusal.rule, reason=refusal.message)
         return Decision(allowed=False, refusal=refusal)
@@ -126,17 +139,25 @@ class Engine:
             return self.refuse(self._record(info), refusal, now)
         try:
             worst = self.pricer.worst_case(
-                info.provider, info.model, input_tokens=info.input_tokens,
-                max_output_tokens=info.max_output_tokens, cache_write_hint=info.cache_write_hint,
+                info.provider,
+                info.model,
+                input_tokens=info.input_tokens,
+                max_output_tokens=info.max_output_tokens,
+                cache_write_hint=info.cache_write_hint,
             )
         except PricingError as e:
             return self.refuse(self._record(info), unpriced_refusal(e), now)
         amount = to_micro(worst.cost)
         claims = checks.budget_claims(self.policy, info, amount, now)
         result = self.ledger.reserve(
-            self._record(info, worst.source), claims, amount, now, enforce=not self.dry_run,
+            self._record(info, worst.source),
+            claims,
+            amount,
+            now,
+            enforce=not self.dry_run,
             decision="dry_run" if refusal is not None else "allowed",
-            rule=refusal.rule if refusal else None, reason=refusal.message if refusal else None,
+            rule=refusal.rule if refusal else None,
+            reason=refusal.message if refusal else None,
         )
         if result.blocking is not None:
             budget = checks.budget_refusal(result.blocking, result.settled_micro, result.held_micro)
@@ -145,7 +166,9 @@ class Engine:
             logger.warning("dry run: would refuse %s: %s", info.request_id, budget.message)
             refusal = refusal or budget
         elif refusal is not None:
-            logger.warning("dry run: would refuse %s (%s): %s", info.request_id, refusal.rule, refusal.message)
+            logger.warning(
+                "dry run: would refuse %s (%s): %s", info.request_id, refusal.rule, refusal.message
+            )
         return Decision(allowed=True, reserved=from_micro(amount), refusal=refusal)
 
     # -- finishing (ledger thread) ------------------------------------------------------------
@@ -161,7 +184,12 @@ class Engine:
         return self.pricer.price(info.provider, info.model, usage)
 
     def finish(
-        self, info: RequestInfo, usage: Usage | None, now: datetime, *, outcome: str,
+        self,
+        info: RequestInfo,
+        usage: Usage | None,
+        now: datetime,
+        *,
+        outcome: str,
         upstream_ran: bool = True,
     ) -> None:
         """Settle a reservation. Real usage is priced and charged; without usage, the hold is
@@ -171,11 +199,17 @@ class Engine:
             try:
                 priced = self._price_usage(info, usage)
             except PricingError:
-                logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
+                logger.error(
+                    "cannot price usage of %s on %s; charging its reservation", info.request_id, info.model
+                )
                 self.ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")
                 return
             self.ledger.settle(
-                info.request_id, to_micro(priced.cost), now, outcome=outcome, usage=usage,
+                info.request_id,
+                to_micro(priced.cost),
+                now,
+                outcome=outcome,
+                usage=usage,
                 price_source=priced.source,
             )
         elif upstream_ran:

@@ -232,17 +232,36 @@ class Ledger:
 
     @staticmethod
     def _insert_request(
-        conn: sqlite3.Connection, rec: RequestRecord, now: datetime, *, state: str, decision: str,
-        reserved_micro: int, rule: str | None, reason: str | None,
+        conn: sqlite3.Connection,
+        rec: RequestRecord,
+        now: datetime,
+        *,
+        state: str,
+        decision: str,
+        reserved_micro: int,
+        rule: str | None,
+        reason: str | None,
     ) -> None:
         conn.execute(
             "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, "
             "est_input_tokens, max_output_tokens, reserved_micro, state, decision, rule, reason, "
             "price_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                rec.request_id, iso(now), rec.principal, rec.provider, rec.api, rec.model,
-                int(rec.stream), rec.est_input_tokens, rec.max_output_tokens, reserved_micro,
-                state, decision, rule, reason, rec.price_source,
+                rec.request_id,
+                iso(now),
+                rec.principal,
+                rec.provider,
+                rec.api,
+                rec.model,
+                int(rec.stream),
+                rec.est_input_tokens,
+                rec.max_output_tokens,
+                reserved_micro,
+                state,
+                decision,
+                rule,
+                reason,
+                rec.price_source,
             ),
         )
 
@@ -272,15 +291,27 @@ class Ledger:
                     break
             if blocking is not None and enforce:
                 self._insert_request(
-                    conn, rec, now, state="refused", decision="refused", reserved_micro=0,
-                    rule=blocking.blocking.rule if blocking.blocking else rule, reason=reason,
+                    conn,
+                    rec,
+                    now,
+                    state="refused",
+                    decision="refused",
+                    reserved_micro=0,
+                    rule=blocking.blocking.rule if blocking.blocking else rule,
+                    reason=reason,
                 )
                 return blocking
             if blocking is not None:  # dry run: held regardless, recorded as a would-be refusal
                 decision, rule = "dry_run", rule or (blocking.blocking.rule if blocking.blocking else None)
             self._insert_request(
-                conn, rec, now, state="held", decision=decision, reserved_micro=reserved_micro,
-                rule=rule, reason=reason,
+                conn,
+                rec,
+                now,
+                state="held",
+                decision=decision,
+                reserved_micro=reserved_micro,
+                rule=rule,
+                reason=reason,
             )
             for claim in claims:
                 conn.execute(
@@ -308,8 +339,15 @@ class Ledger:
             )
 
     def _finish(
-        self, request_id: str, *, cost_micro: int | None, state: str, outcome: str, now: datetime,
-        usage: Usage | None, price_source: str | None,
+        self,
+        request_id: str,
+        *,
+        cost_micro: int | None,
+        state: str,
+        outcome: str,
+        now: datetime,
+        usage: Usage | None,
+        price_source: str | None,
     ) -> bool:
         """Replace a hold by `cost_micro`, or by its own reserved amount when that is None."""
         with self._write() as conn:
@@ -328,8 +366,11 @@ class Ledger:
                     continue  # a hold with no claims (no budget applied)
                 if was_expired:
                     # The reaper already charged the hold; correct it to the real cost, once.
-                    sql = "UPDATE totals SET settled_micro = settled_micro + ? WHERE scope = ? AND window_start = ?"
-                    conn.execute(sql, (cost_micro - amount, scope, window_start))
+                    conn.execute(
+                        "UPDATE totals SET settled_micro = settled_micro + ? "
+                        "WHERE scope = ? AND window_start = ?",
+                        (cost_micro - amount, scope, window_start),
+                    )
                 else:
                     conn.execute(
                         "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
@@ -345,34 +386,64 @@ class Ledger:
                 "input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?, "
                 "price_source = COALESCE(?, price_source), model = COALESCE(model, ?) WHERE id = ?",
                 (
-                    state, outcome, iso(now), cost_micro,
-                    usage.input_tokens if usage else None, usage.output_tokens if usage else None,
-                    usage.cache_read_tokens if usage else None, usage.cache_write_tokens if usage else None,
-                    price_source, usage.model if usage else None, request_id,
+                    state,
+                    outcome,
+                    iso(now),
+                    cost_micro,
+                    usage.input_tokens if usage else None,
+                    usage.output_tokens if usage else None,
+                    usage.cache_read_tokens if usage else None,
+                    usage.cache_write_tokens if usage else None,
+                    price_source,
+                    usage.model if usage else None,
+                    request_id,
                 ),
             )
             return True
 
     def settle(
-        self, request_id: str, cost_micro: int, now: datetime, *, outcome: str,
-        usage: Usage | None = None, price_source: str | None = None,
+        self,
+        request_id: str,
+        cost_micro: int,
+        now: datetime,
+        *,
+        outcome: str,
+        usage: Usage | None = None,
+        price_source: str | None = None,
     ) -> bool:
         """Replace a hold by the real cost. Idempotent: returns False if already finished."""
         return self._finish(
-            request_id, cost_micro=cost_micro, state="settled", outcome=outcome, now=now,
-            usage=usage, price_source=price_source,
+            request_id,
+            cost_micro=cost_micro,
+            state="settled",
+            outcome=outcome,
+            now=now,
+            usage=usage,
+            price_source=price_source,
         )
 
     def release(self, request_id: str, now: datetime, *, outcome: str) -> bool:
         """Drop a hold, charging nothing (the upstream never ran the request). Idempotent."""
         return self._finish(
-            request_id, cost_micro=0, state="released", outcome=outcome, now=now, usage=None, price_source=None
+            request_id,
+            cost_micro=0,
+            state="released",
+            outcome=outcome,
+            now=now,
+            usage=None,
+            price_source=None,
         )
 
     def charge_reservation(self, request_id: str, now: datetime, *, outcome: str) -> bool:
         """Settle a hold at its full reserved amount, when real usage cannot be known."""
         return self._finish(
-            request_id, cost_micro=None, state="settled", outcome=outcome, now=now, usage=None, price_source=None
+            request_id,
+            cost_micro=None,
+            state="settled",
+            outcome=outcome,
+            now=now,
+            usage=None,
+            price_source=None,
         )
 
     def reap(self, now: datetime, ttl_seconds: int) -> int:

@@ -55,7 +55,9 @@ def _resolve_all(replies: list[_Reply]) -> None:
 class LedgerThread:
     """One daemon thread that runs calls in submission order."""
 
-    def __init__(self, name: str = "spendfuse-ledger", *, on_idle: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self, name: str = "spendfuse-ledger", *, on_idle: Callable[[], object] | None = None
+    ) -> None:
         """`on_idle` runs on the thread whenever its queue runs dry (housekeeping such as WAL
         checkpoints, kept off the requests' path); its exceptions are logged and dropped."""
         self.on_idle = on_idle
@@ -121,7 +123,7 @@ class LedgerThread:
             fn, args, reply = item
             try:
                 value, ok = fn(*args), True
-            except BaseException as e:  # delivered to the caller, who decides
+            except BaseException as e:  # noqa: BLE001 - delivered to the caller, who decides
                 value, ok = e, False
             if reply is None:
                 if not ok:

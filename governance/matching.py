@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
-
-V = TypeVar("V")
 
 # A key matches as a prefix only at one of these, so `gpt-5` covers `gpt-5-2025-08-07` and
 # `gpt-5-mini`, but not `gpt-5.5-pro`: a new model must not inherit an older model's entry
@@ -18,7 +15,7 @@ def normalise_model(model: str) -> str:
     return model.strip().lower()
 
 
-def lookup_model(table: Mapping[str, V], model: str) -> tuple[str, V] | None:
+def lookup_model[V](table: Mapping[str, V], model: str) -> tuple[str, V] | None:
     """Find `model` in `table`: the exact key first, then the longest key that is a prefix of it
     ending at a name boundary. Keys are compared case-insensitively. Returns `(key, value)`."""
     wanted = normalise_model(model)

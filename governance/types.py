@@ -89,8 +89,13 @@ class Usage:
     cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for an hour (Anthropic: 2x input)
 
     def __post_init__(self) -> None:
-        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                     "cache_write_1h_tokens"):
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "cache_write_1h_tokens",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is negative")
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:

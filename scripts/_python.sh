@@ -1,8 +1,17 @@
-# Sourced by scripts/run, scripts/test and scripts/bench.
-# Finds the newest working CPython >= 3.12 (3.13 preferred), creates .venv on first use,
-# and (re)installs the project whenever pyproject.toml or the wanted extras change.
+# Sourced by scripts/run, scripts/test, scripts/bench and scripts/lock.
+#
+# Finds the newest working CPython >= 3.12 (3.13 preferred), bootstraps the one uv release that
+# scripts/uv-requirements.txt pins (hash-checked by pip), and builds the environment exactly as
+# uv.lock says (`uv sync --locked`): a new release of any dependency cannot change a fresh install.
+#
+# Environment: SPENDFUSE_PYTHON forces an interpreter; UV_PROJECT_ENVIRONMENT puts the
+# environment somewhere other than .venv (CI uses a fresh one); UV_CACHE_DIR is uv's cache.
 
 spendfuse_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+spendfuse_venv="${UV_PROJECT_ENVIRONMENT:-$spendfuse_root/.venv}"
+export UV_PROJECT_ENVIRONMENT="$spendfuse_venv"
+# Only the interpreters that find_python picks; never one uv downloads.
+export UV_PYTHON_DOWNLOADS=never
 
 _works() {  # $1: interpreter path; true if it runs, is >= 3.12 and has venv
   [ -n "$1" ] && [ -x "$1" ] || command -v "$1" >/dev/null 2>&1 || return 1
@@ -39,23 +48,45 @@ find_python() {
   return 1
 }
 
-ensure_venv() {  # $1: extras spec: "" (run) or "[dev]" (test, bench)
-  local extras="$1" venv="$spendfuse_root/.venv" stamp hash py
-  hash="$(sha256sum < "$spendfuse_root/pyproject.toml" | cut -c1-16)"
-  stamp="$venv/.spendfuse-installed"
-  # The stamp holds "<pyproject hash><extras>"; a [dev] install also satisfies a plain one.
-  if [ -x "$venv/bin/python" ] && [ -f "$stamp" ]; then
-    if grep -qxF -- "$hash$extras" "$stamp" || { [ -z "$extras" ] && grep -q "^$hash" "$stamp"; }; then
+ensure_uv() {  # sets $spendfuse_uv to the pinned uv, installing it into .tools/uv on first use
+  local tools="$spendfuse_root/.tools/uv" want py log
+  want="$(sed -n 's/^uv==\([^ ]*\).*/\1/p' "$spendfuse_root/scripts/uv-requirements.txt")"
+  spendfuse_uv="$tools/bin/uv"
+  if [ -x "$spendfuse_uv" ] && [ "$("$spendfuse_uv" --version 2>/dev/null | cut -d' ' -f2)" = "$want" ]; then
+    return 0
+  fi
+  py="$(find_python)" || return 1
+  echo "spendfuse: installing uv $want (hash-checked) into .tools/uv" >&2
+  rm -rf "$tools"
+  log="$(mktemp)"
+  if ! { "$py" -m venv "$tools" && "$tools/bin/python" -m pip install --quiet --disable-pip-version-check \
+           --require-hashes --only-binary :all: --no-deps -r "$spendfuse_root/scripts/uv-requirements.txt"; } \
+         >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "spendfuse: could not install uv $want; see the output above" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+
+ensure_venv() {  # $1: "" (run) or "dev" (test, bench): builds the environment from uv.lock
+  local extras="$1" stamp hash py args=()
+  hash="$(cat "$spendfuse_root/uv.lock" "$spendfuse_root/pyproject.toml" | sha256sum | cut -c1-16)"
+  stamp="$spendfuse_venv/.spendfuse-installed"
+  # The stamp holds "<lock hash> <extras>"; a dev environment also serves `run`.
+  if [ -x "$spendfuse_venv/bin/python" ] && [ -f "$stamp" ]; then
+    if grep -qxF -- "$hash $extras" "$stamp" || { [ -z "$extras" ] && grep -q "^$hash " "$stamp"; }; then
       return 0
     fi
   fi
-  if [ ! -x "$venv/bin/python" ]; then
-    py="$(find_python)" || return 1
-    echo "spendfuse: creating .venv with $py (Python $(_version_of "$py"))" >&2
-    "$py" -m venv "$venv" || return 1
-  fi
-  echo "spendfuse: installing the project into .venv" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spendfuse_root$extras" || {
-    echo "spendfuse: pip install failed; see the output above" >&2; return 1; }
-  echo "$hash$extras" > "$stamp"
+  ensure_uv || return 1
+  py="$(find_python)" || return 1
+  [ -n "$extras" ] && args+=(--extra "$extras")
+  echo "spendfuse: building $spendfuse_venv from uv.lock with Python $(_version_of "$py")" >&2
+  (cd "$spendfuse_root" && "$spendfuse_uv" sync --locked --quiet --python "$py" "${args[@]}") || {
+    echo "spendfuse: 'uv sync --locked' failed. If pyproject.toml changed, refresh the lock with" >&2
+    echo "./scripts/lock and commit uv.lock." >&2
+    return 1
+  }
+  echo "$hash $extras" > "$stamp"
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +16,12 @@ from tests.support.proxy import Proxy, start_proxy
 # Prices the e2e tests use, so expected costs are plain arithmetic (USD per 1M tokens).
 TEST_PRICES = {
     "gpt-4o": {"input_mtok": 1, "output_mtok": 10},
-    "claude-sonnet-4-5": {"input_mtok": 2, "output_mtok": 20, "cache_read_mtok": 0.2, "cache_write_mtok": 2.5},
+    "claude-sonnet-4-5": {
+        "input_mtok": 2,
+        "output_mtok": 20,
+        "cache_read_mtok": 0.2,
+        "cache_write_mtok": 2.5,
+    },
 }
 
 
@@ -56,24 +63,65 @@ def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start(tmp_path: Path, confdir: Path, upstream: Upstream) -> Iterator[Callable[..., Proxy]]:
+def start(
+    request: pytest.FixtureRequest, tmp_path: Path, confdir: Path, upstream: Upstream
+) -> Iterator[Callable[..., Proxy]]:
     """`start(**sets)` runs a proxy redirecting to the fake upstream; all stop at teardown."""
     started: list[Proxy] = []
 
-    def _start(*, launcher: bool = False, rules: Path | None = None, db: Path | None = None,
-               **sets: str) -> Proxy:
+    def _start(
+        *, launcher: bool = False, rules: Path | None = None, db: Path | None = None, **sets: str
+    ) -> Proxy:
         opts = {
             "spendfuse_rules": str(rules or write_rules(tmp_path / "rules.yaml")),
             "spendfuse_db": str(db or tmp_path / "ledger.sqlite"),
             **sets,
         }
-        proxy = start_proxy(tmp_path, confdir=confdir, sets=opts, redirect_port=upstream.port, launcher=launcher)
+        proxy = start_proxy(
+            tmp_path, confdir=confdir, sets=opts, redirect_port=upstream.port, launcher=launcher
+        )
         started.append(proxy)
         return proxy
 
     yield _start
     for p in started:
         p.stop()
+    errors = [line for p in started for line in p.logged_errors()]
+    unexpected = [e for e in errors if not _expected(request, e)]
+    if unexpected:
+        pytest.fail("the proxy logged unexpected errors:\n" + "\n".join(unexpected), pytrace=False)
+
+
+def _expected(request: pytest.FixtureRequest, message: str) -> bool:
+    """Whether the test declared this error: `@pytest.mark.expect_errors(r"pattern", ...)`; with
+    no patterns, any error is expected."""
+    marker = request.node.get_closest_marker("expect_errors")
+    if marker is None:
+        return False
+    return not marker.args or any(re.search(p, message) for p in marker.args)
+
+
+#: Loggers whose ERROR records fail a test that does not expect them.
+WATCHED_LOGGERS = ("spendfuse", "governance")
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_logged_errors(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """A swallowed exception is a defect: any test during which spendfuse logged at ERROR level
+    fails, unless it declares the error with `@pytest.mark.expect_errors`."""
+    yield
+    records = [r for phase in ("setup", "call", "teardown") for r in caplog.get_records(phase)]
+    unexpected = [
+        f"{r.name}: {r.getMessage()}"
+        for r in records
+        if r.levelno >= logging.ERROR
+        and r.name.startswith(WATCHED_LOGGERS)
+        and not _expected(request, f"{r.name}: {r.getMessage()}")
+    ]
+    if unexpected:
+        pytest.fail("spendfuse logged unexpected errors:\n" + "\n".join(unexpected), pytrace=False)
 
 
 @pytest.fixture

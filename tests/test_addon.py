@@ -17,11 +17,24 @@ from tests.conftest import write_rules
 
 
 def req(host="api.openai.com", path="/v1/chat/completions", body=None, method="POST", headers=None):
-    content = json.dumps(body if body is not None else {
-        "model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    content = json.dumps(
+        body
+        if body is not None
+        else {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
     h = http.Headers(host=host, content_type="application/json", **(headers or {}))
-    return tflow.tflow(req=tutils.treq(host=host, port=443, scheme=b"https", method=method.encode(),
-                                       path=path.encode(), authority=b"", headers=h, content=content))
+    return tflow.tflow(
+        req=tutils.treq(
+            host=host,
+            port=443,
+            scheme=b"https",
+            method=method.encode(),
+            path=path.encode(),
+            authority=b"",
+            headers=h,
+            content=content,
+        )
+    )
 
 
 def respond(flow, body: dict, status=200):
@@ -32,8 +45,9 @@ def respond(flow, body: dict, status=200):
 def fuse(tmp_path: Path):
     a = addon_module.SpendFuse()
     with taddons.context(a) as tctx:
-        tctx.configure(a, spendfuse_rules=str(write_rules(tmp_path / "r.yaml")),
-                       spendfuse_db=str(tmp_path / "l.sqlite"))
+        tctx.configure(
+            a, spendfuse_rules=str(write_rules(tmp_path / "r.yaml")), spendfuse_db=str(tmp_path / "l.sqlite")
+        )
         yield a, tctx
     a.done()
 
@@ -43,9 +57,16 @@ def rows(a):
 
 
 class TestConfigure:
-    @pytest.mark.parametrize("opt,value", [("spendfuse_budget", "ten"), ("spendfuse_budget", "-1"),
-                                           ("spendfuse_max_multiplier", "nan"), ("spendfuse_dry_run", "2"),
-                                           ("spendfuse_rules", "/nope.yaml")])
+    @pytest.mark.parametrize(
+        "opt,value",
+        [
+            ("spendfuse_budget", "ten"),
+            ("spendfuse_budget", "-1"),
+            ("spendfuse_max_multiplier", "nan"),
+            ("spendfuse_dry_run", "2"),
+            ("spendfuse_rules", "/nope.yaml"),
+        ],
+    )
     def test_bad_options_raise(self, fuse, opt, value):
         a, tctx = fuse
         with pytest.raises(exceptions.OptionsError):
@@ -68,7 +89,9 @@ class TestRequest:
         f = req(headers={"x-spendfuse-key": "team-a", "accept-encoding": "gzip"})
         await a.request(f)
         assert f.response is None
-        assert "x-spendfuse-key" not in f.request.headers and f.request.headers["accept-encoding"] == "identity"
+        assert (
+            "x-spendfuse-key" not in f.request.headers and f.request.headers["accept-encoding"] == "identity"
+        )
         assert f.metadata["spendfuse"]["decision"] == "allowed"
         respond(f, {"model": "gpt-4o", "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
         a.responseheaders(f)
@@ -76,15 +99,29 @@ class TestRequest:
         [row] = rows(a)
         assert row["principal"] == "header:team-a" and row["cost_micro"] == 81
 
-    @pytest.mark.parametrize("headers,principal", [
-        ({"Proxy-Authorization": "Basic " + base64.b64encode(b"ci-run-7:x").decode(),
-          "X-Spendfuse-Key": "team-a", "Authorization": "Bearer sk-1"}, "proxy:ci-run-7"),
-        ({"X-Spendfuse-Key": " team-a ", "Authorization": "Bearer sk-1"}, "header:team-a"),
-        ({"x-goog-api-key": "g-1", "Authorization": "Bearer sk-1"},
-         "key:" + hashlib.sha256(b"sk-1").hexdigest()[:12]),
-        ({"x-api-key": "sk-ant-1", "Authorization": ""}, "key:" + hashlib.sha256(b"sk-ant-1").hexdigest()[:12]),
-        ({"Authorization": ""}, "default"),
-    ])
+    @pytest.mark.parametrize(
+        "headers,principal",
+        [
+            (
+                {
+                    "Proxy-Authorization": "Basic " + base64.b64encode(b"ci-run-7:x").decode(),
+                    "X-Spendfuse-Key": "team-a",
+                    "Authorization": "Bearer sk-1",
+                },
+                "proxy:ci-run-7",
+            ),
+            ({"X-Spendfuse-Key": " team-a ", "Authorization": "Bearer sk-1"}, "header:team-a"),
+            (
+                {"x-goog-api-key": "g-1", "Authorization": "Bearer sk-1"},
+                "key:" + hashlib.sha256(b"sk-1").hexdigest()[:12],
+            ),
+            (
+                {"x-api-key": "sk-ant-1", "Authorization": ""},
+                "key:" + hashlib.sha256(b"sk-ant-1").hexdigest()[:12],
+            ),
+            ({"Authorization": ""}, "default"),
+        ],
+    )
     async def test_principal_first_match_wins(self, fuse, headers, principal):
         a, _ = fuse
         f = req(headers=headers)
@@ -104,7 +141,9 @@ class TestRequest:
     async def test_non_llm_and_free_traffic_untouched(self, fuse):
         a, _ = fuse
         other = req(host="example.com")
-        free = req(host="api.anthropic.com", path="/v1/messages/count_tokens", body={"model": "x", "messages": []})
+        free = req(
+            host="api.anthropic.com", path="/v1/messages/count_tokens", body={"model": "x", "messages": []}
+        )
         for f in (other, free):
             await a.request(f)
             assert f.response is None
@@ -118,6 +157,7 @@ class TestRequest:
         await a.request(f)
         assert f.response.status_code == 429
 
+    @pytest.mark.expect_errors("request hook failed")
     async def test_exception_in_the_engine_fails_closed(self, fuse, monkeypatch):
         a, _ = fuse
 
@@ -130,6 +170,7 @@ class TestRequest:
         assert f.response.status_code == 503
         assert json.loads(f.response.content)["error"]["code"] == "spendfuse_internal_error"
 
+    @pytest.mark.expect_errors("ledger unavailable")
     async def test_ledger_failure_is_503(self, fuse, monkeypatch):
         a, _ = fuse
 
@@ -137,11 +178,18 @@ class TestRequest:
             raise LedgerUnavailable("disk full")
 
         monkeypatch.setattr(a.engine.ledger, "reserve", down)
-        f = req(host="api.anthropic.com", path="/v1/messages",
-                body={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []})
+        f = req(
+            host="api.anthropic.com",
+            path="/v1/messages",
+            body={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []},
+        )
         await a.request(f)
         body = json.loads(f.response.content)
-        assert f.response.status_code == 503 and body["type"] == "error" and "disk full" in body["error"]["message"]
+        assert (
+            f.response.status_code == 503
+            and body["type"] == "error"
+            and "disk full" in body["error"]["message"]
+        )
 
     async def test_gzip_request_body_is_read(self, fuse):
         a, tctx = fuse
@@ -197,8 +245,16 @@ class TestRequest:
 
     async def test_health_probe(self, fuse):
         a, _ = fuse
-        f = tflow.tflow(req=tutils.treq(host="spendfuse.invalid", port=80, scheme=b"http", method=b"GET",
-                                        path=b"/healthz", authority=b""))
+        f = tflow.tflow(
+            req=tutils.treq(
+                host="spendfuse.invalid",
+                port=80,
+                scheme=b"http",
+                method=b"GET",
+                path=b"/healthz",
+                authority=b"",
+            )
+        )
         await a.request(f)
         assert f.response.status_code == 200
 

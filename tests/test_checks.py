@@ -13,7 +13,9 @@ NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
 
 def make(**data) -> policy.Policy:
-    return policy.parse({"multipliers": {"gpt-4o": 0.78, "claude-opus-4-1": 5}, "model_limits": {}, **data}, Path("."))
+    return policy.parse(
+        {"multipliers": {"gpt-4o": 0.78, "claude-opus-4-1": 5}, "model_limits": {}, **data}, Path(".")
+    )
 
 
 def info(model: str = "gpt-4o") -> RequestInfo:
@@ -43,12 +45,19 @@ class TestBudget:
         p = make(budgets=[{"name": "global", "limit_usd": 1}, {"name": "ci-run", "limit_usd": "0.5"}])
         claims = budget_claims(p, info(), 1234, NOW)
         assert [(c.scope, c.limit_micro, c.amount_micro, c.resets) for c in claims] == [
-            ("global", 1_000_000, 1234, "never"), ("global:ci-run", 500_000, 1234, "never")]
+            ("global", 1_000_000, 1234, "never"),
+            ("global:ci-run", 500_000, 1234, "never"),
+        ]
 
     def test_refusal_carries_the_numbers(self):
         claim = Claim("global", "", "never", 1_000_000, 300_000, "budget:global")
         r = budget_refusal(claim, settled_micro=600_000, held_micro=200_000)
         assert (r.limit, r.spent, r.reserved, r.remaining, r.requested) == (
-            Decimal("1"), Decimal("0.6"), Decimal("0.2"), Decimal("0.2"), Decimal("0.3"))
+            Decimal("1"),
+            Decimal("0.6"),
+            Decimal("0.2"),
+            Decimal("0.2"),
+            Decimal("0.3"),
+        )
         assert r.kind is RefusalKind.QUOTA and r.rule == "budget:global"
         assert "limit $1.00, spent $0.60" in r.message and "never resets" in r.message

@@ -23,7 +23,7 @@ def test_status(tmp_path, capsys):
     seed(tmp_path / "l.sqlite")
     assert cli.main(["status", "--db", str(tmp_path / "l.sqlite"), "--rules", str(DEFAULT_RULES)]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("global"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("global"))
     assert "$1.00" in line and "$0.12" in line and "$0.20" in line and "$0.68" in line and "never" in line
 
 
@@ -46,7 +46,14 @@ def test_schema_check(capsys):
 def test_env_prints_what_agents_need(tmp_path, capsys):
     assert cli.main(["env", "--confdir", str(tmp_path), "--port", "9999"]) == 0
     out = capsys.readouterr().out
-    for name in ("HTTPS_PROXY=http://127.0.0.1:9999", "SSL_CERT_FILE=", "NODE_EXTRA_CA_CERTS=", "CODEX_CA_CERTIFICATE="):
+    for name in (
+        "HTTPS_PROXY=http://127.0.0.1:9999",
+        "SSL_CERT_FILE=",
+        "NODE_EXTRA_CA_CERTS=",
+        "CODEX_CA_CERTIFICATE=",
+    ):
         assert name in out
     bundle = (tmp_path / "spendfuse-ca-bundle.pem").read_text()
-    assert (tmp_path / "mitmproxy-ca-cert.pem").read_text().strip() in bundle and bundle.count("BEGIN CERTIFICATE") > 10
+    assert (tmp_path / "mitmproxy-ca-cert.pem").read_text().strip() in bundle and bundle.count(
+        "BEGIN CERTIFICATE"
+    ) > 10

@@ -24,24 +24,31 @@ CAP = Decimal("0.105")
 def served_cost_micro(prompt_tokens: int, completion_tokens: int) -> int:
     """The fake upstream's fixed usage priced here, independently of spendfuse's pricing code."""
     price = TEST_PRICES["gpt-4o"]
-    usd = (Decimal(prompt_tokens) * Decimal(price["input_mtok"])
-           + Decimal(completion_tokens) * Decimal(price["output_mtok"])) / Decimal(1_000_000)
+    usd = (
+        Decimal(prompt_tokens) * Decimal(price["input_mtok"])
+        + Decimal(completion_tokens) * Decimal(price["output_mtok"])
+    ) / Decimal(1_000_000)
     return int((usd * 1_000_000).to_integral_value(rounding="ROUND_CEILING"))
 
 
 async def fire(urls: list[str], ca: Path, n: int) -> tuple[int, int, list[openai.APIStatusError]]:
     """Send n chat requests at once, spread over the proxies; count 200s and refusals."""
     clients = [
-        openai.AsyncOpenAI(api_key="sk-test", max_retries=0,
-                           http_client=openai.DefaultAsyncHttpxClient(
-            proxy=url, verify=ssl.create_default_context(cafile=str(ca)), timeout=60))
+        openai.AsyncOpenAI(
+            api_key="sk-test",
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(
+                proxy=url, verify=ssl.create_default_context(cafile=str(ca)), timeout=60
+            ),
+        )
         for url in urls
     ]
 
     async def one(i: int):
         client = clients[i % len(clients)]
         return await client.chat.completions.create(
-            model="gpt-4o", max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": f"request {i}"}])
+            model="gpt-4o", max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": f"request {i}"}]
+        )
 
     results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
     for c in clients:
@@ -58,7 +65,9 @@ def check_ledger(db: Path, ok: int, upstream_hits: int) -> None:
     try:
         rows = ledger.query("SELECT state, decision, cost_micro FROM requests")
         totals = ledger.window_totals("global", "")
-        claims = ledger.query("SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'settled'")
+        claims = ledger.query(
+            "SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'settled'"
+        )
     finally:
         ledger.close()
     settled = [r for r in rows if r["state"] == "settled"]

@@ -14,7 +14,9 @@ from governance.types import Endpoint, Metering, RefusalKind, Usage
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 CHAT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
-MESSAGES = Endpoint("anthropic", "messages", Metering.METERED, "api.anthropic.com", "/v1/messages", "anthropic")
+MESSAGES = Endpoint(
+    "anthropic", "messages", Metering.METERED, "api.anthropic.com", "/v1/messages", "anthropic"
+)
 
 
 @pytest.fixture
@@ -22,9 +24,14 @@ def make(tmp_path: Path):
     ledgers = []
 
     def _make(dry_run: bool = False, **data) -> Engine:
-        rules = {"multipliers": {"gpt-4o": 1, "claude-opus-4-1": 5}, "model_limits": {"gpt-4o": 16384},
-                 "budgets": [{"limit_usd": 1}], "prices": {"gpt-4o": {"input_mtok": 1, "output_mtok": 10}},
-                 "estimate": {"input_margin": 1}, **data}
+        rules = {
+            "multipliers": {"gpt-4o": 1, "claude-opus-4-1": 5},
+            "model_limits": {"gpt-4o": 16384},
+            "budgets": [{"limit_usd": 1}],
+            "prices": {"gpt-4o": {"input_mtok": 1, "output_mtok": 10}},
+            "estimate": {"input_margin": 1},
+            **data,
+        }
         led = Ledger.open(tmp_path / f"l{len(ledgers)}.sqlite")
         ledgers.append(led)
         return Engine(policy.parse(rules, Path(".")), led, dry_run=dry_run)
@@ -51,7 +58,9 @@ def test_no_cap_and_no_table_entry_is_refused_unless_default(make):
     with pytest.raises(RequestParseError, match="output cap"):
         make().read_request(CHAT, body(model="gpt-9"), principal="p", request_id="r")
     e = make(estimate={"default_max_output_tokens": 777})
-    assert e.read_request(CHAT, body(model="gpt-9"), principal="p", request_id="r").info.max_output_tokens == 777
+    assert (
+        e.read_request(CHAT, body(model="gpt-9"), principal="p", request_id="r").info.max_output_tokens == 777
+    )
 
 
 def test_admit_reserves_then_finish_settles(make):
@@ -73,8 +82,12 @@ def test_admit_refuses_over_budget(make):
 
 def test_admit_refuses_multiplier_and_unpriced(make):
     e = make(max_multiplier=2)
-    opus = e.read_request(MESSAGES, {"model": "claude-opus-4-1", "max_tokens": 10, "messages": []},
-                          principal="p", request_id="o").info
+    opus = e.read_request(
+        MESSAGES,
+        {"model": "claude-opus-4-1", "max_tokens": 10, "messages": []},
+        principal="p",
+        request_id="o",
+    ).info
     assert e.admit(opus, NOW).refusal.code == "model_multiplier_cap_exceeded"
     e2 = make()
     odd = e2.read_request(CHAT, body(model="gpt-odd", max_tokens=5), principal="p", request_id="x").info
@@ -103,7 +116,12 @@ def test_finish_without_usage(make):
 
 
 def test_usage_is_priced_by_the_model_the_upstream_ran(make):
-    e = make(prices={"gpt-4o": {"input_mtok": 1, "output_mtok": 10}, "gpt-4o-big": {"input_mtok": 100, "output_mtok": 100}})
+    e = make(
+        prices={
+            "gpt-4o": {"input_mtok": 1, "output_mtok": 10},
+            "gpt-4o-big": {"input_mtok": 100, "output_mtok": 100},
+        }
+    )
     info = e.read_request(CHAT, body(max_tokens=100), principal="p", request_id="r").info
     e.admit(info, NOW)
     e.finish(info, Usage(1000, 0, model="gpt-4o-big"), NOW, outcome="usage")

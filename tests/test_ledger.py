@@ -80,7 +80,9 @@ def test_totals_reconcile_with_claims(ledger):
         elif i % 3 == 1:
             ledger.release(f"r{i}", NOW, outcome="x")
     held = ledger.query("SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'held'")[0]["s"]
-    settled = ledger.query("SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'settled'")[0]["s"]
+    settled = ledger.query("SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'settled'")[
+        0
+    ]["s"]
     t = ledger.window_totals("global", "")
     assert (t.held_micro, t.settled_micro) == (held, settled)
 
@@ -106,7 +108,9 @@ def _race(path: str, start: multiprocessing.synchronize.Event, worker: int, resu
     led = Ledger.open(path)  # every process opens (and migrates) a file that does not exist yet
     granted = 0
     for i in range(25):
-        r = led.reserve(RequestRecord(f"w{worker}-{i}", f"w{worker}"), claim(10_000, limit=1_000_000), 10_000, NOW)
+        r = led.reserve(
+            RequestRecord(f"w{worker}-{i}", f"w{worker}"), claim(10_000, limit=1_000_000), 10_000, NOW
+        )
         if r.granted:
             granted += 1
             if i % 2:

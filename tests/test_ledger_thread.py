@@ -112,6 +112,7 @@ def test_idle_hook_runs_on_the_thread_when_the_queue_is_empty():
         w.close(timeout=5)
 
 
+@pytest.mark.expect_errors("idle housekeeping failed")
 def test_a_failing_idle_hook_is_logged_and_the_thread_keeps_serving(caplog):
     def idle() -> None:
         raise RuntimeError("checkpoint failed")
@@ -137,6 +138,7 @@ def test_close_runs_what_is_queued_then_refuses_new_work():
     w.close()  # idempotent
 
 
+@pytest.mark.expect_errors("division by zero")
 def test_a_failing_submitted_call_is_logged(caplog):
     w = LedgerThread()
     w.submit(lambda: 1 / 0)

@@ -21,17 +21,20 @@ def test_committed_schema_is_fresh():
     assert (RULES_DIR / "policy.schema.json").read_text() == policy.json_schema()
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("version: 1\nbudgets: [{limit_usd: 1, windw: never}]\n", "windw"),
-    ("version: 1\nbudget: {limit_usd: 1}\n", "budget"),
-    ("version: 2\n", "version"),
-    ("version: 1\nbudgets: [{limit_usd: -1}]\n", "limit_usd"),
-    ("version: 1\nbudgets: [{limit_usd: 1}, {limit_usd: 2}]\n", "duplicate"),
-    ("version: 1\nmax_multiplier: lots\n", "max_multiplier"),
-    ("version: 1\nmultipliers: missing.yaml\n", "missing.yaml"),
-    ("[1, 2]\n", "mapping"),
-    ("version: 1\n  bad: indent\n", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("version: 1\nbudgets: [{limit_usd: 1, windw: never}]\n", "windw"),
+        ("version: 1\nbudget: {limit_usd: 1}\n", "budget"),
+        ("version: 2\n", "version"),
+        ("version: 1\nbudgets: [{limit_usd: -1}]\n", "limit_usd"),
+        ("version: 1\nbudgets: [{limit_usd: 1}, {limit_usd: 2}]\n", "duplicate"),
+        ("version: 1\nmax_multiplier: lots\n", "max_multiplier"),
+        ("version: 1\nmultipliers: missing.yaml\n", "missing.yaml"),
+        ("[1, 2]\n", "mapping"),
+        ("version: 1\n  bad: indent\n", "cannot read"),
+    ],
+)
 def test_bad_rules_are_refused_with_the_reason(tmp_path: Path, text, fragment):
     (tmp_path / "multipliers.yaml").write_text("gpt-4o: 1\n")
     (tmp_path / "model_limits.yaml").write_text("gpt-4o: 100\n")

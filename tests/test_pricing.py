@@ -28,16 +28,26 @@ def test_one_hour_cache_writes_cost_more():
     p = Pricer(make())
     u = Usage(13_020, 400, 10_000, 3_000)
     one_hour = Usage(13_020, 400, 10_000, 3_000, cache_write_1h_tokens=3_000)
-    assert p.price("anthropic", "claude-sonnet-4-5", one_hour).cost > \
-        p.price("anthropic", "claude-sonnet-4-5", u).cost
+    assert (
+        p.price("anthropic", "claude-sonnet-4-5", one_hour).cost
+        > p.price("anthropic", "claude-sonnet-4-5", u).cost
+    )
 
 
 def test_overrides_exact_then_longest_prefix():
-    p = Pricer(make(prices={"gpt-4o": {"input_mtok": 1, "output_mtok": 2},
-                            "gpt-4o-mini": {"input_mtok": 3, "output_mtok": 4, "cache_read_mtok": 0.5}}))
+    p = Pricer(
+        make(
+            prices={
+                "gpt-4o": {"input_mtok": 1, "output_mtok": 2},
+                "gpt-4o-mini": {"input_mtok": 3, "output_mtok": 4, "cache_read_mtok": 0.5},
+            }
+        )
+    )
     assert p.price("openai", "gpt-4o-2024-08-06", Usage(1_000_000, 0)).source == "override:gpt-4o"
     mini = p.price("openai", "gpt-4o-mini-2024-07-18", Usage(1_000_000, 1_000_000, 500_000))
-    assert mini.cost == Decimal("1.5") + Decimal("0.25") + Decimal(4) and mini.source == "override:gpt-4o-mini"
+    assert (
+        mini.cost == Decimal("1.5") + Decimal("0.25") + Decimal(4) and mini.source == "override:gpt-4o-mini"
+    )
 
 
 def test_unpriced_model_raises_unless_default_price():
@@ -51,14 +61,23 @@ def test_unpriced_model_raises_unless_default_price():
 def test_worst_case_prices_cache_writes_when_asked():
     p = Pricer(make())
     plain = p.worst_case("anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000)
-    cached = p.worst_case("anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000,
-                          cache_write_hint="1h")
+    cached = p.worst_case(
+        "anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000, cache_write_hint="1h"
+    )
     assert plain.cost == Decimal("0.315") and cached.cost == Decimal("0.615")
 
 
-@pytest.mark.parametrize("provider,model", [("openai", "gpt-4o"), ("openai", "gpt-5"), ("openai", "o3"),
-                                            ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-opus-4-1"),
-                                            ("anthropic", "claude-haiku-4-5")])
+@pytest.mark.parametrize(
+    "provider,model",
+    [
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-5"),
+        ("openai", "o3"),
+        ("anthropic", "claude-sonnet-4-5"),
+        ("anthropic", "claude-opus-4-1"),
+        ("anthropic", "claude-haiku-4-5"),
+    ],
+)
 def test_rate_cards_agree_with_genai_prices_exactly(provider, model):
     import random
 
@@ -71,8 +90,13 @@ def test_rate_cards_agree_with_genai_prices_exactly(provider, model):
         total = rng.randrange(0, min(card.below, 400_000))
         read = rng.randrange(0, total + 1)
         write = rng.randrange(0, total - read + 1)
-        u = Usage(total, rng.randrange(0, 100_000), read, write,
-                  cache_write_1h_tokens=rng.choice([0, write, write // 3]))
+        u = Usage(
+            total,
+            rng.randrange(0, 100_000),
+            read,
+            write,
+            cache_write_1h_tokens=rng.choice([0, write, write // 3]),
+        )
         expected = _genai_cost(provider, model, u)
         if total < card.below:
             assert card.price(u) == expected

@@ -24,12 +24,28 @@ def test_offline_encodings_count_exactly():
 
 def test_images_are_priced_apart_from_their_base64():
     blob = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + bytes(200_000)).decode()
-    messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                             {"type": "image_url", "image_url": {"url": blob}}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": blob}},
+            ],
+        }
+    ]
     n = tokens.estimate_input_tokens([messages], "gpt-4o", image_tokens=1000)
     assert 1000 < n < 1100  # the 270 KB of base64 is not tokenized as text
-    anthropic_img = [{"role": "user", "content": [{"type": "image", "source": {
-        "type": "base64", "media_type": "image/png", "data": blob.split(",", 1)[1]}}]}]
+    anthropic_img = [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": blob.split(",", 1)[1]},
+                }
+            ],
+        }
+    ]
     assert 1000 < tokens.estimate_input_tokens([anthropic_img], "claude-sonnet-4-5", image_tokens=1000) < 1100
 
 
@@ -40,9 +56,16 @@ def test_documents_are_bounded_by_size():
 
 
 def test_tools_and_schemas_count():
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-                                               "parameters": {"type": "object", "properties": {
-                                                   "city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     with_tools = tokens.estimate_input_tokens(["hi", tools], "gpt-4o", image_tokens=0)
     assert with_tools > tokens.estimate_input_tokens(["hi"], "gpt-4o", image_tokens=0) + 10
 

@@ -15,8 +15,17 @@ FIX = Path(__file__).parent / "fixtures" / "openai"
 
 class TestParseRequest:
     def test_chat_reads_model_cap_n_and_stream(self):
-        p = openai.parse_request("chat", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}],
-                                          "max_completion_tokens": 500, "max_tokens": 100, "n": 3, "stream": True})
+        p = openai.parse_request(
+            "chat",
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_completion_tokens": 500,
+                "max_tokens": 100,
+                "n": 3,
+                "stream": True,
+            },
+        )
         assert (p.model, p.max_output_tokens, p.choices, p.stream) == ("gpt-4o", 500, 3, True)
 
     def test_chat_without_cap(self):
@@ -24,23 +33,30 @@ class TestParseRequest:
         assert p.max_output_tokens is None and p.choices == 1
 
     def test_responses_and_completions(self):
-        r = openai.parse_request("responses", {"model": "gpt-5", "input": "hi", "instructions": "be brief",
-                                               "max_output_tokens": 800})
+        r = openai.parse_request(
+            "responses",
+            {"model": "gpt-5", "input": "hi", "instructions": "be brief", "max_output_tokens": 800},
+        )
         assert r.max_output_tokens == 800 and r.prompt == ("be brief", "hi")
-        c = openai.parse_request("completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "x", "n": 2, "best_of": 5})
+        c = openai.parse_request(
+            "completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "x", "n": 2, "best_of": 5}
+        )
         assert c.max_output_tokens == 16 and c.choices == 5
 
-    @pytest.mark.parametrize("body", [
-        {"messages": []},
-        {"model": "", "messages": []},
-        {"model": 5, "messages": []},
-        {"model": "gpt-4o", "messages": [], "max_tokens": "100"},
-        {"model": "gpt-4o", "messages": [], "max_tokens": True},
-        {"model": "gpt-4o", "messages": [], "max_tokens": -1},
-        {"model": "gpt-4o", "messages": [], "n": 0},
-        {"model": "gpt-4o", "messages": [], "stream": "yes"},
-        {"model": "gpt-4o"},
-    ])
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"messages": []},
+            {"model": "", "messages": []},
+            {"model": 5, "messages": []},
+            {"model": "gpt-4o", "messages": [], "max_tokens": "100"},
+            {"model": "gpt-4o", "messages": [], "max_tokens": True},
+            {"model": "gpt-4o", "messages": [], "max_tokens": -1},
+            {"model": "gpt-4o", "messages": [], "n": 0},
+            {"model": "gpt-4o", "messages": [], "stream": "yes"},
+            {"model": "gpt-4o"},
+        ],
+    )
     def test_refuses_what_it_cannot_meter(self, body):
         with pytest.raises(RequestParseError):
             openai.parse_request("chat", body)
@@ -63,7 +79,9 @@ class TestPrepareRequest:
 class TestUsage:
     def test_chat_body_includes_cached_in_input(self):
         u = openai.usage_from_body("chat", json.loads((FIX / "chat.json").read_text()))
-        assert u == Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=1024, model="gpt-4o-2024-08-06")
+        assert u == Usage(
+            input_tokens=1200, output_tokens=300, cache_read_tokens=1024, model="gpt-4o-2024-08-06"
+        )
 
     def test_chat_stream(self):
         u = read_sse_body(openai.StreamUsage("chat"), (FIX / "chat_stream.sse").read_bytes())
@@ -73,8 +91,17 @@ class TestUsage:
         u = read_sse_body(openai.StreamUsage("responses"), (FIX / "responses_stream.sse").read_bytes())
         assert u == Usage(5000, 800, 4096, 0, "gpt-5-2025-08-07")
 
-    @pytest.mark.parametrize("body", [None, [], {}, {"usage": None}, {"usage": {"prompt_tokens": 5}},
-                                      {"usage": {"prompt_tokens": "5", "completion_tokens": 1}}])
+    @pytest.mark.parametrize(
+        "body",
+        [
+            None,
+            [],
+            {},
+            {"usage": None},
+            {"usage": {"prompt_tokens": 5}},
+            {"usage": {"prompt_tokens": "5", "completion_tokens": 1}},
+        ],
+    )
     def test_no_usage(self, body):
         assert openai.usage_from_body("chat", body) is None
 
@@ -87,8 +114,15 @@ def test_render_error_budget_is_429_insufficient_quota():
     assert headers["x-should-retry"] == "false" and headers["x-spendfuse-refused"] == "budget:global"
 
 
-@pytest.mark.parametrize("kind,status", [(RefusalKind.INVALID, 400), (RefusalKind.FORBIDDEN, 403),
-                                         (RefusalKind.UPGRADE, 426), (RefusalKind.UNAVAILABLE, 503)])
+@pytest.mark.parametrize(
+    "kind,status",
+    [
+        (RefusalKind.INVALID, 400),
+        (RefusalKind.FORBIDDEN, 403),
+        (RefusalKind.UPGRADE, 426),
+        (RefusalKind.UNAVAILABLE, 503),
+    ],
+)
 def test_render_error_statuses(kind, status):
     s, _, body = openai.render_error(Refusal(rule="r", code="c", kind=kind, message="m"), "id")
     assert s == status and json.loads(body)["error"]["code"] == "c"

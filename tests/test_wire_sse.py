@@ -48,7 +48,7 @@ def test_fields_comments_and_multiline_data():
 
 def test_a_final_event_without_blank_line_counts_at_close():
     p = SSEParser()
-    assert p.feed(b"data: {\"usage\": 1}") == []
+    assert p.feed(b'data: {"usage": 1}') == []
     assert p.close() == [Event("", '{"usage": 1}')]
 
 

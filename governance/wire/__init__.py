@@ -51,7 +51,9 @@ KNOWN_HOSTS: tuple[KnownHost, ...] = (
     _host("google", r"^generativelanguage\.googleapis\.com$", "google"),
     _host("google-code-assist", r"^cloudcode-pa\.googleapis\.com$", "google"),
     _host("vertex", r"(^|\.)aiplatform\.googleapis\.com$", "google"),
-    _host("azure", r"\.(openai\.azure\.com|cognitiveservices\.azure\.com|services\.ai\.azure\.com)$", "openai"),
+    _host(
+        "azure", r"\.(openai\.azure\.com|cognitiveservices\.azure\.com|services\.ai\.azure\.com)$", "openai"
+    ),
     _host("bedrock", r"^bedrock-runtime(-fips)?\.[a-z0-9-]+\.amazonaws\.com$", "bedrock"),
     _host("bedrock-mantle", r"^bedrock-mantle\.[a-z0-9-]+\.api\.aws$", "openai"),
     _host("openrouter", r"^openrouter\.ai$", "openai"),

@@ -19,13 +19,15 @@ _PROMPT_KEYS = ("system", "messages", "tools", "tool_choice", "output_format")
 
 
 def _cache_write_hint(body: Mapping[str, Any]) -> str | None:
-    """"1h" or "5m" when the prompt asks Anthropic to write cache entries, else None.
+    """ "1h" or "5m" when the prompt asks Anthropic to write cache entries, else None.
 
     Cache writes cost more than plain input (1.25x for five minutes, 2x for an hour), so the
     worst case must price the prompt as writes whenever it could be written."""
-    text = json.dumps(body.get("system"), separators=(",", ":")) + json.dumps(
-        body.get("messages"), separators=(",", ":")
-    ) + json.dumps(body.get("tools"), separators=(",", ":"))
+    text = (
+        json.dumps(body.get("system"), separators=(",", ":"))
+        + json.dumps(body.get("messages"), separators=(",", ":"))
+        + json.dumps(body.get("tools"), separators=(",", ":"))
+    )
     if '"cache_control"' not in text:
         return None
     return "1h" if '"ttl":"1h"' in text else "5m"

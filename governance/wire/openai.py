@@ -87,13 +87,15 @@ def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, o
 
 
 def _chat_usage(usage: Any, model: str | None) -> Usage | None:
-    return _read_usage(usage, model, total_in="prompt_tokens", details="prompt_tokens_details",
-                       out="completion_tokens")
+    return _read_usage(
+        usage, model, total_in="prompt_tokens", details="prompt_tokens_details", out="completion_tokens"
+    )
 
 
 def _responses_usage(usage: Any, model: str | None) -> Usage | None:
-    return _read_usage(usage, model, total_in="input_tokens", details="input_tokens_details",
-                       out="output_tokens")
+    return _read_usage(
+        usage, model, total_in="input_tokens", details="input_tokens_details", out="output_tokens"
+    )
 
 
 def usage_from_body(api: str, body: Any) -> Usage | None:

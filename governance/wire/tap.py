@@ -19,27 +19,83 @@ class UsageReader(Protocol):
     def on_event(self, event: Event) -> None: ...
 
 
+class _Frames(Protocol):
+    """A one-frame decompressor (zlib's and zstd's share this shape)."""
+
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+class _FrameDecoder:
+    """Decodes a body of concatenated frames (gzip members, zstd frames) chunk by chunk: when a
+    frame ends, the bytes after it start the next one."""
+
+    def __init__(self, new_frame: Callable[[], _Frames]) -> None:
+        self._new_frame = new_frame
+        self._frame = new_frame()
+
+    def __call__(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                break
+            data = self._frame.unused_data
+            self._frame = self._new_frame()
+        return b"".join(out)
+
+
+class _DeflateDecoder:
+    """HTTP `deflate` is zlib-wrapped by the spec, but some servers send raw deflate: the first
+    bytes tell which (mitmproxy's own decoder accepts both)."""
+
+    def __init__(self) -> None:
+        self._decoder: _FrameDecoder | None = None
+        self._head = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._decoder is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            zlib_header = (self._head[0] & 0x0F) == 8 and int.from_bytes(self._head[:2]) % 31 == 0
+            wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+            self._decoder = _FrameDecoder(lambda: zlib.decompressobj(wbits=wbits))
+            data, self._head = self._head, b""
+        return self._decoder(data)
+
+
+def _zstd_decompressor() -> _Frames:
+    # The zstd that mitmproxy itself decodes with: the standard library's from Python 3.14,
+    # its backport before.
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd  # type: ignore[no-redef]
+    return zstd.ZstdDecompressor()  # type: ignore[no-any-return]
+
+
 def make_decoder(content_encoding: str) -> Callable[[bytes], bytes] | None:
-    """An incremental decoder for a response's content-encoding, identity -> None.
+    """An incremental decoder for a response's content-encoding, identity -> None. Raises
+    ValueError for an encoding it cannot decode.
 
     spendfuse asks for `accept-encoding: identity`, but an upstream may compress anyway; the
     client still gets the compressed bytes, and the tap reads a decoded copy."""
     enc = content_encoding.strip().lower()
     if enc in ("", "identity"):
         return None
-    if enc in ("gzip", "x-gzip", "deflate"):
-        d = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib, detected from the header
-        return d.decompress
+    if enc in ("gzip", "x-gzip"):
+        return _FrameDecoder(lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS))
+    if enc == "deflate":
+        return _DeflateDecoder()
     if enc == "br":
-        import brotli  # a mitmproxy dependency
+        import brotli  # the brotli mitmproxy depends on
 
-        b = brotli.Decompressor()
-        return b.process
+        return brotli.Decompressor().process  # type: ignore[no-any-return]
     if enc == "zstd":
-        import zstandard  # a mitmproxy dependency
-
-        z = zstandard.ZstdDecompressor().decompressobj()
-        return z.decompress
+        return _FrameDecoder(_zstd_decompressor)
     raise ValueError(f"unsupported content-encoding {content_encoding!r}")
 
 
@@ -65,7 +121,7 @@ class StreamTap:
         if self.broken is None:
             try:
                 self._read(data)
-            except Exception as e:  # never let a parser bug cut a stream
+            except Exception as e:  # noqa: BLE001 - a parser bug must never cut a stream; logged
                 self.broken = f"{type(e).__name__}: {e}"
                 logger.error("stream tap stopped reading usage: %s", self.broken)
         return data

@@ -24,13 +24,19 @@ from tests.support.proxy import REPO, start_proxy
 
 HOPS_ADDON = Path(__file__).with_name("hops_addon.py")
 
-BODY = {"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello in one word."}]}
+BODY = {
+    "model": "gpt-4o",
+    "max_tokens": 50,
+    "messages": [{"role": "user", "content": "Say hello in one word."}],
+}
 URL = "https://api.openai.com/v1/chat/completions"
 
 
 def start_upstream_process() -> tuple[subprocess.Popen, int]:
-    code = ("import time, sys; from tests.support.fake_upstream import start_upstream; u = start_upstream(); "
-            "print(u.port, flush=True); time.sleep(10**6)")
+    code = (
+        "import time, sys; from tests.support.fake_upstream import start_upstream; u = start_upstream(); "
+        "print(u.port, flush=True); time.sleep(10**6)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO, text=True)
     return proc, int(proc.stdout.readline())
 
@@ -55,8 +61,9 @@ async def concurrent(proxy_url: str, ca: Path, n: int, conc: int) -> float:
     """Requests/s with `conc` clients in flight at once."""
     ctx = ssl.create_default_context(cafile=str(ca))
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(proxy=proxy_url, verify=ctx, limits=limits,
-                                 headers={"authorization": "Bearer sk-bench"}, timeout=60) as c:
+    async with httpx.AsyncClient(
+        proxy=proxy_url, verify=ctx, limits=limits, headers={"authorization": "Bearer sk-bench"}, timeout=60
+    ) as c:
         await asyncio.gather(*(c.post(URL, json=BODY) for _ in range(conc)))
         sem = asyncio.Semaphore(conc)
 
@@ -103,7 +110,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2, help="alternate bare/spendfuse this many times; best kept")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="alternate bare/spendfuse this many times; best kept"
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="spendfuse-bench-"))
     upstream, port = start_upstream_process()
@@ -112,21 +121,40 @@ def main() -> int:
 
     addon.ensure_ca_bundle(conf)
     rules = tmp / "rules.yaml"
-    rules.write_text(json.dumps({"version": 1, "budgets": [{"name": "global", "limit_usd": 1_000_000}],
-                                 "multipliers": "%s/rules/multipliers.yaml" % REPO,
-                                 "model_limits": "%s/rules/model_limits.yaml" % REPO}))
+    rules.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "budgets": [{"name": "global", "limit_usd": 1_000_000}],
+                "multipliers": f"{REPO}/rules/multipliers.yaml",
+                "model_limits": f"{REPO}/rules/model_limits.yaml",
+            }
+        )
+    )
     kinds = ("bare", "hops", "spendfuse")
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     try:
         for _ in range(args.rounds):
             for kind in kinds:
                 if kind == "spendfuse":
-                    proxy = start_proxy(tmp / kind, confdir=conf, redirect_port=port, sets={
-                        "spendfuse_rules": str(rules), "spendfuse_db": str(tmp / f"ledger-{time.monotonic_ns()}.sqlite")})
+                    proxy = start_proxy(
+                        tmp / kind,
+                        confdir=conf,
+                        redirect_port=port,
+                        sets={
+                            "spendfuse_rules": str(rules),
+                            "spendfuse_db": str(tmp / f"ledger-{time.monotonic_ns()}.sqlite"),
+                        },
+                    )
                 else:
-                    proxy = start_proxy(tmp / kind, confdir=conf, sets={"connection_strategy": "lazy"},
-                                        redirect_port=port, bare=True,
-                                        scripts=(HOPS_ADDON,) if kind == "hops" else ())
+                    proxy = start_proxy(
+                        tmp / kind,
+                        confdir=conf,
+                        sets={"connection_strategy": "lazy"},
+                        redirect_port=port,
+                        bare=True,
+                        scripts=(HOPS_ADDON,) if kind == "hops" else (),
+                    )
                 try:
                     rps, p50 = sequential(proxy.url, proxy.ca, args.requests)
                     crps = asyncio.run(concurrent(proxy.url, proxy.ca, args.requests, args.concurrency))
@@ -137,14 +165,21 @@ def main() -> int:
         upstream.kill()
     best = {k: (max(r[0] for r in v), min(r[1] for r in v), max(r[2] for r in v)) for k, v in results.items()}
     b, h, s = best["bare"], best["hops"], best["spendfuse"]
-    print(f"small non-streamed chat requests, {args.requests} per run, best of {args.rounds} alternating runs")
+    print(
+        f"small non-streamed chat requests, {args.requests} per run, best of {args.rounds} alternating runs"
+    )
     print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'ratio':>9}{'hops only':>12}{'ratio':>9}")
-    rows = (("sequential req/s", 0, ".1f"), ("sequential p50 ms", 1, ".2f"),
-            (f"concurrent({args.concurrency}) req/s", 2, ".1f"))
+    rows = (
+        ("sequential req/s", 0, ".1f"),
+        ("sequential p50 ms", 1, ".2f"),
+        (f"concurrent({args.concurrency}) req/s", 2, ".1f"),
+    )
     for label, i, fmt in rows:
         print(f"{label:24}{b[i]:16{fmt}}{s[i]:14{fmt}}{s[i] / b[i]:9.2f}{h[i]:12{fmt}}{h[i] / b[i]:9.2f}")
-    print("hops only: mitmdump plus an addon that makes spendfuse's two ledger-thread round trips "
-          "(reserve, settle) with no work in them")
+    print(
+        "hops only: mitmdump plus an addon that makes spendfuse's two ledger-thread round trips "
+        "(reserve, settle) with no work in them"
+    )
     print(f"ledger reserve+settle: {bench_ledger(tmp):.0f} pairs/s (one process, WAL, synchronous=NORMAL)")
     tps, count = bench_tokens()
     print(f"input-token estimate: {tps / 1e6:.2f} M tokens/s (o200k, {count} tokens per request body)")

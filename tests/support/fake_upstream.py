@@ -108,7 +108,14 @@ class _Handler(BaseHTTPRequestHandler):
             if anthropic:
                 err = {"type": "error", "error": {"type": "api_error", "message": "upstream failed"}}
             else:
-                err = {"error": {"message": "upstream failed", "type": "server_error", "param": None, "code": None}}
+                err = {
+                    "error": {
+                        "message": "upstream failed",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
             self._json(k.status, err, extra={"x-should-retry": "false"})
             return
         if path == "/v1/messages/count_tokens":
@@ -143,8 +150,15 @@ class _Handler(BaseHTTPRequestHandler):
         k = self.upstream.knobs
         obj = "text_completion" if legacy else "chat.completion"
         if not stream:
-            choice = {"index": 0, "text": "hello"} if legacy else {
-                "index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+            choice = (
+                {"index": 0, "text": "hello"}
+                if legacy
+                else {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hello"},
+                    "finish_reason": "stop",
+                }
+            )
             resp = {"id": "chatcmpl-1", "object": obj, "created": 1, "model": model, "choices": [choice]}
             if not k.omit_usage:
                 resp["usage"] = self._openai_usage()
@@ -153,13 +167,38 @@ class _Handler(BaseHTTPRequestHandler):
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         events = []
         for i in range(k.chunks):
-            delta = {"index": 0, "text": f"w{i} "} if legacy else {
-                "index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
-            events.append((None, {"id": "chatcmpl-1", "object": obj + ".chunk", "created": 1, "model": model,
-                                  "choices": [delta], "usage": None}))
+            delta = (
+                {"index": 0, "text": f"w{i} "}
+                if legacy
+                else {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+            )
+            events.append(
+                (
+                    None,
+                    {
+                        "id": "chatcmpl-1",
+                        "object": obj + ".chunk",
+                        "created": 1,
+                        "model": model,
+                        "choices": [delta],
+                        "usage": None,
+                    },
+                )
+            )
         if include and not k.omit_usage:
-            events.append((None, {"id": "chatcmpl-1", "object": obj + ".chunk", "created": 1, "model": model,
-                                  "choices": [], "usage": self._openai_usage()}))
+            events.append(
+                (
+                    None,
+                    {
+                        "id": "chatcmpl-1",
+                        "object": obj + ".chunk",
+                        "created": 1,
+                        "model": model,
+                        "choices": [],
+                        "usage": self._openai_usage(),
+                    },
+                )
+            )
         events.append((None, "[DONE]"))
         self._stream(events)
 
@@ -172,44 +211,110 @@ class _Handler(BaseHTTPRequestHandler):
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": k.prompt_tokens + k.completion_tokens,
         }
-        final = {"id": "resp_1", "object": "response", "created_at": 1, "model": model, "status": "completed",
-                 "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
-                             "content": [{"type": "output_text", "text": "hello", "annotations": []}]}],
-                 "usage": None if k.omit_usage else usage}
+        final = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": model,
+            "status": "completed",
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "hello", "annotations": []}],
+                }
+            ],
+            "usage": None if k.omit_usage else usage,
+        }
         if not stream:
             self._json(200, final)
             return
-        events = [("response.created", {"type": "response.created", "sequence_number": 0,
-                                        "response": {**final, "status": "in_progress", "usage": None}})]
+        events = [
+            (
+                "response.created",
+                {
+                    "type": "response.created",
+                    "sequence_number": 0,
+                    "response": {**final, "status": "in_progress", "usage": None},
+                },
+            )
+        ]
         for i in range(k.chunks):
-            events.append(("response.output_text.delta", {"type": "response.output_text.delta",
-                                                          "sequence_number": i + 1, "delta": f"w{i} "}))
-        events.append(("response.completed", {"type": "response.completed", "sequence_number": k.chunks + 1,
-                                              "response": final}))
+            events.append(
+                (
+                    "response.output_text.delta",
+                    {"type": "response.output_text.delta", "sequence_number": i + 1, "delta": f"w{i} "},
+                )
+            )
+        events.append(
+            (
+                "response.completed",
+                {"type": "response.completed", "sequence_number": k.chunks + 1, "response": final},
+            )
+        )
         self._stream(events)
 
     def _messages(self, model: str, stream: bool) -> None:
         k = self.upstream.knobs
-        usage = {"input_tokens": k.prompt_tokens, "cache_creation_input_tokens": k.cache_write_tokens,
-                 "cache_read_input_tokens": k.cached_tokens, "output_tokens": k.completion_tokens}
+        usage = {
+            "input_tokens": k.prompt_tokens,
+            "cache_creation_input_tokens": k.cache_write_tokens,
+            "cache_read_input_tokens": k.cached_tokens,
+            "output_tokens": k.completion_tokens,
+        }
         if not stream:
-            resp = {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-                    "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn"}
+            resp = {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": "hello"}],
+                "stop_reason": "end_turn",
+            }
             if not k.omit_usage:
                 resp["usage"] = usage
             self._json(200, resp)
             return
         start_usage = {**usage, "output_tokens": 1}
-        events = [("message_start", {"type": "message_start", "message": {
-            "id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, **({} if k.omit_usage else {"usage": start_usage})}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}})]
+        events = [
+            (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_1",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        **({} if k.omit_usage else {"usage": start_usage}),
+                    },
+                },
+            ),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
+        ]
         for i in range(k.chunks):
-            events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                   "delta": {"type": "text_delta", "text": f"w{i} "}}))
+            events.append(
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": f"w{i} "},
+                    },
+                )
+            )
         events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        }
         if not k.omit_usage:
             delta["usage"] = {"output_tokens": k.completion_tokens}
         events.append(("message_delta", delta))

@@ -21,6 +21,7 @@ class Proxy:
     port: int
     confdir: Path
     log: Path
+    errors: Path  # ERROR records spendfuse logged (the harness writes them)
 
     @property
     def url(self) -> str:
@@ -42,10 +43,23 @@ class Proxy:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def logged_errors(self) -> list[str]:
+        """Every ERROR that spendfuse logged so far, one line each."""
+        return self.errors.read_text(errors="replace").splitlines() if self.errors.exists() else []
 
-def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redirect_port: int | None,
-                  portfile: Path | None, extra: list[str] | None = None, bare: bool = False,
-                  scripts: tuple[Path, ...] = ()) -> list[str]:
+
+def proxy_command(
+    *,
+    launcher: bool,
+    confdir: Path,
+    sets: dict[str, str],
+    redirect_port: int | None,
+    portfile: Path | None,
+    errors: Path | None = None,
+    extra: list[str] | None = None,
+    bare: bool = False,
+    scripts: tuple[Path, ...] = (),
+) -> list[str]:
     """`bare`: mitmdump without spendfuse, the baseline it is compared with; `scripts` load
     before the harness (the bench's reference addons)."""
     args = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}"]
@@ -62,20 +76,40 @@ def proxy_command(*, launcher: bool, confdir: Path, sets: dict[str, str], redire
     cmd += ["-s", str(HARNESS)]
     if portfile is not None:
         cmd += ["--set", f"harness_portfile={portfile}"]
+    if errors is not None:
+        cmd += ["--set", f"harness_errors={errors}"]
     if redirect_port is not None:
         cmd += ["--set", f"harness_redirect=127.0.0.1:{redirect_port}"]
     return cmd + (extra or [])
 
 
-def start_proxy(workdir: Path, *, confdir: Path, sets: dict[str, str], redirect_port: int | None,
-                launcher: bool = False, bare: bool = False, env: dict[str, str] | None = None,
-                timeout: float = 30.0, scripts: tuple[Path, ...] = ()) -> Proxy:
+def start_proxy(
+    workdir: Path,
+    *,
+    confdir: Path,
+    sets: dict[str, str],
+    redirect_port: int | None,
+    launcher: bool = False,
+    bare: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    scripts: tuple[Path, ...] = (),
+) -> Proxy:
     """Start a proxy and wait until it listens. Raises with its log if it exits first."""
     workdir.mkdir(parents=True, exist_ok=True)
     portfile = workdir / f"port-{time.monotonic_ns()}.json"
     log = portfile.with_suffix(".log")
-    cmd = proxy_command(launcher=launcher, confdir=confdir, sets=sets, redirect_port=redirect_port, portfile=portfile,
-                        bare=bare, scripts=scripts)
+    errors = portfile.with_suffix(".errors")
+    cmd = proxy_command(
+        launcher=launcher,
+        confdir=confdir,
+        sets=sets,
+        redirect_port=redirect_port,
+        portfile=portfile,
+        errors=errors,
+        bare=bare,
+        scripts=scripts,
+    )
     full_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     full_env.update(env or {})
     with open(log, "wb") as out:
@@ -84,7 +118,7 @@ def start_proxy(workdir: Path, *, confdir: Path, sets: dict[str, str], redirect_
     while time.monotonic() < deadline:
         if portfile.exists():
             port = json.loads(portfile.read_text())["port"]
-            return Proxy(proc, port, confdir, log)
+            return Proxy(proc, port, confdir, log, errors)
         if proc.poll() is not None:
             raise RuntimeError(f"proxy exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         time.sleep(0.02)
