@@ -19,25 +19,32 @@ import json
 import logging
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import asyncio_utils
 
 from governance import DEFAULT_RULES, policy, tokens, wire
 from governance.engine import Engine, ReadRequest, parse_refusal
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
+from governance.gate import HEALTH_HOST, Action, Incoming, Verdict
+from governance.hosts import canonical_host
 from governance.ledger import Ledger, RequestRecord
+from governance.ledger import default_path as default_ledger_path
 from governance.ledger_thread import LedgerThread
 from governance.types import Endpoint, Metering, Refusal, RefusalKind, RequestInfo, usd
 from governance.wire.tap import StreamTap, read_sse_body
 
 logger = logging.getLogger("spendfuse")
 
-HEALTH_HOST = "spendfuse.invalid"
+# Modes where the destination is an address the client's own resolver chose (no CONNECT names
+# it), so the SNI or Host says which host it is for.
+_RESOLVED_DESTINATION_MODES = (mode_specs.TransparentMode, mode_specs.WireGuardMode, mode_specs.LocalMode)
 KEY_HEADER = "x-spendfuse-key"
 # Upstream API keys, in the order they identify a principal.
 _API_KEY_HEADERS = ("x-api-key", "api-key", "authorization", "x-goog-api-key")
@@ -67,8 +74,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "spendfuse_db",
         "SPENDFUSE_DB",
-        "spendfuse.sqlite",
-        "Path of the SQLite ledger, created if missing. Several proxies may share one file.",
+        "",
+        "Path of the SQLite ledger, created if missing. Several proxies may share one file. "
+        "Empty: ledger.sqlite in a per-user state directory ($SPENDFUSE_STATE_DIR, else "
+        "$XDG_STATE_HOME/spendfuse, else ~/.local/state/spendfuse). In-memory ledgers are refused.",
     ),
     OptionSpec(
         "spendfuse_budget",
@@ -128,7 +137,19 @@ class Pending:
 
     info: RequestInfo
     endpoint: Endpoint
+    flow: http.HTTPFlow
     tap: StreamTap | None = None
+
+
+def _reached_upstream(flow: http.HTTPFlow) -> bool:
+    """Whether the request can have reached the upstream: a response came, or the connection to
+    it came up (TLS included). When it cannot have, nothing was billed."""
+    server = flow.server_conn
+    return flow.response is not None or (
+        server is not None
+        and server.timestamp_tcp_setup is not None
+        and (flow.request.scheme == "http" or server.timestamp_tls_setup is not None)
+    )
 
 
 def _internal_refusal(what: str) -> Refusal:
@@ -175,6 +196,8 @@ class SpendFuse:
         self._pending: dict[str, Pending] = {}
         self._answered: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self._proxy_users: dict[str, str] = {}
+        self._connect_targets: dict[str, str] = {}  # client connection id -> its CONNECT host
+        self._request_ids: dict[str, str] = {}  # flow id -> ledger request id, while the flow lives
         self._reaper: asyncio.Task | None = None
         self._forcing = False
 
@@ -221,10 +244,12 @@ class SpendFuse:
             rules = policy.with_overrides(
                 policy.load(o.spendfuse_rules), budget_usd=budget, max_multiplier=max_multiplier
             )
+            policy.require_limits(rules, o.spendfuse_rules)
         except PolicyError as e:
             raise exceptions.OptionsError(f"spendfuse_rules: {e}") from e
+        db = o.spendfuse_db or str(default_ledger_path())
         try:
-            ledger = self._ledger_thread().call_blocking(Ledger.open, o.spendfuse_db)
+            ledger = self._ledger_thread().call_blocking(Ledger.open, db)
         except LedgerUnavailable as e:
             raise exceptions.OptionsError(f"spendfuse_db: {e}") from e
         try:
@@ -239,7 +264,7 @@ class SpendFuse:
         logger.info(
             "spendfuse: rules %s, ledger %s, budgets: %s, max multiplier: %s%s",
             o.spendfuse_rules,
-            o.spendfuse_db,
+            ledger.path,
             caps,
             rules.max_multiplier or "off",
             ", DRY RUN" if dry_run else "",
@@ -276,11 +301,32 @@ class SpendFuse:
     def done(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        self._connect_targets.clear()
+        self._request_ids.clear()
         if self._ledger_worker is not None:
             if self.engine is not None:
+                self._settle_in_flight(self.engine)
                 self._ledger_worker.submit(self.engine.ledger.close)
             self._ledger_worker.close()
             self._ledger_worker = None
+
+    def _settle_in_flight(self, engine: Engine) -> None:
+        """A clean shutdown settles every flow still in flight, instead of leaving holds for the
+        next run to charge in full: the usage a stream showed, else the reservation if the
+        request reached the upstream, else nothing."""
+        pending, self._pending = self._pending, {}
+        for flow_id, p in pending.items():
+            usage = p.tap.usage if p.tap is not None else None
+            outcome = "proxy shut down" + ("; usage seen" if usage is not None else "")
+            try:
+                assert self._ledger_worker is not None
+                self._ledger_worker.call_blocking(
+                    lambda p=p, usage=usage, outcome=outcome: engine.finish(
+                        p.info, usage, now(), outcome=outcome, upstream_ran=_reached_upstream(p.flow)
+                    )
+                )
+            except LedgerUnavailable as e:
+                logger.error("spendfuse: could not settle %s at shutdown (the reaper will): %s", flow_id, e)
 
     async def _on_ledger(self, fn, *args):  # type: ignore[no-untyped-def]
         return await self._ledger_thread().call(fn, *args)
@@ -291,9 +337,11 @@ class SpendFuse:
         user = _proxy_user(flow.request.headers.get("proxy-authorization"))
         if user:
             self._proxy_users[flow.client_conn.id] = user
+        self._connect_targets[flow.client_conn.id] = flow.request.host
 
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
         self._proxy_users.pop(client.id, None)
+        self._connect_targets.pop(client.id, None)
 
     def _principal(self, flow: http.HTTPFlow) -> str:
         """First match wins: proxy credentials, x-spendfuse-key, a hash of the API key, default."""
@@ -315,15 +363,6 @@ class SpendFuse:
                 return _principal_from_key(value.removeprefix("Bearer ").strip())
         return "default"
 
-    @staticmethod
-    def _target_host(flow: http.HTTPFlow) -> str:
-        # The CONNECT target or absolute-form host, never the client-controlled Host header; in
-        # transparent mode the host is an IP, and the TLS SNI names the real target.
-        host = flow.request.host
-        if wire.is_ip_address(host) and flow.client_conn.sni:
-            return flow.client_conn.sni
-        return host
-
     # -- answering ----------------------------------------------------------------------------
 
     def _answer(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
@@ -340,11 +379,15 @@ class SpendFuse:
         logger.info("spendfuse: refused %s %s%s: %s", flow.request.method, ep.host, ep.path, refusal.message)
 
     async def _refuse_early(
-        self, flow: http.HTTPFlow, endpoint: Endpoint, rec: RequestRecord, refusal: Refusal
+        self, flow: http.HTTPFlow, endpoint: Endpoint | None, rec: RequestRecord | None, refusal: Refusal
     ) -> None:
         """Record a refusal made before any reservation, then answer it (or, in dry run, let the
         flow pass). Recording is best effort: the refusal is sent even when the ledger is down."""
         engine = self.engine
+        if rec is None:
+            rec = RequestRecord(
+                self._request_id(flow), self._principal(flow), provider=endpoint.family if endpoint else None
+            )
         if engine is not None:
             decision = "dry_run" if engine.dry_run else "refused"
             try:
@@ -362,22 +405,88 @@ class SpendFuse:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
-        endpoint: Endpoint | None = None
+        verdict: Verdict | None = None
         try:
-            target = self._target_host(flow)
-            if target.lower() == HEALTH_HOST:
-                self._health(flow)
+            engine = self.engine
+            if engine is None:
+                if canonical_host(flow.request.host) == HEALTH_HOST:
+                    self._health(flow)
+                else:
+                    self._answer(flow, None, _internal_refusal(f"not configured: {self.config_error}"))
                 return
-            endpoint = wire.detect(flow.request.method, target, flow.request.path)
-            if endpoint is None:
-                return  # not LLM traffic
-            await self._llm_request(flow, endpoint)
+            verdict = engine.screen(self._incoming(flow))
+            await self._act(flow, verdict, engine)
         except LedgerUnavailable as e:
             logger.error("spendfuse: ledger unavailable: %s", e)
-            self._fail(flow, endpoint, _ledger_refusal(e))
+            await self._refuse_early(flow, verdict.endpoint if verdict else None, None, _ledger_refusal(e))
         except Exception as e:
             logger.exception("spendfuse: request hook failed")
-            self._fail(flow, endpoint, _internal_refusal(type(e).__name__))
+            refusal = _internal_refusal(type(e).__name__)
+            await self._refuse_early(flow, verdict.endpoint if verdict else None, None, refusal)
+
+    def _incoming(self, flow: http.HTTPFlow) -> Incoming:
+        """The request's facts for the gate: every name it carries for its target."""
+        req = flow.request
+        mode = flow.client_conn.proxy_mode
+        names: list[tuple[str, str]] = [("url", req.host)]
+        if isinstance(mode, mode_specs.ReverseMode):
+            # The destination is the operator's reverse target; the client's Host names the proxy
+            # and is replaced upstream, unless keep_host_header sends it on.
+            if getattr(ctx.options, "keep_host_header", False):
+                names += [("host", v) for v in req.headers.get_all("host")]
+        else:
+            if connect := self._connect_targets.get(flow.client_conn.id):
+                names.append(("connect", connect))
+            if flow.client_conn.sni:
+                names.append(("sni", flow.client_conn.sni))
+            names += [("host", v) for v in req.headers.get_all("host")]
+            if req.authority:
+                names.append(("authority", req.authority))
+        return Incoming(
+            method=req.method,
+            path=req.path,
+            port=req.port,
+            names=tuple(names),
+            upgrade=tuple(req.headers.get_all("upgrade")),
+            destination_is_resolved=isinstance(mode, _RESOLVED_DESTINATION_MODES),
+        )
+
+    async def _act(self, flow: http.HTTPFlow, verdict: Verdict, engine: Engine) -> None:
+        """Carry out the gate's verdict."""
+        if verdict.action is Action.HEALTH:
+            self._health(flow)
+            return
+        if verdict.action is Action.PASS:
+            return
+        principal = self._principal(flow)
+        flow.request.headers.pop(KEY_HEADER, None)  # ours, never the provider's
+        endpoint = verdict.endpoint
+        if verdict.action is Action.REFUSE:
+            assert verdict.refusal is not None
+            provider = endpoint.family if endpoint else None
+            rec = RequestRecord(self._request_id(flow), principal, provider=provider)
+            await self._refuse_early(flow, endpoint, rec, verdict.refusal)
+            return
+        assert endpoint is not None
+        if verdict.action is Action.FREE:
+            if "allow_unmetered" in verdict.notes:
+                logger.info(
+                    "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
+                    flow.request.method,
+                    endpoint.host,
+                    endpoint.path,
+                )
+            return
+        await self._metered_request(flow, endpoint, engine, principal)
+
+    def _request_id(self, flow: http.HTTPFlow) -> str:
+        """The ledger's id for this request. A flow's id, except that a client replay re-sends a
+        recorded flow under its old id, and each sending is a request of its own."""
+        known = self._request_ids.get(flow.id)
+        if known is None:
+            known = flow.id if flow.is_replay != "request" else f"{flow.id}~{uuid.uuid4().hex[:12]}"
+            self._request_ids[flow.id] = known
+        return known
 
     def _fail(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
         self._pending.pop(flow.id, None)
@@ -398,62 +507,20 @@ class SpendFuse:
             200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
         )
 
-    async def _llm_request(self, flow: http.HTTPFlow, endpoint: Endpoint) -> None:
-        principal = self._principal(flow)
-        flow.request.headers.pop(KEY_HEADER, None)  # ours, never the provider's
-        engine = self.engine
-        if engine is None:
-            self._fail(flow, endpoint, _internal_refusal(f"not configured: {self.config_error}"))
-            return
-        if flow.request.headers.get("upgrade", "").lower() == "websocket":
-            refusal = Refusal(
-                rule="websocket",
-                code="websocket_not_supported",
-                kind=RefusalKind.UPGRADE,
-                message="spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP "
-                "streaming (Codex CLI falls back to it at once).",
-            )
-            await self._refuse_early(flow, endpoint, RequestRecord(flow.id, principal), refusal)
-            return
-        if endpoint.metering is Metering.FREE:
-            return
-        if endpoint.metering is Metering.UNMETERED:
-            if any(
-                a.matches(flow.request.method, endpoint.host, endpoint.path)
-                for a in engine.policy.allow_unmetered
-            ):
-                logger.info(
-                    "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
-                    flow.request.method,
-                    endpoint.host,
-                    endpoint.path,
-                )
-                return
-            refusal = Refusal(
-                rule="unmetered_endpoint",
-                code="endpoint_not_metered",
-                kind=RefusalKind.FORBIDDEN,
-                message=f"spendfuse: {flow.request.method} {endpoint.host}{endpoint.path} "
-                f"({endpoint.family}) is billable but not metered by this proxy, so it is refused. "
-                f"An operator can let it through with `allow_unmetered` in the rules.",
-            )
-            await self._refuse_early(
-                flow, endpoint, RequestRecord(flow.id, principal, provider=endpoint.family), refusal
-            )
-            return
-        await self._metered_request(flow, endpoint, engine, principal)
-
     async def _metered_request(
         self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str
     ) -> None:
+        request_id = self._request_id(flow)
         raw = flow.request.raw_content or b""
         try:
             if len(raw) > _OFFLOAD_BYTES:
-                read = await asyncio.to_thread(self._read, flow, endpoint, engine, principal)
+                read = await asyncio.to_thread(self._read, flow, endpoint, engine, principal, request_id)
             else:
-                read = self._read(flow, endpoint, engine, principal)
+                read = self._read(flow, endpoint, engine, principal, request_id)
+            # Everything that can fail about the forwarded bytes fails before reserving.
+            forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
         except RequestParseError as e:
-            rec = RequestRecord(flow.id, principal, provider=endpoint.family, api=endpoint.api)
+            rec = RequestRecord(request_id, principal, provider=endpoint.family, api=endpoint.api)
             await self._refuse_early(flow, endpoint, rec, parse_refusal(str(e)))
             return
         decision = await self._on_ledger(engine.admit, read.info, now())
@@ -461,33 +528,39 @@ class SpendFuse:
             assert decision.refusal is not None
             self._answer(flow, endpoint, decision.refusal)
             return
-        # Allowed: from here on the reservation must be settled by `response` or `error`.
-        self._pending[flow.id] = Pending(read.info, endpoint)
-        if read.forward_body is not None:
-            flow.request.content = json.dumps(read.forward_body, ensure_ascii=False).encode()
-        # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
-        flow.request.headers["accept-encoding"] = "identity"
-        flow.metadata["spendfuse"] = {
-            "decision": "dry_run" if decision.refusal else "allowed",
-            "model": read.info.model,
-            "principal": principal,
-            "reserved_usd": f"{decision.reserved:.6f}",
-            **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
-        }
+        # Allowed: from here on the reservation must be settled by `response` or `error`, or
+        # released here if the flow cannot be forwarded after all.
+        try:
+            if forward is not None:
+                flow.request.content = forward
+            # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
+            flow.request.headers["accept-encoding"] = "identity"
+            flow.metadata["spendfuse"] = {
+                "decision": "dry_run" if decision.refusal else "allowed",
+                "model": read.info.model,
+                "principal": principal,
+                "reserved_usd": f"{decision.reserved:.6f}",
+                **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
+            }
+            self._pending[flow.id] = Pending(read.info, endpoint, flow)
+        except Exception as e:
+            logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
+            what = type(e).__name__
+            await self._on_ledger(
+                lambda: engine.ledger.release(request_id, now(), outcome=f"not forwarded: {what}")
+            )
+            self._fail(flow, endpoint, _internal_refusal(what))
 
     @staticmethod
-    def _read(flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str) -> ReadRequest:
+    def _read(
+        flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str, request_id: str
+    ) -> ReadRequest:
         try:
             text = flow.request.get_content(strict=True)
         except ValueError as e:
             raise RequestParseError(f"cannot decode the request body: {e}") from e
-        try:
-            body = json.loads(text or b"")
-        except ValueError as e:
-            raise RequestParseError(f"the request body is not JSON: {e}") from e
-        if not isinstance(body, dict):
-            raise RequestParseError("the request body is not a JSON object")
-        return engine.read_request(endpoint, body, principal=principal, request_id=flow.id)
+        body = wire.decode_json_body(text or b"")
+        return engine.read_request(endpoint, body, principal=principal, request_id=request_id)
 
     # -- response -----------------------------------------------------------------------------
 
@@ -506,6 +579,7 @@ class SpendFuse:
             logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self._request_ids.pop(flow.id, None)
         answered = self._answered.pop(flow.id, None)
         if answered is not None:
             if (
@@ -523,7 +597,19 @@ class SpendFuse:
         try:
             await self._settle_response(flow, pending, self.engine)
         except Exception:
-            logger.exception("spendfuse: settling %s failed; its reservation stays until it expires", flow.id)
+            logger.exception("spendfuse: settling %s failed", flow.id)
+            await self._charge_held(self.engine, pending)
+
+    async def _charge_held(self, engine: Engine, pending: Pending) -> None:
+        """When settling failed for a reason other than the ledger, charge the reservation (an
+        upper bound of what the provider billed) rather than leave the hold to the reaper."""
+        request_id = pending.info.request_id
+        try:
+            await self._on_ledger(
+                lambda: engine.ledger.charge_reservation(request_id, now(), outcome="settle failed")
+            )
+        except LedgerUnavailable as e:
+            logger.error("spendfuse: %s stays held until the reaper charges it: %s", request_id, e)
 
     async def _settle_response(self, flow: http.HTTPFlow, pending: Pending, engine: Engine) -> None:
         resp = flow.response
@@ -531,7 +617,9 @@ class SpendFuse:
         family = wire.FAMILIES[pending.endpoint.family]
         if flow.is_replay == "response":
             # A replayed answer cost no real money.
-            await self._on_ledger(engine.ledger.release, pending.info.request_id, now(), "replayed")
+            await self._on_ledger(
+                lambda: engine.ledger.release(pending.info.request_id, now(), outcome="replayed")
+            )
             return
         usage = None
         tap = pending.tap
@@ -564,6 +652,7 @@ class SpendFuse:
         )
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        self._request_ids.pop(flow.id, None)
         self._answered.pop(flow.id, None)
         pending = self._pending.pop(flow.id, None)
         if pending is None or self.engine is None:
@@ -571,13 +660,7 @@ class SpendFuse:
         engine = self.engine
         try:
             usage = pending.tap.usage if pending.tap is not None else None
-            server = flow.server_conn
-            # Nothing reached the upstream when its connection never came up.
-            reached = flow.response is not None or (
-                server is not None
-                and server.timestamp_tcp_setup is not None
-                and (flow.request.scheme == "http" or server.timestamp_tls_setup is not None)
-            )
+            reached = _reached_upstream(flow)
             msg = (flow.error.msg if flow.error else "error").split("\n")[0][:80]
             await self._on_ledger(
                 lambda: engine.finish(
@@ -589,9 +672,8 @@ class SpendFuse:
                 )
             )
         except Exception:
-            logger.exception(
-                "spendfuse: settling failed flow %s failed; its reservation stays until it expires", flow.id
-            )
+            logger.exception("spendfuse: settling failed flow %s failed", flow.id)
+            await self._charge_held(engine, pending)
 
 
 addons = [SpendFuse()]

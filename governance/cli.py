@@ -21,14 +21,15 @@ from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, polic
 from governance.checks.budget import scope_key, window_of
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import Ledger
+from governance.ledger import default_path as default_ledger_path
 from governance.types import from_micro, usd
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
-        default=os.environ.get("SPENDFUSE_DB", "spendfuse.sqlite"),
-        help="ledger file (env SPENDFUSE_DB; default spendfuse.sqlite)",
+        default=os.environ.get("SPENDFUSE_DB") or str(default_ledger_path()),
+        help="ledger file (env SPENDFUSE_DB; default: ledger.sqlite in the per-user state directory)",
     )
 
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from governance import checks, tokens, wire
+from governance import checks, gate, tokens, wire
+from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
+from governance.gate import Incoming, Verdict
 from governance.ledger import Ledger, RequestRecord
 from governance.matching import lookup_model
 from governance.policy import Policy
@@ -63,9 +65,17 @@ class Engine:
         self.policy = policy
         self.ledger = ledger
         self.dry_run = dry_run
+        self.hosts = policies.host_table(policy.hosts)
         self.pricer = Pricer(policy)
+        # Operator hosts with prices of their own (a self-hosted model) price with them first.
+        self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
+        self._providers = {e.name: e.provider for e in self.hosts.entries}
 
-    # -- reading (pure) -----------------------------------------------------------------------
+    # -- screening and reading (pure) ---------------------------------------------------------
+
+    def screen(self, incoming: Incoming) -> Verdict:
+        """What happens to a request before pricing: see `governance.gate`."""
+        return gate.screen(incoming, self.policy, self.hosts)
 
     def output_cap(self, model: str, requested: int | None) -> tuple[int, str]:
         """The output cap to reserve for, per choice, and where it came from."""
@@ -94,7 +104,7 @@ class Engine:
         margin = self.policy.estimate.input_margin
         info = RequestInfo(
             request_id=request_id,
-            provider=family.PROVIDER,
+            provider=self._providers.get(endpoint.entry) or family.PROVIDER,
             api=endpoint.api,
             model=parsed.model,
             principal=principal,
@@ -103,8 +113,12 @@ class Engine:
             max_output_tokens=cap * parsed.choices,
             output_cap_source=source,
             cache_write_hint=parsed.cache_write_hint,
+            host_entry=endpoint.entry,
         )
         return ReadRequest(info, family.prepare_request(endpoint.api, body, parsed))
+
+    def _pricer_for(self, info: RequestInfo) -> Pricer:
+        return self._host_pricers.get(info.host_entry, self.pricer)
 
     # -- admitting (ledger thread) ------------------------------------------------------------
 
@@ -138,7 +152,7 @@ class Engine:
         if refusal is not None and not self.dry_run:
             return self.refuse(self._record(info), refusal, now)
         try:
-            worst = self.pricer.worst_case(
+            worst = self._pricer_for(info).worst_case(
                 info.provider,
                 info.model,
                 input_tokens=info.input_tokens,
@@ -178,10 +192,10 @@ class Engine:
         # falling back to the requested model when that name is unknown.
         if usage.model and usage.model != info.model:
             try:
-                return self.pricer.price(info.provider, usage.model, usage)
+                return self._pricer_for(info).price(info.provider, usage.model, usage)
             except PricingError:
                 pass
-        return self.pricer.price(info.provider, info.model, usage)
+        return self._pricer_for(info).price(info.provider, info.model, usage)
 
     def finish(
         self,

@@ -16,6 +16,8 @@ Every method takes `now`, so tests choose the time.
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +33,7 @@ from governance.errors import LedgerUnavailable
 from governance.types import Claim, Usage
 
 migrations = Migrations("spendfuse")
+logger = logging.getLogger(__name__)
 
 # SQLite checkpoints the WAL inside whichever commit pushes it past `wal_autocheckpoint` pages,
 # which puts the checkpoint's copy and fsync on a request's path. The ledger thread instead calls
@@ -127,6 +130,37 @@ class WindowTotals:
     held_micro: int
 
 
+def default_path() -> Path:
+    """Where the ledger lives unless told: a per-user state directory, never the current one
+    (`SPENDFUSE_STATE_DIR`, else `$XDG_STATE_HOME/spendfuse`, else `~/.local/state/spendfuse`)."""
+    state = os.environ.get("SPENDFUSE_STATE_DIR")
+    if state:
+        return Path(state).expanduser() / "ledger.sqlite"
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
+    return base / "spendfuse" / "ledger.sqlite"
+
+
+def check_path(path: str | Path) -> None:
+    """Refuse ledger names SQLite keeps in memory or deletes on close: spend recorded there is
+    forgotten on restart and cannot be shared by several proxies."""
+    text = str(path).strip()
+    lowered = text.lower()
+    if text in ("", ":memory:") or (lowered.startswith("file:") and "memory" in lowered):
+        raise LedgerUnavailable(
+            f"ledger {text!r} would live in memory (or in a temporary file): spend would be forgotten on "
+            f"restart and could not be shared; give a file path"
+        )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _is_busy(e: sqlite3.Error) -> bool:
     text = str(e).lower()
     return "locked" in text or "busy" in text
@@ -135,21 +169,28 @@ def _is_busy(e: sqlite3.Error) -> bool:
 class Ledger:
     """A ledger file. Open it with `Ledger.open(path)`; close it with `close()`."""
 
-    def __init__(self, db: Database, *, lock_wait_s: float) -> None:
+    def __init__(self, db: Database, *, lock_wait_s: float, path: Path | None = None) -> None:
         self.db = db
         self._lock_wait_s = lock_wait_s
         self.commits_since_checkpoint = 0
+        self.path = path
+        # The file this connection has open, as (device, inode): a ledger deleted or replaced
+        # under a running proxy would otherwise take writes that the next start never sees.
+        self._identity = _identity(path) if path is not None else None
+        self.replaced: str | None = None  # why the file is not the one opened, while it is not
 
     @classmethod
     def open(cls, path: str | Path, *, busy_timeout_s: float = 5.0, lock_wait_s: float = 600.0) -> Ledger:
         """Open (creating if needed) and migrate a ledger. Safe when several processes do it
-        at the same moment on a file that does not exist yet."""
+        at the same moment on a file that does not exist yet. Raises `LedgerUnavailable` for a
+        ledger that would not survive a restart or could not be shared (in memory, temporary)."""
+        check_path(path)
         try:
-            p = Path(path)
+            p = Path(path).expanduser().absolute()
             if p.parent and not p.parent.exists():
                 p.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(p), timeout=busy_timeout_s, check_same_thread=False)
-            ledger = cls(Database(conn), lock_wait_s=lock_wait_s)
+            ledger = cls(Database(conn), lock_wait_s=lock_wait_s, path=p)
             ledger._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.execute("PRAGMA foreign_keys=ON")
@@ -167,6 +208,30 @@ class Ledger:
         except sqlite3.Error:
             pass
 
+    # -- the file under us ----------------------------------------------------------------------
+
+    def check_file(self) -> None:
+        """Raise `LedgerUnavailable` unless the path still names the file this ledger opened.
+        A stat: about a microsecond, so it runs before every transaction."""
+        if self.path is None or self._identity is None:
+            return
+        now_there = _identity(self.path)
+        if now_there == self._identity:
+            if self.replaced is not None:
+                logger.warning("ledger %s is back; accepting requests again", self.path)
+                self.replaced = None
+            return
+        what = "was deleted" if now_there is None else "was replaced by another file"
+        if self.replaced is None:
+            logger.error(
+                "LEDGER %s %s while the proxy was running; refusing every request until the original "
+                "file is back at that path (restarting on a new file would start spend at zero)",
+                self.path,
+                what,
+            )
+        self.replaced = what
+        raise LedgerUnavailable(f"the ledger file {str(self.path)!r} {what}")
+
     # -- transactions -------------------------------------------------------------------------
 
     def _retry_busy(self, fn):  # type: ignore[no-untyped-def]
@@ -183,6 +248,7 @@ class Ledger:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any error."""
+        self.check_file()
         conn = self.db.conn
         try:
             self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
@@ -205,6 +271,10 @@ class Ledger:
         """Checkpoint the WAL into the database file if `IDLE_CHECKPOINT_COMMITS` commits have
         passed since the last one. PASSIVE: it never waits for, or blocks, another process.
         Returns whether it ran; housekeeping, so a failure is left to the backstop."""
+        try:
+            self.check_file()  # noticed while idle too, not only when the next request comes
+        except LedgerUnavailable:
+            return False
         if self.commits_since_checkpoint < IDLE_CHECKPOINT_COMMITS:
             return False
         self.commits_since_checkpoint = 0

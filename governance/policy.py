@@ -7,6 +7,7 @@ to the rules file, and are loaded and validated with it.
 
 from __future__ import annotations
 
+import functools
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from governance.errors import PolicyError
+from governance.hosts import HostTable, build_table
 
 NonNegativeUSD = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 PerMillionUSD = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, description="USD per 1M tokens")]
@@ -91,6 +93,88 @@ class Estimate(_Strict):
     """Output cap assumed when a request sets none and the model is not in the output-cap table."""
 
 
+Family = Literal["openai", "anthropic"]
+Envelope = Literal["openai", "anthropic", "google", "bedrock"]
+
+
+class HostRule(_Strict):
+    """An LLM API host: shipped in `rules/hosts.yaml`, or added by the operator under `hosts:`
+    (a self-hosted vLLM, an internal LiteLLM, a corporate gateway). Operator entries win."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names the entry in refusals and logs."""
+    match: Annotated[list[str], Field(min_length=1)]
+    """Host names or IP literals, or globs where `*` stands for any characters (dots included)."""
+    family: Family | None = None
+    """The API family whose requests are metered on it. Null: known but not metered (refused)."""
+    envelope: Envelope | None = None
+    """Whose error format its clients understand. Defaults to the family, else openai."""
+    provider: str | None = None
+    """genai-prices provider id for pricing. Defaults to the family."""
+    base_path: str = "/v1"
+    """Path prefix of the API on this host, before the family's routes (`/v1/chat/completions`)."""
+    path_prefix: str = "/"
+    """Only paths under this are LLM traffic on this host."""
+    prices: dict[str, PriceOverride] = {}
+    """Model prices on this host, USD per 1M tokens, by exact model then longest prefix. They win
+    over the rules' `prices` and over genai-prices."""
+    default_price: PriceOverride | None = None
+    """Price of any model on this host that nothing else prices."""
+
+    @field_validator("match")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if not pattern.strip() or pattern.strip("*. ") == "":
+                raise ValueError(f"host pattern {pattern!r} would match every host")
+        return [p.strip().lower() for p in v]
+
+    @field_validator("base_path", "path_prefix")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+
+class FamilyRoutes(_Strict):
+    """One API family's routes after a host's base path: path -> API name (POST only)."""
+
+    metered: dict[str, str]
+    """Billable routes that spendfuse prices, reserves and settles."""
+    free: dict[str, str] = {}
+    """Routes the provider does not bill (token counting)."""
+
+
+class HostsFile(_Strict):
+    """`rules/hosts.yaml`: the shipped table of LLM hosts and family routes."""
+
+    families: dict[Family, FamilyRoutes]
+    """Routes per API family."""
+    hosts: list[HostRule]
+    """Every LLM API host spendfuse knows."""
+
+
+class EgressAllow(_Strict):
+    """A destination the egress allowlist lets through."""
+
+    host: str
+    """Host name, IP literal, or a glob where `*` stands for any characters (`*.pypi.org`)."""
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = []
+    """Ports allowed on that host; empty: every port."""
+
+
+class Egress(_Strict):
+    """Which non-LLM destinations agents may reach through the proxy. LLM hosts are always
+    reachable, and always metered."""
+
+    mode: Literal["open", "allowlist"] = "open"
+    """`open`: every non-LLM host passes untouched. `allowlist`: only hosts listed in `allow`
+    (plus the LLM hosts); everything else is refused (HTTP 403, other protocols closed)."""
+    allow: list[EgressAllow] = []
+    """Destinations allowed in `allowlist` mode."""
+
+
 class LedgerSettings(_Strict):
     """Ledger housekeeping."""
 
@@ -119,8 +203,25 @@ class Policy(_Strict):
     """How worst cases are estimated."""
     allow_unmetered: list[UnmeteredAllowance] = []
     """Billable endpoints on LLM hosts that are let through unmetered. Empty: none."""
+    hosts: list[HostRule] = []
+    """LLM hosts of the operator's own (vLLM, LiteLLM, a gateway), checked before the shipped
+    table in `rules/hosts.yaml`."""
+    egress: Egress = Egress()
+    """Which non-LLM destinations agents may reach."""
+    allow_unlimited: bool = False
+    """Rules with no budget and no multiplier cap refuse to start, since they enforce nothing.
+    `true` says that metering without limits is what the operator wants."""
     ledger: LedgerSettings = LedgerSettings()
     """Ledger housekeeping."""
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique_host_names(cls, v: list[HostRule]) -> list[HostRule]:
+        names = [h.name for h in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate host names: {', '.join(dupes)}")
+        return v
 
     @field_validator("budgets")
     @classmethod
@@ -146,12 +247,46 @@ class Policy(_Strict):
         return self.model_limits
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error naming its
+    line: last-wins would let a second `limit_usd` silently change a cap."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: the constructor below reports it
+        line = key_node.start_mark.line + 1
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {first}, again on line {line})",
+                key_node.start_mark,
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML as rules are parsed: safe, and duplicate keys are errors."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         # A mistyped path must not mean "no rules": that would be a proxy without enforcement.
         raise PolicyError(f"{what} {str(path)!r} does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return parse_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise PolicyError(f"cannot read {what} {str(path)!r}: {e}") from e
 
@@ -176,7 +311,8 @@ def _format_errors(e: ValidationError) -> str:
 def parse(data: Any, base: Path, origin: str = "rules") -> Policy:
     """Validate already-parsed rules data; model table paths are resolved against `base`."""
     if data is None:
-        data = {}
+        # Empty, comments only, or `---`: a proxy that enforces nothing must not start by accident.
+        raise PolicyError(f"{origin} is empty; write the limits to enforce (see rules/default.yaml)")
     if not isinstance(data, dict):
         raise PolicyError(f"{origin}: the rules file must be a mapping")
     data = dict(data)
@@ -192,6 +328,54 @@ def load(path: str | Path) -> Policy:
     """Load and validate a rules file. Raises `PolicyError` with every problem it finds."""
     p = Path(path)
     return parse(_read_yaml(p, "rules file"), p.parent, origin=str(p))
+
+
+def require_limits(policy: Policy, origin: str = "rules") -> None:
+    """Refuse rules that enforce nothing (no budget, no multiplier cap) unless they say
+    `allow_unlimited: true`: `version: 1` alone must not start a proxy that forwards everything."""
+    if policy.budgets or policy.max_multiplier is not None or policy.allow_unlimited:
+        return
+    raise PolicyError(
+        f"{origin} sets no limit at all (no budget, no max_multiplier), so the proxy would enforce "
+        f"nothing. Add a budget, or set `allow_unlimited: true` to meter without limits."
+    )
+
+
+def host_table(operator: list[HostRule] | tuple[HostRule, ...]) -> HostTable:
+    """The shipped `rules/hosts.yaml` plus the operator's host entries, checked first."""
+    from governance import RULES_DIR
+
+    shipped = _shipped_hosts(RULES_DIR / "hosts.yaml")
+    data = shipped.model_dump(exclude_none=True)
+    operator_entries = [_host_entry(h) for h in operator]
+    return build_table(
+        {"families": data["families"], "hosts": [_host_entry(h) for h in shipped.hosts]}, operator_entries
+    )
+
+
+@functools.cache
+def _shipped_hosts(path: Path) -> HostsFile:
+    try:
+        return HostsFile.model_validate(_read_yaml(path, "host table"))
+    except ValidationError as e:
+        raise PolicyError(f"{path} is invalid:\n{_format_errors(e)}") from e
+
+
+def _host_entry(rule: HostRule) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": rule.name,
+        "match": rule.match,
+        "family": rule.family,
+        "base_path": rule.base_path,
+        "path_prefix": rule.path_prefix,
+    }
+    if rule.envelope is not None:
+        entry["envelope"] = rule.envelope
+    if rule.provider is not None:
+        entry["provider"] = rule.provider
+    if rule.prices or rule.default_price is not None:
+        entry["settings"] = {"prices": rule.prices, "default_price": rule.default_price}
+    return entry
 
 
 def with_overrides(

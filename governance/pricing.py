@@ -11,8 +11,10 @@ import functools
 import importlib.metadata
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import genai_prices
 from genai_prices.types import TieredPrices
@@ -134,9 +136,12 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
 class Pricer:
     """Prices usage for the models of one policy. Thread-safe; caches per-model rate cards."""
 
-    def __init__(self, policy: Policy) -> None:
-        self._overrides = dict(policy.prices)
-        self._default = policy.default_price
+    def __init__(self, policy: Policy, host_settings: Mapping[str, Any] | None = None) -> None:
+        """Prices under `policy`. `host_settings` (an operator host entry's `prices` and
+        `default_price`) win over the policy's own for requests to that host."""
+        host = host_settings or {}
+        self._overrides = {**policy.prices, **(host.get("prices") or {})}
+        self._default = host.get("default_price") or policy.default_price
         self._cards: dict[tuple[str, str], tuple[float, RateCard | None]] = {}
         self._lock = threading.Lock()
 

@@ -134,6 +134,8 @@ class _Walk:
         elif isinstance(value, dict):
             self.items += 1
             part_type = value.get("type")
+            if not isinstance(part_type, str):
+                part_type = None  # a `type` that is not a string names no media kind; its text counts
             if part_type in _IMAGE_PART_TYPES:
                 self.images += 1
                 return  # an image part's URL or data is priced as an image, never as text

@@ -47,6 +47,7 @@ class Endpoint:
     host: str
     path: str  # normalised: lower case, no query, no duplicate or trailing slashes
     envelope: str = "openai"  # whose error format this endpoint's clients understand
+    entry: str = ""  # the host table entry that matched (governance.hosts)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class RequestInfo:
     max_output_tokens: int  # worst case across all choices
     output_cap_source: str  # "request" | "model_table" | "default"
     cache_write_hint: str | None = None
+    host_entry: str = ""  # the host table entry the request went to (its own prices, if any)
 
 
 @dataclass(frozen=True)

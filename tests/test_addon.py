@@ -13,6 +13,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 import addon as addon_module
 from governance.errors import LedgerUnavailable
+from governance.ledger import Ledger
 from tests.conftest import write_rules
 
 
@@ -23,7 +24,7 @@ def req(host="api.openai.com", path="/v1/chat/completions", body=None, method="P
         else {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
     ).encode()
     h = http.Headers(host=host, content_type="application/json", **(headers or {}))
-    return tflow.tflow(
+    flow = tflow.tflow(
         req=tutils.treq(
             host=host,
             port=443,
@@ -35,6 +36,8 @@ def req(host="api.openai.com", path="/v1/chat/completions", body=None, method="P
             content=content,
         )
     )
+    flow.client_conn.sni = host  # as a client that CONNECTed to `host` and sent it as SNI
+    return flow
 
 
 def respond(flow, body: dict, status=200):
@@ -155,7 +158,37 @@ class TestRequest:
         f = req()
         f.request.headers["host"] = "example.com"
         await a.request(f)
-        assert f.response.status_code == 429
+        assert f.response.status_code == 403
+        assert json.loads(f.response.content)["error"]["code"] == "host_names_disagree"
+        [row] = rows(a)
+        assert row["state"] == "refused" and row["rule"] == "host_mismatch"
+
+    @pytest.mark.parametrize(
+        "names",
+        [
+            {"connect": "localhost", "sni": "api.openai.com", "host": "api.openai.com"},
+            {"connect": "2130706433", "sni": "api.openai.com", "host": "api.openai.com"},
+            {"connect": "evil.example", "sni": "api.openai.com", "host": "evil.example"},
+            {"connect": "api.openai.com", "sni": "api.anthropic.com", "host": "api.openai.com"},
+            {"connect": "evil.example", "sni": "", "host": "api.anthropic.com"},
+        ],
+    )
+    async def test_any_name_that_is_an_llm_host_makes_it_llm_traffic(self, fuse, names):
+        a, tctx = fuse
+        tctx.configure(a, spendfuse_budget="0")
+        f = req(host=names["connect"])
+        f.client_conn.sni = names["sni"] or None
+        f.request.headers["host"] = names["host"]
+        await a.request(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert rows(a)[0]["rule"] == "host_mismatch"
+
+    async def test_names_that_agree_in_other_spellings_are_one_host(self, fuse):
+        a, tctx = fuse
+        f = req(host="API.OpenAI.com.")
+        f.request.headers["host"] = "api.openai.com:443"
+        await a.request(f)
+        assert f.response is None and rows(a)[0]["state"] == "held"
 
     @pytest.mark.expect_errors("request hook failed")
     async def test_exception_in_the_engine_fails_closed(self, fuse, monkeypatch):
@@ -257,6 +290,151 @@ class TestRequest:
         )
         await a.request(f)
         assert f.response.status_code == 200
+
+
+class TestEveryExitPath:
+    """Whatever way a flow ends, no hold is left behind and the charge is the right one."""
+
+    async def test_server_replay_of_an_allowed_flow_costs_nothing(self, fuse):
+        a, _ = fuse
+        f = req()
+        await a.request(f)
+        assert f.response is None
+        respond(f, {"model": "gpt-4o", "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
+        f.is_replay = "response"
+        a.responseheaders(f)
+        await a.response(f)
+        [row] = rows(a)
+        assert row["state"] == "released" and row["cost_micro"] == 0 and row["outcome"] == "replayed"
+
+    async def test_client_replay_is_a_request_of_its_own(self, fuse):
+        a, _ = fuse
+        first = req()
+        await a.request(first)
+        respond(first, {"usage": {"prompt_tokens": 11, "completion_tokens": 7}})
+        await a.response(first)
+        for _ in range(2):
+            again = req()
+            again.id = first.id  # mitmproxy's client replay re-sends the recorded flow, id and all
+            again.is_replay = "request"
+            await a.request(again)
+            assert again.response is None
+            respond(again, {"usage": {"prompt_tokens": 11, "completion_tokens": 7}})
+            await a.response(again)
+        settled = [r for r in rows(a) if r["state"] == "settled"]
+        assert len(settled) == 3 and {r["cost_micro"] for r in settled} == {81}
+        assert sum(r["id"] == first.id for r in settled) == 1
+
+    @pytest.mark.expect_errors("could not be forwarded after its reservation")
+    async def test_a_failure_after_reserving_releases_the_hold(self, fuse, monkeypatch):
+        a, _ = fuse
+        f = req(body={"model": "gpt-4o", "max_tokens": 5, "stream": True, "messages": []})
+
+        def broken(self, value):
+            raise ValueError("cannot encode")
+
+        monkeypatch.setattr(http.Request, "content", property(lambda self: b"", broken))
+        await a.request(f)
+        assert f.response.status_code == 503
+        [row] = rows(a)
+        assert row["state"] == "released" and row["outcome"] == "not forwarded: ValueError"
+        assert a.engine.ledger.window_totals("global", "").held_micro == 0
+
+    @pytest.mark.expect_errors("settling .* failed")
+    async def test_a_settlement_that_fails_charges_the_reservation(self, fuse, monkeypatch):
+        a, _ = fuse
+        f = req()
+        await a.request(f)
+
+        def broken(*args, **kw):
+            raise TypeError("usage reader bug")
+
+        monkeypatch.setattr(a.engine, "finish", broken)
+        respond(f, {"usage": {"prompt_tokens": 11, "completion_tokens": 7}})
+        await a.response(f)
+        [row] = rows(a)
+        assert row["state"] == "settled" and row["cost_micro"] == row["reserved_micro"] > 0
+
+    async def test_clean_shutdown_settles_what_is_in_flight(self, tmp_path):
+        a = addon_module.SpendFuse()
+        db = tmp_path / "l.sqlite"
+        with taddons.context(a) as tctx:
+            tctx.configure(a, spendfuse_rules=str(write_rules(tmp_path / "r.yaml")), spendfuse_db=str(db))
+            at_upstream, not_sent, streaming = req(), req(), req()
+            for f in (at_upstream, not_sent, streaming):
+                await a.request(f)
+            for f in (at_upstream, streaming):
+                f.server_conn.timestamp_tcp_setup = f.server_conn.timestamp_tls_setup = 1.0
+            not_sent.server_conn.timestamp_tcp_setup = None
+            streaming.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+            a.responseheaders(streaming)
+            streaming.response.stream(
+                b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+            )
+            a.done()
+        led = Ledger.open(db)
+        by_id = {r["id"]: r for r in led.query("SELECT * FROM requests")}
+        assert by_id[at_upstream.id]["state"] == "settled"
+        assert by_id[at_upstream.id]["cost_micro"] == by_id[at_upstream.id]["reserved_micro"]
+        assert by_id[not_sent.id]["state"] == "released"
+        assert by_id[streaming.id]["state"] == "settled" and by_id[streaming.id]["output_tokens"] == 2
+        assert led.window_totals("global", "").held_micro == 0
+        led.close()
+
+
+class TestRefusalsAreRecorded:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"model": "gpt-4o", "max_tokens": 2**63, "messages": []},
+            {"model": "gpt-4o", "max_tokens": 10**30, "messages": []},
+            {"model": "gpt-4o", "max_tokens": 5, "n": 2**40, "messages": []},
+            {"model": ["gpt-4o"], "max_tokens": 5, "messages": []},
+        ],
+    )
+    async def test_odd_bodies_are_a_clear_400_and_a_row(self, fuse, body):
+        a, _ = fuse
+        f = req(body=body)
+        await a.request(f)
+        assert f.response.status_code == 400
+        [row] = rows(a)
+        assert row["state"] == "refused" and row["rule"] == "request_parse"
+
+    async def test_a_part_whose_type_is_an_object_is_counted_as_text(self, fuse):
+        a, _ = fuse
+        part = {"type": {"image": "no"}, "text": "hello " * 50}
+        f = req(body={"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": [part]}]})
+        await a.request(f)
+        assert f.response is None
+        [row] = rows(a)
+        assert row["state"] == "held" and row["est_input_tokens"] > 50
+
+    @pytest.mark.parametrize("depth", [200, 100_000])
+    async def test_deep_json_is_a_clear_400_and_a_row(self, fuse, depth):
+        a, _ = fuse
+        f = req()
+        f.request.content = (
+            b'{"model":"gpt-4o","max_tokens":5,"messages":' + b"[" * depth + b"]" * depth + b"}"
+        )
+        await a.request(f)
+        assert (
+            f.response.status_code == 400 and "deeper" in json.loads(f.response.content)["error"]["message"]
+        )
+        assert rows(a)[0]["rule"] == "request_parse"
+
+    @pytest.mark.expect_errors("request hook failed")
+    async def test_an_internal_error_is_a_503_and_a_row(self, fuse, monkeypatch):
+        a, _ = fuse
+
+        def boom(*args, **kw):
+            raise RuntimeError("engine bug")
+
+        monkeypatch.setattr(a.engine, "admit", boom)
+        f = req()
+        await a.request(f)
+        assert f.response.status_code == 503
+        [row] = rows(a)
+        assert row["state"] == "refused" and row["rule"] == "internal_error"
 
 
 def test_proxy_user_parsing():

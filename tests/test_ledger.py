@@ -179,3 +179,47 @@ def test_the_wal_is_checkpointed_when_idle_after_enough_commits(tmp_path: Path):
         assert (t.settled_micro, t.held_micro) == (5, 10 * (IDLE_CHECKPOINT_COMMITS - 2 - opening))
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("name", [":memory:", "", "file::memory:?cache=shared", "FILE:x?mode=memory"])
+def test_ledgers_that_forget_are_refused(name):
+    with pytest.raises(LedgerUnavailable, match="memory"):
+        Ledger.open(name)
+
+
+def test_default_path_is_a_per_user_state_directory(monkeypatch, tmp_path):
+    from governance.ledger import default_path
+
+    monkeypatch.delenv("SPENDFUSE_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_path() == tmp_path / "xdg" / "spendfuse" / "ledger.sqlite"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_path() == tmp_path / "home" / ".local" / "state" / "spendfuse" / "ledger.sqlite"
+    monkeypatch.setenv("SPENDFUSE_STATE_DIR", str(tmp_path / "state"))
+    assert default_path() == tmp_path / "state" / "ledger.sqlite"
+
+
+@pytest.mark.expect_errors("LEDGER .* was (deleted|replaced)")
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_ledger_deleted_or_replaced_underneath_is_refused_until_it_is_back(tmp_path, how, caplog):
+    path = tmp_path / "l.sqlite"
+    led = Ledger.open(path)
+    led.reserve(RequestRecord("a", "p"), claim(100), 100, NOW)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    files = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm")]
+    for f in files:
+        f.rename(aside / f.name)
+    if how == "replaced":
+        Ledger.open(path).close()  # a fresh ledger at the same path: spend would start at zero
+    with pytest.raises(LedgerUnavailable, match=f"was {how}"):
+        led.reserve(RequestRecord("b", "p"), claim(100), 100, NOW)
+    assert not led.checkpoint_if_due()
+    assert sum("LEDGER" in r.getMessage() for r in caplog.records) == 1  # loudly, and once
+    for f in files:
+        f.unlink(missing_ok=True)
+        (aside / f.name).rename(f)
+    assert led.reserve(RequestRecord("c", "p"), claim(100), 100, NOW).granted
+    assert led.window_totals("global", "").held_micro == 200
+    led.close()

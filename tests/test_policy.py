@@ -64,3 +64,72 @@ def test_allow_unmetered_matching():
     assert a.matches("POST", "api.openai.com", "/v1/files/abc")
     assert not a.matches("DELETE", "api.openai.com", "/v1/files/abc")
     assert not a.matches("POST", "api.openai.com", "/v1/embeddings")
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "---\n# nothing\n"])
+def test_an_empty_rules_file_does_not_load(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match="empty"):
+        policy.load(path)
+
+
+TABLES = "multipliers: {}\nmodel_limits: {}\n"
+
+
+@pytest.mark.parametrize("text", ["version: 1\n", "version: 1\nbudgets: []\n", "prices: {}\n"])
+def test_rules_without_any_limit_need_allow_unlimited(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    text += TABLES
+    path.write_text(text)
+    loaded = policy.load(path)
+    with pytest.raises(PolicyError, match="no limit at all"):
+        policy.require_limits(loaded)
+    path.write_text(text + "allow_unlimited: true\n")
+    policy.require_limits(policy.load(path))
+    # A budget given by option is a limit too.
+    policy.require_limits(policy.with_overrides(loaded, budget_usd=Decimal(1)))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            "version: 1\nbudgets:\n  - name: global\n    limit_usd: 1\n    limit_usd: 100\n",
+            "line 4, again on line 5",
+        ),
+        (
+            "version: 1\nbudgets: [{limit_usd: 1}]\nmax_multiplier: 1\nbudgets: []\n",
+            "line 2, again on line 4",
+        ),
+        (
+            "version: 1\nprices:\n  m: {input_mtok: 1, output_mtok: 1, input_mtok: 0}\n",
+            "duplicate key 'input_mtok'",
+        ),
+    ],
+)
+def test_duplicate_keys_are_errors_that_name_the_line(tmp_path, text, where):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match="duplicate key") as e:
+        policy.load(path)
+    assert where in str(e.value)
+
+
+def test_operator_hosts_validate(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        TABLES + "budgets: [{limit_usd: 1}]\nhosts:\n  - {name: vllm, match: ['*'], family: openai}\n"
+    )
+    with pytest.raises(PolicyError, match="every host"):
+        policy.load(path)
+    path.write_text(
+        TABLES + "budgets: [{limit_usd: 1}]\nhosts:\n  - {name: vllm, match: [10.0.0.5], family: gemini}\n"
+    )
+    with pytest.raises(PolicyError, match="family"):
+        policy.load(path)
+
+
+def test_shipped_host_table_is_valid():
+    table = policy.host_table(())
+    assert table.lookup("api.openai.com").family == "openai" and table.families["openai"].metered

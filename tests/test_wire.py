@@ -19,6 +19,9 @@ from governance.types import Metering, Refusal, RefusalKind
         ("POST", "api.openai.com", "/v1/foo/../chat/completions", "openai", "chat", Metering.METERED),
         ("POST", "api.openai.com", "/v1/chat%2Fcompletions", "openai", "chat", Metering.METERED),
         ("POST", "api.openai.com", "/v1/responses", "openai", "responses", Metering.METERED),
+        ("POST", "eu.api.openai.com", "/v1/responses", "openai", "responses", Metering.METERED),
+        ("POST", "us.api.openai.com", "/v1/chat/completions", "openai", "chat", Metering.METERED),
+        ("POST", "api.openai.com", "/v1/responses/input_tokens", "openai", "input_tokens", Metering.FREE),
         ("POST", "api.openai.com", "/v1/completions", "openai", "completions", Metering.METERED),
         ("POST", "api.anthropic.com", "/v1/messages?beta=true", "anthropic", "messages", Metering.METERED),
         (
@@ -97,10 +100,6 @@ def test_detect(method, host, path, family, api, metering):
 )
 def test_not_llm_traffic(host, path):
     assert wire.detect("POST", host, path) is None
-
-
-def test_ip_hosts():
-    assert wire.is_ip_address("127.0.0.1") and wire.is_ip_address("[::1]") and not wire.is_ip_address("a.b")
 
 
 @pytest.mark.parametrize(

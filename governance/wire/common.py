@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,14 +16,67 @@ def require_model(body: Mapping[str, Any]) -> str:
     return model.strip()
 
 
-def optional_int(body: Mapping[str, Any], key: str, *, minimum: int = 0) -> int | None:
+#: The largest count any provider accepts for a token cap or a choice count is far below this;
+#: a larger value is refused as invalid rather than carried into arithmetic and the ledger.
+MAX_COUNT = 2**31 - 1
+#: JSON nested deeper than this is refused: no API body needs it, and it would exhaust the
+#: interpreter's stack in the parser or the token walk.
+MAX_JSON_DEPTH = 128
+
+
+def optional_int(
+    body: Mapping[str, Any], key: str, *, minimum: int = 0, maximum: int = MAX_COUNT
+) -> int | None:
     value = body.get(key)
     if value is None:
         return None
     # bool is an int in Python, but `"max_tokens": true` is not a number of tokens.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RequestParseError(f"`{key}` must be an integer >= {minimum}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
+        raise RequestParseError(f"`{key}` must be an integer from {minimum} to {maximum}, not {shown}")
     return value
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Whether `value` nests containers deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def decode_json_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object. Raises `RequestParseError` for anything else, including
+    JSON nested deeper than `MAX_JSON_DEPTH`."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise RequestParseError(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:
+        raise RequestParseError(f"the request body is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise RequestParseError("the request body is not a JSON object")
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise RequestParseError(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def encode_json_body(body: Mapping[str, Any]) -> bytes:
+    """The bytes of a rewritten request body. Raises `RequestParseError` if it cannot be
+    written (it was read from JSON, so only a bug makes that happen)."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode()
+    except (TypeError, ValueError, RecursionError) as e:
+        raise RequestParseError(f"the request body cannot be re-encoded: {e}") from e
 
 
 def optional_bool(body: Mapping[str, Any], key: str) -> bool:

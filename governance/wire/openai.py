@@ -15,6 +15,8 @@ from governance.wire.sse import Event
 PROVIDER = "openai"
 APIS = ("chat", "responses", "completions")
 
+# OpenAI accepts n (and best_of) up to 128.
+MAX_CHOICES = 128
 # Legacy Completions defaults max_tokens to 16 (OpenAI API reference).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -33,7 +35,7 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
     stream = optional_bool(body, "stream")
     if api == "chat":
         cap = largest(optional_int(body, "max_completion_tokens"), optional_int(body, "max_tokens"))
-        choices = optional_int(body, "n", minimum=1) or 1
+        choices = optional_int(body, "n", minimum=1, maximum=MAX_CHOICES) or 1
     elif api == "responses":
         cap = optional_int(body, "max_output_tokens")
         choices = 1
@@ -41,8 +43,8 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         cap = optional_int(body, "max_tokens")
         if cap is None:
             cap = COMPLETIONS_DEFAULT_MAX_TOKENS
-        n = optional_int(body, "n", minimum=1) or 1
-        best_of = optional_int(body, "best_of", minimum=1) or 1
+        n = optional_int(body, "n", minimum=1, maximum=MAX_CHOICES) or 1
+        best_of = optional_int(body, "best_of", minimum=1, maximum=MAX_CHOICES) or 1
         choices = max(n, best_of)  # best_of candidates are all generated and billed
     else:
         raise ValueError(f"not an OpenAI API: {api}")

@@ -1,0 +1,169 @@
+"""The gate: what happens to a request before any pricing. Pure: (request facts, policy) -> verdict.
+
+It decides which host a request really targets from every name it carries, whether the egress
+rules let it out, and whether an LLM request is metered, free, or refused (an upgrade, an
+endpoint this version does not meter, names that disagree). `Engine.admit` prices and reserves
+only what the gate sends to metering.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from governance import hosts, wire
+from governance.hosts import HostTable, canonical_host
+from governance.policy import Egress, Policy
+from governance.types import Endpoint, Metering, Refusal, RefusalKind
+
+#: The health probe's host: answered by the proxy itself, never forwarded.
+HEALTH_HOST = "spendfuse.invalid"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """The facts of one HTTP request that the gate needs, as the addon read them."""
+
+    method: str
+    path: str
+    port: int | None
+    names: tuple[tuple[str, str], ...]  # ("url" | "connect" | "sni" | "host" | "authority", name)
+    upgrade: tuple[str, ...] = ()  # every Upgrade header value, as sent
+    destination_is_resolved: bool = False  # transparent-style modes: the destination is an IP
+
+
+class Action(enum.Enum):
+    PASS = "pass"  # not LLM traffic, and egress lets it out: forward untouched
+    HEALTH = "health"  # the health probe: answered by the proxy
+    FREE = "free"  # an LLM endpoint the provider does not bill (or one the rules let through)
+    METER = "meter"  # price, reserve, forward, settle
+    REFUSE = "refuse"  # answer `refusal`, and record it
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    endpoint: Endpoint | None = None  # set for LLM traffic (its envelope answers refusals)
+    refusal: Refusal | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def upgrade_tokens(values: Sequence[str]) -> list[str]:
+    """The protocols an `Upgrade` header asks for: a comma-separated token list, possibly over
+    several header lines, each token `name[/version]` (RFC 9110 §7.8), lower-cased."""
+    return [t.strip().lower() for v in values for t in v.split(",") if t.strip()]
+
+
+def _egress_matches(pattern: str, host: str) -> bool:
+    pattern = pattern.strip().lower().rstrip(".")
+    if "*" not in pattern:
+        return canonical_host(pattern) == host
+    return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), host) is not None
+
+
+def egress_allows(egress: Egress, table: HostTable, host: str, port: int | None) -> bool:
+    """Whether the egress rules let a connection to `host:port` out. LLM hosts are always
+    reachable (they are metered instead); so is the health probe."""
+    if egress.mode == "open":
+        return True
+    canonical = canonical_host(host)
+    if canonical == HEALTH_HOST or table.lookup(canonical) is not None:
+        return True
+    return any(
+        _egress_matches(rule.host, canonical) and (not rule.ports or port in rule.ports)
+        for rule in egress.allow
+    )
+
+
+def egress_refusal(host: str, port: int | None) -> Refusal:
+    where = f"{host}:{port}" if port else host
+    return Refusal(
+        rule="egress",
+        code="egress_denied",
+        kind=RefusalKind.FORBIDDEN,
+        message=f"spendfuse: {where} is not on this sandbox's egress allowlist, so the connection is "
+        f"refused. An operator can add it under `egress.allow` in the rules.",
+    )
+
+
+def _unmetered_refusal(method: str, endpoint: Endpoint) -> Refusal:
+    return Refusal(
+        rule="unmetered_endpoint",
+        code="endpoint_not_metered",
+        kind=RefusalKind.FORBIDDEN,
+        message=f"spendfuse: {method} {endpoint.host}{endpoint.path} ({endpoint.family}) is billable but "
+        f"not metered by this proxy, so it is refused. An operator can let it through with "
+        f"`allow_unmetered` in the rules.",
+    )
+
+
+def _upgrade_refusal(tokens: list[str]) -> Refusal:
+    if any(t.split("/", 1)[0] == "websocket" for t in tokens):
+        return Refusal(
+            rule="websocket",
+            code="websocket_not_supported",
+            kind=RefusalKind.UPGRADE,
+            message="spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP streaming "
+            "(Codex CLI falls back to it at once).",
+        )
+    return Refusal(
+        rule="upgrade",
+        code="upgrade_not_supported",
+        kind=RefusalKind.UPGRADE,
+        message=f"spendfuse: protocol upgrades to LLM APIs ({', '.join(tokens)}) are not metered, so they "
+        f"are refused; send plain HTTP requests.",
+    )
+
+
+def _mismatch_refusal(reason: str) -> Refusal:
+    return Refusal(
+        rule="host_mismatch",
+        code="host_names_disagree",
+        kind=RefusalKind.FORBIDDEN,
+        message=f"spendfuse: refused: {reason}.",
+    )
+
+
+def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
+    """The verdict on one request (see the module doc). First match wins: health probe, target
+    resolution, egress, names that disagree, upgrades, then the endpoint's kind."""
+    url_host = next((name for kind, name in incoming.names if kind == "url"), "")
+    if canonical_host(url_host) == HEALTH_HOST:
+        return Verdict(Action.HEALTH)
+    target = hosts.resolve(table, incoming.names, destination_is_resolved=incoming.destination_is_resolved)
+    endpoint = (
+        wire.detect_on(target.entry, incoming.method, target.host, incoming.path, table)
+        if target.entry is not None
+        else None
+    )
+    if target.mismatch is not None:
+        assert target.entry is not None
+        envelope = endpoint or Endpoint(
+            target.entry.family or target.entry.name,
+            "",
+            Metering.UNMETERED,
+            target.host,
+            wire.normalise_path(incoming.path),
+            target.entry.envelope,
+            target.entry.name,
+        )
+        return Verdict(Action.REFUSE, envelope, _mismatch_refusal(target.mismatch))
+    if endpoint is None:
+        # Not LLM traffic: every name it carries must be allowed out (a Host that differs from
+        # the destination is how domain fronting reaches a host the allowlist does not name).
+        for _, name in incoming.names:
+            if name and not egress_allows(policy.egress, table, name, incoming.port):
+                return Verdict(Action.REFUSE, None, egress_refusal(canonical_host(name), incoming.port))
+        return Verdict(Action.PASS)
+    tokens = upgrade_tokens(incoming.upgrade)
+    if tokens:
+        return Verdict(Action.REFUSE, endpoint, _upgrade_refusal(tokens))
+    if endpoint.metering is Metering.FREE:
+        return Verdict(Action.FREE, endpoint)
+    if endpoint.metering is Metering.UNMETERED:
+        if any(a.matches(incoming.method, endpoint.host, endpoint.path) for a in policy.allow_unmetered):
+            return Verdict(Action.FREE, endpoint, notes=("allow_unmetered",))
+        return Verdict(Action.REFUSE, endpoint, _unmetered_refusal(incoming.method.upper(), endpoint))
+    return Verdict(Action.METER, endpoint)

@@ -1,0 +1,219 @@
+"""Which hosts are LLM APIs, and which one a request really targets.
+
+The table is data: `rules/hosts.yaml` (always loaded) plus the operator's own `hosts:` entries,
+which are checked first. A request carries several names for its target: the CONNECT target,
+the TLS SNI, the Host header (or HTTP/2 `:authority`) and the absolute-form URL. The client
+controls all but the socket it opened, so a request is LLM traffic when ANY of them names an LLM
+host, and names that disagree are refused rather than trusted (`resolve`).
+
+Names are compared in canonical form (`canonical_host`): lower case, no port, brackets or
+trailing dots, and IP literals in the one spelling the resolver would turn any of their
+spellings into (`127.1`, `0x7f.0.0.1`, `2130706433` and `::ffff:127.0.0.1` are all `127.0.0.1`).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Names that reach this machine whatever their spelling: connecting to them reaches the same
+#: listeners as 127.0.0.1 (0.0.0.0 and :: do on Linux).
+_LOOPBACK = "127.0.0.1"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_IPV4_SPELLING = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$")
+
+
+def _canonical_ip(name: str) -> str | None:
+    """The canonical text of an IP literal in any spelling the C resolver accepts, else None."""
+    if _IPV4_SPELLING.match(name):
+        try:
+            # inet_aton is what getaddrinfo uses for numeric names: 1 to 4 parts, each decimal,
+            # octal (leading 0) or hex (0x), the last part filling the remaining bytes.
+            return socket.inet_ntoa(socket.inet_aton(name))
+        except OSError:
+            return None
+    if ":" in name:
+        try:
+            ip = ipaddress.IPv6Address(name.split("%", 1)[0])  # a zone id names an interface
+        except ValueError:
+            return None
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ip.is_loopback or ip.is_unspecified:
+            return _LOOPBACK
+        return ip.compressed
+    return None
+
+
+def _bare(host: str) -> str:
+    """Lower case, without brackets, port or trailing dots."""
+    h = host.strip().lower()
+    if h.startswith("["):  # [v6] or [v6]:port
+        h = h[1 : h.find("]")] if "]" in h else h[1:]
+    elif h.count(":") == 1:  # name:port or v4:port; more colons is a bare IPv6 literal
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def canonical_host(host: str) -> str:
+    """A host name or IP literal in the form names are compared in (see the module doc)."""
+    h = _bare(host)
+    ip = _canonical_ip(h)
+    if ip is not None:
+        return _LOOPBACK if ip == "0.0.0.0" else ip
+    if h in _LOOPBACK_NAMES or h.endswith(".localhost"):
+        return _LOOPBACK
+    return h
+
+
+def is_ip_literal(host: str) -> bool:
+    """Whether `host` (any spelling) is an IP address rather than a name."""
+    return _canonical_ip(_bare(host)) is not None
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """`*` stands for any characters, dots included; everything else is literal."""
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$")
+
+
+@dataclass(frozen=True)
+class Routes:
+    """One API family's routes, after a host's base path: path -> API name (POST only)."""
+
+    metered: Mapping[str, str]
+    free: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """A known LLM host (or set of hosts, by glob)."""
+
+    name: str
+    match: tuple[str, ...]
+    family: str | None = None  # the metering family; None: known but not metered (refused)
+    envelope: str = "openai"
+    provider: str | None = None  # genai-prices provider id
+    base_path: str = "/v1"
+    path_prefix: str = "/"
+    operator: bool = False  # from the operator's rules rather than the shipped table
+    settings: Mapping[str, Any] = field(default_factory=dict)  # operator extras (prices)
+    _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _globs: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> HostEntry:
+        match = tuple(kwargs.pop("match"))
+        exact = frozenset(canonical_host(m) for m in match if "*" not in m)
+        globs = tuple(_glob(m.strip().lower().rstrip(".")) for m in match if "*" in m)
+        family = kwargs.get("family")
+        kwargs.setdefault("envelope", family or "openai")
+        kwargs.setdefault("provider", family)
+        return cls(match=match, _exact=exact, _globs=globs, **kwargs)
+
+    @property
+    def metered(self) -> bool:
+        return self.family is not None
+
+    def matches(self, canonical: str) -> bool:
+        return canonical in self._exact or any(g.match(canonical) for g in self._globs)
+
+    def examples(self) -> list[str]:
+        """Concrete names this entry covers (globs with `*` filled in), for start-up checks."""
+        return [m.replace("*", "x") for m in self.match]
+
+
+@dataclass(frozen=True)
+class HostTable:
+    """The known LLM hosts: operator entries first, then the shipped table."""
+
+    entries: tuple[HostEntry, ...]
+    families: Mapping[str, Routes]
+
+    def lookup(self, host: str) -> HostEntry | None:
+        """The entry covering `host` (any spelling), or None for a host that is not an LLM API."""
+        canonical = canonical_host(host)
+        for entry in self.entries:
+            if entry.matches(canonical):
+                return entry
+        return None
+
+    def llm_names(self) -> list[str]:
+        """A concrete name for every pattern of every entry (start-up checks of options)."""
+        return [name for entry in self.entries for name in entry.examples()]
+
+
+@functools.cache
+def shipped_table() -> HostTable:
+    """The table of `rules/hosts.yaml` alone, without any operator's entries."""
+    from governance import policy
+
+    return policy.host_table(())
+
+
+def build_table(shipped: Mapping[str, Any], operator: Iterable[Mapping[str, Any]] = ()) -> HostTable:
+    """A table from the shipped `hosts.yaml` data and the operator's `hosts:` entries (already
+    validated by `governance.policy`)."""
+    families = {
+        name: Routes(metered=dict(spec.get("metered", {})), free=dict(spec.get("free", {})))
+        for name, spec in shipped["families"].items()
+    }
+    entries = [HostEntry.build(operator=True, **dict(e)) for e in operator]
+    entries += [HostEntry.build(**dict(e)) for e in shipped["hosts"]]
+    for entry in entries:
+        if entry.family is not None and entry.family not in families:
+            raise ValueError(f"host {entry.name!r}: unknown API family {entry.family!r}")
+    return HostTable(tuple(entries), families)
+
+
+# -- which host a request targets ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `resolve` found: the LLM host entry the request is for (None: not LLM traffic), the
+    canonical name it is metered under, or why its names cannot be trusted."""
+
+    entry: HostEntry | None
+    host: str = ""
+    mismatch: str | None = None  # set: the names disagree about an LLM host; refuse
+
+
+def resolve(
+    table: HostTable, names: Sequence[tuple[str, str]], *, destination_is_resolved: bool = False
+) -> Target:
+    """Decide which host a request targets from every name it carries: `(kind, name)` pairs such
+    as `("connect", ...)`, `("sni", ...)`, `("host", ...)`, `("url", ...)`; empty names are skipped.
+
+    - No name is an LLM host: not LLM traffic.
+    - Every name agrees (canonically): that host.
+    - They disagree and one names an LLM host: refused, with a reason naming the names. The one
+      exception is `destination_is_resolved` (transparent-style modes): the destination is an IP
+      the client's own resolver chose, and a name (SNI, Host) says which LLM host it is for; the
+      request is then metered as that host.
+    """
+    present = [(kind, name, canonical_host(name)) for kind, name in names if name and name.strip()]
+    entries = [(kind, name, canon, table.lookup(canon)) for kind, name, canon in present]
+    llm = [e for e in entries if e[3] is not None]
+    if not llm:
+        return Target(None)
+    distinct = {canon for _, _, canon, _ in entries}
+    if len(distinct) == 1:
+        _, _, canon, entry = llm[0]
+        return Target(entry, canon)
+    llm_hosts = {canon for _, _, canon, _ in llm}
+    others = distinct - llm_hosts
+    if destination_is_resolved and len(llm_hosts) == 1 and all(is_ip_literal(h) for h in others):
+        _, _, canon, entry = llm[0]
+        return Target(entry, canon)
+    said = ", ".join(f"{kind} {name!r}" for kind, name, _, _ in entries)
+    return Target(
+        llm[0][3],
+        llm[0][2],
+        mismatch=f"the names this request carries disagree about its target ({said}); a request to "
+        f"an LLM API must name the same host everywhere",
+    )
