@@ -25,11 +25,13 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import mode_specs
+from mitmproxy import ctx, exceptions, http, tcp, udp
+from mitmproxy.proxy import commands, events, layer, layers, mode_specs
+from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.tls import ClientHelloData
 from mitmproxy.utils import asyncio_utils
 
-from governance import DEFAULT_RULES, policy, tokens, wire
+from governance import DEFAULT_RULES, gate, policy, tokens, wire
 from governance.engine import Engine, ReadRequest, parse_refusal
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
 from governance.gate import HEALTH_HOST, Action, Incoming, Verdict
@@ -186,6 +188,151 @@ def _proxy_user(header: str | None) -> str | None:
     return user or None
 
 
+_RAW_LAYERS = (layers.TCPLayer, layers.UDPLayer, layers.RawQuicLayer)
+
+
+class _Refused(layer.Layer):
+    """Takes the place of a layer spendfuse refuses: closes the client's connection at the first
+    event, so not one byte is relayed."""
+
+    def __init__(self, context, reason: str) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(context)
+        self.reason = reason
+        self.closed = False
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if not self.closed:
+            self.closed = True
+            yield commands.Log(f"spendfuse: closed a connection: {self.reason}", logging.WARNING)
+            yield commands.CloseConnection(self.context.client)
+
+
+def _layer_chain(first: layer.Layer | None) -> list[layer.Layer]:
+    chain = []
+    while first is not None and len(chain) < 16:
+        chain.append(first)
+        first = getattr(first, "child_layer", None)
+    return chain
+
+
+def _hello_sni(data: bytes) -> str | None:
+    try:
+        hello = parse_client_hello(data)
+    except ValueError:
+        return None
+    return hello.sni if hello is not None else None
+
+
+class TransportGuard:
+    """The part of spendfuse that runs at the END of the addon chain, after mitmproxy's own
+    NextLayer has chosen how to carry a connection. Every byte to an LLM host must travel in an
+    HTTP flow that spendfuse decided on, so a connection that would be relayed raw (TCP, UDP,
+    QUIC that is not HTTP/3) toward an LLM host, by any of its names, is closed, and a TLS
+    passthrough of one is turned back into interception. It only translates: the decisions are
+    `Engine.screen_raw`'s."""
+
+    name = "spendfuse_transport_guard"
+
+    def __init__(self, fuse: "SpendFuse") -> None:
+        self.fuse = fuse
+
+    def _names(self, conn_client, conn_server, data: bytes = b"") -> list[str]:  # type: ignore[no-untyped-def]
+        names = []
+        if conn_server is not None and conn_server.address:
+            names.append(str(conn_server.address[0]))
+        if conn_client is not None:
+            if conn_client.sni:
+                names.append(conn_client.sni)
+            if connect := self.fuse._connect_targets.get(conn_client.id):
+                names.append(connect)
+        if data and (sni := _hello_sni(data)):
+            names.append(sni)
+        return names
+
+    def _refusal(self, names: list[str], port: int | None, protocol: str) -> Refusal | None:
+        engine = self.fuse.engine
+        if engine is None:
+            return Refusal(
+                rule="internal_error",
+                code="not_configured",
+                kind=RefusalKind.UNAVAILABLE,
+                message="spendfuse is not configured",
+            )
+        refusal = engine.screen_raw(names, port, protocol)
+        if refusal is not None and engine.dry_run:
+            logger.warning("spendfuse: dry run: would close a %s connection: %s", protocol, refusal.message)
+            return None
+        return refusal
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        chosen = nextlayer.layer
+        if chosen is None:
+            return
+        context = nextlayer.context
+        data = nextlayer.data_client()
+        chain = _layer_chain(chosen)
+        raw = next((lay for lay in chain if isinstance(lay, _RAW_LAYERS)), None)
+        if raw is None:
+            if isinstance(chosen, layers.HttpLayer) and 0 < len(data) < 3 and data[0] == 0x16:
+                # The first bytes of a TLS record, split off by the client: wait for the rest
+                # rather than parse them as HTTP.
+                nextlayer.layer = None
+            return
+        port = context.server.address[1] if context.server.address else None
+        protocol = {layers.TCPLayer: "raw TCP", layers.UDPLayer: "UDP"}.get(type(raw), "QUIC")
+        refusal = self._refusal(self._names(context.client, context.server, data), port, protocol)
+        if refusal is not None:
+            nextlayer.layer = _Refused(context, refusal.message)
+
+    def tls_clienthello(self, data: ClientHelloData) -> None:
+        if not data.ignore_connection:
+            return
+        names = self._names(data.context.client, data.context.server)
+        if data.client_hello.sni:
+            names.append(data.client_hello.sni)
+        port = data.context.server.address[1] if data.context.server.address else None
+        if self._refusal(names, port, "TLS passthrough") is not None:
+            data.ignore_connection = False  # intercept it, so its requests are screened
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self._raw_flow_start(flow, "raw TCP")
+
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        self._raw_flow_start(flow, "UDP")
+
+    def _raw_flow_start(self, flow: tcp.TCPFlow | udp.UDPFlow, protocol: str) -> None:
+        port = flow.server_conn.address[1] if flow.server_conn.address else None
+        refusal = self._refusal(self._names(flow.client_conn, flow.server_conn), port, protocol)
+        if refusal is not None:
+            # Before the layer opens its server connection: an error set now stops the connect.
+            flow.server_conn.error = refusal.message
+            if flow.killable:
+                flow.kill()
+            logger.warning("spendfuse: %s", refusal.message)
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        engine = self.fuse.engine
+        if engine is None or engine.dry_run:
+            return
+        verdict = engine.screen(self.fuse._incoming(flow))
+        if verdict.endpoint is None:
+            return
+        # Upgrades to LLM hosts are refused in `request`; one that got here anyway is closed.
+        self.fuse._unadmitted_websockets.add(flow.id)
+        logger.warning("spendfuse: closing a WebSocket to %s that was never admitted", verdict.endpoint.host)
+        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        if handler is not None:
+            handler.close_connection(flow.server_conn)
+            handler.close_connection(flow.client_conn)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if flow.id in self.fuse._unadmitted_websockets and flow.websocket is not None:
+            flow.websocket.messages[-1].drop()
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.fuse._unadmitted_websockets.discard(flow.id)
+
+
 class SpendFuse:
     """The addon. `__init__` does no I/O: the ledger opens in `configure`."""
 
@@ -198,6 +345,8 @@ class SpendFuse:
         self._proxy_users: dict[str, str] = {}
         self._connect_targets: dict[str, str] = {}  # client connection id -> its CONNECT host
         self._request_ids: dict[str, str] = {}  # flow id -> ledger request id, while the flow lives
+        self._unadmitted_websockets: set[str] = set()
+        self.guard = TransportGuard(self)
         self._reaper: asyncio.Task | None = None
         self._forcing = False
 
@@ -226,12 +375,34 @@ class SpendFuse:
             )
         if any(name.startswith("spendfuse_") for name in updated) or self.engine is None:
             self._configure_engine()
-        if not self._forcing and getattr(ctx.options, "connection_strategy", "lazy") != "lazy":
-            # Eager mode connects upstream before the request hook runs, even for refused
-            # requests. Forced after validation, so a bad option fails before this re-enters.
+        assert self.engine is not None
+        problems = gate.exempted_llm_hosts(
+            self.engine.hosts,
+            ignore_hosts=getattr(ctx.options, "ignore_hosts", ()) or (),
+            allow_hosts=getattr(ctx.options, "allow_hosts", ()) or (),
+            tcp_hosts=getattr(ctx.options, "tcp_hosts", ()) or (),
+            udp_hosts=getattr(ctx.options, "udp_hosts", ()) or (),
+        )
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise exceptions.OptionsError(
+                f"spendfuse refuses options that exempt LLM hosts from interception (their traffic would "
+                f"pass unmetered): {shown}"
+            )
+        # Forced after validation, so a bad option fails before this re-enters:
+        # - eager connection_strategy connects upstream before the request hook runs, even for
+        #   refused requests;
+        # - rawtcp relays bytes that are neither TLS nor HTTP to wherever the client asked, and
+        #   the bytes of a TLS handshake split or dressed up to look like neither are exactly that.
+        forced = {}
+        if getattr(ctx.options, "connection_strategy", "lazy") != "lazy":
+            forced["connection_strategy"] = "lazy"
+        if getattr(ctx.options, "rawtcp", False):
+            forced["rawtcp"] = False
+        if forced and not self._forcing:
             self._forcing = True
             try:
-                ctx.options.update(connection_strategy="lazy")
+                ctx.options.update(**forced)
             finally:
                 self._forcing = False
 
@@ -279,6 +450,12 @@ class SpendFuse:
                 ", ".join(typos),
                 ", ".join(s.name for s in OPTIONS),
             )
+        # The guard must run after mitmproxy's NextLayer, TlsConfig and every script: last in the chain.
+        existing = ctx.master.addons.get(TransportGuard.name)
+        if existing is None:
+            ctx.master.addons.add(self.guard)
+        else:
+            existing.fuse = self  # a reloaded script: the guard serves the new instance
         if self.engine is not None and self._reaper is None:
             self._reaper = asyncio_utils.create_task(
                 self._reap_forever(), name="spendfuse reaper", keep_ref=True
@@ -333,11 +510,23 @@ class SpendFuse:
 
     # -- connection facts ------------------------------------------------------------------------
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        user = _proxy_user(flow.request.headers.get("proxy-authorization"))
-        if user:
-            self._proxy_users[flow.client_conn.id] = user
-        self._connect_targets[flow.client_conn.id] = flow.request.host
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        try:
+            user = _proxy_user(flow.request.headers.get("proxy-authorization"))
+            if user:
+                self._proxy_users[flow.client_conn.id] = user
+            self._connect_targets[flow.client_conn.id] = flow.request.host
+            engine = self.engine
+            if engine is None:
+                self._answer(flow, None, _internal_refusal(f"not configured: {self.config_error}"))
+                return
+            names = [flow.request.host, *flow.request.headers.get_all("host")]
+            refusal = engine.screen_connect(names, flow.request.port)
+            if refusal is not None:
+                await self._refuse_early(flow, None, None, refusal)
+        except Exception as e:
+            logger.exception("spendfuse: CONNECT hook failed")
+            self._answer(flow, None, _internal_refusal(type(e).__name__))
 
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
         self._proxy_users.pop(client.id, None)

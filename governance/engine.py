@@ -7,7 +7,7 @@ thread. Nothing here knows mitmproxy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,6 +76,14 @@ class Engine:
     def screen(self, incoming: Incoming) -> Verdict:
         """What happens to a request before pricing: see `governance.gate`."""
         return gate.screen(incoming, self.policy, self.hosts)
+
+    def screen_connect(self, names: Sequence[str], port: int | None) -> Refusal | None:
+        """The refusal of a CONNECT tunnel, or None: see `gate.connect_refusal`."""
+        return gate.connect_refusal(names, port, self.policy, self.hosts)
+
+    def screen_raw(self, names: Sequence[str], port: int | None, protocol: str) -> Refusal | None:
+        """The refusal of a raw (non-HTTP) connection, or None: see `gate.raw_transport_refusal`."""
+        return gate.raw_transport_refusal(names, port, self.policy, self.hosts, protocol)
 
     def output_cap(self, model: str, requested: int | None) -> tuple[int, str]:
         """The output cap to reserve for, per choice, and where it came from."""

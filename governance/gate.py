@@ -167,3 +167,69 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
             return Verdict(Action.FREE, endpoint, notes=("allow_unmetered",))
         return Verdict(Action.REFUSE, endpoint, _unmetered_refusal(incoming.method.upper(), endpoint))
     return Verdict(Action.METER, endpoint)
+
+
+# -- connections that are not HTTP ---------------------------------------------------------------
+
+
+def raw_transport_refusal(
+    names: Sequence[str], port: int | None, policy: Policy, table: HostTable, protocol: str
+) -> Refusal | None:
+    """Whether a connection that mitmproxy would relay as raw bytes (TCP, UDP, QUIC that is not
+    HTTP/3) may go on. Never toward an LLM host, by any of its names: such bytes would reach the
+    provider without a decision. In allowlist mode, only to allowed destinations."""
+    for name in names:
+        if name and table.lookup(name) is not None:
+            return Refusal(
+                rule="raw_transport",
+                code="raw_transport_refused",
+                kind=RefusalKind.FORBIDDEN,
+                message=f"spendfuse: a {protocol} connection to {canonical_host(name)} is refused: bytes to "
+                f"an LLM API must be HTTP that spendfuse can meter",
+            )
+    for name in names:
+        if name and not egress_allows(policy.egress, table, name, port):
+            return egress_refusal(canonical_host(name), port)
+    return None
+
+
+def exempted_llm_hosts(
+    table: HostTable,
+    *,
+    ignore_hosts: Sequence[str] = (),
+    allow_hosts: Sequence[str] = (),
+    tcp_hosts: Sequence[str] = (),
+    udp_hosts: Sequence[str] = (),
+) -> list[str]:
+    """Problems with mitmproxy options that would exempt an LLM host from interception (its bytes
+    would then be tunnelled unmetered). Each option is a list of regexes as mitmproxy reads them:
+    searched in `host:port` (ignore/allow) or in the host (tcp/udp)."""
+    problems = []
+    for name in table.llm_names():
+        address = f"{name}:443"
+        for option, patterns, subject in (
+            ("ignore_hosts", ignore_hosts, address),
+            ("tcp_hosts", tcp_hosts, name),
+            ("udp_hosts", udp_hosts, name),
+        ):
+            hit = next((p for p in patterns if re.search(p, subject, re.IGNORECASE)), None)
+            if hit is not None:
+                problems.append(f"{option} pattern {hit!r} exempts the LLM host {name}")
+        if allow_hosts and not any(re.search(p, address, re.IGNORECASE) for p in allow_hosts):
+            problems.append(f"allow_hosts does not cover the LLM host {name}, so it would pass unintercepted")
+    return problems
+
+
+def connect_refusal(
+    names: Sequence[str], port: int | None, policy: Policy, table: HostTable
+) -> Refusal | None:
+    """The verdict on a CONNECT (its target, and the Host header it may carry): a tunnel to an
+    LLM host is allowed (what passes inside is screened request by request); names that
+    disagree about an LLM host are refused; anything else must pass the egress rules."""
+    target = hosts.resolve(table, [("connect", n) for n in names])
+    if target.entry is not None:
+        return _mismatch_refusal(target.mismatch) if target.mismatch is not None else None
+    for name in names:
+        if name and not egress_allows(policy.egress, table, name, port):
+            return egress_refusal(canonical_host(name), port)
+    return None
