@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -41,6 +42,8 @@ class Upstream:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: int = 0  # TCP connections accepted (TLS upstream), whatever came over them
+    snis: list[str | None] = field(default_factory=list)  # the SNI of each TLS handshake
 
     @property
     def port(self) -> int:
@@ -56,6 +59,8 @@ class Upstream:
             self.hits.clear()
             self.bodies.clear()
             self.headers.clear()
+            self.connections = 0
+            self.snis.clear()
         self.knobs = Knobs()
 
     def close(self) -> None:
@@ -353,6 +358,46 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(k.chunk_delay_s)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """The same fake upstream over TLS, as the real API hosts serve it. Every accepted TCP
+    connection is counted before its handshake, so bytes that reach it by any route show."""
+
+    upstream: Upstream
+    context: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self.upstream.lock:
+            self.upstream.connections += 1
+        request.settimeout(10)
+        try:
+            wrapped = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(wrapped, client_address)
+
+
+def start_tls_upstream(certfile: str, keyfile: str) -> Upstream:
+    """Start a fake upstream that speaks TLS with the given certificate, on 127.0.0.1."""
+    handler = type("Handler", (_Handler,), {})
+    server = _TLSServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    upstream = Upstream(server)
+
+    def record_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        with upstream.lock:
+            upstream.snis.append(name)
+
+    context.sni_callback = record_sni
+    server.context = context
+    server.upstream = upstream
+    handler.upstream = upstream
+    threading.Thread(target=server.serve_forever, name="fake-tls-upstream", daemon=True).start()
+    return upstream
 
 
 def start_upstream() -> Upstream:
