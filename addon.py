@@ -320,7 +320,8 @@ class TransportGuard:
         # Upgrades to LLM hosts are refused in `request`; one that got here anyway is closed.
         self.fuse._unadmitted_websockets.add(flow.id)
         logger.warning("spendfuse: closing a WebSocket to %s that was never admitted", verdict.endpoint.host)
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver is not None else None
         if handler is not None:
             handler.close_connection(flow.server_conn)
             handler.close_connection(flow.client_conn)

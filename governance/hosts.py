@@ -133,14 +133,21 @@ class HostTable:
 
     entries: tuple[HostEntry, ...]
     families: Mapping[str, Routes]
+    # canonical name -> entry: a request asks for the same few names again and again.
+    _found: dict[str, HostEntry | None] = field(default_factory=dict, repr=False, compare=False)
 
     def lookup(self, host: str) -> HostEntry | None:
         """The entry covering `host` (any spelling), or None for a host that is not an LLM API."""
         canonical = canonical_host(host)
-        for entry in self.entries:
-            if entry.matches(canonical):
-                return entry
-        return None
+        try:
+            return self._found[canonical]
+        except KeyError:
+            pass
+        found = next((entry for entry in self.entries if entry.matches(canonical)), None)
+        if len(self._found) >= 4096:
+            self._found.clear()
+        self._found[canonical] = found
+        return found
 
     def llm_names(self) -> list[str]:
         """A concrete name for every pattern of every entry (start-up checks of options)."""

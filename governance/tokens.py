@@ -110,6 +110,9 @@ _IMAGE_PART_TYPES = frozenset({"image", "image_url", "input_image"})
 _MEDIA_PART_TYPES = frozenset({"document", "file", "input_file", "input_audio", "audio"})
 # Per message/part framing tokens that the text alone does not show (OpenAI documents ~3-4).
 _PER_ITEM_OVERHEAD = 4
+# Every request is billed a few tokens of framing even with an empty prompt (the assistant
+# turn's priming, the message structure): a reservation is never zero.
+_PER_REQUEST_OVERHEAD = 8
 
 
 def _looks_like_base64_blob(s: str) -> bool:
@@ -191,4 +194,10 @@ def estimate_input_tokens(prompt: Iterable[object], model: str, *, image_tokens:
     for part in prompt:
         walk.visit(part)
     text_tokens = count_text("\n".join(walk.texts), model) if walk.texts else 0
-    return text_tokens + walk.items * _PER_ITEM_OVERHEAD + walk.images * image_tokens + walk.blob_tokens
+    return (
+        _PER_REQUEST_OVERHEAD
+        + text_tokens
+        + walk.items * _PER_ITEM_OVERHEAD
+        + walk.images * image_tokens
+        + walk.blob_tokens
+    )

@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 from pathlib import Path
 
 import pytest
-from mitmproxy import exceptions, http
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import events, layer, layers
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.tls import ClientHelloData
 
 import addon as addon_module
 from governance.errors import LedgerUnavailable
@@ -56,7 +62,8 @@ def fuse(tmp_path: Path):
 
 
 def rows(a):
-    return a.engine.ledger.query("SELECT * FROM requests")
+    # On the ledger thread: its connection is not shared with the test's thread.
+    return a._ledger_thread().call_blocking(a.engine.ledger.query, "SELECT * FROM requests")
 
 
 class TestConfigure:
@@ -74,6 +81,40 @@ class TestConfigure:
         a, tctx = fuse
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(a, **{opt: value})
+
+    def test_rules_that_enforce_nothing_stop_start_up(self, tmp_path):
+        a = addon_module.SpendFuse()
+        with taddons.context(a) as tctx:
+            rules = write_rules(tmp_path / "r.yaml", budgets=[])
+            with pytest.raises(exceptions.OptionsError, match="no limit at all"):
+                tctx.configure(a, spendfuse_rules=str(rules), spendfuse_db=str(tmp_path / "l.sqlite"))
+            tctx.configure(
+                a, spendfuse_rules=str(rules), spendfuse_db=str(tmp_path / "l.sqlite"), spendfuse_budget="2"
+            )  # a budget given by option is a limit
+        a.done()
+
+    @pytest.mark.parametrize("db", [":memory:", "file::memory:?cache=shared"])
+    def test_in_memory_ledgers_stop_start_up(self, tmp_path, db):
+        a = addon_module.SpendFuse()
+        with taddons.context(a) as tctx, pytest.raises(exceptions.OptionsError, match="memory"):
+            tctx.configure(a, spendfuse_rules=str(write_rules(tmp_path / "r.yaml")), spendfuse_db=db)
+        a.done()
+
+    def test_the_default_ledger_is_in_the_state_directory(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("SPENDFUSE_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.delenv("SPENDFUSE_DB", raising=False)
+        a = addon_module.SpendFuse()
+        with taddons.context(a) as tctx:
+            tctx.configure(a, spendfuse_rules=str(write_rules(tmp_path / "r.yaml")))
+            assert a.engine.ledger.path == tmp_path / "state" / "ledger.sqlite"
+        a.done()
+        assert (tmp_path / "state" / "ledger.sqlite").exists()
+
+    def test_rawtcp_is_forced_off(self, fuse):
+        a, tctx = fuse
+        assert tctx.options.rawtcp is False
+        tctx.configure(a, rawtcp=True)
+        assert tctx.options.rawtcp is False
 
     def test_env_vars_are_option_defaults(self, monkeypatch, tmp_path):
         monkeypatch.setenv("SPENDFUSE_BUDGET", "7.5")
@@ -338,7 +379,7 @@ class TestEveryExitPath:
         assert f.response.status_code == 503
         [row] = rows(a)
         assert row["state"] == "released" and row["outcome"] == "not forwarded: ValueError"
-        assert a.engine.ledger.window_totals("global", "").held_micro == 0
+        assert a._ledger_thread().call_blocking(a.engine.ledger.window_totals, "global", "").held_micro == 0
 
     @pytest.mark.expect_errors("settling .* failed")
     async def test_a_settlement_that_fails_charges_the_reservation(self, fuse, monkeypatch):
@@ -435,6 +476,107 @@ class TestRefusalsAreRecorded:
         assert f.response.status_code == 503
         [row] = rows(a)
         assert row["state"] == "refused" and row["rule"] == "internal_error"
+
+
+def client_hello(sni: str) -> bytes:
+    """The bytes of a real ClientHello for `sni`."""
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()
+
+
+def next_layer_for(address: tuple[str, int], chosen_class, data: bytes = b"", sni: str | None = None):
+    client = tflow.tclient_conn()
+    client.sni = sni
+    context = Context(client, ctx.options)
+    context.server.address = address
+    nl = layer.NextLayer(context)
+    if data:
+        nl.events.append(events.DataReceived(client, data))
+    nl.layer = chosen_class(context) if chosen_class is not None else None
+    return nl
+
+
+class TestTransportGuard:
+    """The guard at the end of the chain, after mitmproxy's NextLayer has chosen a layer."""
+
+    @pytest.mark.parametrize(
+        "name", ["api.openai.com", "x.openai.azure.com", "bedrock-runtime.us-east-1.amazonaws.com"]
+    )
+    @pytest.mark.parametrize("raw", [layers.TCPLayer, layers.UDPLayer])
+    def test_raw_layers_toward_llm_hosts_are_replaced_by_a_closed_one(self, fuse, name, raw):
+        a, _ = fuse
+        nl = next_layer_for((name, 443), raw)
+        a.guard.next_layer(nl)
+        assert isinstance(nl.layer, addon_module._Refused) and "LLM API" in nl.layer.reason
+
+    def test_a_raw_layer_named_by_its_client_hello_is_refused(self, fuse):
+        a, _ = fuse
+        nl = next_layer_for(("alias.example", 443), layers.TCPLayer, data=client_hello("api.anthropic.com"))
+        a.guard.next_layer(nl)
+        assert isinstance(nl.layer, addon_module._Refused)
+
+    def test_raw_layers_elsewhere_are_left_alone_in_open_mode(self, fuse):
+        a, _ = fuse
+        nl = next_layer_for(("git.example", 22), layers.TCPLayer, data=b"SSH-2.0-x\r\n")
+        a.guard.next_layer(nl)
+        assert isinstance(nl.layer, layers.TCPLayer)
+
+    def test_the_first_bytes_of_a_tls_record_are_waited_for(self, fuse):
+        a, _ = fuse
+        nl = next_layer_for(
+            ("api.openai.com", 443), lambda c: layers.HttpLayer(c, HTTPMode.transparent), data=b"\x16"
+        )
+        a.guard.next_layer(nl)
+        assert nl.layer is None
+
+    def test_a_tls_passthrough_of_an_llm_host_is_intercepted_instead(self, fuse):
+        a, _ = fuse
+        hello = parse_client_hello(client_hello("api.openai.com"))
+        client = tflow.tclient_conn()
+        context = Context(client, ctx.options)
+        context.server.address = ("alias.example", 443)
+        data = ClientHelloData(context, hello, ignore_connection=True)
+        a.guard.tls_clienthello(data)
+        assert data.ignore_connection is False
+        other = ClientHelloData(
+            context, parse_client_hello(client_hello("pinned.example")), ignore_connection=True
+        )
+        a.guard.tls_clienthello(other)
+        assert other.ignore_connection is True
+
+    def test_a_raw_tcp_flow_to_an_llm_host_never_connects(self, fuse):
+        a, _ = fuse
+        flow = tflow.ttcpflow()
+        flow.server_conn.address = ("api.openai.com", 443)
+        a.guard.tcp_start(flow)
+        assert flow.server_conn.error and "LLM API" in flow.server_conn.error
+
+    def test_an_unadmitted_websocket_to_an_llm_host_passes_no_message(self, fuse):
+        a, _ = fuse
+        flow = tflow.twebsocketflow()
+        flow.request.host = "api.openai.com"
+        flow.request.headers["host"] = "api.openai.com"
+        flow.client_conn.sni = "api.openai.com"
+        a.guard.websocket_start(flow)
+        a.guard.websocket_message(flow)
+        assert flow.websocket.messages[-1].dropped
+        a.guard.websocket_end(flow)
+
+    @pytest.mark.expect_errors("was deleted")
+    async def test_a_deleted_ledger_refuses_with_503(self, fuse, tmp_path):
+        a, _ = fuse
+        path = a.engine.ledger.path
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        f = req()
+        await a.request(f)
+        assert (
+            f.response.status_code == 503
+            and "was deleted" in json.loads(f.response.content)["error"]["message"]
+        )
 
 
 def test_proxy_user_parsing():

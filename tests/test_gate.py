@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from governance import policy
-from governance.gate import Action, Incoming, egress_allows, screen, upgrade_tokens
+from governance.gate import (
+    Action,
+    Incoming,
+    connect_refusal,
+    egress_allows,
+    exempted_llm_hosts,
+    raw_transport_refusal,
+    screen,
+    upgrade_tokens,
+)
 from governance.types import RefusalKind
 from tests.conftest import write_rules
 
@@ -126,3 +135,55 @@ class TestEgressAllowlist:
 
     def test_llm_hosts_are_metered_not_refused(self, rules):
         assert verdict(rules).action is Action.METER
+
+
+class TestConnectionsThatAreNotHTTP:
+    def test_raw_transport_to_an_llm_host_by_any_name_is_refused(self, rules):
+        table = policy.host_table(rules.hosts)
+        for names in (["api.openai.com"], ["10.0.0.1", "api.anthropic.com"], ["x.openai.azure.com"]):
+            refusal = raw_transport_refusal(names, 443, rules, table, "raw TCP")
+            assert refusal is not None and refusal.rule == "raw_transport", names
+        assert raw_transport_refusal(["git.example", "1.2.3.4"], 22, rules, table, "raw TCP") is None
+
+    def test_raw_transport_obeys_the_allowlist(self, tmp_path):
+        rules = policy.load(
+            write_rules(
+                tmp_path / "r.yaml",
+                egress={"mode": "allowlist", "allow": [{"host": "git.example", "ports": [22]}]},
+            )
+        )
+        table = policy.host_table(rules.hosts)
+        assert raw_transport_refusal(["git.example"], 22, rules, table, "raw TCP") is None
+        assert raw_transport_refusal(["git.example"], 23, rules, table, "raw TCP").rule == "egress"
+
+    def test_connect(self, tmp_path):
+        rules = policy.load(
+            write_rules(tmp_path / "r.yaml", egress={"mode": "allowlist", "allow": [{"host": "pypi.org"}]})
+        )
+        table = policy.host_table(rules.hosts)
+        assert connect_refusal(["api.openai.com", "api.openai.com:443"], 443, rules, table) is None
+        assert connect_refusal(["pypi.org"], 443, rules, table) is None
+        assert connect_refusal(["github.com"], 443, rules, table).rule == "egress"
+        assert connect_refusal(["pypi.org", "api.openai.com"], 443, rules, table).rule == "host_mismatch"
+
+    @pytest.mark.parametrize(
+        ("options", "fragment"),
+        [
+            ({"ignore_hosts": [r"api\.openai\.com"]}, "ignore_hosts pattern"),
+            ({"ignore_hosts": [".*"]}, "ignore_hosts pattern"),
+            ({"tcp_hosts": ["bedrock"]}, "tcp_hosts pattern"),
+            ({"udp_hosts": ["anthropic"]}, "udp_hosts pattern"),
+            ({"allow_hosts": [r"^api\.(openai|anthropic)\.com:443$"]}, "allow_hosts does not cover"),
+        ],
+    )
+    def test_options_that_exempt_llm_hosts(self, rules, options, fragment):
+        problems = exempted_llm_hosts(policy.host_table(rules.hosts), **options)
+        assert problems and all(fragment in p for p in problems)
+
+    def test_options_that_leave_llm_hosts_alone(self, rules):
+        table = policy.host_table(rules.hosts)
+        assert (
+            exempted_llm_hosts(table, ignore_hosts=[r"^pinned\.example\.com:443$"], tcp_hosts=["^git\\."])
+            == []
+        )
+        assert exempted_llm_hosts(table, allow_hosts=[".*"]) == []
