@@ -721,6 +721,8 @@ class SpendFuse:
         # Allowed: from here on the reservation must be settled by `response` or `error`, or
         # released here if the flow cannot be forwarded after all.
         try:
+            if decision.output_cap is not None:  # output-cap injection: the body changes again
+                forward = wire.encode_json_body(engine.forward_body(read, decision, endpoint.family))
             if forward is not None:
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
@@ -730,6 +732,9 @@ class SpendFuse:
                 "model": read.info.model,
                 "principal": principal,
                 "reserved_usd": f"{decision.reserved:.6f}",
+                **(
+                    {"injected_output_tokens": decision.output_cap} if decision.output_cap is not None else {}
+                ),
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
             self._pending[flow.id] = Pending(read.info, endpoint, flow)

@@ -7,8 +7,8 @@ thread. Nothing here knows mitmproxy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -16,10 +16,10 @@ from governance import checks, gate, tokens, wire
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
-from governance.ledger import Ledger, RequestRecord
+from governance.ledger import Ledger, Refit, RequestRecord
 from governance.matching import lookup_model
 from governance.policy import Policy
-from governance.pricing import Pricer
+from governance.pricing import Pricer, context_window
 from governance.types import (
     Decision,
     Endpoint,
@@ -41,6 +41,7 @@ class ReadRequest:
 
     info: RequestInfo
     forward_body: dict[str, Any] | None  # None: forward the original bytes untouched
+    body: Mapping[str, Any] | None = None  # the request as the client sent it
 
 
 def parse_refusal(message: str) -> Refusal:
@@ -85,18 +86,25 @@ class Engine:
         """The refusal of a raw (non-HTTP) connection, or None: see `gate.raw_transport_refusal`."""
         return gate.raw_transport_refusal(names, port, self.policy, self.hosts, protocol)
 
-    def output_cap(self, model: str, requested: int | None) -> tuple[int, str]:
-        """The output cap to reserve for, per choice, and where it came from."""
+    def output_cap(
+        self, model: str, requested: int | None, *, input_tokens: int = 0, provider: str = ""
+    ) -> tuple[int, str]:
+        """The output cap to reserve for, per choice, and where it came from: the request's own;
+        else the model's maximum output from the rules' table; else what its context window
+        (genai-prices) leaves after the input; else `estimate.default_max_output_tokens`."""
         if requested is not None:
             return requested, "request"
         found = lookup_model(self.policy.output_cap_table(), model)
         if found is not None:
             return found[1], "model_table"
+        window = context_window(provider, model) if provider else None
+        if window is not None and window > input_tokens:
+            return window - input_tokens, "context_window"
         if self.policy.estimate.default_max_output_tokens is not None:
             return self.policy.estimate.default_max_output_tokens, "default"
         raise RequestParseError(
-            f"the request sets no output cap and model '{model}' is not in the output-cap table; "
-            f"set max_tokens, or add the model to the rules' model_limits"
+            f"the request sets no output cap, model '{model}' is not in the output-cap table and its "
+            f"context window is unknown; set max_tokens, or add the model to the rules' model_limits"
         )
 
     def read_request(
@@ -105,32 +113,49 @@ class Engine:
         """Understand a metered request. Raises `RequestParseError` when it cannot be metered."""
         family = wire.FAMILIES[endpoint.family]
         parsed = family.parse_request(endpoint.api, body)
-        cap, source = self.output_cap(parsed.model, parsed.max_output_tokens)
+        provider = self._providers.get(endpoint.entry) or family.PROVIDER
         estimate = tokens.estimate_input_tokens(
             parsed.prompt, parsed.model, image_tokens=self.policy.estimate.image_tokens
         )
         margin = self.policy.estimate.input_margin
+        input_tokens = int((estimate * margin).to_integral_value(rounding="ROUND_CEILING"))
+        cap, source = self.output_cap(
+            parsed.model, parsed.max_output_tokens, input_tokens=input_tokens, provider=provider
+        )
         info = RequestInfo(
             request_id=request_id,
-            provider=self._providers.get(endpoint.entry) or family.PROVIDER,
+            provider=provider,
             api=endpoint.api,
             model=parsed.model,
             principal=principal,
             stream=parsed.stream,
-            input_tokens=int((estimate * margin).to_integral_value(rounding="ROUND_CEILING")),
+            input_tokens=input_tokens,
             max_output_tokens=cap * parsed.choices,
             output_cap_source=source,
             cache_write_hint=parsed.cache_write_hint,
             host_entry=endpoint.entry,
+            choices=parsed.choices,
+            requested_output_tokens=parsed.max_output_tokens,
         )
-        return ReadRequest(info, family.prepare_request(endpoint.api, body, parsed))
+        return ReadRequest(info, family.prepare_request(endpoint.api, body, parsed), body)
+
+    def forward_body(self, read: ReadRequest, decision: Decision, family: str) -> dict[str, Any] | None:
+        """The body to forward for an admitted request: the family's own preparation, with the
+        output cap the decision injects. None: forward the original bytes untouched."""
+        if decision.output_cap is None:
+            return read.forward_body
+        base = read.forward_body if read.forward_body is not None else read.body
+        assert base is not None
+        return wire.FAMILIES[family].with_output_cap(read.info.api, base, decision.output_cap)
 
     def _pricer_for(self, info: RequestInfo) -> Pricer:
         return self._host_pricers.get(info.host_entry, self.pricer)
 
     # -- admitting (ledger thread) ------------------------------------------------------------
 
-    def _record(self, info: RequestInfo, price_source: str | None = None) -> RequestRecord:
+    def _record(
+        self, info: RequestInfo, price_source: str | None = None, *, injected: int | None = None
+    ) -> RequestRecord:
         return RequestRecord(
             request_id=info.request_id,
             principal=info.principal,
@@ -141,6 +166,8 @@ class Engine:
             est_input_tokens=info.input_tokens,
             max_output_tokens=info.max_output_tokens,
             price_source=price_source,
+            requested_output_tokens=info.requested_output_tokens,
+            injected_output_tokens=injected,
         )
 
     def refuse(self, rec: RequestRecord, refusal: Refusal, now: datetime) -> Decision:
@@ -165,14 +192,21 @@ class Engine:
                 info.model,
                 input_tokens=info.input_tokens,
                 max_output_tokens=info.max_output_tokens,
+                now=now,
                 cache_write_hint=info.cache_write_hint,
             )
         except PricingError as e:
             return self.refuse(self._record(info), unpriced_refusal(e), now)
         amount = to_micro(worst.cost)
         claims = checks.budget_claims(self.policy, info, amount, now)
+        clamp = self.policy.clamp_output
+        # With output-cap injection, a request that set no cap gets the cap it is reserved for.
+        inject = (
+            info.max_output_tokens // info.choices if clamp and info.requested_output_tokens is None else None
+        )
+        rec = self._record(info, worst.source, injected=inject)
         result = self.ledger.reserve(
-            self._record(info, worst.source),
+            rec,
             claims,
             amount,
             now,
@@ -180,7 +214,11 @@ class Engine:
             decision="dry_run" if refusal is not None else "allowed",
             rule=refusal.rule if refusal else None,
             reason=refusal.message if refusal else None,
+            fit=self._fitter(info, rec, now) if clamp is not None else None,
         )
+        if result.refit is not None:
+            amount = result.refit.amount_micro
+            inject = result.refit.rec.injected_output_tokens
         if result.blocking is not None:
             budget = checks.budget_refusal(result.blocking, result.settled_micro, result.held_micro)
             if not result.granted:
@@ -191,19 +229,57 @@ class Engine:
             logger.warning(
                 "dry run: would refuse %s (%s): %s", info.request_id, refusal.rule, refusal.message
             )
-        return Decision(allowed=True, reserved=from_micro(amount), refusal=refusal)
+        return Decision(allowed=True, reserved=from_micro(amount), refusal=refusal, output_cap=inject)
+
+    def _fitter(self, info: RequestInfo, rec: RequestRecord, now: datetime) -> Callable[[int], Refit | None]:
+        """For `Ledger.reserve(fit=...)`: the largest output cap per choice, down to the rules'
+        floor, whose worst case fits the room left; None when not even the floor fits."""
+        assert self.policy.clamp_output is not None
+        floor = self.policy.clamp_output.floor_tokens
+        pricer = self._pricer_for(info)
+
+        def cost(cap: int) -> Priced:
+            return pricer.worst_case(
+                info.provider,
+                info.model,
+                input_tokens=info.input_tokens,
+                max_output_tokens=cap * info.choices,
+                now=now,
+                cache_write_hint=info.cache_write_hint,
+            )
+
+        def fit(room: int) -> Refit | None:
+            low, high = floor, info.max_output_tokens // info.choices - 1
+            if high < low or to_micro(cost(low).cost) > room:
+                return None
+            while low < high:  # the largest cap whose worst case fits: cost is monotone in it
+                mid = (low + high + 1) // 2
+                if to_micro(cost(mid).cost) <= room:
+                    low = mid
+                else:
+                    high = mid - 1
+            priced = cost(low)
+            fitted = replace(
+                rec,
+                max_output_tokens=low * info.choices,
+                injected_output_tokens=low,
+                price_source=priced.source,
+            )
+            return Refit(to_micro(priced.cost), fitted)
+
+        return fit
 
     # -- finishing (ledger thread) ------------------------------------------------------------
 
-    def _price_usage(self, info: RequestInfo, usage: Usage) -> Priced:
+    def _price_usage(self, info: RequestInfo, usage: Usage, now: datetime) -> Priced:
         # Price by the model the upstream says it ran (a dated id, or what a router picked),
         # falling back to the requested model when that name is unknown.
         if usage.model and usage.model != info.model:
             try:
-                return self._pricer_for(info).price(info.provider, usage.model, usage)
+                return self._pricer_for(info).price(info.provider, usage.model, usage, now)
             except PricingError:
                 pass
-        return self._pricer_for(info).price(info.provider, info.model, usage)
+        return self._pricer_for(info).price(info.provider, info.model, usage, now)
 
     def finish(
         self,
@@ -219,7 +295,7 @@ class Engine:
         provider bills a stream that was cut before its usage event)."""
         if usage is not None:
             try:
-                priced = self._price_usage(info, usage)
+                priced = self._price_usage(info, usage, now)
             except PricingError:
                 logger.error(
                     "cannot price usage of %s on %s; charging its reservation", info.request_id, info.model

@@ -20,9 +20,9 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,14 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_output_caps(db: Database) -> None:
+    # What the client asked for as its output cap, and what spendfuse wrote into the request
+    # instead (output-cap injection), so a clamped request can always be told from its original.
+    db["requests"].add_column("requested_output_tokens", int)
+    db["requests"].add_column("injected_output_tokens", int)
+
+
 def iso(now: datetime) -> str:
     """A fixed-width UTC timestamp, so text order is time order."""
     if now.tzinfo is None:
@@ -111,17 +119,29 @@ class RequestRecord:
     est_input_tokens: int | None = None
     max_output_tokens: int | None = None
     price_source: str | None = None
+    requested_output_tokens: int | None = None  # the request's own cap, per choice; None: it set none
+    injected_output_tokens: int | None = None  # the cap spendfuse wrote into it, per choice
+
+
+@dataclass(frozen=True)
+class Refit:
+    """A request made to fit the room left in its windows: a smaller amount, and its record."""
+
+    amount_micro: int
+    rec: RequestRecord
 
 
 @dataclass(frozen=True)
 class ReserveResult:
     """Whether the holds were written, and the first claim that did not fit (with its window's
-    spend and holds) when one did not: refused, or in dry run held regardless."""
+    spend and holds) when one did not: refused, or in dry run held regardless. `refit` is set
+    when the request was made to fit (`reserve(fit=...)`)."""
 
     granted: bool
     blocking: Claim | None = None
     settled_micro: int = 0
     held_micro: int = 0
+    refit: Refit | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +335,8 @@ class Ledger:
         conn.execute(
             "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, "
             "est_input_tokens, max_output_tokens, reserved_micro, state, decision, rule, reason, "
-            "price_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "price_source, requested_output_tokens, injected_output_tokens) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rec.request_id,
                 iso(now),
@@ -332,6 +353,8 @@ class Ledger:
                 rule,
                 reason,
                 rec.price_source,
+                rec.requested_output_tokens,
+                rec.injected_output_tokens,
             ),
         )
 
@@ -346,19 +369,36 @@ class Ledger:
         decision: str = "allowed",
         rule: str | None = None,
         reason: str | None = None,
+        fit: Callable[[int], Refit | None] | None = None,
     ) -> ReserveResult:
         """Check every claim and hold them all, or none, in one transaction.
 
         With `enforce`, the first claim whose window's settled + held + amount would pass its
         limit refuses the request: a `refused` row is written and nothing is held. Without it
-        (dry run) everything is held and the would-be refusal is only reported."""
+        (dry run) everything is held and the would-be refusal is only reported.
+
+        `fit`, when given, is asked first what the request becomes in the room its windows have
+        left (the smallest limit - settled - held); a `Refit` whose amount fits is held instead,
+        within the same transaction, so the room cannot change in between."""
         with self._write() as conn:
             blocking: ReserveResult | None = None
+            room: int | None = None
             for claim in claims:
                 t = self._totals(conn, claim.scope, claim.window_start)
-                if t.settled_micro + t.held_micro + claim.amount_micro > claim.limit_micro:
+                left = claim.limit_micro - t.settled_micro - t.held_micro
+                room = left if room is None else min(room, left)
+                if blocking is None and claim.amount_micro > left:
                     blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
-                    break
+            refit = (
+                fit(room)
+                if blocking is not None and fit is not None and room is not None and room > 0
+                else None
+            )
+            if refit is not None and refit.amount_micro <= room:  # type: ignore[operator]
+                rec, reserved_micro, blocking = refit.rec, refit.amount_micro, None
+                claims = [replace(c, amount_micro=refit.amount_micro) for c in claims]
+            else:
+                refit = None
             if blocking is not None and enforce:
                 self._insert_request(
                     conn,
@@ -397,7 +437,7 @@ class Ledger:
                 )
             if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
                 return ReserveResult(True, blocking.blocking, blocking.settled_micro, blocking.held_micro)
-            return ReserveResult(True)
+            return ReserveResult(True, refit=refit)
 
     def record_refusal(
         self, rec: RequestRecord, now: datetime, *, rule: str, reason: str, decision: str = "refused"

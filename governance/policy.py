@@ -175,6 +175,16 @@ class Egress(_Strict):
     """Destinations allowed in `allowlist` mode."""
 
 
+class ClampOutput(_Strict):
+    """Output-cap injection. When a request sets no output cap, spendfuse writes the cap it
+    reserved for into the request's own field; when its cap costs more than the room left in its
+    budgets, spendfuse writes the largest cap that fits. Never below `floor_tokens`."""
+
+    floor_tokens: Annotated[int, Field(ge=1)] = 1024
+    """The smallest output cap (per choice) spendfuse writes; a request that cannot afford even
+    this many output tokens is refused."""
+
+
 class LedgerSettings(_Strict):
     """Ledger housekeeping."""
 
@@ -208,6 +218,8 @@ class Policy(_Strict):
     table in `rules/hosts.yaml`."""
     egress: Egress = Egress()
     """Which non-LLM destinations agents may reach."""
+    clamp_output: ClampOutput | None = None
+    """Output-cap injection (see ClampOutput). Null: off; a request's cap is reserved as it is."""
     allow_unlimited: bool = False
     """Rules with no budget and no multiplier cap refuse to start, since they enforce nothing.
     `true` says that metering without limits is what the operator wants."""

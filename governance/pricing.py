@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -59,7 +59,6 @@ def _genai_usage(usage: Usage) -> genai_prices.Usage:
 
 
 _PROBE = 1000  # tokens per probe: small enough to stay below every tier cliff
-_CARD_TTL_S = 3600.0  # genai-prices has date-conditional prices: re-derive cards hourly
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,41 @@ class RateCard:
         )
 
 
-def _genai_cost(provider: str, model: str, usage: Usage) -> Decimal:
-    return Decimal(genai_prices.calc_price(_genai_usage(usage), model, provider_id=provider).total_price)
+def _genai_cost(provider: str, model: str, usage: Usage, when: datetime) -> Decimal:
+    """genai-prices' price of `usage`, with the prices in force at `when` (they are dated, and
+    some depend on the time of day): the caller's time, never the clock's."""
+    calc = genai_prices.calc_price(
+        _genai_usage(usage), model, provider_id=provider, genai_request_timestamp=when
+    )
+    return Decimal(calc.total_price)
 
 
-def derive_rate_card(provider: str, model: str) -> RateCard | None:
-    """Probe genai-prices for `model`'s per-token rates. None when its price is not a plain
-    linear function below a tier cliff (then every call goes to genai-prices). Raises
+def price_in_force(provider: str, model: str, when: datetime) -> object:
+    """genai-prices' price object for `model` at `when`. Raises LookupError for an unknown model."""
+    snapshot = genai_prices.data_snapshot.get_snapshot()
+    _, info = snapshot.find_provider_model(model, None, provider, None)
+    return info.get_prices(when)
+
+
+@functools.cache
+def context_window(provider: str, model: str) -> int | None:
+    """genai-prices' context window for `model` (input plus output tokens), or None."""
+    try:
+        _, info = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+    return info.context_window
+
+
+def derive_rate_card(provider: str, model: str, when: datetime) -> RateCard | None:
+    """Probe genai-prices for `model`'s per-token rates at `when`. None when its price is not a
+    plain linear function below a tier cliff (then every call goes to genai-prices). Raises
     LookupError for an unknown model."""
     calc = genai_prices.calc_price(
-        genai_prices.Usage(input_tokens=_PROBE, output_tokens=_PROBE), model, provider_id=provider
+        genai_prices.Usage(input_tokens=_PROBE, output_tokens=_PROBE),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=when,
     )
     below = 10**12
     for value in vars(calc.model_price).values():
@@ -112,7 +136,7 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
         return None
 
     def cost(i: int, o: int = 0, r: int = 0, w: int = 0, w1h: int = 0) -> Decimal:
-        return _genai_cost(provider, model, Usage(i, o, r, w, cache_write_1h_tokens=w1h))
+        return _genai_cost(provider, model, Usage(i, o, r, w, cache_write_1h_tokens=w1h), when)
 
     base = cost(0)
     card = RateCard(
@@ -128,7 +152,7 @@ def derive_rate_card(provider: str, model: str) -> RateCard | None:
         Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2),
         Usage(3 * _PROBE + 7, 2 * _PROBE + 3, _PROBE + 1, _PROBE // 2, cache_write_1h_tokens=_PROBE // 4),
     ):
-        if card.price(mixed) != _genai_cost(provider, model, mixed):
+        if card.price(mixed) != _genai_cost(provider, model, mixed, when):
             return None
     return card
 
@@ -142,34 +166,35 @@ class Pricer:
         host = host_settings or {}
         self._overrides = {**policy.prices, **(host.get("prices") or {})}
         self._default = host.get("default_price") or policy.default_price
-        self._cards: dict[tuple[str, str], tuple[float, RateCard | None]] = {}
+        # Keyed by genai-prices' own price object in force, so a dated or time-of-day price
+        # change gives a new card at exactly the moment it takes effect.
+        self._cards: dict[tuple[str, str, int], RateCard | None] = {}
         self._lock = threading.Lock()
 
-    def _card(self, provider: str, model: str) -> RateCard | None:
-        key = (provider, model.lower())
-        now = time.monotonic()
+    def _card(self, provider: str, model: str, when: datetime) -> RateCard | None:
+        key = (provider, model.lower(), id(price_in_force(provider, model, when)))  # LookupError: unknown
         with self._lock:
-            hit = self._cards.get(key)
-        if hit is not None and now - hit[0] < _CARD_TTL_S:
-            return hit[1]
-        card = derive_rate_card(provider, model)  # LookupError for unknown models: not cached
+            if key in self._cards:
+                return self._cards[key]
+        card = derive_rate_card(provider, model, when)
         with self._lock:
             if len(self._cards) > 4096:
                 self._cards.clear()
-            self._cards[key] = (now, card)
+            self._cards[key] = card
         return card
 
-    def price(self, provider: str, model: str, usage: Usage) -> Priced:
-        """The cost of `usage` on `model`. Raises `PricingError` when the model has no price."""
+    def price(self, provider: str, model: str, usage: Usage, now: datetime) -> Priced:
+        """The cost of `usage` on `model`, at the prices in force at `now`. Raises
+        `PricingError` when the model has no price."""
         found = lookup_model(self._overrides, model)
         if found is not None:
             key, override = found
             return Priced(_price_with_override(override, usage), f"override:{key}")
         try:
-            card = self._card(provider, model)
+            card = self._card(provider, model, now)
             if card is not None and usage.input_tokens < card.below:
                 return Priced(card.price(usage), genai_prices_version())
-            return Priced(_genai_cost(provider, model, usage), genai_prices_version())
+            return Priced(_genai_cost(provider, model, usage, now), genai_prices_version())
         except LookupError:
             if self._default is not None:
                 return Priced(_price_with_override(self._default, usage), "default_price")
@@ -182,6 +207,7 @@ class Pricer:
         *,
         input_tokens: int,
         max_output_tokens: int,
+        now: datetime,
         cache_write_hint: str | None = None,
     ) -> Priced:
         """The most a request can cost: every estimated input token at its dearest rate (a cache
@@ -192,11 +218,11 @@ class Pricer:
             cache_write_tokens=input_tokens if cache_write_hint else 0,
             cache_write_1h_tokens=input_tokens if cache_write_hint == "1h" else 0,
         )
-        priced = self.price(provider, model, usage)
+        priced = self.price(provider, model, usage, now)
         if cache_write_hint:
             # Some models price cache writes below input; never let the hint lower the bound.
             plain = self.price(
-                provider, model, Usage(input_tokens=input_tokens, output_tokens=max_output_tokens)
+                provider, model, Usage(input_tokens=input_tokens, output_tokens=max_output_tokens), now
             )
             if plain.cost > priced.cost:
                 return plain

@@ -10,8 +10,14 @@ MICRO = Decimal("0.000001")
 
 
 def to_micro(usd: Decimal) -> int:
-    """USD as integer micro-USD, rounded up: a reservation must never be smaller than its price."""
+    """USD as integer micro-USD, rounded up: a reservation must never be smaller than its price,
+    and a settled cost is the price rounded up to the next micro-dollar (at most 1 µ$ over)."""
     return int((usd / MICRO).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def limit_to_micro(usd: Decimal) -> int:
+    """A limit in USD as integer micro-USD, rounded down: a cap of $0.0000015 allows 1 µ$, not 2."""
+    return int((usd / MICRO).to_integral_value(rounding="ROUND_FLOOR"))
 
 
 def from_micro(micro: int) -> Decimal:
@@ -77,6 +83,8 @@ class RequestInfo:
     output_cap_source: str  # "request" | "model_table" | "default"
     cache_write_hint: str | None = None
     host_entry: str = ""  # the host table entry the request went to (its own prices, if any)
+    choices: int = 1  # completions the request asks for; max_output_tokens covers all of them
+    requested_output_tokens: int | None = None  # the request's own cap per choice; None: it set none
 
 
 @dataclass(frozen=True)
@@ -160,3 +168,4 @@ class Decision:
     allowed: bool
     reserved: Decimal = Decimal(0)
     refusal: Refusal | None = None  # set when refused, and in dry run when it *would* refuse
+    output_cap: int | None = None  # set: write this output cap (per choice) into the request

@@ -61,3 +61,10 @@ class TestBudget:
         )
         assert r.kind is RefusalKind.QUOTA and r.rule == "budget:global"
         assert "limit $1.00, spent $0.60" in r.message and "never resets" in r.message
+
+
+def test_limits_round_down_and_reservations_round_up():
+    from governance.types import limit_to_micro, to_micro
+
+    assert limit_to_micro(Decimal("0.0000019")) == 1 and to_micro(Decimal("0.0000011")) == 2
+    assert limit_to_micro(Decimal("1")) == to_micro(Decimal("1")) == 1_000_000

@@ -100,6 +100,40 @@ class TestAllowed:
         [row] = rows(tmp_path / "ledger.sqlite")
         assert (row["input_tokens"], row["output_tokens"], row["cost_micro"]) == (1000, 200, 1000 + 2000)
 
+    def test_codex_like_traffic_is_served_under_the_shipped_rules(
+        self, start, client_env, upstream, tmp_path
+    ):
+        """Responses, streamed, no output cap, a current model, the shipped default rules and a cap
+        its model's maximum output would overshoot: served with an injected cap, until the budget
+        is really spent."""
+        from governance import DEFAULT_RULES
+
+        proxy = start(rules=DEFAULT_RULES, spendfuse_budget="0.05")
+        client_env(proxy)
+        # The provider bills about the input the estimate saw, and whatever output the cap allows.
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 10, 1500
+        client = openai.OpenAI(max_retries=0)
+        served = 0
+        while served < 20:
+            try:
+                events = [
+                    e.type
+                    for e in client.responses.create(model="gpt-5.1-codex", input="fix it", stream=True)
+                ]
+            except openai.RateLimitError:
+                break
+            assert events[-1] == "response.completed"
+            served += 1
+        caps = [b["max_output_tokens"] for b in upstream.bodies]
+        assert served >= 2 and len(caps) == served
+        assert caps == sorted(caps, reverse=True) and caps[-1] >= 1024  # lowered as the budget drains
+        settled = rows(tmp_path / "ledger.sqlite")
+        spent = sum(r["cost_micro"] for r in settled if r["state"] == "settled")
+        assert spent + sum(r["reserved_micro"] for r in settled if r["state"] == "held") <= 50_000
+        assert settled[-1]["state"] == "refused" and settled[-1]["rule"] == "budget:global"
+        assert all(r["requested_output_tokens"] is None for r in settled)
+        assert [r["injected_output_tokens"] for r in settled if r["state"] == "settled"] == caps
+
     def test_openai_legacy_completions(self, start, client_env, upstream, tmp_path):
         proxy = start()
         client_env(proxy)

@@ -126,3 +126,83 @@ def test_usage_is_priced_by_the_model_the_upstream_ran(make):
     e.admit(info, NOW)
     e.finish(info, Usage(1000, 0, model="gpt-4o-big"), NOW, outcome="usage")
     assert e.ledger.request("r")["cost_micro"] == 100_000
+
+
+RESPONSES = Endpoint("openai", "responses", Metering.METERED, "api.openai.com", "/v1/responses")
+
+
+def test_no_cap_and_no_table_entry_is_bounded_by_the_context_window(make):
+    from governance.pricing import context_window
+
+    e = make(model_limits={}, prices={})
+    r = e.read_request(CHAT, body(), principal="p", request_id="r")
+    window = context_window("openai", "gpt-4o")
+    assert window and r.info.output_cap_source == "context_window"
+    assert r.info.max_output_tokens == window - r.info.input_tokens
+
+
+class TestOutputCapInjection:
+    """`clamp_output`: a request that sets no cap gets the one it is reserved for; one whose cap the
+    room left cannot afford gets the largest that fits, down to the floor."""
+
+    def clamped(self, make, limit: str, **extra):
+        return make(clamp_output={"floor_tokens": 100}, budgets=[{"limit_usd": limit}], **extra)
+
+    def test_a_request_without_a_cap_gets_the_reserved_one(self, make):
+        e = self.clamped(make, "1")
+        read = e.read_request(RESPONSES, {"model": "gpt-4o", "input": "hi"}, principal="p", request_id="r")
+        d = e.admit(read.info, NOW)
+        assert d.allowed and d.output_cap == 16384
+        assert e.forward_body(read, d, "openai")["max_output_tokens"] == 16384
+        row = e.ledger.request("r")
+        assert row["requested_output_tokens"] is None and row["injected_output_tokens"] == 16384
+
+    @pytest.mark.parametrize("api,field", [(CHAT, "max_completion_tokens"), (RESPONSES, "max_output_tokens")])
+    def test_a_cap_the_budget_cannot_afford_is_lowered_to_what_fits(self, make, api, field):
+        e = self.clamped(make, "0.05")  # $10/M output: 0.05 USD affords just under 5,000 tokens
+        req = {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "hi"}],
+            "input": "hi",
+            field: 16000,
+        }
+        read = e.read_request(api, req, principal="p", request_id="r")
+        d = e.admit(read.info, NOW)
+        assert d.allowed and 4000 < d.output_cap < 5000
+        assert to_micro_cost(d) <= 50_000  # the reservation fits the room
+        # one more output token would not have fitted
+        input_cost = read.info.input_tokens * 1
+        assert input_cost + (d.output_cap + 1) * 10 > 50_000
+        forwarded = e.forward_body(read, d, "openai")
+        assert forwarded[field] == d.output_cap
+        row = e.ledger.request("r")
+        assert row["requested_output_tokens"] == 16000 and row["injected_output_tokens"] == d.output_cap
+
+    def test_below_the_floor_it_is_refused(self, make):
+        e = self.clamped(make, "0.0005")  # affords fewer than 100 output tokens
+        read = e.read_request(CHAT, body(max_tokens=16000), principal="p", request_id="r")
+        d = e.admit(read.info, NOW)
+        assert not d.allowed and d.refusal.kind is RefusalKind.QUOTA and d.output_cap is None
+        assert e.ledger.request("r")["state"] == "refused"
+
+    def test_a_cap_that_fits_is_left_alone(self, make):
+        e = self.clamped(make, "1")
+        read = e.read_request(CHAT, body(max_tokens=50), principal="p", request_id="r")
+        d = e.admit(read.info, NOW)
+        assert d.allowed and d.output_cap is None and e.forward_body(read, d, "openai") is None
+
+    def test_anthropic_max_tokens_is_clamped(self, make):
+        e = self.clamped(make, "0.05", prices={"claude-sonnet-4-5": {"input_mtok": 1, "output_mtok": 10}})
+        req = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64000,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        read = e.read_request(MESSAGES, req, principal="p", request_id="r")
+        d = e.admit(read.info, NOW)
+        assert d.allowed and 4000 < d.output_cap < 5000
+        assert e.forward_body(read, d, "anthropic")["max_tokens"] == d.output_cap
+
+
+def to_micro_cost(decision) -> int:
+    return int(decision.reserved * 1_000_000)

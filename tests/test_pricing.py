@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from governance.errors import PricingError
 from governance.pricing import Pricer
 from governance.types import Usage
 
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
 
 def make(**data) -> policy.Policy:
     return policy.parse({"multipliers": {}, "model_limits": {}, **data}, Path("."))
@@ -17,11 +20,11 @@ def make(**data) -> policy.Policy:
 
 def test_genai_prices_bundled_data():
     p = Pricer(make())
-    assert p.price("openai", "gpt-4o", Usage(1_000_000, 1_000_000)).cost == Decimal("12.5")
-    priced = p.price("anthropic", "claude-sonnet-4-5-20250929", Usage(13_020, 400, 10_000, 3_000))
+    assert p.price("openai", "gpt-4o", Usage(1_000_000, 1_000_000), NOW).cost == Decimal("12.5")
+    priced = p.price("anthropic", "claude-sonnet-4-5-20250929", Usage(13_020, 400, 10_000, 3_000), NOW)
     assert priced.cost == Decimal("0.02031") and priced.source == "genai-prices 0.2.3"
     # The >200k-token tier applies to every token of the request.
-    assert p.price("anthropic", "claude-sonnet-4-5", Usage(1_000_000, 1_000_000)).cost == Decimal("28.5")
+    assert p.price("anthropic", "claude-sonnet-4-5", Usage(1_000_000, 1_000_000), NOW).cost == Decimal("28.5")
 
 
 def test_one_hour_cache_writes_cost_more():
@@ -29,8 +32,8 @@ def test_one_hour_cache_writes_cost_more():
     u = Usage(13_020, 400, 10_000, 3_000)
     one_hour = Usage(13_020, 400, 10_000, 3_000, cache_write_1h_tokens=3_000)
     assert (
-        p.price("anthropic", "claude-sonnet-4-5", one_hour).cost
-        > p.price("anthropic", "claude-sonnet-4-5", u).cost
+        p.price("anthropic", "claude-sonnet-4-5", one_hour, NOW).cost
+        > p.price("anthropic", "claude-sonnet-4-5", u, NOW).cost
     )
 
 
@@ -43,8 +46,8 @@ def test_overrides_exact_then_longest_prefix():
             }
         )
     )
-    assert p.price("openai", "gpt-4o-2024-08-06", Usage(1_000_000, 0)).source == "override:gpt-4o"
-    mini = p.price("openai", "gpt-4o-mini-2024-07-18", Usage(1_000_000, 1_000_000, 500_000))
+    assert p.price("openai", "gpt-4o-2024-08-06", Usage(1_000_000, 0), NOW).source == "override:gpt-4o"
+    mini = p.price("openai", "gpt-4o-mini-2024-07-18", Usage(1_000_000, 1_000_000, 500_000), NOW)
     assert (
         mini.cost == Decimal("1.5") + Decimal("0.25") + Decimal(4) and mini.source == "override:gpt-4o-mini"
     )
@@ -52,17 +55,24 @@ def test_overrides_exact_then_longest_prefix():
 
 def test_unpriced_model_raises_unless_default_price():
     with pytest.raises(PricingError, match="gpt-nope"):
-        Pricer(make()).price("openai", "gpt-nope", Usage(1, 1))
+        Pricer(make()).price("openai", "gpt-nope", Usage(1, 1), NOW)
     p = Pricer(make(default_price={"input_mtok": 10, "output_mtok": 30}))
-    priced = p.price("openai", "gpt-nope", Usage(1_000_000, 0))
+    priced = p.price("openai", "gpt-nope", Usage(1_000_000, 0), NOW)
     assert priced.cost == Decimal(10) and priced.source == "default_price"
 
 
 def test_worst_case_prices_cache_writes_when_asked():
     p = Pricer(make())
-    plain = p.worst_case("anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000)
+    plain = p.worst_case(
+        "anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000, now=NOW
+    )
     cached = p.worst_case(
-        "anthropic", "claude-sonnet-4-5", input_tokens=100_000, max_output_tokens=1000, cache_write_hint="1h"
+        "anthropic",
+        "claude-sonnet-4-5",
+        input_tokens=100_000,
+        max_output_tokens=1000,
+        now=NOW,
+        cache_write_hint="1h",
     )
     assert plain.cost == Decimal("0.315") and cached.cost == Decimal("0.615")
 
@@ -83,7 +93,7 @@ def test_rate_cards_agree_with_genai_prices_exactly(provider, model):
 
     from governance.pricing import _genai_cost, derive_rate_card
 
-    card = derive_rate_card(provider, model)
+    card = derive_rate_card(provider, model, NOW)
     assert card is not None
     rng = random.Random(7)
     for _ in range(200):
@@ -97,7 +107,42 @@ def test_rate_cards_agree_with_genai_prices_exactly(provider, model):
             write,
             cache_write_1h_tokens=rng.choice([0, write, write // 3]),
         )
-        expected = _genai_cost(provider, model, u)
+        expected = _genai_cost(provider, model, u, NOW)
         if total < card.below:
             assert card.price(u) == expected
-        assert Pricer(make()).price(provider, model, u).cost == expected
+        assert Pricer(make()).price(provider, model, u, NOW).cost == expected
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "before", "after"),
+    [
+        # A dated price change, and an off-peak price by time of day: the price is the one in force
+        # at the `now` the caller passes, never the machine's clock.
+        (
+            "anthropic",
+            "claude-sonnet-4-6",
+            datetime(2026, 3, 12, 12, tzinfo=UTC),
+            datetime(2026, 3, 13, 12, tzinfo=UTC),
+        ),
+        (
+            "deepseek",
+            "deepseek-chat",
+            datetime(2026, 11, 22, 12, tzinfo=UTC),
+            datetime(2026, 11, 22, 17, 0, tzinfo=UTC),
+        ),
+    ],
+)
+def test_prices_follow_the_time_passed_in(provider, model, before, after):
+    import genai_prices
+
+    usage = Usage(1_000_000, 1_000_000)
+    p = Pricer(make())
+    for when in (before, after, before):  # the card cache must follow the price, both ways
+        expected = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1_000_000, output_tokens=1_000_000),
+            model,
+            provider_id=provider,
+            genai_request_timestamp=when,
+        ).total_price
+        assert p.price(provider, model, usage, when).cost == expected
+    assert p.price(provider, model, usage, before).cost != p.price(provider, model, usage, after).cost

@@ -93,3 +93,25 @@ def test_one_hour_cache_writes_are_read_from_bodies_and_streams():
     )
     u = read_sse_body(anthropic.StreamUsage("messages"), stream)
     assert (u.cache_write_tokens, u.cache_write_1h_tokens) == (3000, 3000)
+
+
+@pytest.mark.parametrize(
+    ("extra", "hint"),
+    [
+        ({}, None),
+        ({"cache_control": {"type": "ephemeral"}}, "5m"),
+        ({"cache_control": {"type": "ephemeral", "ttl": "1h"}}, "1h"),
+        (
+            {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+            "1h",
+        ),
+    ],
+)
+def test_cache_writes_asked_anywhere_are_reserved(extra, hint):
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    }
+    assert anthropic.parse_request("messages", body).cache_write_hint == hint

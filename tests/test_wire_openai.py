@@ -126,3 +126,23 @@ def test_render_error_budget_is_429_insufficient_quota():
 def test_render_error_statuses(kind, status):
     s, _, body = openai.render_error(Refusal(rule="r", code="c", kind=kind, message="m"), "id")
     assert s == status and json.loads(body)["error"]["code"] == "c"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "n", "best_of", "choices"),
+    [
+        ("one prompt", None, None, 1),
+        ([1, 2, 3], None, None, 1),  # one prompt, as token ids
+        (["a", "b", "c"], None, None, 3),
+        (["a", "b", "c"], 2, None, 6),
+        (["a", "b"], 2, 5, 10),
+        ([[1, 2], [3, 4]], None, 3, 6),  # a batch of token-id prompts
+    ],
+)
+def test_legacy_completions_reserve_for_every_prompt_and_choice(prompt, n, best_of, choices):
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "max_tokens": 10}
+    if n:
+        body["n"] = n
+    if best_of:
+        body["best_of"] = best_of
+    assert openai.parse_request("completions", body).choices == choices

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from governance.policy import Budget, Policy
-from governance.types import Claim, Refusal, RefusalKind, RequestInfo, from_micro, to_micro, usd
+from governance.types import Claim, Refusal, RefusalKind, RequestInfo, from_micro, limit_to_micro, usd
 
 RULE_PREFIX = "budget:"
 
@@ -34,7 +34,7 @@ def budget_claims(policy: Policy, req: RequestInfo, amount_micro: int, now: date
                 scope=scope_key(budget),
                 window_start=start,
                 resets=resets,
-                limit_micro=to_micro(budget.limit_usd),
+                limit_micro=limit_to_micro(budget.limit_usd),
                 amount_micro=amount_micro,
                 rule=RULE_PREFIX + budget.name,
             )

@@ -19,15 +19,19 @@ _PROMPT_KEYS = ("system", "messages", "tools", "tool_choice", "output_format")
 
 
 def _cache_write_hint(body: Mapping[str, Any]) -> str | None:
-    """ "1h" or "5m" when the prompt asks Anthropic to write cache entries, else None.
+    """ "1h" or "5m" when the prompt asks Anthropic to write cache entries (on a block, or at the
+    top level for automatic caching), else None.
 
     Cache writes cost more than plain input (1.25x for five minutes, 2x for an hour), so the
     worst case must price the prompt as writes whenever it could be written."""
-    text = (
-        json.dumps(body.get("system"), separators=(",", ":"))
-        + json.dumps(body.get("messages"), separators=(",", ":"))
-        + json.dumps(body.get("tools"), separators=(",", ":"))
-    )
+    top = body.get("cache_control")  # automatic caching: the whole prompt may be written
+    parts = [
+        body.get("system"),
+        body.get("messages"),
+        body.get("tools"),
+        {"cache_control": top} if top else None,
+    ]
+    text = json.dumps(parts, separators=(",", ":"))
     if '"cache_control"' not in text:
         return None
     return "1h" if '"ttl":"1h"' in text else "5m"
@@ -49,6 +53,11 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         prompt=tuple(body[k] for k in _PROMPT_KEYS if body.get(k) is not None),
         cache_write_hint=_cache_write_hint(body),
     )
+
+
+def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
+    """`body` with `max_tokens` set to `cap`."""
+    return {**body, "max_tokens": cap}
 
 
 def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) -> dict[str, Any] | None:

@@ -17,6 +17,8 @@ APIS = ("chat", "responses", "completions")
 
 # OpenAI accepts n (and best_of) up to 128.
 MAX_CHOICES = 128
+# Legacy Completions takes a batch of prompts in one request (OpenAI documents up to 2048 items).
+MAX_BATCH_PROMPTS = 2048
 # Legacy Completions defaults max_tokens to 16 (OpenAI API reference).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -27,6 +29,18 @@ _PROMPT_KEYS = {
 }
 
 _TERMINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def completions_prompt_count(prompt: Any) -> int:
+    """How many prompts a legacy Completions request carries: a string or a list of token ids
+    is one; a list of strings, or of token-id lists, is a batch with one completion each."""
+    if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
+        if len(prompt) > MAX_BATCH_PROMPTS:
+            raise RequestParseError(
+                f"`prompt` has {len(prompt)} prompts; at most {MAX_BATCH_PROMPTS} are metered"
+            )
+        return len(prompt)
+    return 1
 
 
 def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
@@ -45,13 +59,31 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
             cap = COMPLETIONS_DEFAULT_MAX_TOKENS
         n = optional_int(body, "n", minimum=1, maximum=MAX_CHOICES) or 1
         best_of = optional_int(body, "best_of", minimum=1, maximum=MAX_CHOICES) or 1
-        choices = max(n, best_of)  # best_of candidates are all generated and billed
+        # best_of candidates are all generated and billed, for each prompt of a batch.
+        choices = max(n, best_of) * completions_prompt_count(body.get("prompt"))
     else:
         raise ValueError(f"not an OpenAI API: {api}")
     prompt = tuple(body[k] for k in _PROMPT_KEYS[api] if body.get(k) is not None)
     if api != "responses" and not prompt:
         raise RequestParseError(f"the request has no {' or '.join(_PROMPT_KEYS[api][:1])}")
     return ParsedRequest(model=model, max_output_tokens=cap, choices=choices, stream=stream, prompt=prompt)
+
+
+def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
+    """`body` with its output cap (per choice) set to `cap`, in the field the request uses:
+    Chat keeps a legacy `max_tokens` it already sends, and otherwise gets `max_completion_tokens`
+    (which every current model accepts)."""
+    new = dict(body)
+    if api == "responses":
+        new["max_output_tokens"] = cap
+    elif api == "completions":
+        new["max_tokens"] = cap
+    elif "max_tokens" in body and "max_completion_tokens" not in body:
+        new["max_tokens"] = cap
+    else:
+        new["max_completion_tokens"] = cap
+        new.pop("max_tokens", None)
+    return new
 
 
 def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) -> dict[str, Any] | None:

@@ -77,6 +77,7 @@ def _sse(event: str | None, data: Any) -> bytes:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream: Upstream  # set on the subclass
+    output_tokens = 0  # this request's output: the knob, within the request's own cap
 
     def setup(self) -> None:
         super().setup()
@@ -128,6 +129,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         stream = bool(body.get("stream"))
         model = body.get("model", "?")
+        # Like a real provider, never generate (or bill) more output than the request's cap allows.
+        caps = [body.get(f) for f in ("max_tokens", "max_completion_tokens", "max_output_tokens")]
+        caps = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
+        self.output_tokens = min([k.completion_tokens, *caps])
         if path == "/v1/chat/completions":
             self._chat(model, stream, body, legacy=False)
         elif path == "/v1/completions":
@@ -145,8 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
         k = self.upstream.knobs
         return {
             "prompt_tokens": k.prompt_tokens,
-            "completion_tokens": k.completion_tokens,
-            "total_tokens": k.prompt_tokens + k.completion_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": k.prompt_tokens + self.output_tokens,
             "prompt_tokens_details": {"cached_tokens": k.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
@@ -212,9 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {
             "input_tokens": k.prompt_tokens,
             "input_tokens_details": {"cached_tokens": k.cached_tokens},
-            "output_tokens": k.completion_tokens,
+            "output_tokens": self.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": k.prompt_tokens + k.completion_tokens,
+            "total_tokens": k.prompt_tokens + self.output_tokens,
         }
         final = {
             "id": "resp_1",
@@ -267,7 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
             "input_tokens": k.prompt_tokens,
             "cache_creation_input_tokens": k.cache_write_tokens,
             "cache_read_input_tokens": k.cached_tokens,
-            "output_tokens": k.completion_tokens,
+            "output_tokens": self.output_tokens,
         }
         if not stream:
             resp = {
@@ -321,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             "delta": {"stop_reason": "end_turn", "stop_sequence": None},
         }
         if not k.omit_usage:
-            delta["usage"] = {"output_tokens": k.completion_tokens}
+            delta["usage"] = {"output_tokens": self.output_tokens}
         events.append(("message_delta", delta))
         events.append(("message_stop", {"type": "message_stop"}))
         self._stream(events)
