@@ -21,6 +21,7 @@ from governance.matching import lookup_model
 from governance.policy import Policy
 from governance.pricing import Pricer, context_window
 from governance.types import (
+    UNBOUNDED,
     Decision,
     Endpoint,
     Priced,
@@ -136,8 +137,23 @@ class Engine:
             host_entry=endpoint.entry,
             choices=parsed.choices,
             requested_output_tokens=parsed.max_output_tokens,
+            service_tier=self._service_tier(parsed.service_tier),
+            speed=parsed.speed,
+            web_searches=self.policy.estimate.server_tool_uses
+            if parsed.web_searches == UNBOUNDED
+            else parsed.web_searches,
+            audio_output=parsed.audio_output,
+            server_context=parsed.server_context,
+            server_input=parsed.server_input,
         )
         return ReadRequest(info, family.prepare_request(endpoint.api, body, parsed), body)
+
+    def _service_tier(self, requested: str | None) -> str | None:
+        """The tier to reserve at. `auto` (or none) is served at the project's own default tier,
+        which the rules declare (`estimate.auto_service_tier`, `default` unless said)."""
+        if requested in (None, "auto"):
+            return self.policy.estimate.auto_service_tier
+        return requested
 
     def forward_body(self, read: ReadRequest, decision: Decision, family: str) -> dict[str, Any] | None:
         """The body to forward for an admitted request: the family's own preparation, with the
@@ -150,6 +166,20 @@ class Engine:
 
     def _pricer_for(self, info: RequestInfo) -> Pricer:
         return self._host_pricers.get(info.host_entry, self.pricer)
+
+    def _worst_case(self, info: RequestInfo, max_output_tokens: int, now: datetime) -> Priced:
+        return self._pricer_for(info).worst_case(
+            info.provider,
+            info.model,
+            input_tokens=info.input_tokens,
+            max_output_tokens=max_output_tokens,
+            now=now,
+            cache_write_hint=info.cache_write_hint,
+            service_tier=info.service_tier,
+            speed=info.speed,
+            web_searches=info.web_searches,
+            audio_output=info.audio_output,
+        )
 
     # -- admitting (ledger thread) ------------------------------------------------------------
 
@@ -181,20 +211,49 @@ class Engine:
         self.ledger.record_refusal(rec, now, rule=refusal.rule, reason=refusal.message)
         return Decision(allowed=False, refusal=refusal)
 
+    def _bound_server_input(self, info: RequestInfo) -> RequestInfo | Refusal:
+        """Add the input the provider keeps on its side: the stored size of a previous response
+        or conversation this ledger saw settle, and for anything it cannot count (an id it never
+        saw, a stored prompt, a file by id, a server tool's results) the model's whole context
+        window, or a refusal when the rules say so."""
+        if not info.server_context and info.server_input is None:
+            return info
+        known = self.ledger.context_tokens(info.server_context)
+        reasons = [info.server_input] if info.server_input else []
+        unseen = [i for i in info.server_context if i not in known]
+        if unseen:
+            reasons.append(f"{', '.join(unseen)} that this proxy never saw")
+        input_tokens = info.input_tokens + max(known.values(), default=0)
+        if reasons:
+            why = "; ".join(reasons)
+            window = context_window(info.provider, info.model)
+            if self.policy.estimate.server_input == "refuse" or window is None:
+                bound = (
+                    "the rules refuse such input"
+                    if window is not None
+                    else "the model's context window is unknown"
+                )
+                return Refusal(
+                    rule="server_input",
+                    code="unbounded_server_input",
+                    kind=RefusalKind.INVALID,
+                    message=f"spendfuse: refused: this request's input includes what the provider keeps on "
+                    f"its side ({why}), which cannot be counted before it runs, and {bound}.",
+                )
+            input_tokens = max(input_tokens, window)
+        return replace(info, input_tokens=input_tokens)
+
     def admit(self, info: RequestInfo, now: datetime) -> Decision:
         """Check the rules, price the worst case and reserve it against every budget, atomically."""
         refusal = checks.stateless_checks(info, self.policy)
         if refusal is not None and not self.dry_run:
             return self.refuse(self._record(info), refusal, now)
+        bounded = self._bound_server_input(info)
+        if isinstance(bounded, Refusal):
+            return self.refuse(self._record(info), bounded, now)
+        info = bounded
         try:
-            worst = self._pricer_for(info).worst_case(
-                info.provider,
-                info.model,
-                input_tokens=info.input_tokens,
-                max_output_tokens=info.max_output_tokens,
-                now=now,
-                cache_write_hint=info.cache_write_hint,
-            )
+            worst = self._worst_case(info, info.max_output_tokens, now)
         except PricingError as e:
             return self.refuse(self._record(info), unpriced_refusal(e), now)
         amount = to_micro(worst.cost)

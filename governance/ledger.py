@@ -98,6 +98,16 @@ def m002_output_caps(db: Database) -> None:
     db["requests"].add_column("injected_output_tokens", int)
 
 
+@migrations()
+def m003_contexts(db: Database) -> None:
+    # The size of context the provider keeps on its side (a Responses answer, a conversation),
+    # as the usage of the answer that ended it showed: a follow-up that names it is billed
+    # that much input on top of its own.
+    db["contexts"].create(
+        {"id": str, "tokens": int, "updated_at": str}, pk="id", not_null={"tokens", "updated_at"}
+    )
+
+
 def iso(now: datetime) -> str:
     """A fixed-width UTC timestamp, so text order is time order."""
     if now.tzinfo is None:
@@ -509,7 +519,26 @@ class Ledger:
                     request_id,
                 ),
             )
+            if usage is not None:
+                self._remember_context(conn, usage, now)
             return True
+
+    @staticmethod
+    def _remember_context(conn: sqlite3.Connection, usage: Usage, now: datetime) -> None:
+        """Keep the size of the context an answer ended with, under its response id and its
+        conversation (whose latest answer is its running size)."""
+        size = usage.input_tokens + usage.output_tokens
+        keys = []
+        if usage.response_id:
+            keys.append(f"response:{usage.response_id}")
+        if usage.conversation_id:
+            keys.append(f"conversation:{usage.conversation_id}")
+        for key in keys:
+            conn.execute(
+                "INSERT INTO contexts (id, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+                (key, size, iso(now)),
+            )
 
     def settle(
         self,
@@ -580,6 +609,16 @@ class Ledger:
                     (iso(now), request_id),
                 )
             return len(stale)
+
+    # -- context kept by providers --------------------------------------------------------------
+
+    def context_tokens(self, ids: Sequence[str]) -> dict[str, int]:
+        """The stored size, in tokens, of each context id this ledger has seen settle."""
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        rows = self._read(f"SELECT id, tokens FROM contexts WHERE id IN ({marks})", list(ids))
+        return {row[0]: row[1] for row in rows}
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -91,6 +91,16 @@ class Estimate(_Strict):
     """Tokens reserved per image (base64 or URL), which is never tokenized as text."""
     default_max_output_tokens: Annotated[int, Field(gt=0)] | None = None
     """Output cap assumed when a request sets none and the model is not in the output-cap table."""
+    auto_service_tier: Literal["default", "priority", "flex"] = "default"
+    """The OpenAI service tier a request asking for `auto` (or none) is reserved at: the tier the
+    project is configured to use. Settlement uses the tier the response reports."""
+    server_tool_uses: Annotated[int, Field(ge=0)] = 10
+    """Web searches reserved for a request that enables a server-side search tool without a
+    `max_uses` of its own."""
+    server_input: Literal["context_window", "refuse"] = "context_window"
+    """Input the provider keeps on its side that spendfuse cannot count (a previous response it
+    never saw, a file by id, a server tool's results): reserve the model's whole context window
+    for it, or refuse the request."""
 
 
 Family = Literal["openai", "anthropic"]

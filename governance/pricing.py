@@ -11,7 +11,7 @@ import functools
 import importlib.metadata
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -52,9 +52,10 @@ def _genai_usage(usage: Usage) -> genai_prices.Usage:
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
-    if usage.cache_write_1h_tokens:
-        # Anthropic's one-hour cache writes cost 2x input, against 1.25x for five minutes.
-        fields["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    # Only what is there: genai-prices checks each field against the model's price card.
+    for name in ("cache_write_1h_tokens", "input_audio_tokens", "output_audio_tokens", "web_searches"):
+        if getattr(usage, name):
+            fields[name] = getattr(usage, name)
     return genai_prices.Usage(**fields)
 
 
@@ -94,7 +95,11 @@ def _genai_cost(provider: str, model: str, usage: Usage, when: datetime) -> Deci
     """genai-prices' price of `usage`, with the prices in force at `when` (they are dated, and
     some depend on the time of day): the caller's time, never the clock's."""
     calc = genai_prices.calc_price(
-        _genai_usage(usage), model, provider_id=provider, genai_request_timestamp=when
+        _genai_usage(usage),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=when,
+        price_context=usage.price_context() or None,
     )
     return Decimal(calc.total_price)
 
@@ -192,7 +197,7 @@ class Pricer:
             return Priced(_price_with_override(override, usage), f"override:{key}")
         try:
             card = self._card(provider, model, now)
-            if card is not None and usage.input_tokens < card.below:
+            if card is not None and usage.plain and usage.input_tokens < card.below:
                 return Priced(card.price(usage), genai_prices_version())
             return Priced(_genai_cost(provider, model, usage, now), genai_prices_version())
         except LookupError:
@@ -209,21 +214,32 @@ class Pricer:
         max_output_tokens: int,
         now: datetime,
         cache_write_hint: str | None = None,
+        service_tier: str | None = None,
+        speed: str | None = None,
+        web_searches: int = 0,
+        audio_output: bool = False,
     ) -> Priced:
         """The most a request can cost: every estimated input token at its dearest rate (a cache
-        write when the prompt asks for caching) and every allowed output token."""
-        usage = Usage(
+        write when the prompt asks for caching), every allowed output token (as audio when the
+        request may answer in audio), at the tier and speed it asks for, plus every server-side
+        web search it allows. Each alternative is priced and the dearest wins, so a hint can
+        only raise the bound."""
+        base = Usage(
             input_tokens=input_tokens,
             output_tokens=max_output_tokens,
-            cache_write_tokens=input_tokens if cache_write_hint else 0,
-            cache_write_1h_tokens=input_tokens if cache_write_hint == "1h" else 0,
+            web_searches=web_searches,
+            service_tier=service_tier,
+            speed=speed,
         )
-        priced = self.price(provider, model, usage, now)
+        candidates = [base]
         if cache_write_hint:
-            # Some models price cache writes below input; never let the hint lower the bound.
-            plain = self.price(
-                provider, model, Usage(input_tokens=input_tokens, output_tokens=max_output_tokens), now
+            candidates.append(
+                replace(
+                    base,
+                    cache_write_tokens=input_tokens,
+                    cache_write_1h_tokens=input_tokens if cache_write_hint == "1h" else 0,
+                )
             )
-            if plain.cost > priced.cost:
-                return plain
-        return priced
+        if audio_output:
+            candidates += [replace(c, output_audio_tokens=max_output_tokens) for c in candidates]
+        return max((self.price(provider, model, u, now) for u in candidates), key=lambda p: p.cost)

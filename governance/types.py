@@ -66,6 +66,12 @@ class ParsedRequest:
     stream: bool
     prompt: tuple[object, ...]  # the JSON values whose text is billed as input
     cache_write_hint: str | None = None  # "5m" / "1h" when the prompt asks for cache writes
+    service_tier: str | None = None  # the tier the request asks for (OpenAI), as sent
+    speed: str | None = None  # "fast" when the request asks for fast mode (Anthropic)
+    web_searches: int = 0  # the most server-side web searches the request allows
+    audio_output: bool = False  # the request may answer in audio (OpenAI `modalities`)
+    server_context: tuple[str, ...] = ()  # ids of context stored on the provider (previous response...)
+    server_input: str | None = None  # why input may live on the server beyond what we can count
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,12 @@ class RequestInfo:
     host_entry: str = ""  # the host table entry the request went to (its own prices, if any)
     choices: int = 1  # completions the request asks for; max_output_tokens covers all of them
     requested_output_tokens: int | None = None  # the request's own cap per choice; None: it set none
+    service_tier: str | None = None  # the price tier the request may be served at
+    speed: str | None = None
+    web_searches: int = 0  # the most server-side web searches it may make
+    audio_output: bool = False
+    server_context: tuple[str, ...] = ()  # ids of context the provider keeps (see ParsedRequest)
+    server_input: str | None = None  # why its input may exceed what was counted (bounded at admit)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,13 @@ class Usage:
     cache_write_tokens: int = 0
     model: str | None = None  # the model the upstream says it used, when it says
     cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for an hour (Anthropic: 2x input)
+    input_audio_tokens: int = 0  # of input_tokens, audio (priced at the model's audio rate)
+    output_audio_tokens: int = 0  # of output_tokens, audio
+    web_searches: int = 0  # server-side web searches, billed per search
+    service_tier: str | None = None  # OpenAI: "priority", "flex", ... as the response reports it
+    speed: str | None = None  # Anthropic: "fast" when fast mode served it
+    response_id: str | None = None  # OpenAI Responses: the answer's id (a follow-up may name it)
+    conversation_id: str | None = None  # OpenAI Responses: the conversation it belongs to
 
     def __post_init__(self) -> None:
         for name in (
@@ -105,6 +124,9 @@ class Usage:
             "cache_read_tokens",
             "cache_write_tokens",
             "cache_write_1h_tokens",
+            "input_audio_tokens",
+            "output_audio_tokens",
+            "web_searches",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is negative")
@@ -112,6 +134,31 @@ class Usage:
             raise ValueError("cache tokens exceed the total input")
         if self.cache_write_1h_tokens > self.cache_write_tokens:
             raise ValueError("one-hour cache writes exceed the cache writes")
+        if self.input_audio_tokens > self.input_tokens or self.output_audio_tokens > self.output_tokens:
+            raise ValueError("audio tokens exceed the tokens they are part of")
+
+    def price_context(self) -> dict[str, str]:
+        """genai-prices' `price_context`: the variant of the price that served this usage."""
+        context = {}
+        if self.service_tier in PRICED_SERVICE_TIERS:
+            context["service_tier"] = self.service_tier
+        if self.speed == "fast":
+            context["speed"] = "fast"
+        return context
+
+    @property
+    def plain(self) -> bool:
+        """Only token counts, at the standard price: what a rate card prices."""
+        return not (
+            self.input_audio_tokens or self.output_audio_tokens or self.web_searches or self.price_context()
+        )
+
+
+#: `ParsedRequest.web_searches` for a search tool with no bound of its own (the rules set one).
+UNBOUNDED = -1
+
+#: OpenAI service tiers whose price differs from the default one (genai-prices' variants).
+PRICED_SERVICE_TIERS = frozenset({"priority", "flex", "fast"})
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,37 @@ class TestAllowed:
         assert all(r["requested_output_tokens"] is None for r in settled)
         assert [r["injected_output_tokens"] for r in settled if r["state"] == "settled"] == caps
 
+    def test_server_side_history_stays_under_the_cap(self, start, client_env, upstream, tmp_path):
+        """Responses with `previous_response_id`: the provider bills the whole history again. The
+        real cost of everything that reached the upstream stays under the cap."""
+        cap_usd = Decimal("0.1")
+        proxy = start(spendfuse_budget=str(cap_usd))
+        client_env(proxy)
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 10, 2000
+        upstream.contexts["resp_elsewhere"] = 120_000  # a conversation begun without the proxy
+        client = openai.OpenAI(max_retries=0)
+        previous = None
+        refused = 0
+        for _ in range(8):
+            kw = {"previous_response_id": previous} if previous else {}
+            try:
+                answer = client.responses.create(model="gpt-4o", input="go on", max_output_tokens=2000, **kw)
+                previous = answer.id
+            except openai.RateLimitError:
+                refused += 1
+        with pytest.raises(openai.RateLimitError):  # history it never saw: the context window
+            client.responses.create(
+                model="gpt-4o", input="hi", max_output_tokens=10, previous_response_id="resp_elsewhere"
+            )
+        # gpt-4o at the tests' prices: $1/M input, $10/M output.
+        real = sum(b["input_tokens"] * 1 + b["output_tokens"] * 10 for b in upstream.billed)
+        assert refused >= 1 and len(upstream.billed) >= 3
+        assert real <= micro(cap_usd)
+        ledger = rows(tmp_path / "ledger.sqlite")
+        assert sum(r["cost_micro"] or 0 for r in ledger) == real
+        follow_ups = [r for r in ledger if r["state"] == "settled"][1:]
+        assert all(r["input_tokens"] <= r["est_input_tokens"] for r in follow_ups)
+
     def test_openai_legacy_completions(self, start, client_env, upstream, tmp_path):
         proxy = start()
         client_env(proxy)

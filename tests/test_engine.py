@@ -206,3 +206,153 @@ class TestOutputCapInjection:
 
 def to_micro_cost(decision) -> int:
     return int(decision.reserved * 1_000_000)
+
+
+class TestServerSideInput:
+    """Input the provider keeps on its side is reserved: what this ledger saw settle, else the
+    model's context window (or a refusal)."""
+
+    def test_a_follow_up_reserves_the_context_its_previous_response_ended_with(self, make):
+        e = make(budgets=[{"limit_usd": 100}])
+        first = e.read_request(
+            RESPONSES,
+            {"model": "gpt-4o", "input": "hi", "max_output_tokens": 10},
+            principal="p",
+            request_id="a",
+        )
+        assert e.admit(first.info, NOW).allowed
+        e.finish(first.info, Usage(50_000, 2_000, response_id="resp_abc"), NOW, outcome="usage")
+        follow = e.read_request(
+            RESPONSES,
+            {
+                "model": "gpt-4o",
+                "input": "and then?",
+                "max_output_tokens": 10,
+                "previous_response_id": "resp_abc",
+            },
+            principal="p",
+            request_id="b",
+        )
+        e.admit(follow.info, NOW)
+        row = e.ledger.request("b")
+        assert row["est_input_tokens"] == follow.info.input_tokens + 52_000
+
+    def test_a_conversation_reserves_its_running_size(self, make):
+        e = make(budgets=[{"limit_usd": 100}])
+        for i, size in enumerate((1_000, 30_000)):
+            r = e.read_request(
+                RESPONSES,
+                {"model": "gpt-4o", "input": "x", "max_output_tokens": 5, "conversation": "conv_1"},
+                principal="p",
+                request_id=f"r{i}",
+            )
+            e.admit(r.info, NOW)
+            e.finish(r.info, Usage(size, 100, conversation_id="conv_1"), NOW, outcome="usage")
+        r = e.read_request(
+            RESPONSES,
+            {"model": "gpt-4o", "input": "x", "max_output_tokens": 5, "conversation": {"id": "conv_1"}},
+            principal="p",
+            request_id="next",
+        )
+        e.admit(r.info, NOW)
+        assert e.ledger.request("next")["est_input_tokens"] == r.info.input_tokens + 30_100
+
+    @pytest.mark.parametrize(
+        ("api", "extra"),
+        [
+            (RESPONSES, {"previous_response_id": "resp_never_seen"}),
+            (RESPONSES, {"prompt": {"id": "pmpt_1"}}),
+            (
+                RESPONSES,
+                {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+            ),
+            (RESPONSES, {"tools": [{"type": "web_search"}]}),
+            (RESPONSES, {"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}),
+        ],
+    )
+    def test_what_cannot_be_counted_is_reserved_at_the_context_window(self, make, api, extra):
+        from governance.pricing import context_window
+
+        e = make(budgets=[{"limit_usd": 100}])
+        req = {"model": "gpt-4o", "input": "hi", "max_output_tokens": 10, **extra}
+        r = e.read_request(api, req, principal="p", request_id="r")
+        assert e.admit(r.info, NOW).allowed
+        assert e.ledger.request("r")["est_input_tokens"] == context_window("openai", "gpt-4o")
+
+    def test_or_refused_when_the_rules_say_so(self, make):
+        e = make(budgets=[{"limit_usd": 100}], estimate={"input_margin": 1, "server_input": "refuse"})
+        r = e.read_request(
+            RESPONSES,
+            {"model": "gpt-4o", "input": "hi", "max_output_tokens": 10, "previous_response_id": "resp_x"},
+            principal="p",
+            request_id="r",
+        )
+        d = e.admit(r.info, NOW)
+        assert not d.allowed and d.refusal.rule == "server_input" and "resp_x" in d.refusal.message
+
+    def test_anthropic_documents_by_file_id_and_web_search(self, make):
+        e = make(budgets=[{"limit_usd": 1000}])
+        doc = {"type": "document", "source": {"type": "file", "file_id": "file_1"}}
+        r = e.read_request(
+            MESSAGES,
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": [doc]}],
+            },
+            principal="p",
+            request_id="doc",
+        )
+        assert r.info.server_input == "a file by id"
+        r = e.read_request(
+            MESSAGES,
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 10,
+                "messages": [],
+                "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}],
+            },
+            principal="p",
+            request_id="ws",
+        )
+        assert r.info.web_searches == 3 and "web_search" in r.info.server_input
+        r = e.read_request(
+            MESSAGES,
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 10,
+                "messages": [],
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            },
+            principal="p",
+            request_id="ws2",
+        )
+        assert r.info.web_searches == 10  # the rules' bound
+
+
+class TestPriceModifiers:
+    def test_service_tier_is_reserved_and_settled_at_its_price(self, make):
+        e = make(prices={}, budgets=[{"limit_usd": 100}])
+        plain = e.read_request(CHAT, body(model="gpt-5", max_tokens=1000), principal="p", request_id="a")
+        fast = e.read_request(
+            CHAT, body(model="gpt-5", max_tokens=1000, service_tier="priority"), principal="p", request_id="b"
+        )
+        d_plain, d_fast = e.admit(plain.info, NOW), e.admit(fast.info, NOW)
+        assert d_fast.reserved == 2 * d_plain.reserved
+        e.finish(fast.info, Usage(1000, 1000, service_tier="priority"), NOW, outcome="usage")
+        e.finish(plain.info, Usage(1000, 1000, service_tier="default"), NOW, outcome="usage")
+        assert e.ledger.request("b")["cost_micro"] == 2 * e.ledger.request("a")["cost_micro"]
+
+    def test_web_searches_are_reserved_and_charged(self, make):
+        e = make(prices={}, budgets=[{"limit_usd": 1000}])
+        tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+        r = e.read_request(
+            MESSAGES,
+            {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [], "tools": tools},
+            principal="p",
+            request_id="ws",
+        )
+        e.admit(r.info, NOW)
+        e.finish(r.info, Usage(1000, 100, web_searches=3), NOW, outcome="usage")
+        row = e.ledger.request("ws")
+        assert row["cost_micro"] == 34_500  # $3/M in, $15/M out, $10 per 1,000 searches

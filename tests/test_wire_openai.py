@@ -80,7 +80,11 @@ class TestUsage:
     def test_chat_body_includes_cached_in_input(self):
         u = openai.usage_from_body("chat", json.loads((FIX / "chat.json").read_text()))
         assert u == Usage(
-            input_tokens=1200, output_tokens=300, cache_read_tokens=1024, model="gpt-4o-2024-08-06"
+            input_tokens=1200,
+            output_tokens=300,
+            cache_read_tokens=1024,
+            model="gpt-4o-2024-08-06",
+            service_tier="default",
         )
 
     def test_chat_stream(self):
@@ -89,7 +93,7 @@ class TestUsage:
 
     def test_responses_stream_reads_the_terminal_event(self):
         u = read_sse_body(openai.StreamUsage("responses"), (FIX / "responses_stream.sse").read_bytes())
-        assert u == Usage(5000, 800, 4096, 0, "gpt-5-2025-08-07")
+        assert u == Usage(5000, 800, 4096, 0, "gpt-5-2025-08-07", response_id="resp_1")
 
     @pytest.mark.parametrize(
         "body",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from governance.errors import RequestParseError
-from governance.types import ParsedRequest, Refusal, RefusalKind, Usage
+from governance.types import UNBOUNDED, ParsedRequest, Refusal, RefusalKind, Usage
 from governance.wire.common import optional_bool, optional_int, require_model, token_count
 from governance.wire.envelope import refusal_details, refusal_headers
 from governance.wire.sse import Event
@@ -45,6 +45,10 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise RequestParseError("`messages` must be a list")
+    speed = body.get("speed")
+    if speed is not None and not isinstance(speed, str):
+        raise RequestParseError(f"`speed` must be a string, not {speed!r}")
+    searches, server_input = _server_tools(body)
     return ParsedRequest(
         model=model,
         max_output_tokens=optional_int(body, "max_tokens"),  # required by the API, but may be absent
@@ -52,7 +56,50 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         stream=optional_bool(body, "stream"),
         prompt=tuple(body[k] for k in _PROMPT_KEYS if body.get(k) is not None),
         cache_write_hint=_cache_write_hint(body),
+        speed=speed,
+        web_searches=searches,
+        server_input=server_input,
     )
+
+
+def _server_tools(body: Mapping[str, Any]) -> tuple[int, str | None]:
+    """`(web searches it may make, why its input may live on the server)`. A web search tool's
+    `max_uses` bounds its fees (none: the rules' bound); its results, and a web fetch's, an MCP
+    server's or a file's by id, are input the provider adds on its side."""
+    searches, reasons = 0, []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        kind = tool.get("type") if isinstance(tool, Mapping) else None
+        if not isinstance(kind, str):
+            continue
+        if kind.startswith("web_search"):
+            uses = tool.get("max_uses")
+            bounded = isinstance(uses, int) and not isinstance(uses, bool) and 0 <= uses <= 10_000
+            searches = UNBOUNDED if searches == UNBOUNDED or not bounded else searches + uses
+            reasons.append(kind)
+        elif kind.startswith(("web_fetch", "code_execution", "mcp")):
+            reasons.append(kind)
+    if body.get("mcp_servers"):
+        reasons.append("mcp_servers")
+    why = [f"server tool results ({', '.join(reasons)})"] if reasons else []
+    if _file_by_id(body.get("messages")) or _file_by_id(body.get("system")):
+        why.append("a file by id")
+    return searches, "; ".join(why) or None
+
+
+def _file_by_id(value: Any) -> bool:
+    """Whether any content block's source is a file the provider stores (`{"type": "file"}`)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            source = node.get("source")
+            if isinstance(source, Mapping) and (source.get("type") == "file" or "file_id" in source):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
@@ -80,6 +127,7 @@ def _to_usage(usage: Mapping[str, Any], model: str | None) -> Usage | None:
     read = token_count(usage, "cache_read_input_tokens")
     write = token_count(usage, "cache_creation_input_tokens")
     # Anthropic's input_tokens EXCLUDES cache reads and writes; the total billed input adds them.
+    speed = usage.get("speed")
     return Usage(
         input_tokens=token_count(usage, "input_tokens") + read + write,
         output_tokens=token_count(usage, "output_tokens"),
@@ -87,6 +135,8 @@ def _to_usage(usage: Mapping[str, Any], model: str | None) -> Usage | None:
         cache_write_tokens=write,
         model=model,
         cache_write_1h_tokens=min(token_count(usage, "cache_creation", "ephemeral_1h_input_tokens"), write),
+        web_searches=token_count(usage, "server_tool_use", "web_search_requests"),
+        speed=speed if isinstance(speed, str) else None,
     )
 
 

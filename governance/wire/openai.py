@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from governance.errors import RequestParseError
-from governance.types import ParsedRequest, Refusal, RefusalKind, Usage
+from governance.types import UNBOUNDED, ParsedRequest, Refusal, RefusalKind, Usage
 from governance.wire.common import largest, optional_bool, optional_int, require_model, token_count
 from governance.wire.envelope import refusal_details, refusal_headers
 from governance.wire.sse import Event
@@ -66,7 +67,80 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
     prompt = tuple(body[k] for k in _PROMPT_KEYS[api] if body.get(k) is not None)
     if api != "responses" and not prompt:
         raise RequestParseError(f"the request has no {' or '.join(_PROMPT_KEYS[api][:1])}")
-    return ParsedRequest(model=model, max_output_tokens=cap, choices=choices, stream=stream, prompt=prompt)
+    tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise RequestParseError(f"`service_tier` must be a string, not {tier!r}")
+    modalities = body.get("modalities")
+    context, server_input = _server_side_input(body)
+    return ParsedRequest(
+        model=model,
+        max_output_tokens=cap,
+        choices=choices,
+        stream=stream,
+        prompt=prompt,
+        # OpenAI caches prompts on its own: any request may be billed cache writes where the
+        # model's price card has a cache-write price; the worst case considers them.
+        cache_write_hint="5m",
+        service_tier=tier,
+        web_searches=UNBOUNDED if _tools_of(body, _SEARCH_TOOLS) or "web_search_options" in body else 0,
+        audio_output=isinstance(modalities, list) and "audio" in modalities,
+        server_context=context,
+        server_input=server_input,
+    )
+
+
+_SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26"})
+# Tools whose results the provider adds to the input on its side, in amounts nobody can bound.
+_SERVER_INPUT_TOOLS = frozenset({"file_search", "mcp", "code_interpreter", "computer_use_preview"})
+
+
+def _tools_of(body: Mapping[str, Any], kinds: frozenset[str]) -> list[str]:
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return []
+    found = [t.get("type") for t in tools if isinstance(t, Mapping) and isinstance(t.get("type"), str)]
+    return [t for t in found if t in kinds or t.split("_20", 1)[0] in kinds]
+
+
+def _server_side_input(body: Mapping[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    """Input the provider keeps on its side: `(context ids, reason it cannot be counted)`.
+
+    A previous response or a conversation is context spendfuse may have seen (the ledger keeps
+    the size of every answer it settled); a stored prompt, a file by id and the results of a
+    server tool are input it cannot count at all."""
+    context: list[str] = []
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str) and previous:
+        context.append(f"response:{previous}")
+    conversation = body.get("conversation")
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    if isinstance(conversation, str) and conversation:
+        context.append(f"conversation:{conversation}")
+    reasons = []
+    if isinstance(body.get("prompt"), Mapping):
+        reasons.append("a stored prompt")
+    if _file_by_id(body.get("input")) or _file_by_id(body.get("messages")):
+        reasons.append("a file by id")
+    search = _tools_of(body, _SEARCH_TOOLS)
+    server_tools = _tools_of(body, _SERVER_INPUT_TOOLS) + search
+    if server_tools or "web_search_options" in body:
+        reasons.append(f"server tool results ({', '.join(server_tools) or 'web search'})")
+    return tuple(context), "; ".join(reasons) or None
+
+
+def _file_by_id(value: Any) -> bool:
+    """Whether any content part names a file the provider stores (`file_id`)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if isinstance(node.get("file_id"), str):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
@@ -111,12 +185,42 @@ def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, o
         return None
     read = token_count(usage, details, "cached_tokens")
     write = token_count(usage, details, "cache_write_tokens")
+    total_input = max(token_count(usage, total_in), read + write)
+    output = token_count(usage, out)
+    out_details = "completion_tokens_details" if out == "completion_tokens" else "output_tokens_details"
     return Usage(
-        input_tokens=max(token_count(usage, total_in), read + write),
-        output_tokens=token_count(usage, out),
+        input_tokens=total_input,
+        output_tokens=output,
         cache_read_tokens=read,
         cache_write_tokens=write,
         model=model,
+        input_audio_tokens=min(token_count(usage, details, "audio_tokens"), total_input),
+        output_audio_tokens=min(token_count(usage, out_details, "audio_tokens"), output),
+    )
+
+
+def _with_response_facts(usage: Usage | None, response: Mapping[str, Any]) -> Usage | None:
+    """The facts a whole response adds to its usage: the tier that served it, its id and
+    conversation (so a follow-up's server-side input can be counted), its web searches."""
+    if usage is None:
+        return None
+    tier = response.get("service_tier")
+    conversation = response.get("conversation")
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    output = response.get("output")
+    searches = (
+        sum(1 for item in output if isinstance(item, Mapping) and item.get("type") == "web_search_call")
+        if isinstance(output, list)
+        else 0
+    )
+    rid = response.get("id")
+    return replace(
+        usage,
+        service_tier=tier if isinstance(tier, str) else None,
+        response_id=rid if isinstance(rid, str) and rid.startswith("resp") else None,
+        conversation_id=conversation if isinstance(conversation, str) else None,
+        web_searches=searches,
     )
 
 
@@ -138,8 +242,8 @@ def usage_from_body(api: str, body: Any) -> Usage | None:
         return None
     model = body.get("model") if isinstance(body.get("model"), str) else None
     if api == "responses":
-        return _responses_usage(body.get("usage"), model)
-    return _chat_usage(body.get("usage"), model)
+        return _with_response_facts(_responses_usage(body.get("usage"), model), body)
+    return _with_response_facts(_chat_usage(body.get("usage"), model), body)
 
 
 class StreamUsage:
@@ -166,11 +270,11 @@ class StreamUsage:
         if self.api == "responses":
             if obj.get("type") in _TERMINAL_RESPONSE_EVENTS and isinstance(obj.get("response"), Mapping):
                 resp = obj["response"]
-                found = _responses_usage(resp.get("usage"), resp.get("model"))
+                found = _with_response_facts(_responses_usage(resp.get("usage"), resp.get("model")), resp)
                 if found is not None:
                     self.usage = found
         else:
-            found = _chat_usage(obj.get("usage"), obj.get("model"))
+            found = _with_response_facts(_chat_usage(obj.get("usage"), obj.get("model")), obj)
             if found is not None:
                 self.usage = found
 

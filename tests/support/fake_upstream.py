@@ -43,6 +43,9 @@ class Upstream:
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: int = 0  # TCP connections accepted (TLS upstream), whatever came over them
+    # Responses answers kept on the "provider's" side: id -> tokens of context (input + output).
+    contexts: dict[str, int] = field(default_factory=dict)
+    billed: list[dict[str, Any]] = field(default_factory=list)  # the usage of every answer, as billed
     snis: list[str | None] = field(default_factory=list)  # the SNI of each TLS handshake
 
     @property
@@ -61,6 +64,8 @@ class Upstream:
             self.headers.clear()
             self.connections = 0
             self.snis.clear()
+            self.contexts.clear()
+            self.billed.clear()
         self.knobs = Knobs()
 
     def close(self) -> None:
@@ -138,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/v1/completions":
             self._chat(model, stream, body, legacy=True)
         elif path == "/v1/responses":
-            self._responses(model, stream)
+            self._responses(model, stream, body)
         elif path == "/v1/messages":
             self._messages(model, stream)
         else:
@@ -212,17 +217,28 @@ class _Handler(BaseHTTPRequestHandler):
         events.append((None, "[DONE]"))
         self._stream(events)
 
-    def _responses(self, model: str, stream: bool) -> None:
+    def _responses(self, model: str, stream: bool, body: dict[str, Any]) -> None:
         k = self.upstream.knobs
+        up = self.upstream
+        # Like OpenAI, a follow-up is billed the whole context its previous response ended with.
+        previous = body.get("previous_response_id")
+        with up.lock:
+            history = up.contexts.get(previous, 0) if isinstance(previous, str) else 0
+            rid = f"resp_{len(up.contexts) + 1}"
+            input_tokens = k.prompt_tokens + history
+            up.contexts[rid] = input_tokens + self.output_tokens
+            up.billed.append(
+                {"model": model, "input_tokens": input_tokens, "output_tokens": self.output_tokens}
+            )
         usage = {
-            "input_tokens": k.prompt_tokens,
+            "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": k.cached_tokens},
             "output_tokens": self.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": k.prompt_tokens + self.output_tokens,
+            "total_tokens": input_tokens + self.output_tokens,
         }
         final = {
-            "id": "resp_1",
+            "id": rid,
             "object": "response",
             "created_at": 1,
             "model": model,
