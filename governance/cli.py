@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -136,7 +137,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     print("\nrefusals by rule")
     print(_table([[r["rule"], str(r["n"])] for r in refused], ["rule", "count"]) if refused else "  (none)")
+    measured = ledger.query(
+        "SELECT coalesce(model, '?') AS model, est_input_tokens AS est, input_tokens AS real FROM requests "
+        "WHERE state = 'settled' AND est_input_tokens > 0 AND input_tokens IS NOT NULL"
+        + (" AND created_at >= ?" if args.since else ""),
+        params,
+    )
+    print("\ninput estimate against the real input (real / estimated: above 1 is an undercount)")
+    rows = estimator_errors(measured)
+    print(_table(rows, ["model", "requests", "median", "p99", "max", "undercounts"]) if rows else "  (none)")
     return 0
+
+
+def estimator_errors(measured: list[dict]) -> list[list[str]]:
+    """Per model: how the real input compared with the estimate reserved for it."""
+    by_model: dict[str, list[float]] = {}
+    for r in measured:
+        by_model.setdefault(r["model"], []).append(r["real"] / r["est"])
+    rows = []
+    for model, ratios in sorted(by_model.items()):
+        ratios.sort()
+        p99 = ratios[min(len(ratios) - 1, int(0.99 * len(ratios)))]
+        rows.append(
+            [
+                model,
+                str(len(ratios)),
+                f"{statistics.median(ratios):.3f}",
+                f"{p99:.3f}",
+                f"{ratios[-1]:.3f}",
+                str(sum(x > 1 for x in ratios)),
+            ]
+        )
+    return rows
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ def seed(db: Path) -> None:
     led = Ledger.open(db)
     now = datetime(2026, 11, 21, 9, tzinfo=UTC)
     c = [Claim("global", "", "never", 1_000_000, 200_000, "budget:global")]
-    led.reserve(RequestRecord("a", "p", "openai", "chat", "gpt-4o"), c, 200_000, now)
+    led.reserve(RequestRecord("a", "p", "openai", "chat", "gpt-4o", est_input_tokens=200), c, 200_000, now)
     led.settle("a", 120_000, now, outcome="usage", usage=Usage(100, 10))
     led.reserve(RequestRecord("b", "p", "anthropic", "messages", "claude-sonnet-4-5"), c, 200_000, now)
     led.record_refusal(RequestRecord("c", "p"), now, rule="budget:global", reason="full")
@@ -32,6 +32,9 @@ def test_report(tmp_path, capsys):
     assert cli.main(["report", "--db", str(tmp_path / "l.sqlite")]) == 0
     out = capsys.readouterr().out
     assert "gpt-4o" in out and "2026-11-21" in out and "budget:global" in out
+    # The estimate reserved for "a" (est_input_tokens 200 via the seed) against its real input 100.
+    line = next(ln for ln in out.split("input estimate")[1].splitlines() if ln.startswith("gpt-4o"))
+    assert line.split()[1:] == ["1", "0.500", "0.500", "0.500", "0"]
 
 
 def test_missing_ledger_is_an_error(tmp_path, capsys):

@@ -5,6 +5,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from governance import policy
 from governance.errors import PricingError
@@ -146,3 +147,71 @@ def test_prices_follow_the_time_passed_in(provider, model, before, after):
         ).total_price
         assert p.price(provider, model, usage, when).cost == expected
     assert p.price(provider, model, usage, before).cost != p.price(provider, model, usage, after).cost
+
+
+def _multiplier_models() -> list[tuple[str, str]]:
+    from governance import RULES_DIR
+
+    table = yaml.safe_load((RULES_DIR / "multipliers.yaml").read_text())
+    return [("anthropic" if m.startswith("claude") else "openai", m) for m in table if m != "default"]
+
+
+MATRIX = [
+    Usage(12_000, 800),
+    Usage(30_000, 2_000, cache_read_tokens=20_000),  # cache reads
+    Usage(30_000, 2_000, cache_write_tokens=25_000),  # 5-minute writes
+    Usage(30_000, 2_000, cache_read_tokens=4_000, cache_write_tokens=25_000, cache_write_1h_tokens=25_000),
+    Usage(250_000, 4_000, cache_read_tokens=100_000),  # past the 200k and 272k tier cliffs
+    Usage(300_000, 20_000),
+    Usage(5_000, 60_000),  # reasoning-heavy output
+    Usage(5_000, 1_000, web_searches=4),  # server-side search fees
+    Usage(5_000, 1_000, input_audio_tokens=2_000, output_audio_tokens=500),
+    Usage(5_000, 1_000, service_tier="priority"),
+    Usage(5_000, 1_000, service_tier="flex"),
+    Usage(5_000, 1_000, speed="fast"),
+]
+
+
+@pytest.mark.parametrize(("provider", "model"), _multiplier_models())
+def test_pricing_matrix_matches_genai_prices(provider, model):
+    """Every model the multiplier table lists, priced by spendfuse (rate cards included) and by
+    genai-prices' own calc_price, agree to the last digit for every kind of usage."""
+    import genai_prices
+
+    p = Pricer(make())
+    for u in MATRIX:
+        fields = {
+            k: getattr(u, k)
+            for k in (
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "cache_write_1h_tokens",
+                "input_audio_tokens",
+                "output_audio_tokens",
+                "web_searches",
+            )
+            if getattr(u, k)
+        }
+        expected = genai_prices.calc_price(
+            genai_prices.Usage(**fields),
+            model,
+            provider_id=provider,
+            genai_request_timestamp=NOW,
+            price_context=u.price_context() or None,
+        ).total_price
+        assert p.price(provider, model, u, NOW).cost == expected, (model, u)
+
+
+def test_a_worst_case_whose_input_reaches_a_tier_is_priced_at_the_tier_throughout():
+    p = Pricer(make())
+    below = p.worst_case(
+        "anthropic", "claude-sonnet-4-5", input_tokens=199_999, max_output_tokens=10_000, now=NOW
+    )
+    above = p.worst_case(
+        "anthropic", "claude-sonnet-4-5", input_tokens=200_001, max_output_tokens=10_000, now=NOW
+    )
+    # $3/$15 below 200k input tokens; $6/$22.50 for every token once the input passes it.
+    assert below.cost == Decimal("0.749997")
+    assert above.cost == Decimal("1.425006")
