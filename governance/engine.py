@@ -72,6 +72,10 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self._providers = {e.name: e.provider for e in self.hosts.entries}
+        self._image_formulas = {
+            model: formula.model_dump(exclude_none=True)
+            for model, formula in policy.image_formula_table().items()
+        }
 
     # -- screening and reading (pure) ---------------------------------------------------------
 
@@ -116,7 +120,10 @@ class Engine:
         parsed = family.parse_request(endpoint.api, body)
         provider = self._providers.get(endpoint.entry) or family.PROVIDER
         estimate = tokens.estimate_input_tokens(
-            parsed.prompt, parsed.model, image_tokens=self.policy.estimate.image_tokens
+            parsed.prompt,
+            parsed.model,
+            image_tokens=self.policy.estimate.image_tokens,
+            image_formulas=self._image_formulas,
         )
         margin = self.policy.estimate.input_margin
         input_tokens = int((estimate * margin).to_integral_value(rounding="ROUND_CEILING"))

@@ -103,6 +103,44 @@ class Estimate(_Strict):
     for it, or refuse the request."""
 
 
+class ImageFormula(_Strict):
+    """How one model's images are counted (see `rules/image_tokens.yaml`)."""
+
+    method: Literal["tiles", "patches", "pixels", "gemini"]
+    """Which provider formula."""
+    base: Annotated[int, Field(ge=0)] | None = None
+    """tiles: tokens every image costs."""
+    tile: Annotated[int, Field(ge=0)] | None = None
+    """tiles: tokens per 512 px tile."""
+    multiplier: Annotated[Decimal, Field(gt=0)] | None = None
+    """patches: tokens per 32 px patch."""
+    max_patches: Annotated[int, Field(gt=0)] = 1536
+    """patches: the most patches an image is scaled down to."""
+    pixels_per_token: Annotated[int, Field(gt=0)] | None = None
+    """pixels: pixels per token."""
+    max_long_edge: Annotated[int, Field(gt=0)] | None = None
+    """pixels: the longest edge an image is scaled down to."""
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    """pixels: the most tokens one image costs."""
+    per_tile: Annotated[int, Field(gt=0)] | None = None
+    """gemini: tokens per tile."""
+    max_tiles: Annotated[int, Field(gt=0)] = 16
+    """gemini: tiles counted for an image whose size is unknown."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ImageFormula:
+        needs = {
+            "tiles": ("base", "tile"),
+            "patches": ("multiplier",),
+            "pixels": ("pixels_per_token", "max_long_edge", "max_tokens"),
+            "gemini": ("per_tile",),
+        }[self.method]
+        missing = [k for k in needs if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"method {self.method} needs {', '.join(missing)}")
+        return self
+
+
 Family = Literal["openai", "anthropic"]
 Envelope = Literal["openai", "anthropic", "google", "bedrock"]
 
@@ -215,6 +253,9 @@ class Policy(_Strict):
     """Model -> multiplier (exact, then longest prefix, then `default`), or a YAML file of them."""
     model_limits: dict[str, Annotated[int, Field(gt=0)]] | str = "model_limits.yaml"
     """Model -> maximum output tokens, used when a request sets no output cap, or a YAML file."""
+    image_formulas: dict[str, ImageFormula] | str = "image_tokens.yaml"
+    """Model -> how its images are counted, or a YAML file of them. A model missing here counts
+    `estimate.image_tokens` per image."""
     prices: dict[str, PriceOverride] = {}
     """Price overrides, by exact model then longest prefix. They win over genai-prices."""
     default_price: PriceOverride | None = None
@@ -256,7 +297,11 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _tables_loaded(self) -> Policy:
-        if isinstance(self.multipliers, str) or isinstance(self.model_limits, str):
+        if (
+            isinstance(self.multipliers, str)
+            or isinstance(self.model_limits, str)
+            or isinstance(self.image_formulas, str)
+        ):
             raise ValueError("model tables must be loaded through governance.policy.load()")
         return self
 
@@ -267,6 +312,10 @@ class Policy(_Strict):
     def output_cap_table(self) -> dict[str, int]:
         assert isinstance(self.model_limits, dict)
         return self.model_limits
+
+    def image_formula_table(self) -> dict[str, ImageFormula]:
+        assert isinstance(self.image_formulas, dict)
+        return self.image_formulas
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -340,6 +389,10 @@ def parse(data: Any, base: Path, origin: str = "rules") -> Policy:
     data = dict(data)
     data["multipliers"] = _load_table(data.get("multipliers", "multipliers.yaml"), base, "multipliers")
     data["model_limits"] = _load_table(data.get("model_limits", "model_limits.yaml"), base, "model_limits")
+    # Not the operator's to forget: a rules file elsewhere still gets the shipped image formulas.
+    data["image_formulas"] = _load_table(
+        data.get("image_formulas", str(_shipped_rules_dir() / "image_tokens.yaml")), base, "image_formulas"
+    )
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
@@ -350,6 +403,12 @@ def load(path: str | Path) -> Policy:
     """Load and validate a rules file. Raises `PolicyError` with every problem it finds."""
     p = Path(path)
     return parse(_read_yaml(p, "rules file"), p.parent, origin=str(p))
+
+
+def _shipped_rules_dir() -> Path:
+    from governance import RULES_DIR
+
+    return RULES_DIR
 
 
 def require_limits(policy: Policy, origin: str = "rules") -> None:

@@ -19,10 +19,15 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import tiktoken
+
+from governance import media
+from governance.matching import lookup_model
+from governance.media import ImageRef
 
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
@@ -119,12 +124,28 @@ def _looks_like_base64_blob(s: str) -> bool:
     return len(s) > 256 and (s.startswith("data:") and ";base64," in s[:100])
 
 
+def _image_ref(part: dict) -> ImageRef:
+    """The inline data and detail of an image part, whichever API's shape it has: OpenAI chat
+    (`image_url: {url, detail}`), Responses (`image_url: "data:...", detail`), Anthropic
+    (`source: {type: base64, data}`)."""
+    url = part.get("image_url")
+    detail = part.get("detail")
+    if isinstance(url, dict):
+        detail = url.get("detail", detail)
+        url = url.get("url")
+    data = url if isinstance(url, str) and url.startswith("data:") else None
+    source = part.get("source")
+    if data is None and isinstance(source, dict) and isinstance(source.get("data"), str):
+        data = source["data"]
+    return ImageRef(data, detail if isinstance(detail, str) else None)
+
+
 class _Walk:
-    """Collects the billed text of a JSON prompt and counts its media items."""
+    """Collects the billed text of a JSON prompt and its media items."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self.images = 0
+        self.images: list[ImageRef] = []
         self.blob_tokens = 0
         self.items = 0
 
@@ -140,7 +161,7 @@ class _Walk:
             if not isinstance(part_type, str):
                 part_type = None  # a `type` that is not a string names no media kind; its text counts
             if part_type in _IMAGE_PART_TYPES:
-                self.images += 1
+                self.images.append(_image_ref(value))
                 return  # an image part's URL or data is priced as an image, never as text
             if part_type in _MEDIA_PART_TYPES or (
                 part_type == "base64" and isinstance(value.get("data"), str)
@@ -162,12 +183,12 @@ class _Walk:
             for b in blobs:
                 self._blob(b)
         else:
-            self.images += 1  # referenced by id or URL: its size is unknown, price it as an image
+            self.images.append(ImageRef(None))  # by id or URL: its size is unknown, priced at the most
 
     def _blob(self, s: str) -> None:
         head = s[:100]
         if head.startswith("data:image/"):
-            self.images += 1
+            self.images.append(ImageRef(s))
         else:
             # Non-image inline media (PDF pages, audio): bound by size, ~1 token per 3 bytes.
             self.blob_tokens += len(s) // 4
@@ -184,20 +205,27 @@ def _strings(value: object) -> Iterable[str]:
             yield from _strings(v)
 
 
-def estimate_input_tokens(prompt: Iterable[object], model: str, *, image_tokens: int) -> int:
+def estimate_input_tokens(
+    prompt: Iterable[object],
+    model: str,
+    *,
+    image_tokens: int,
+    image_formulas: Mapping[str, Mapping[str, Any]] | None = None,
+) -> int:
     """Estimate the input tokens of a request's prompt parts (messages, system, tools, schemas).
 
-    Text is tokenized with the model's encoding; each image counts `image_tokens`; other inline
-    media count a size bound; each JSON object adds a few framing tokens.
+    Text is tokenized with the model's encoding; each image counts by the model's formula in
+    `image_formulas` (its size read from the inline data's header; the formula's maximum when it
+    cannot be read), or `image_tokens` for a model with none; other inline media count a size bound; each JSON
+    object adds a few framing tokens.
     """
     walk = _Walk()
     for part in prompt:
         walk.visit(part)
     text_tokens = count_text("\n".join(walk.texts), model) if walk.texts else 0
-    return (
-        _PER_REQUEST_OVERHEAD
-        + text_tokens
-        + walk.items * _PER_ITEM_OVERHEAD
-        + walk.images * image_tokens
-        + walk.blob_tokens
-    )
+    found = lookup_model(image_formulas, model) if walk.images and image_formulas else None
+    if found is not None:
+        images = sum(media.image_tokens(found[1], ref) for ref in walk.images)
+    else:
+        images = len(walk.images) * image_tokens
+    return _PER_REQUEST_OVERHEAD + text_tokens + walk.items * _PER_ITEM_OVERHEAD + images + walk.blob_tokens

@@ -356,3 +356,54 @@ class TestPriceModifiers:
         e.finish(r.info, Usage(1000, 100, web_searches=3), NOW, outcome="usage")
         row = e.ledger.request("ws")
         assert row["cost_micro"] == 34_500  # $3/M in, $15/M out, $10 per 1,000 searches
+
+
+class TestImages:
+    def test_high_detail_urls_on_gpt_4o_mini_reserve_what_openai_bills(self, make):
+        e = make(prices={}, budgets=[{"limit_usd": "0.005"}])
+        parts = [
+            {"type": "image_url", "image_url": {"url": f"https://img.example/{i}.png", "detail": "high"}}
+            for i in range(8)
+        ]
+        r = e.read_request(
+            CHAT,
+            body(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": parts}]),
+            principal="p",
+            request_id="r",
+        )
+        assert r.info.input_tokens >= 8 * (2833 + 5667 * 8)
+        d = e.admit(r.info, NOW)
+        assert not d.allowed and d.refusal.kind is RefusalKind.QUOTA  # 6x the cap: refused, not overspent
+
+    def test_an_inline_anthropic_image_counts_its_pixels(self, make):
+        import base64 as b64
+
+        from tests.test_media import png
+
+        e = make(prices={}, budgets=[{"limit_usd": 100}])
+        small = {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": "image/png",
+                "data": b64.b64encode(png(200, 200)).decode(),
+            },
+        }
+        big = {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": "image/png",
+                "data": b64.b64encode(png(1092, 1092)).decode(),
+            },
+        }
+
+        def estimate(part):
+            req = {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": [part]}],
+            }
+            return e.read_request(MESSAGES, req, principal="p", request_id="x").info.input_tokens
+
+        assert estimate(big) - estimate(small) >= (1590 - 54)
