@@ -124,6 +124,7 @@ class Engine:
             parsed.model,
             image_tokens=self.policy.estimate.image_tokens,
             image_formulas=self._image_formulas,
+            script_margins=self.policy.estimate.script_margins,
         )
         margin = self.policy.estimate.input_margin
         input_tokens = int((estimate * margin).to_integral_value(rounding="ROUND_CEILING"))

@@ -20,6 +20,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,39 @@ def preload() -> None:
 def count_text(text: str, model: str) -> int:
     """Tokens in plain `text` for `model`. Special-token strings are counted as ordinary text."""
     return len(encoding(encoding_name_for(model)).encode_ordinary(text))
+
+
+def is_exact(model: str) -> bool:
+    """Whether tiktoken counts `model`'s tokens exactly (OpenAI's own models); for every other
+    model cl100k is an approximation, and a tokenizer of its own splits some scripts finer."""
+    return encoding_name_for(model) == O200K or model.strip().lower().startswith(("gpt-", "o1", "o3", "o4"))
+
+
+# Runs of text by script, for models whose count is approximated: an emoji run, a CJK run, a run
+# of other non-ASCII letters (Cyrillic, Greek, Turkish and other accented Latin, ...), ASCII.
+_SCRIPT_RUNS = re.compile(
+    r"(?P<emoji>[\U0001F000-\U0001FAFF\u2600-\u27BF\uFE00-\uFE0F\u200D\U000E0000-\U000E007F]+)"
+    r"|(?P<cjk>[\u2E80-\u9FFF\uAC00-\uD7AF\uF900-\uFAFF\uFF00-\uFFEF\U00020000-\U0003FFFF]+)"
+    r"|(?P<other>[^\x00-\x7F\U0001F000-\U0001FAFF\u2600-\u27BF\u2E80-\u9FFF\uAC00-\uD7AF]+)"
+)
+
+
+def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> Decimal:
+    """Tokens in `text`, each script's share counted on its own and multiplied by its margin
+    (`estimate.script_margins`): cl100k splits emoji, CJK and non-Latin letters coarser than
+    Claude's tokenizer does, so one margin for all text undercounts them."""
+    runs: dict[str, list[str]] = {"emoji": [], "cjk": [], "other": []}
+    ascii_parts, last = [], 0
+    for match in _SCRIPT_RUNS.finditer(text):
+        ascii_parts.append(text[last : match.start()])
+        runs[match.lastgroup or "other"].append(match.group())
+        last = match.end()
+    ascii_parts.append(text[last:])
+    total = Decimal(count_text("".join(ascii_parts), model))
+    for script, parts in runs.items():
+        if parts:
+            total += count_text(" ".join(parts), model) * Decimal(str(margins.get(script, 1)))
+    return total
 
 
 # Keys whose string values are images or media given by reference or inline data.
@@ -211,6 +245,7 @@ def estimate_input_tokens(
     *,
     image_tokens: int,
     image_formulas: Mapping[str, Mapping[str, Any]] | None = None,
+    script_margins: Mapping[str, Any] | None = None,
 ) -> int:
     """Estimate the input tokens of a request's prompt parts (messages, system, tools, schemas).
 
@@ -222,7 +257,15 @@ def estimate_input_tokens(
     walk = _Walk()
     for part in prompt:
         walk.visit(part)
-    text_tokens = count_text("\n".join(walk.texts), model) if walk.texts else 0
+    text = "\n".join(walk.texts)
+    if not text:
+        text_tokens = 0
+    elif script_margins and not is_exact(model) and not text.isascii():
+        text_tokens = int(
+            count_text_by_script(text, model, script_margins).to_integral_value(rounding="ROUND_CEILING")
+        )
+    else:
+        text_tokens = count_text(text, model)
     found = lookup_model(image_formulas, model) if walk.images and image_formulas else None
     if found is not None:
         images = sum(media.image_tokens(found[1], ref) for ref in walk.images)

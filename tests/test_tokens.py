@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from governance import tokens
 
 
@@ -73,3 +75,34 @@ def test_tools_and_schemas_count():
 def test_estimate_is_at_least_the_text():
     text = "word " * 1000
     assert tokens.estimate_input_tokens([text], "gpt-4o", image_tokens=0) >= tokens.count_text(text, "gpt-4o")
+
+
+MARGINS = {"emoji": 1.40, "cjk": 1.35, "other": 1.15}
+
+
+@pytest.mark.parametrize(
+    ("text", "at_least"),
+    [
+        ("Привет, как дела? Это русский текст для проверки.", 1.15),
+        ("Merhaba, nasılsın? Bugün hava çok güzel, değil mi?", 1.10),
+        ("🎉🚀👍🏽❤️🔥✨🙏😂", 1.40),
+        ("你好世界，这是一段中文文本。", 1.35),
+    ],
+)
+def test_scripts_cl100k_splits_coarser_than_claude_get_their_margin(text, at_least):
+    plain = tokens.estimate_input_tokens([text], "claude-sonnet-4-5", image_tokens=0)
+    scripted = tokens.estimate_input_tokens(
+        [text], "claude-sonnet-4-5", image_tokens=0, script_margins=MARGINS
+    )
+    assert scripted >= plain and scripted - 8 >= (plain - 8) * at_least  # 8: per-request framing
+
+
+def test_english_and_openai_models_are_counted_as_before():
+    english = "The quick brown fox jumps over the lazy dog. " * 20
+    assert tokens.estimate_input_tokens(
+        [english], "claude-sonnet-4-5", image_tokens=0, script_margins=MARGINS
+    ) == (tokens.estimate_input_tokens([english], "claude-sonnet-4-5", image_tokens=0))
+    russian = "Привет, как дела? " * 20
+    assert tokens.estimate_input_tokens([russian], "gpt-4o", image_tokens=0, script_margins=MARGINS) == (
+        tokens.estimate_input_tokens([russian], "gpt-4o", image_tokens=0)
+    )
