@@ -165,6 +165,72 @@ class TestAllowed:
         follow_ups = [r for r in ledger if r["state"] == "settled"][1:]
         assert all(r["input_tokens"] <= r["est_input_tokens"] for r in follow_ups)
 
+    def test_priority_tier_stays_under_the_cap(self, start, client_env, upstream, tmp_path):
+        """Priority costs twice the standard price: reserved at it, settled at it, and a sequence of
+        requests stops within one worst case of the cap, never over it."""
+        cap = 100_000  # µ$
+        proxy = start(spendfuse_budget="0.1", rules=write_rules(tmp_path / "r.yaml", prices={}))
+        client_env(proxy)
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 10, 2000
+        client = openai.OpenAI(max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            for _ in range(10):
+                r = chat(client, model="gpt-5", max_completion_tokens=2000, service_tier="priority")
+                assert r.service_tier == "priority"
+        settled = [r for r in rows(tmp_path / "ledger.sqlite") if r["state"] == "settled"]
+        spent = sum(r["cost_micro"] for r in settled)
+        # gpt-5 priority: $2.50/M input, $20/M output.
+        assert {r["cost_micro"] for r in settled} == {micro(Decimal(10 * 2.5 + 2000 * 20) / MILLION)}
+        worst = settled[0]["reserved_micro"]
+        assert spent <= cap and cap - spent < worst and len(settled) == 2
+
+    def test_web_search_fees_stay_under_the_cap(self, start, client_env, upstream, tmp_path):
+        cap = 1_000_000  # search results are input the provider adds: reserved at the context window
+        proxy = start(spendfuse_budget="1", rules=write_rules(tmp_path / "r.yaml", prices={}))
+        client_env(proxy)
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens, upstream.knobs.web_searches = (
+            10,
+            100,
+            5,
+        )
+        client = anthropic.Anthropic(max_retries=0)
+        tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+        with pytest.raises(anthropic.RateLimitError):
+            for _ in range(40):
+                client.messages.create(
+                    model="claude-haiku-4-5",
+                    max_tokens=100,
+                    tools=tools,
+                    messages=[{"role": "user", "content": "look it up"}],
+                )
+        settled = [r for r in rows(tmp_path / "ledger.sqlite") if r["state"] == "settled"]
+        spent = sum(r["cost_micro"] for r in settled)
+        # claude-haiku-4-5: $1/M input, $5/M output, $10 per 1,000 searches; 3 searches each.
+        assert {r["cost_micro"] for r in settled} == {10 * 1 + 100 * 5 + 30_000}
+        assert spent <= cap and cap - spent < settled[0]["reserved_micro"]
+
+    @pytest.mark.parametrize(
+        ("text", "ratio"),
+        [("🎉🚀👍🏽❤️🔥✨🙏😂 " * 200, 1.49), ("Привет, как дела? Это русский текст. " * 200, 1.25)],
+    )
+    def test_claude_text_that_cl100k_undercounts_stays_under_the_cap(
+        self, start, client_env, upstream, tmp_path, text, ratio
+    ):
+        """The provider's tokenizer splits emoji and Cyrillic finer than cl100k (the ratios an
+        audit measured, or more): the estimate's script margins keep every reservation above the bill."""
+        proxy = start(spendfuse_budget="0.2")
+        client_env(proxy)
+        upstream.knobs.claude_ratio, upstream.knobs.completion_tokens = ratio, 50
+        client = anthropic.Anthropic(max_retries=0)
+        with pytest.raises(anthropic.RateLimitError):
+            for _ in range(100):
+                client.messages.create(
+                    model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": text}]
+                )
+        settled = [r for r in rows(tmp_path / "ledger.sqlite") if r["state"] == "settled"]
+        assert settled and all(r["input_tokens"] <= r["est_input_tokens"] for r in settled)
+        assert sum(r["cost_micro"] for r in settled) <= 200_000
+
     def test_openai_legacy_completions(self, start, client_env, upstream, tmp_path):
         proxy = start()
         client_env(proxy)

@@ -32,6 +32,10 @@ class Knobs:
     status: int = 200  # a non-200 answers an error envelope without usage
     break_stream_after: int | None = None  # close the connection after this many events
     omit_usage: bool = False  # answer without any usage
+    web_searches: int = 0  # Anthropic: searches made when the request enables web search (within max_uses)
+    # Anthropic: bill input as this many times cl100k's count of the prompt's text (a tokenizer
+    # that splits some scripts finer than cl100k), instead of `prompt_tokens`.
+    claude_ratio: float | None = None
 
 
 @dataclass
@@ -77,6 +81,25 @@ def _sse(event: str | None, data: Any) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {payload}\n\n".encode()
+
+
+def _claude_like_count(body: dict[str, Any], ratio: float) -> int:
+    """Input tokens as a tokenizer `ratio` times finer than cl100k would count the prompt text."""
+    import math
+
+    from governance import tokens
+
+    texts: list[str] = []
+    stack: list[Any] = [body.get("system"), body.get("messages")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            texts.append(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return math.ceil(ratio * tokens.count_text("\n".join(texts), "claude-sonnet-4-5"))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -145,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/v1/responses":
             self._responses(model, stream, body)
         elif path == "/v1/messages":
-            self._messages(model, stream)
+            self._messages(model, stream, body)
         else:
             self._json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
 
@@ -175,6 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             )
             resp = {"id": "chatcmpl-1", "object": obj, "created": 1, "model": model, "choices": [choice]}
+            if body.get("service_tier") in ("priority", "flex"):
+                resp["service_tier"] = body["service_tier"]  # served, and billed, at the tier asked for
             if not k.omit_usage:
                 resp["usage"] = self._openai_usage()
             self._json(200, resp)
@@ -282,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._stream(events)
 
-    def _messages(self, model: str, stream: bool) -> None:
+    def _messages(self, model: str, stream: bool, body: dict[str, Any]) -> None:
         k = self.upstream.knobs
         usage = {
             "input_tokens": k.prompt_tokens,
@@ -290,6 +315,13 @@ class _Handler(BaseHTTPRequestHandler):
             "cache_read_input_tokens": k.cached_tokens,
             "output_tokens": self.output_tokens,
         }
+        if k.claude_ratio is not None:
+            usage["input_tokens"] = _claude_like_count(body, k.claude_ratio)
+        # Web search, like Anthropic's: billed per search, never more than the tool's max_uses.
+        tools = [t for t in body.get("tools") or [] if str(t.get("type", "")).startswith("web_search")]
+        if tools and k.web_searches:
+            most = min((t.get("max_uses", k.web_searches) for t in tools), default=k.web_searches)
+            usage["server_tool_use"] = {"web_search_requests": min(k.web_searches, most)}
         if not stream:
             resp = {
                 "id": "msg_1",
