@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from governance.errors import PolicyError
 from governance.hosts import HostTable, build_table
@@ -285,22 +293,16 @@ class Policy(_Strict):
     ledger: LedgerSettings = LedgerSettings()
     """Ledger housekeeping."""
 
-    @field_validator("hosts")
+    @field_validator("hosts", "budgets")
     @classmethod
-    def _unique_host_names(cls, v: list[HostRule]) -> list[HostRule]:
-        names = [h.name for h in v]
+    def _unique_names(
+        cls, v: list[HostRule] | list[Budget], info: ValidationInfo
+    ) -> list[HostRule] | list[Budget]:
+        names = [item.name for item in v]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate host names: {', '.join(dupes)}")
-        return v
-
-    @field_validator("budgets")
-    @classmethod
-    def _unique_budget_names(cls, v: list[Budget]) -> list[Budget]:
-        names = [b.name for b in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate budget names: {', '.join(dupes)}")
+            what = "host" if info.field_name == "hosts" else "budget"
+            raise ValueError(f"duplicate {what} names: {', '.join(dupes)}")
         return v
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from genai_prices.types import TieredPrices
 from governance.errors import PricingError
 from governance.matching import lookup_model
 from governance.policy import Policy, PriceOverride
-from governance.types import Priced, Usage
+from governance.types import USAGE_COUNTS, Priced, Usage
 
 MILLION = Decimal(1_000_000)
 
@@ -46,17 +46,13 @@ def _price_with_override(price: PriceOverride, usage: Usage) -> Decimal:
 
 
 def _genai_usage(usage: Usage) -> genai_prices.Usage:
-    fields = {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-    }
-    # Only what is there: genai-prices checks each field against the model's price card.
-    for name in ("cache_write_1h_tokens", "input_audio_tokens", "output_audio_tokens", "web_searches"):
-        if getattr(usage, name):
-            fields[name] = getattr(usage, name)
+    # The four token counts always; the rest only when present, since genai-prices checks each
+    # field it is given against the model's price card.
+    fields = {name: getattr(usage, name) for name in USAGE_COUNTS if name in _ALWAYS or getattr(usage, name)}
     return genai_prices.Usage(**fields)
+
+
+_ALWAYS = frozenset({"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"})
 
 
 _PROBE = 1000  # tokens per probe: small enough to stay below every tier cliff

@@ -118,16 +118,7 @@ class Usage:
     conversation_id: str | None = None  # OpenAI Responses: the conversation it belongs to
 
     def __post_init__(self) -> None:
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "cache_write_1h_tokens",
-            "input_audio_tokens",
-            "output_audio_tokens",
-            "web_searches",
-        ):
+        for name in USAGE_COUNTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is negative")
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
@@ -153,6 +144,18 @@ class Usage:
             self.input_audio_tokens or self.output_audio_tokens or self.web_searches or self.price_context()
         )
 
+
+#: The counts a `Usage` carries, each a genai-prices usage field of the same name.
+USAGE_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "web_searches",
+)
 
 #: `ParsedRequest.web_searches` for a search tool with no bound of its own (the rules set one).
 UNBOUNDED = -1

@@ -10,7 +10,7 @@ import yaml
 from governance import policy
 from governance.errors import PricingError
 from governance.pricing import Pricer
-from governance.types import Usage
+from governance.types import USAGE_COUNTS, Usage
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -180,20 +180,7 @@ def test_pricing_matrix_matches_genai_prices(provider, model):
 
     p = Pricer(make())
     for u in MATRIX:
-        fields = {
-            k: getattr(u, k)
-            for k in (
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "cache_write_tokens",
-                "cache_write_1h_tokens",
-                "input_audio_tokens",
-                "output_audio_tokens",
-                "web_searches",
-            )
-            if getattr(u, k)
-        }
+        fields = {k: getattr(u, k) for k in USAGE_COUNTS if getattr(u, k)}
         expected = genai_prices.calc_price(
             genai_prices.Usage(**fields),
             model,

@@ -8,7 +8,7 @@ from typing import Any
 
 from governance.errors import RequestParseError
 from governance.types import UNBOUNDED, ParsedRequest, Refusal, RefusalKind, Usage
-from governance.wire.common import optional_bool, optional_int, require_model, token_count
+from governance.wire.common import any_mapping, optional_bool, optional_int, require_model, token_count
 from governance.wire.envelope import refusal_details, refusal_headers
 from governance.wire.sse import Event
 
@@ -87,19 +87,14 @@ def _server_tools(body: Mapping[str, Any]) -> tuple[int, str | None]:
     return searches, "; ".join(why) or None
 
 
+def _file_source(node: Mapping[str, Any]) -> bool:
+    source = node.get("source")
+    return isinstance(source, Mapping) and (source.get("type") == "file" or "file_id" in source)
+
+
 def _file_by_id(value: Any) -> bool:
     """Whether any content block's source is a file the provider stores (`{"type": "file"}`)."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Mapping):
-            source = node.get("source")
-            if isinstance(source, Mapping) and (source.get("type") == "file" or "file_id" in source):
-                return True
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
+    return any_mapping(value, _file_source)
 
 
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:

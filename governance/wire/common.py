@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from governance.errors import RequestParseError
@@ -103,3 +103,17 @@ def token_count(usage: Mapping[str, Any], *path: str) -> int:
     if isinstance(node, bool) or not isinstance(node, int) or node < 0:
         return 0
     return node
+
+
+def any_mapping(value: Any, test: Callable[[Mapping[str, Any]], bool]) -> bool:
+    """Whether any JSON object nested anywhere in `value` passes `test` (iterative: no recursion)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if test(node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False

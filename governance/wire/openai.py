@@ -9,7 +9,14 @@ from typing import Any
 
 from governance.errors import RequestParseError
 from governance.types import UNBOUNDED, ParsedRequest, Refusal, RefusalKind, Usage
-from governance.wire.common import largest, optional_bool, optional_int, require_model, token_count
+from governance.wire.common import (
+    any_mapping,
+    largest,
+    optional_bool,
+    optional_int,
+    require_model,
+    token_count,
+)
 from governance.wire.envelope import refusal_details, refusal_headers
 from governance.wire.sse import Event
 
@@ -131,16 +138,7 @@ def _server_side_input(body: Mapping[str, Any]) -> tuple[tuple[str, ...], str | 
 
 def _file_by_id(value: Any) -> bool:
     """Whether any content part names a file the provider stores (`file_id`)."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Mapping):
-            if isinstance(node.get("file_id"), str):
-                return True
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
+    return any_mapping(value, lambda node: isinstance(node.get("file_id"), str))
 
 
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
