@@ -573,3 +573,24 @@ def test_proxy_user_parsing():
     token = base64.b64encode(b"team-a:secret").decode()
     assert addon_module._proxy_user(f"Basic {token}") == "team-a"
     assert addon_module._proxy_user("Basic !!!") is None and addon_module._proxy_user(None) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "gpt-4o", "max_tokens": 100000, "max_tokens": 1, "messages": []}',
+        b'{"model": "o1-pro", "model": "gpt-4o-mini", "max_tokens": 5, "messages": []}',
+        b'{"model": "gpt-4o", "max_tokens": 5, "messages": [{"content": "a", "content": "b"}]}',
+    ],
+)
+async def test_a_repeated_json_key_is_refused_not_guessed(fuse, raw):
+    # Parsers disagree on which copy wins; the provider must not see a cap or model not priced.
+    a, _ = fuse
+    f = req()
+    f.request.content = raw
+    await a.request(f)
+    assert (
+        f.response.status_code == 400
+        and "repeats the key" in json.loads(f.response.content)["error"]["message"]
+    )
+    assert rows(a)[0]["rule"] == "request_parse"

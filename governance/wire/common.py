@@ -54,11 +54,28 @@ def _depth_exceeds(value: object, limit: int) -> bool:
     return False
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _DuplicateKey(f"the request body repeats the key {key!r}")
+    return obj
+
+
 def decode_json_body(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object. Raises `RequestParseError` for anything else, including
-    JSON nested deeper than `MAX_JSON_DEPTH`."""
+    JSON nested deeper than `MAX_JSON_DEPTH` and an object that repeats a key: parsers disagree
+    on which copy wins, and the provider must not see a `max_tokens` or `model` that spendfuse
+    did not price."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise RequestParseError(str(e)) from None
     except RecursionError:
         raise RequestParseError(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:
