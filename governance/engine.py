@@ -281,7 +281,7 @@ class Engine:
             decision="dry_run" if refusal is not None else "allowed",
             rule=refusal.rule if refusal else None,
             reason=refusal.message if refusal else None,
-            fit=self._fitter(info, rec, now) if clamp is not None else None,
+            fit=self._fitter(info, rec, now) if clamp is not None and not self.dry_run else None,
         )
         if result.refit is not None:
             amount = result.refit.amount_micro
@@ -303,17 +303,9 @@ class Engine:
         floor, whose worst case fits the room left; None when not even the floor fits."""
         assert self.policy.clamp_output is not None
         floor = self.policy.clamp_output.floor_tokens
-        pricer = self._pricer_for(info)
 
-        def cost(cap: int) -> Priced:
-            return pricer.worst_case(
-                info.provider,
-                info.model,
-                input_tokens=info.input_tokens,
-                max_output_tokens=cap * info.choices,
-                now=now,
-                cache_write_hint=info.cache_write_hint,
-            )
+        def cost(cap: int) -> Priced:  # every modifier the full worst case has: tier, fees, audio
+            return self._worst_case(info, cap * info.choices, now)
 
         def fit(room: int) -> Refit | None:
             low, high = floor, info.max_output_tokens // info.choices - 1

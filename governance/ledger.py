@@ -534,9 +534,11 @@ class Ledger:
         if usage.conversation_id:
             keys.append(f"conversation:{usage.conversation_id}")
         for key in keys:
+            # The larger size wins: turns of a conversation may settle out of order, and the
+            # reservation must never shrink below what the provider already holds.
             conn.execute(
                 "INSERT INTO contexts (id, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) "
-                "DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+                "DO UPDATE SET tokens = MAX(tokens, excluded.tokens), updated_at = excluded.updated_at",
                 (key, size, iso(now)),
             )
 

@@ -160,5 +160,7 @@ def image_tokens(spec: Mapping[str, Any], image: ImageRef) -> int:
     """Tokens one image costs under `spec` (an entry of the image table). `auto` detail is
     priced as `high`: the provider chooses, so the worst case is the dearer one."""
     size = image_size(image.data) if image.data else None
+    if size is not None and min(size) <= 0:
+        size = None  # a header that names no real size (a JPEG whose height comes later): the maximum
     detail = (image.detail or "auto").lower() if isinstance(image.detail, str) else "auto"
     return _FORMULAS[spec["method"]](spec, size, detail)

@@ -10,7 +10,7 @@ from governance import policy
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.ledger import Ledger
-from governance.types import Endpoint, Metering, RefusalKind, Usage
+from governance.types import Endpoint, Metering, RefusalKind, Usage, to_micro
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 CHAT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
@@ -407,3 +407,28 @@ class TestImages:
             return e.read_request(MESSAGES, req, principal="p", request_id="x").info.input_tokens
 
         assert estimate(big) - estimate(small) >= (1590 - 54)
+
+
+def test_clamping_prices_every_modifier_of_the_worst_case(make):
+    """A clamped cap is chosen at the request's own tier, not at plain prices."""
+    e = make(prices={}, budgets=[{"limit_usd": "0.05"}], clamp_output={"floor_tokens": 100})
+    req = {"model": "gpt-5", "input": "hi", "max_output_tokens": 100_000, "service_tier": "priority"}
+    r = e.read_request(RESPONSES, req, principal="p", request_id="r")
+    d = e.admit(r.info, NOW)
+    assert d.allowed and d.output_cap < 2_500  # gpt-5 priority output: $20/M, so $0.05 buys < 2,500
+    worst = e._worst_case(r.info, d.output_cap * r.info.choices, NOW)
+    assert to_micro(worst.cost) <= 50_000 and to_micro(worst.cost) == e.ledger.request("r")["reserved_micro"]
+
+
+def test_a_conversation_size_never_shrinks_when_turns_settle_out_of_order(make):
+    e = make(budgets=[{"limit_usd": 100}])
+    for i, size in enumerate((30_000, 1_000)):  # the later, bigger turn settles first
+        r = e.read_request(
+            RESPONSES,
+            {"model": "gpt-4o", "input": "x", "max_output_tokens": 5, "conversation": "conv_9"},
+            principal="p",
+            request_id=f"r{i}",
+        )
+        e.admit(r.info, NOW)
+        e.finish(r.info, Usage(size, 0, conversation_id="conv_9"), NOW, outcome="usage")
+    assert e.ledger.context_tokens(["conversation:conv_9"]) == {"conversation:conv_9": 30_000}
