@@ -140,7 +140,17 @@ class Pending:
     info: RequestInfo
     endpoint: Endpoint
     flow: http.HTTPFlow
+    engine: Engine  # the one that reserved it: a reconfigured proxy settles in the same ledger
     tap: StreamTap | None = None
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What spendfuse decided a forwarded request was, for the check at the end of the chain:
+    the LLM host entry it was for (None: not LLM traffic) and, when metered, its body's hash."""
+
+    entry: str | None
+    body: int | None
 
 
 def _reached_upstream(flow: http.HTTPFlow) -> bool:
@@ -218,7 +228,7 @@ def _layer_chain(first: layer.Layer | None) -> list[layer.Layer]:
 def _hello_sni(data: bytes) -> str | None:
     try:
         hello = parse_client_hello(data)
-    except ValueError:
+    except Exception:  # noqa: BLE001 - not a ClientHello we can read: no name from it
         return None
     return hello.sni if hello is not None else None
 
@@ -265,6 +275,14 @@ class TransportGuard:
         return refusal
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        try:
+            self._next_layer(nextlayer)
+        except Exception as e:  # noqa: BLE001 - fail closed: a layer that was not checked never runs
+            logger.exception("spendfuse: checking a connection's next layer failed")
+            if nextlayer.layer is not None and not isinstance(nextlayer.layer, layers.HttpLayer):
+                nextlayer.layer = _Refused(nextlayer.context, f"internal error ({type(e).__name__})")
+
+    def _next_layer(self, nextlayer: layer.NextLayer) -> None:
         chosen = nextlayer.layer
         if chosen is None:
             return
@@ -284,9 +302,55 @@ class TransportGuard:
         if refusal is not None:
             nextlayer.layer = _Refused(context, refusal.message)
 
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """After every other addon (map_remote, modify_body, later scripts): a request must still
+        be what spendfuse decided. One decided as not LLM traffic must not have become LLM
+        traffic; one metered must still go to the same LLM host with the body it was priced for."""
+        decided = self.fuse._decided.pop(flow.id, None)
+        engine = self.fuse.engine
+        if decided is None or flow.response is not None or engine is None:
+            return
+        endpoint = None
+        try:
+            verdict = engine.screen(self.fuse._incoming(flow))
+            endpoint = verdict.endpoint
+            now_entry = endpoint.entry if endpoint is not None else None
+            changed = now_entry != decided.entry or (
+                decided.body is not None and hash(flow.request.raw_content) != decided.body
+            )
+        except Exception:  # noqa: BLE001 - the request cannot be re-checked: it is refused below
+            logger.exception("spendfuse: re-checking %s at the end of the chain failed", flow.id)
+            changed = True
+        if not changed:
+            return
+        refusal = Refusal(
+            rule="rewritten",
+            code="request_rewritten",
+            kind=RefusalKind.FORBIDDEN,
+            message="spendfuse: refused: another addon rewrote this request after spendfuse decided on it "
+            "(its target or its priced body changed), so it is not forwarded.",
+        )
+        logger.warning("spendfuse: %s %s", flow.id, refusal.message)
+        pending = self.fuse._pending.pop(flow.id, None)
+        if pending is None:
+            await self.fuse._refuse_early(flow, endpoint, None, refusal)  # recorded, and answered
+            return
+        request_id = pending.info.request_id  # its row exists: the hold is released, not charged
+        await self.fuse._on_ledger(
+            lambda: pending.engine.ledger.release(request_id, now(), outcome="rewritten after admission")
+        )
+        self.fuse._answer(flow, endpoint, refusal)
+
     def tls_clienthello(self, data: ClientHelloData) -> None:
         if not data.ignore_connection:
             return
+        try:
+            self._tls_passthrough(data)
+        except Exception:  # noqa: BLE001 - fail closed: intercept what could not be checked
+            logger.exception("spendfuse: checking a TLS passthrough failed; intercepting it")
+            data.ignore_connection = False
+
+    def _tls_passthrough(self, data: ClientHelloData) -> None:
         names = self._names(data.context.client, data.context.server)
         if data.client_hello.sni:
             names.append(data.client_hello.sni)
@@ -302,7 +366,11 @@ class TransportGuard:
 
     def _raw_flow_start(self, flow: tcp.TCPFlow | udp.UDPFlow, protocol: str) -> None:
         port = flow.server_conn.address[1] if flow.server_conn.address else None
-        refusal = self._refusal(self._names(flow.client_conn, flow.server_conn), port, protocol)
+        try:
+            refusal = self._refusal(self._names(flow.client_conn, flow.server_conn), port, protocol)
+        except Exception as e:  # noqa: BLE001 - fail closed: a flow that was not checked never connects
+            logger.exception("spendfuse: checking a %s flow failed", protocol)
+            refusal = _internal_refusal(type(e).__name__)
         if refusal is not None:
             # Before the layer opens its server connection: an error set now stops the connect.
             flow.server_conn.error = refusal.message
@@ -347,6 +415,7 @@ class SpendFuse:
         self._connect_targets: dict[str, str] = {}  # client connection id -> its CONNECT host
         self._request_ids: dict[str, str] = {}  # flow id -> ledger request id, while the flow lives
         self._unadmitted_websockets: set[str] = set()
+        self._decided: dict[str, Decided] = {}  # forwarded flows, until the guard re-checks them
         self.guard = TransportGuard(self)
         self._reaper: asyncio.Task | None = None
         self._forcing = False
@@ -483,12 +552,12 @@ class SpendFuse:
         self._request_ids.clear()
         if self._ledger_worker is not None:
             if self.engine is not None:
-                self._settle_in_flight(self.engine)
+                self._settle_in_flight()
                 self._ledger_worker.submit(self.engine.ledger.close)
             self._ledger_worker.close()
             self._ledger_worker = None
 
-    def _settle_in_flight(self, engine: Engine) -> None:
+    def _settle_in_flight(self) -> None:
         """A clean shutdown settles every flow still in flight, instead of leaving holds for the
         next run to charge in full: the usage a stream showed, else the reservation if the
         request reached the upstream, else nothing."""
@@ -499,7 +568,7 @@ class SpendFuse:
             try:
                 assert self._ledger_worker is not None
                 self._ledger_worker.call_blocking(
-                    lambda p=p, usage=usage, outcome=outcome: engine.finish(
+                    lambda p=p, usage=usage, outcome=outcome: p.engine.finish(
                         p.info, usage, now(), outcome=outcome, upstream_ran=_reached_upstream(p.flow)
                     )
                 )
@@ -525,6 +594,9 @@ class SpendFuse:
             refusal = engine.screen_connect(names, flow.request.port)
             if refusal is not None:
                 await self._refuse_early(flow, None, None, refusal)
+                # A CONNECT's answer fires no `response`: forget what the refusal kept for one.
+                self._answered.pop(flow.id, None)
+                self._request_ids.pop(flow.id, None)
         except Exception as e:
             logger.exception("spendfuse: CONNECT hook failed")
             self._answer(flow, None, _internal_refusal(type(e).__name__))
@@ -647,6 +719,8 @@ class SpendFuse:
             self._health(flow)
             return
         if verdict.action is Action.PASS:
+            flow.request.headers.pop(KEY_HEADER, None)  # ours: never sent to anyone
+            self._decided[flow.id] = Decided(None, None)
             return
         principal = self._principal(flow)
         flow.request.headers.pop(KEY_HEADER, None)  # ours, never the provider's
@@ -659,6 +733,7 @@ class SpendFuse:
             return
         assert endpoint is not None
         if verdict.action is Action.FREE:
+            self._decided[flow.id] = Decided(endpoint.entry, None)
             if "allow_unmetered" in verdict.notes:
                 logger.info(
                     "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
@@ -737,7 +812,8 @@ class SpendFuse:
                 ),
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
-            self._pending[flow.id] = Pending(read.info, endpoint, flow)
+            self._pending[flow.id] = Pending(read.info, endpoint, flow, engine)
+            self._decided[flow.id] = Decided(endpoint.entry, hash(flow.request.raw_content))
         except Exception as e:
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__
@@ -775,6 +851,7 @@ class SpendFuse:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         self._request_ids.pop(flow.id, None)
+        self._decided.pop(flow.id, None)
         answered = self._answered.pop(flow.id, None)
         if answered is not None:
             if (
@@ -787,13 +864,13 @@ class SpendFuse:
                 flow.response = http.Response.make(status, body, headers)
             return
         pending = self._pending.pop(flow.id, None)
-        if pending is None or self.engine is None:
+        if pending is None:
             return
         try:
-            await self._settle_response(flow, pending, self.engine)
+            await self._settle_response(flow, pending, pending.engine)
         except Exception:
             logger.exception("spendfuse: settling %s failed", flow.id)
-            await self._charge_held(self.engine, pending)
+            await self._charge_held(pending.engine, pending)
 
     async def _charge_held(self, engine: Engine, pending: Pending) -> None:
         """When settling failed for a reason other than the ledger, charge the reservation (an
@@ -849,10 +926,11 @@ class SpendFuse:
     async def error(self, flow: http.HTTPFlow) -> None:
         self._request_ids.pop(flow.id, None)
         self._answered.pop(flow.id, None)
+        self._decided.pop(flow.id, None)
         pending = self._pending.pop(flow.id, None)
-        if pending is None or self.engine is None:
+        if pending is None:
             return
-        engine = self.engine
+        engine = pending.engine
         try:
             usage = pending.tap.usage if pending.tap is not None else None
             reached = _reached_upstream(flow)

@@ -212,6 +212,11 @@ class _Walk:
             self.texts.append(str(value))
 
     def _media(self, part: dict) -> None:
+        source = part.get("source")
+        if isinstance(source, dict) and source.get("type") in ("text", "content"):
+            # A document given as plain text (or content blocks) is text: tokenize it.
+            self.visit(source.get("data") if source.get("type") == "text" else source.get("content"))
+            return
         blobs = [s for s in _strings(part) if len(s) > 256]
         if blobs:
             for b in blobs:

@@ -466,6 +466,39 @@ class TestRefusalsAreRecorded:
         assert rows(a)[0]["rule"] == "request_parse"
 
 
+class TestRewrittenAfterTheDecision:
+    """The guard runs after every other addon: a request must still be what spendfuse decided."""
+
+    async def test_a_non_llm_request_turned_into_llm_traffic_is_refused(self, fuse):
+        a, _ = fuse
+        f = req(host="example.com")
+        f.request.headers["host"] = "example.com"
+        await a.request(f)
+        assert f.response is None  # not LLM traffic: passed
+        f.request.host = "api.openai.com"  # map_remote, a later script...
+        f.request.headers["host"] = "api.openai.com"
+        await a.guard.request(f)
+        assert f.response.status_code == 403 and rows(a)[0]["rule"] == "rewritten"
+
+    async def test_a_metered_body_raised_after_the_reservation_is_refused_and_released(self, fuse):
+        a, _ = fuse
+        f = req()
+        await a.request(f)
+        f.request.content = json.dumps({"model": "gpt-4o", "max_tokens": 100_000, "messages": []}).encode()
+        await a.guard.request(f)
+        assert f.response.status_code == 403
+        [row] = rows(a)
+        assert row["state"] == "released" and row["outcome"] == "rewritten after admission"
+
+    async def test_a_redirect_to_the_same_host_elsewhere_passes(self, fuse):
+        a, _ = fuse
+        f = req()
+        await a.request(f)
+        f.request.host, f.request.port = "127.0.0.1", 8080  # a test harness, a corporate relay
+        await a.guard.request(f)
+        assert f.response is None and rows(a)[0]["state"] == "held"
+
+
 def client_hello(sni: str) -> bytes:
     """The bytes of a real ClientHello for `sni`."""
     context = ssl.create_default_context()

@@ -303,7 +303,7 @@ class TestServerSideInput:
             principal="p",
             request_id="doc",
         )
-        assert r.info.server_input == "a file by id"
+        assert r.info.server_input == "a file by id or URL"
         r = e.read_request(
             MESSAGES,
             {
@@ -432,3 +432,45 @@ def test_a_conversation_size_never_shrinks_when_turns_settle_out_of_order(make):
         e.admit(r.info, NOW)
         e.finish(r.info, Usage(size, 0, conversation_id="conv_9"), NOW, outcome="usage")
     assert e.ledger.context_tokens(["conversation:conv_9"]) == {"conversation:conv_9": 30_000}
+
+
+def test_documents_by_url_and_stored_items_are_server_input(make):
+    e = make(budgets=[{"limit_usd": 1000}])
+    doc = {"type": "document", "source": {"type": "url", "url": "https://example.com/big.pdf"}}
+    r = e.read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": [doc]}]},
+        principal="p",
+        request_id="a",
+    )
+    assert r.info.server_input == "a file by id or URL"
+    for part in (
+        {"type": "input_file", "file_url": "https://example.com/x.pdf"},
+        {"type": "item_reference", "id": "msg_1"},
+    ):
+        r = e.read_request(
+            RESPONSES,
+            {"model": "gpt-4o", "max_output_tokens": 10, "input": [part]},
+            principal="p",
+            request_id="b",
+        )
+        assert r.info.server_input == "a file by id or URL, or a stored item"
+
+
+def test_a_plain_text_document_is_tokenized_as_text(make):
+    e = make(budgets=[{"limit_usd": 1000}])
+    text = "这是一段很长的中文文本，用来检查计数。" * 500
+    doc = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    as_doc = e.read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": [doc]}]},
+        principal="p",
+        request_id="a",
+    )
+    as_text = e.read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": text}]},
+        principal="p",
+        request_id="b",
+    )
+    assert as_doc.info.input_tokens >= as_text.info.input_tokens

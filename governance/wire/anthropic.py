@@ -83,13 +83,20 @@ def _server_tools(body: Mapping[str, Any]) -> tuple[int, str | None]:
         reasons.append("mcp_servers")
     why = [f"server tool results ({', '.join(reasons)})"] if reasons else []
     if _file_by_id(body.get("messages")) or _file_by_id(body.get("system")):
-        why.append("a file by id")
+        why.append("a file by id or URL")
     return searches, "; ".join(why) or None
 
 
 def _file_source(node: Mapping[str, Any]) -> bool:
+    """A block whose content the provider fetches or stores: a file by id, or a document by URL."""
     source = node.get("source")
-    return isinstance(source, Mapping) and (source.get("type") == "file" or "file_id" in source)
+    if not isinstance(source, Mapping):
+        return False
+    return (
+        source.get("type") == "file"
+        or "file_id" in source
+        or (node.get("type") == "document" and source.get("type") == "url")
+    )
 
 
 def _file_by_id(value: Any) -> bool:

@@ -128,7 +128,7 @@ def _server_side_input(body: Mapping[str, Any]) -> tuple[tuple[str, ...], str | 
     if isinstance(body.get("prompt"), Mapping):
         reasons.append("a stored prompt")
     if _file_by_id(body.get("input")) or _file_by_id(body.get("messages")):
-        reasons.append("a file by id")
+        reasons.append("a file by id or URL, or a stored item")
     search = _tools_of(body, _SEARCH_TOOLS)
     server_tools = _tools_of(body, _SERVER_INPUT_TOOLS) + search
     if server_tools or "web_search_options" in body:
@@ -137,8 +137,16 @@ def _server_side_input(body: Mapping[str, Any]) -> tuple[tuple[str, ...], str | 
 
 
 def _file_by_id(value: Any) -> bool:
-    """Whether any content part names a file the provider stores (`file_id`)."""
-    return any_mapping(value, lambda node: isinstance(node.get("file_id"), str))
+    """Whether any content part names a file the provider stores or fetches (`file_id`,
+    `file_url`), or an item it keeps (`item_reference`)."""
+    return any_mapping(
+        value,
+        lambda node: (
+            isinstance(node.get("file_id"), str)
+            or isinstance(node.get("file_url"), str)
+            or node.get("type") == "item_reference"
+        ),
+    )
 
 
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
