@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -51,6 +51,19 @@ KEY_HEADER = "x-spendfuse-key"
 # Upstream API keys, in the order they identify a principal.
 _API_KEY_HEADERS = ("x-api-key", "api-key", "authorization", "x-goog-api-key")
 _PRINCIPAL_HEADERS = frozenset({"proxy-authorization", KEY_HEADER, *_API_KEY_HEADERS})
+# The client's credentials and API versions, sent on to the provider's token counter.
+_COUNTER_HEADERS = frozenset(
+    {
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "anthropic-version",
+        "anthropic-beta",
+        "openai-organization",
+        "openai-project",
+        "openai-beta",
+    }
+)
 # Bodies larger than this are parsed and tokenized off the event loop.
 _OFFLOAD_BYTES = 64 * 1024
 
@@ -788,6 +801,7 @@ class SpendFuse:
             rec = RequestRecord(request_id, principal, provider=endpoint.family, api=endpoint.api)
             await self._refuse_early(flow, endpoint, rec, parse_refusal(str(e)))
             return
+        read = await self._count_if_near_limit(flow, endpoint, engine, read)
         decision = await self._on_ledger(engine.admit, read.info, now())
         if not decision.allowed:
             assert decision.refusal is not None
@@ -821,6 +835,66 @@ class SpendFuse:
                 lambda: engine.ledger.release(request_id, now(), outcome=f"not forwarded: {what}")
             )
             self._fail(flow, endpoint, _internal_refusal(what))
+
+    async def _count_if_near_limit(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, read: ReadRequest
+    ) -> ReadRequest:
+        """Near a limit, ask the provider's free counter for the exact input, with the client's
+        own credentials, and reserve that instead of the estimate. The counter's request goes
+        through this proxy like any other (a free endpoint, screened and routed as usual). If it
+        fails, the estimate stands: never a guess lower than it."""
+        counter = engine.counter_request(read, endpoint.family)
+        if counter is None or not await self._on_ledger(engine.near_limit, read.info, now()):
+            return read
+        suffix, body = counter
+        counted = await self._ask_counter(flow, flow.request.path.split("?", 1)[0].rstrip("/") + suffix, body)
+        if counted is None:
+            return read
+        logger.info(
+            "spendfuse: %s near its limit: the provider counts %d input tokens (estimated %d)",
+            read.info.request_id,
+            counted,
+            read.info.input_tokens,
+        )
+        return replace(read, info=engine.with_counted_input(read.info, counted))
+
+    async def _ask_counter(self, flow: http.HTTPFlow, path: str, body: dict) -> int | None:
+        """POST `body` to `path` on the flow's own target, through this proxy, with the flow's
+        credentials. The count, or None on any failure."""
+        import httpx
+
+        port = self._own_port()
+        if port is None:
+            return None
+        headers = {k: v for k, v in flow.request.headers.items() if k.lower() in _COUNTER_HEADERS}
+        url = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}{path}"
+        ca = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"
+        try:
+            async with httpx.AsyncClient(
+                proxy=f"http://127.0.0.1:{port}", verify=str(ca), timeout=10
+            ) as client:
+                answer = await client.post(url, json=body, headers=headers)
+            counted = answer.json().get("input_tokens") if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError) as e:
+            logger.warning("spendfuse: the provider's token counter failed (%s); keeping the estimate", e)
+            return None
+        if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
+            logger.warning(
+                "spendfuse: the provider's token counter answered %s; keeping the estimate",
+                answer.status_code,
+            )
+            return None
+        return counted
+
+    @staticmethod
+    def _own_port() -> int | None:
+        """The port of this proxy's regular (HTTP proxy) listener, or None."""
+        proxyserver = ctx.master.addons.get("proxyserver")
+        for server in getattr(proxyserver, "servers", ()):
+            if isinstance(server.mode, mode_specs.RegularMode):
+                for address in server.listen_addrs:
+                    return int(address[1])
+        return None
 
     @staticmethod
     def _read(

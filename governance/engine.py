@@ -219,6 +219,33 @@ class Engine:
         self.ledger.record_refusal(rec, now, rule=refusal.rule, reason=refusal.message)
         return Decision(allowed=False, refusal=refusal)
 
+    def counter_request(self, read: ReadRequest, family: str) -> tuple[str, dict[str, Any]] | None:
+        """`(path suffix, body)` of the provider's free input-token counter for `read`, or None."""
+        if read.body is None or self.dry_run:
+            return None
+        return wire.FAMILIES[family].count_request(read.info.api, read.body)
+
+    def near_limit(self, info: RequestInfo, now: datetime) -> bool:
+        """Whether the room left after reserving `info` is smaller than its estimate's uncertainty
+        (what the reservation would shrink by at the estimate's lower end): then the provider's
+        own count is worth asking for. Ledger thread."""
+        try:
+            worst = to_micro(self._worst_case(info, info.max_output_tokens, now).cost)
+            widest = self.policy.estimate.input_margin * max(
+                self.policy.estimate.script_margins.values(), default=1
+            )
+            low = replace(info, input_tokens=int(info.input_tokens / widest))
+            uncertainty = worst - to_micro(self._worst_case(low, info.max_output_tokens, now).cost)
+        except PricingError:
+            return False
+        room = self.ledger.room(checks.budget_claims(self.policy, info, worst, now))
+        return room is not None and room - worst < uncertainty
+
+    @staticmethod
+    def with_counted_input(info: RequestInfo, counted: int) -> RequestInfo:
+        """`info` with the provider's own count of its input, reserved as it is (no margin)."""
+        return replace(info, input_tokens=counted)
+
     def _bound_server_input(self, info: RequestInfo) -> RequestInfo | Refusal:
         """Add the input the provider keeps on its side: the stored size of a previous response
         or conversation this ledger saw settle, and for anything it cannot count (an id it never

@@ -612,6 +612,14 @@ class Ledger:
                 )
             return len(stale)
 
+    def room(self, claims: Sequence[Claim]) -> int | None:
+        """The least room left in the claims' windows (limit - settled - held), or None if none."""
+        rooms = []
+        for claim in claims:
+            t = self.window_totals(claim.scope, claim.window_start)
+            rooms.append(claim.limit_micro - t.settled_micro - t.held_micro)
+        return min(rooms) if rooms else None
+
     # -- context kept by providers --------------------------------------------------------------
 
     def context_tokens(self, ids: Sequence[str]) -> dict[str, int]:

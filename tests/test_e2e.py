@@ -231,6 +231,41 @@ class TestAllowed:
         assert settled and all(r["input_tokens"] <= r["est_input_tokens"] for r in settled)
         assert sum(r["cost_micro"] for r in settled) <= 200_000
 
+    @pytest.mark.parametrize("counter_works", [True, False])
+    def test_near_the_limit_the_providers_own_count_is_reserved(
+        self, start, client_env, upstream, tmp_path, counter_works
+    ):
+        """An estimate with wide margins does not fit the room left, the exact count does: the
+        proxy asks the provider's free counter with the client's credentials. If the counter
+        fails, the estimate stands and the request is refused, never guessed low."""
+        proxy = start(spendfuse_budget="0.02")
+        client_env(proxy)
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 1000, 10
+        upstream.knobs.count_status = 200 if counter_works else 503
+        text = "🎉🚀👍🏽❤️🔥✨🙏😂 " * 1500  # estimated far above what the provider counts
+        client = anthropic.Anthropic(max_retries=0)
+        if counter_works:
+            client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": text}]
+            )
+        else:
+            with pytest.raises(anthropic.RateLimitError):
+                client.messages.create(
+                    model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": text}]
+                )
+        assert upstream.hits["/v1/messages/count_tokens"] == 1
+        assert upstream.hits["/v1/messages"] == (1 if counter_works else 0)
+        creds = [{k: h.get(k) for k in ("authorization", "x-api-key")} for h in upstream.headers]
+        assert "sk-ant-test-not-real" in str(creds[0])  # the counter was asked with the client's own key
+        assert all(c == creds[0] for c in creds)
+        [row] = [r for r in rows(tmp_path / "ledger.sqlite") if r["api"] == "messages"]
+        if counter_works:
+            assert (
+                row["state"] == "settled" and row["est_input_tokens"] == 1000 and row["input_tokens"] == 1000
+            )
+        else:
+            assert row["state"] == "refused" and row["est_input_tokens"] > 10_000
+
     def test_openai_legacy_completions(self, start, client_env, upstream, tmp_path):
         proxy = start()
         client_env(proxy)

@@ -474,3 +474,34 @@ def test_a_plain_text_document_is_tokenized_as_text(make):
         request_id="b",
     )
     assert as_doc.info.input_tokens >= as_text.info.input_tokens
+
+
+def test_the_counter_is_asked_only_near_the_limit(make):
+    e = make(
+        budgets=[{"limit_usd": "0.01"}], prices={"claude-sonnet-4-5": {"input_mtok": 1, "output_mtok": 10}}
+    )
+    text = "🎉🚀👍🏽❤️🔥✨🙏😂 " * 300
+    near = e.read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": text}]},
+        principal="p",
+        request_id="a",
+    )
+    far = e.read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+        principal="p",
+        request_id="b",
+    )
+    assert e.near_limit(near.info, NOW) and not e.near_limit(far.info, NOW)
+    path, body = e.counter_request(near, "anthropic")
+    assert path == "/count_tokens" and set(body) == {"model", "messages"}
+    assert (
+        e.counter_request(e.read_request(CHAT, body_of_chat(), principal="p", request_id="c"), "openai")
+        is None
+    )
+    assert e.with_counted_input(near.info, 123).input_tokens == 123
+
+
+def body_of_chat():
+    return body(max_tokens=5)

@@ -104,6 +104,15 @@ def _file_by_id(value: Any) -> bool:
     return any_mapping(value, _file_source)
 
 
+# What Anthropic's free counter (`POST /v1/messages/count_tokens`) takes of a Messages request.
+_COUNTED_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+
+
+def count_request(api: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """`(path suffix, body)` of the provider's free input-token counter for this request."""
+    return "/count_tokens", {k: body[k] for k in _COUNTED_KEYS if k in body}
+
+
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
     """`body` with `max_tokens` set to `cap`."""
     return {**body, "max_tokens": cap}

@@ -149,6 +149,30 @@ def _file_by_id(value: Any) -> bool:
     )
 
 
+# What OpenAI's free counter (`POST /v1/responses/input_tokens`) takes of a Responses request.
+_COUNTED_KEYS = (
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "reasoning",
+    "previous_response_id",
+    "conversation",
+    "parallel_tool_calls",
+    "truncation",
+)
+
+
+def count_request(api: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """`(path suffix, body)` of the provider's free input-token counter for this request; None
+    for Chat and legacy Completions, which have none."""
+    if api != "responses":
+        return None
+    return "/input_tokens", {k: body[k] for k in _COUNTED_KEYS if k in body}
+
+
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
     """`body` with its output cap (per choice) set to `cap`, in the field the request uses:
     Chat keeps a legacy `max_tokens` it already sends, and otherwise gets `max_completion_tokens`

@@ -36,6 +36,7 @@ class Knobs:
     # Anthropic: bill input as this many times cl100k's count of the prompt's text (a tokenizer
     # that splits some scripts finer than cl100k), instead of `prompt_tokens`.
     claude_ratio: float | None = None
+    count_status: int = 200  # the token counters' answer (count_tokens, input_tokens)
 
 
 @dataclass
@@ -152,8 +153,11 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             self._json(k.status, err, extra={"x-should-retry": "false"})
             return
-        if path == "/v1/messages/count_tokens":
-            self._json(200, {"input_tokens": k.prompt_tokens})
+        if path in ("/v1/messages/count_tokens", "/v1/responses/input_tokens"):
+            if k.count_status != 200:
+                self._json(k.count_status, {"error": {"message": "counter unavailable", "type": "api_error"}})
+                return
+            self._json(200, {"object": "response.input_tokens", "input_tokens": k.prompt_tokens})
             return
         stream = bool(body.get("stream"))
         model = body.get("model", "?")
