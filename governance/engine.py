@@ -227,19 +227,21 @@ class Engine:
 
     def near_limit(self, info: RequestInfo, now: datetime) -> bool:
         """Whether the room left after reserving `info` is smaller than its estimate's uncertainty
-        (what the reservation would shrink by at the estimate's lower end): then the provider's
-        own count is worth asking for. Ledger thread."""
+        (what the reservation would shrink by at the estimate's lower end), while the request
+        would fit at that lower end: then the decision hinges on the provider's own count, and it
+        is worth asking for. A request that fits nowhere in its range is refused without asking.
+        Ledger thread."""
         try:
             worst = to_micro(self._worst_case(info, info.max_output_tokens, now).cost)
             widest = self.policy.estimate.input_margin * max(
                 self.policy.estimate.script_margins.values(), default=1
             )
             low = replace(info, input_tokens=int(info.input_tokens / widest))
-            uncertainty = worst - to_micro(self._worst_case(low, info.max_output_tokens, now).cost)
+            lowest = to_micro(self._worst_case(low, info.max_output_tokens, now).cost)
         except PricingError:
             return False
         room = self.ledger.room(checks.budget_claims(self.policy, info, worst, now))
-        return room is not None and room - worst < uncertainty
+        return room is not None and lowest <= room and room - worst < worst - lowest
 
     @staticmethod
     def with_counted_input(info: RequestInfo, counted: int) -> RequestInfo:

@@ -157,7 +157,11 @@ class _Handler(BaseHTTPRequestHandler):
             if k.count_status != 200:
                 self._json(k.count_status, {"error": {"message": "counter unavailable", "type": "api_error"}})
                 return
-            self._json(200, {"object": "response.input_tokens", "input_tokens": k.prompt_tokens})
+            # The counter counts what the provider would bill as input.
+            counted = (
+                _claude_like_count(body, k.claude_ratio) if k.claude_ratio is not None else k.prompt_tokens
+            )
+            self._json(200, {"object": "response.input_tokens", "input_tokens": counted})
             return
         stream = bool(body.get("stream"))
         model = body.get("model", "?")
