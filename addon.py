@@ -905,7 +905,8 @@ class SpendFuse:
         except ValueError as e:
             raise RequestParseError(f"cannot decode the request body: {e}") from e
         body = wire.decode_json_body(text or b"")
-        return engine.read_request(endpoint, body, principal=principal, request_id=request_id)
+        betas = [b for v in flow.request.headers.get_all("anthropic-beta") for b in v.split(",")]
+        return engine.read_request(endpoint, body, principal=principal, request_id=request_id, betas=betas)
 
     # -- response -----------------------------------------------------------------------------
 

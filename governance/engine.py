@@ -54,6 +54,20 @@ def parse_refusal(message: str) -> Refusal:
     )
 
 
+#: The context window Anthropic's `context-1m` beta opens, whatever genai-prices says.
+LONG_CONTEXT_TOKENS = 1_000_000
+
+
+def unpriced_fees_refusal(tools: Sequence[str]) -> Refusal:
+    return Refusal(
+        rule="unpriced_tool",
+        code="tool_fees_not_metered",
+        kind=RefusalKind.INVALID,
+        message=f"spendfuse: refused: {', '.join(tools)} is billed per use at a price this proxy does not "
+        f"meter. An operator can let such tools through with `estimate.unpriced_tool_fees: allow`.",
+    )
+
+
 def unpriced_refusal(e: PricingError) -> Refusal:
     return Refusal(
         rule="pricing", code="model_not_priced", kind=RefusalKind.INVALID, message=f"spendfuse: refused: {e}"
@@ -113,7 +127,13 @@ class Engine:
         )
 
     def read_request(
-        self, endpoint: Endpoint, body: Mapping[str, Any], *, principal: str, request_id: str
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        *,
+        principal: str,
+        request_id: str,
+        betas: Sequence[str] = (),
     ) -> ReadRequest:
         """Understand a metered request. Raises `RequestParseError` when it cannot be metered."""
         family = wire.FAMILIES[endpoint.family]
@@ -153,6 +173,9 @@ class Engine:
             audio_output=parsed.audio_output,
             server_context=parsed.server_context,
             server_input=parsed.server_input,
+            unpriced_fees=parsed.unpriced_fees,
+            # Anthropic's 1M-token context is a beta the client turns on with a header.
+            long_context=any(b.strip().lower().startswith("context-1m") for b in betas),
         )
         return ReadRequest(info, family.prepare_request(endpoint.api, body, parsed), body)
 
@@ -264,6 +287,8 @@ class Engine:
         if reasons:
             why = "; ".join(reasons)
             window = context_window(info.provider, info.model)
+            if window is not None and info.long_context:
+                window = max(window, LONG_CONTEXT_TOKENS)
             if self.policy.estimate.server_input == "refuse" or window is None:
                 bound = (
                     "the rules refuse such input"
@@ -285,6 +310,8 @@ class Engine:
         refusal = checks.stateless_checks(info, self.policy)
         if refusal is not None and not self.dry_run:
             return self.refuse(self._record(info), refusal, now)
+        if info.unpriced_fees and self.policy.estimate.unpriced_tool_fees == "refuse":
+            return self.refuse(self._record(info), unpriced_fees_refusal(info.unpriced_fees), now)
         bounded = self._bound_server_input(info)
         if isinstance(bounded, Refusal):
             return self.refuse(self._record(info), bounded, now)

@@ -113,6 +113,10 @@ class Estimate(_Strict):
     server_tool_uses: Annotated[int, Field(ge=0)] = 10
     """Web searches reserved for a request that enables a server-side search tool without a
     `max_uses` of its own."""
+    unpriced_tool_fees: Literal["refuse", "allow"] = "refuse"
+    """Hosted tools billed per use at prices spendfuse does not model (OpenAI code interpreter,
+    file search, image generation; Anthropic code execution): refused, or let through with their
+    fees unmetered (their tokens are still metered)."""
     server_input: Literal["context_window", "refuse"] = "context_window"
     """Input the provider keeps on its side that spendfuse cannot count (a previous response it
     never saw, a file by id, a server tool's results): reserve the model's whole context window

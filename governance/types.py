@@ -72,6 +72,7 @@ class ParsedRequest:
     audio_output: bool = False  # the request may answer in audio (OpenAI `modalities`)
     server_context: tuple[str, ...] = ()  # ids of context stored on the provider (previous response...)
     server_input: str | None = None  # why input may live on the server beyond what we can count
+    unpriced_fees: tuple[str, ...] = ()  # enabled tools whose per-use fees spendfuse does not price
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class RequestInfo:
     audio_output: bool = False
     server_context: tuple[str, ...] = ()  # ids of context the provider keeps (see ParsedRequest)
     server_input: str | None = None  # why its input may exceed what was counted (bounded at admit)
+    unpriced_fees: tuple[str, ...] = ()
+    long_context: bool = False  # the client asked for a context window beyond the model's default
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,10 @@ class TestServerSideInput:
                 {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
             ),
             (RESPONSES, {"tools": [{"type": "web_search"}]}),
-            (RESPONSES, {"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}),
+            (
+                RESPONSES,
+                {"tools": [{"type": "mcp", "server_label": "docs", "server_url": "https://mcp.example"}]},
+            ),
         ],
     )
     def test_what_cannot_be_counted_is_reserved_at_the_context_window(self, make, api, extra):
@@ -505,3 +508,46 @@ def test_the_counter_is_asked_only_near_the_limit(make):
 
 def body_of_chat():
     return body(max_tokens=5)
+
+
+@pytest.mark.parametrize(
+    ("api", "model", "tools"),
+    [
+        (RESPONSES, "gpt-4o", [{"type": "code_interpreter", "container": {"type": "auto"}}]),
+        (RESPONSES, "gpt-4o", [{"type": "file_search", "vector_store_ids": ["vs_1"]}]),
+        (RESPONSES, "gpt-4o", [{"type": "image_generation"}]),
+        (MESSAGES, "claude-sonnet-4-5", [{"type": "code_execution_20250825", "name": "code_execution"}]),
+    ],
+)
+def test_tools_with_unpriced_fees_are_refused_unless_allowed(make, api, model, tools):
+    req = {
+        "model": model,
+        "max_tokens": 10,
+        "max_output_tokens": 10,
+        "input": "hi",
+        "messages": [],
+        "tools": tools,
+    }
+    e = make(budgets=[{"limit_usd": 1000}])
+    d = e.admit(e.read_request(api, req, principal="p", request_id="r").info, NOW)
+    assert not d.allowed and d.refusal.rule == "unpriced_tool"
+    e = make(budgets=[{"limit_usd": 1000}], estimate={"input_margin": 1, "unpriced_tool_fees": "allow"})
+    assert e.admit(e.read_request(api, req, principal="p", request_id="r").info, NOW).allowed
+
+
+def test_the_1m_context_beta_widens_the_bound_for_server_input(make):
+    e = make(budgets=[{"limit_usd": 1000}])
+    req = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 10,
+        "messages": [],
+        "tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}],
+    }
+    plain = e.read_request(MESSAGES, req, principal="p", request_id="a")
+    wide = e.read_request(
+        MESSAGES, req, principal="p", request_id="b", betas=["files-api-2025-04-14", " context-1m-2025-08-07"]
+    )
+    e.admit(plain.info, NOW)
+    e.admit(wide.info, NOW)
+    assert e.ledger.request("a")["est_input_tokens"] == 200_000
+    assert e.ledger.request("b")["est_input_tokens"] == 1_000_000

@@ -59,7 +59,15 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         speed=speed,
         web_searches=searches,
         server_input=server_input,
+        unpriced_fees=tuple(_unpriced_tools(body)),
     )
+
+
+def _unpriced_tools(body: Mapping[str, Any]) -> list[str]:
+    """Server tools billed per use at prices this version does not model (code execution)."""
+    tools = body.get("tools")
+    kinds = [t.get("type") for t in tools if isinstance(t, Mapping)] if isinstance(tools, list) else []
+    return [k for k in kinds if isinstance(k, str) and k.startswith("code_execution")]
 
 
 def _server_tools(body: Mapping[str, Any]) -> tuple[int, str | None]:

@@ -93,12 +93,18 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         audio_output=isinstance(modalities, list) and "audio" in modalities,
         server_context=context,
         server_input=server_input,
+        unpriced_fees=tuple(_tools_of(body, _UNPRICED_FEE_TOOLS)),
     )
 
 
 _SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26"})
 # Tools whose results the provider adds to the input on its side, in amounts nobody can bound.
-_SERVER_INPUT_TOOLS = frozenset({"file_search", "mcp", "code_interpreter", "computer_use_preview"})
+_SERVER_INPUT_TOOLS = frozenset(
+    {"file_search", "mcp", "code_interpreter", "computer_use_preview", "image_generation"}
+)
+# Hosted tools billed per use (a container session, a search call, an image) at prices this
+# version does not model: refused unless the rules accept the fees unmetered.
+_UNPRICED_FEE_TOOLS = frozenset({"file_search", "code_interpreter", "image_generation"})
 
 
 def _tools_of(body: Mapping[str, Any], kinds: frozenset[str]) -> list[str]:
