@@ -267,6 +267,57 @@ class TestAllowed:
         else:
             assert row["state"] == "refused" and row["est_input_tokens"] > counted
 
+    def test_high_detail_images_by_url_stay_under_the_cap(self, start, client_env, upstream, tmp_path):
+        """gpt-4o-mini bills 2,833 + 5,667 per tile for a high-detail image: 8 images by URL, whose
+        size nobody knows before the provider fetches them, are reserved at the most they can cost."""
+        images = [
+            {"type": "image_url", "image_url": {"url": f"https://img.example/{i}.png", "detail": "high"}}
+            for i in range(8)
+        ]
+        message = [{"role": "user", "content": [{"type": "text", "text": "compare"}, *images]}]
+        small = start(spendfuse_budget="0.005", rules=write_rules(tmp_path / "r.yaml", prices={}))
+        client_env(small)
+        with pytest.raises(openai.RateLimitError):
+            openai.OpenAI(max_retries=0).chat.completions.create(
+                model="gpt-4o-mini", max_tokens=10, messages=message
+            )
+        assert upstream.total_hits == 0
+        small.stop()
+        big = start(
+            spendfuse_budget="1",
+            rules=write_rules(tmp_path / "r2.yaml", prices={}),
+            db=tmp_path / "l2.sqlite",
+        )
+        client_env(big)
+        upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 8 * (2833 + 5667 * 8) + 20, 10
+        openai.OpenAI(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", max_tokens=10, messages=message
+        )
+        [row] = rows(tmp_path / "l2.sqlite")
+        assert row["input_tokens"] <= row["est_input_tokens"] and row["cost_micro"] <= row["reserved_micro"]
+
+    def test_a_long_context_tier_is_reserved_when_the_estimate_reaches_it(
+        self, start, client_env, upstream, tmp_path
+    ):
+        """claude-sonnet-4-5 reprices every token once the input passes 200k: an estimate whose
+        upper end passes it reserves at the tier throughout, so the bill never exceeds it."""
+        from governance import tokens
+
+        text = "The ledger settles every reservation to the provider's usage. " * 17_500
+        counted = tokens.count_text(text, "claude-sonnet-4-5")
+        assert 182_000 < counted < 200_000  # the estimate's upper end (x1.10) passes 200k
+        proxy = start(spendfuse_budget="2", rules=write_rules(tmp_path / "r.yaml", prices={}))
+        client_env(proxy)
+        upstream.knobs.claude_ratio, upstream.knobs.completion_tokens = 1.1, 100  # billed past the cliff
+        anthropic.Anthropic(max_retries=0).messages.create(
+            model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": text}]
+        )
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["input_tokens"] > 200_000 and row["input_tokens"] <= row["est_input_tokens"]
+        # $6/M input and $22.50/M output at the tier, for every token.
+        assert row["cost_micro"] == micro(Decimal(row["input_tokens"] * 6 + 100 * Decimal("22.5")) / MILLION)
+        assert row["cost_micro"] <= row["reserved_micro"]
+
     def test_openai_legacy_completions(self, start, client_env, upstream, tmp_path):
         proxy = start()
         client_env(proxy)
