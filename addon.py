@@ -31,15 +31,15 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHelloData
 from mitmproxy.utils import asyncio_utils
 
-from governance import DEFAULT_RULES, gate, policy, tokens, wire
-from governance.engine import Engine, ReadRequest, parse_refusal
+from governance import DEFAULT_RULES, gate, policy, refusals, tokens, wire
+from governance.engine import Engine, ReadRequest
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
 from governance.gate import HEALTH_HOST, Action, Incoming, Verdict
 from governance.hosts import canonical_host
 from governance.ledger import Ledger, RequestRecord
 from governance.ledger import default_path as default_ledger_path
 from governance.ledger_thread import LedgerThread
-from governance.types import Endpoint, Metering, Refusal, RefusalKind, RequestInfo, usd
+from governance.types import Endpoint, Metering, Refusal, RequestInfo, usd
 from governance.wire.tap import StreamTap, read_sse_body
 
 logger = logging.getLogger("spendfuse")
@@ -177,26 +177,6 @@ def _reached_upstream(flow: http.HTTPFlow) -> bool:
     )
 
 
-def _internal_refusal(what: str) -> Refusal:
-    return Refusal(
-        rule="internal_error",
-        code="spendfuse_internal_error",
-        kind=RefusalKind.UNAVAILABLE,
-        message=f"spendfuse: refused because the proxy hit an internal error ({what}); "
-        f"the request was not forwarded. See the proxy's log.",
-    )
-
-
-def _ledger_refusal(e: Exception) -> Refusal:
-    return Refusal(
-        rule="ledger",
-        code="ledger_unavailable",
-        kind=RefusalKind.UNAVAILABLE,
-        message=f"spendfuse: refused because the spend ledger is unavailable ({e}); "
-        f"the request was not forwarded.",
-    )
-
-
 def _principal_from_key(value: str) -> str:
     return "key:" + hashlib.sha256(value.encode()).hexdigest()[:12]
 
@@ -275,12 +255,7 @@ class TransportGuard:
     def _refusal(self, names: list[str], port: int | None, protocol: str) -> Refusal | None:
         engine = self.fuse.engine
         if engine is None:
-            return Refusal(
-                rule="internal_error",
-                code="not_configured",
-                kind=RefusalKind.UNAVAILABLE,
-                message="spendfuse is not configured",
-            )
+            return refusals.internal("not configured")
         refusal = engine.screen_raw(names, port, protocol)
         if refusal is not None and engine.dry_run:
             logger.warning("spendfuse: dry run: would close a %s connection: %s", protocol, refusal.message)
@@ -336,13 +311,7 @@ class TransportGuard:
             changed = True
         if not changed:
             return
-        refusal = Refusal(
-            rule="rewritten",
-            code="request_rewritten",
-            kind=RefusalKind.FORBIDDEN,
-            message="spendfuse: refused: another addon rewrote this request after spendfuse decided on it "
-            "(its target or its priced body changed), so it is not forwarded.",
-        )
+        refusal = refusals.rewritten()
         logger.warning("spendfuse: %s %s", flow.id, refusal.message)
         pending = self.fuse._pending.pop(flow.id, None)
         if pending is None:
@@ -383,7 +352,7 @@ class TransportGuard:
             refusal = self._refusal(self._names(flow.client_conn, flow.server_conn), port, protocol)
         except Exception as e:  # noqa: BLE001 - fail closed: a flow that was not checked never connects
             logger.exception("spendfuse: checking a %s flow failed", protocol)
-            refusal = _internal_refusal(type(e).__name__)
+            refusal = refusals.internal(type(e).__name__)
         if refusal is not None:
             # Before the layer opens its server connection: an error set now stops the connect.
             flow.server_conn.error = refusal.message
@@ -601,7 +570,7 @@ class SpendFuse:
             self._connect_targets[flow.client_conn.id] = flow.request.host
             engine = self.engine
             if engine is None:
-                self._answer(flow, None, _internal_refusal(f"not configured: {self.config_error}"))
+                self._answer(flow, None, refusals.internal(f"not configured: {self.config_error}"))
                 return
             names = [flow.request.host, *flow.request.headers.get_all("host")]
             refusal = engine.screen_connect(names, flow.request.port)
@@ -612,7 +581,7 @@ class SpendFuse:
                 self._request_ids.pop(flow.id, None)
         except Exception as e:
             logger.exception("spendfuse: CONNECT hook failed")
-            self._answer(flow, None, _internal_refusal(type(e).__name__))
+            self._answer(flow, None, refusals.internal(type(e).__name__))
 
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
         self._proxy_users.pop(client.id, None)
@@ -687,16 +656,18 @@ class SpendFuse:
                 if canonical_host(flow.request.host) == HEALTH_HOST:
                     self._health(flow)
                 else:
-                    self._answer(flow, None, _internal_refusal(f"not configured: {self.config_error}"))
+                    self._answer(flow, None, refusals.internal(f"not configured: {self.config_error}"))
                 return
             verdict = engine.screen(self._incoming(flow))
             await self._act(flow, verdict, engine)
         except LedgerUnavailable as e:
             logger.error("spendfuse: ledger unavailable: %s", e)
-            await self._refuse_early(flow, verdict.endpoint if verdict else None, None, _ledger_refusal(e))
+            await self._refuse_early(
+                flow, verdict.endpoint if verdict else None, None, refusals.ledger_unavailable(e)
+            )
         except Exception as e:
             logger.exception("spendfuse: request hook failed")
-            refusal = _internal_refusal(type(e).__name__)
+            refusal = refusals.internal(type(e).__name__)
             await self._refuse_early(flow, verdict.endpoint if verdict else None, None, refusal)
 
     def _incoming(self, flow: http.HTTPFlow) -> Incoming:
@@ -799,10 +770,16 @@ class SpendFuse:
             forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
         except RequestParseError as e:
             rec = RequestRecord(request_id, principal, provider=endpoint.family, api=endpoint.api)
-            await self._refuse_early(flow, endpoint, rec, parse_refusal(str(e)))
+            await self._refuse_early(flow, endpoint, rec, refusals.parse(str(e)))
             return
-        read = await self._count_if_near_limit(flow, endpoint, engine, read)
-        decision = await self._on_ledger(engine.admit, read.info, now())
+        counter = engine.counter_request(read, endpoint.family)
+        decision = await self._on_ledger(
+            lambda: engine.admit(read.info, now(), count_may_help=counter is not None)
+        )
+        if decision.hinges_on_count:
+            assert counter is not None
+            read = await self._count_input(flow, engine, read, counter)
+            decision = await self._on_ledger(engine.admit, read.info, now())
         if not decision.allowed:
             assert decision.refusal is not None
             self._answer(flow, endpoint, decision.refusal)
@@ -834,18 +811,15 @@ class SpendFuse:
             await self._on_ledger(
                 lambda: engine.ledger.release(request_id, now(), outcome=f"not forwarded: {what}")
             )
-            self._fail(flow, endpoint, _internal_refusal(what))
+            self._fail(flow, endpoint, refusals.internal(what))
 
-    async def _count_if_near_limit(
-        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, read: ReadRequest
+    async def _count_input(
+        self, flow: http.HTTPFlow, engine: Engine, read: ReadRequest, counter: tuple[str, dict]
     ) -> ReadRequest:
-        """Near a limit, ask the provider's free counter for the exact input, with the client's
-        own credentials, and reserve that instead of the estimate. The counter's request goes
-        through this proxy like any other (a free endpoint, screened and routed as usual). If it
-        fails, the estimate stands: never a guess lower than it."""
-        counter = engine.counter_request(read, endpoint.family)
-        if counter is None or not await self._on_ledger(engine.near_limit, read.info, now()):
-            return read
+        """A refusal that hinges on the estimate's margins: ask the provider's free counter for
+        the exact input, with the client's own credentials, and reserve that instead. The
+        counter's request goes through this proxy like any other (a free endpoint, screened and
+        routed as usual). If it fails, the estimate stands: never a guess lower than it."""
         suffix, body = counter
         counted = await self._ask_counter(flow, flow.request.path.split("?", 1)[0].rstrip("/") + suffix, body)
         if counted is None:

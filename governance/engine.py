@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from governance import checks, gate, tokens, wire
+from governance import checks, gate, refusals, tokens, wire
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
@@ -26,7 +26,6 @@ from governance.types import (
     Endpoint,
     Priced,
     Refusal,
-    RefusalKind,
     RequestInfo,
     Usage,
     from_micro,
@@ -45,33 +44,8 @@ class ReadRequest:
     body: Mapping[str, Any] | None = None  # the request as the client sent it
 
 
-def parse_refusal(message: str) -> Refusal:
-    return Refusal(
-        rule="request_parse",
-        code="invalid_request",
-        kind=RefusalKind.INVALID,
-        message=f"spendfuse: cannot meter this request: {message}",
-    )
-
-
 #: The context window Anthropic's `context-1m` beta opens, whatever genai-prices says.
 LONG_CONTEXT_TOKENS = 1_000_000
-
-
-def unpriced_fees_refusal(tools: Sequence[str]) -> Refusal:
-    return Refusal(
-        rule="unpriced_tool",
-        code="tool_fees_not_metered",
-        kind=RefusalKind.INVALID,
-        message=f"spendfuse: refused: {', '.join(tools)} is billed per use at a price this proxy does not "
-        f"meter. An operator can let such tools through with `estimate.unpriced_tool_fees: allow`.",
-    )
-
-
-def unpriced_refusal(e: PricingError) -> Refusal:
-    return Refusal(
-        rule="pricing", code="model_not_priced", kind=RefusalKind.INVALID, message=f"spendfuse: refused: {e}"
-    )
 
 
 class Engine:
@@ -248,23 +222,15 @@ class Engine:
             return None
         return wire.FAMILIES[family].count_request(read.info.api, read.body)
 
-    def near_limit(self, info: RequestInfo, now: datetime) -> bool:
-        """Whether the room left after reserving `info` is smaller than its estimate's uncertainty
-        (what the reservation would shrink by at the estimate's lower end), while the request
-        would fit at that lower end: then the decision hinges on the provider's own count, and it
-        is worth asking for. A request that fits nowhere in its range is refused without asking.
-        Ledger thread."""
-        try:
-            worst = to_micro(self._worst_case(info, info.max_output_tokens, now).cost)
-            widest = self.policy.estimate.input_margin * max(
-                self.policy.estimate.script_margins.values(), default=1
-            )
-            low = replace(info, input_tokens=int(info.input_tokens / widest))
-            lowest = to_micro(self._worst_case(low, info.max_output_tokens, now).cost)
-        except PricingError:
+    def _fits_at_lower_end(self, info: RequestInfo, room: int | None, now: datetime) -> bool:
+        """Whether `info` would fit `room` at its estimate's lower end (the estimate without its
+        margins): then a refusal hinges on the provider's own count, which is worth asking for."""
+        if room is None:
             return False
-        room = self.ledger.room(checks.budget_claims(self.policy, info, worst, now))
-        return room is not None and lowest <= room and room - worst < worst - lowest
+        estimate = self.policy.estimate
+        widest = estimate.input_margin * max(estimate.script_margins.values(), default=1)
+        low = replace(info, input_tokens=int(info.input_tokens / widest))
+        return to_micro(self._worst_case(low, info.max_output_tokens, now).cost) <= room
 
     @staticmethod
     def with_counted_input(info: RequestInfo, counted: int) -> RequestInfo:
@@ -295,23 +261,22 @@ class Engine:
                     if window is not None
                     else "the model's context window is unknown"
                 )
-                return Refusal(
-                    rule="server_input",
-                    code="unbounded_server_input",
-                    kind=RefusalKind.INVALID,
-                    message=f"spendfuse: refused: this request's input includes what the provider keeps on "
-                    f"its side ({why}), which cannot be counted before it runs, and {bound}.",
-                )
+                return refusals.unbounded_server_input(why, bound)
             input_tokens = max(input_tokens, window)
         return replace(info, input_tokens=input_tokens)
 
-    def admit(self, info: RequestInfo, now: datetime) -> Decision:
-        """Check the rules, price the worst case and reserve it against every budget, atomically."""
+    def admit(self, info: RequestInfo, now: datetime, *, count_may_help: bool = False) -> Decision:
+        """Check the rules, price the worst case and reserve it against every budget, atomically.
+
+        `count_may_help`: the provider has a free input counter for this request. A budget
+        refusal that the exact count could turn around (the request fits at the estimate's lower
+        end) is then returned unrecorded, with `hinges_on_count`, for the caller to ask the
+        counter and admit again."""
         refusal = checks.stateless_checks(info, self.policy)
         if refusal is not None and not self.dry_run:
             return self.refuse(self._record(info), refusal, now)
         if info.unpriced_fees and self.policy.estimate.unpriced_tool_fees == "refuse":
-            return self.refuse(self._record(info), unpriced_fees_refusal(info.unpriced_fees), now)
+            return self.refuse(self._record(info), refusals.unpriced_tool_fees(info.unpriced_fees), now)
         bounded = self._bound_server_input(info)
         if isinstance(bounded, Refusal):
             return self.refuse(self._record(info), bounded, now)
@@ -319,7 +284,7 @@ class Engine:
         try:
             worst = self._worst_case(info, info.max_output_tokens, now)
         except PricingError as e:
-            return self.refuse(self._record(info), unpriced_refusal(e), now)
+            return self.refuse(self._record(info), refusals.unpriced_model(e), now)
         amount = to_micro(worst.cost)
         claims = checks.budget_claims(self.policy, info, amount, now)
         clamp = self.policy.clamp_output
@@ -338,6 +303,7 @@ class Engine:
             rule=refusal.rule if refusal else None,
             reason=refusal.message if refusal else None,
             fit=self._fitter(info, rec, now) if clamp is not None and not self.dry_run else None,
+            record_refusal=not count_may_help,
         )
         if result.refit is not None:
             amount = result.refit.amount_micro
@@ -345,6 +311,10 @@ class Engine:
         if result.blocking is not None:
             budget = checks.budget_refusal(result.blocking, result.settled_micro, result.held_micro)
             if not result.granted:
+                if count_may_help:
+                    if self._fits_at_lower_end(info, result.room, now):
+                        return Decision(allowed=False, refusal=budget, hinges_on_count=True)
+                    self.ledger.record_refusal(rec, now, rule=budget.rule, reason=None)
                 return Decision(allowed=False, refusal=budget)
             logger.warning("dry run: would refuse %s: %s", info.request_id, budget.message)
             refusal = refusal or budget

@@ -13,10 +13,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from governance import hosts, wire
+from governance import hosts, refusals, wire
 from governance.hosts import HostTable, canonical_host
 from governance.policy import Egress, Policy
-from governance.types import Endpoint, Metering, Refusal, RefusalKind
+from governance.types import Endpoint, Metering, Refusal
 
 #: The health probe's host: answered by the proxy itself, never forwarded.
 HEALTH_HOST = "spendfuse.invalid"
@@ -77,55 +77,6 @@ def egress_allows(egress: Egress, table: HostTable, host: str, port: int | None)
     )
 
 
-def egress_refusal(host: str, port: int | None) -> Refusal:
-    where = f"{host}:{port}" if port else host
-    return Refusal(
-        rule="egress",
-        code="egress_denied",
-        kind=RefusalKind.FORBIDDEN,
-        message=f"spendfuse: {where} is not on this sandbox's egress allowlist, so the connection is "
-        f"refused. An operator can add it under `egress.allow` in the rules.",
-    )
-
-
-def _unmetered_refusal(method: str, endpoint: Endpoint) -> Refusal:
-    return Refusal(
-        rule="unmetered_endpoint",
-        code="endpoint_not_metered",
-        kind=RefusalKind.FORBIDDEN,
-        message=f"spendfuse: {method} {endpoint.host}{endpoint.path} ({endpoint.family}) is billable but "
-        f"not metered by this proxy, so it is refused. An operator can let it through with "
-        f"`allow_unmetered` in the rules.",
-    )
-
-
-def _upgrade_refusal(tokens: list[str]) -> Refusal:
-    if any(t.split("/", 1)[0] == "websocket" for t in tokens):
-        return Refusal(
-            rule="websocket",
-            code="websocket_not_supported",
-            kind=RefusalKind.UPGRADE,
-            message="spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP streaming "
-            "(Codex CLI falls back to it at once).",
-        )
-    return Refusal(
-        rule="upgrade",
-        code="upgrade_not_supported",
-        kind=RefusalKind.UPGRADE,
-        message=f"spendfuse: protocol upgrades to LLM APIs ({', '.join(tokens)}) are not metered, so they "
-        f"are refused; send plain HTTP requests.",
-    )
-
-
-def _mismatch_refusal(reason: str) -> Refusal:
-    return Refusal(
-        rule="host_mismatch",
-        code="host_names_disagree",
-        kind=RefusalKind.FORBIDDEN,
-        message=f"spendfuse: refused: {reason}.",
-    )
-
-
 def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
     """The verdict on one request (see the module doc). First match wins: health probe, target
     resolution, egress, names that disagree, upgrades, then the endpoint's kind."""
@@ -149,23 +100,25 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
             target.entry.envelope,
             target.entry.name,
         )
-        return Verdict(Action.REFUSE, envelope, _mismatch_refusal(target.mismatch))
+        return Verdict(Action.REFUSE, envelope, refusals.host_mismatch(target.mismatch))
     if endpoint is None:
         # Not LLM traffic: every name it carries must be allowed out (a Host that differs from
         # the destination is how domain fronting reaches a host the allowlist does not name).
         for _, name in incoming.names:
             if name and not egress_allows(policy.egress, table, name, incoming.port):
-                return Verdict(Action.REFUSE, None, egress_refusal(canonical_host(name), incoming.port))
+                return Verdict(Action.REFUSE, None, refusals.egress(canonical_host(name), incoming.port))
         return Verdict(Action.PASS)
     tokens = upgrade_tokens(incoming.upgrade)
     if tokens:
-        return Verdict(Action.REFUSE, endpoint, _upgrade_refusal(tokens))
+        return Verdict(Action.REFUSE, endpoint, refusals.upgrade(tokens))
     if endpoint.metering is Metering.FREE:
         return Verdict(Action.FREE, endpoint)
     if endpoint.metering is Metering.UNMETERED:
         if any(a.matches(incoming.method, endpoint.host, endpoint.path) for a in policy.allow_unmetered):
             return Verdict(Action.FREE, endpoint, notes=("allow_unmetered",))
-        return Verdict(Action.REFUSE, endpoint, _unmetered_refusal(incoming.method.upper(), endpoint))
+        return Verdict(
+            Action.REFUSE, endpoint, refusals.unmetered_endpoint(incoming.method.upper(), endpoint)
+        )
     return Verdict(Action.METER, endpoint)
 
 
@@ -180,16 +133,10 @@ def raw_transport_refusal(
     provider without a decision. In allowlist mode, only to allowed destinations."""
     for name in names:
         if name and table.lookup(name) is not None:
-            return Refusal(
-                rule="raw_transport",
-                code="raw_transport_refused",
-                kind=RefusalKind.FORBIDDEN,
-                message=f"spendfuse: a {protocol} connection to {canonical_host(name)} is refused: bytes to "
-                f"an LLM API must be HTTP that spendfuse can meter",
-            )
+            return refusals.raw_transport(protocol, canonical_host(name))
     for name in names:
         if name and not egress_allows(policy.egress, table, name, port):
-            return egress_refusal(canonical_host(name), port)
+            return refusals.egress(canonical_host(name), port)
     return None
 
 
@@ -228,8 +175,8 @@ def connect_refusal(
     disagree about an LLM host are refused; anything else must pass the egress rules."""
     target = hosts.resolve(table, [("connect", n) for n in names])
     if target.entry is not None:
-        return _mismatch_refusal(target.mismatch) if target.mismatch is not None else None
+        return refusals.host_mismatch(target.mismatch) if target.mismatch is not None else None
     for name in names:
         if name and not egress_allows(policy.egress, table, name, port):
-            return egress_refusal(canonical_host(name), port)
+            return refusals.egress(canonical_host(name), port)
     return None

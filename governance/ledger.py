@@ -152,6 +152,7 @@ class ReserveResult:
     settled_micro: int = 0
     held_micro: int = 0
     refit: Refit | None = None
+    room: int | None = None  # the least room left in the claims' windows, when refused
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,7 @@ class Ledger:
         rule: str | None = None,
         reason: str | None = None,
         fit: Callable[[int], Refit | None] | None = None,
+        record_refusal: bool = True,
     ) -> ReserveResult:
         """Check every claim and hold them all, or none, in one transaction.
 
@@ -389,7 +391,10 @@ class Ledger:
 
         `fit`, when given, is asked first what the request becomes in the room its windows have
         left (the smallest limit - settled - held); a `Refit` whose amount fits is held instead,
-        within the same transaction, so the room cannot change in between."""
+        within the same transaction, so the room cannot change in between.
+
+        `record_refusal=False` writes nothing for a refusal: the caller may try again (with the
+        provider's own input count) and records the outcome then."""
         with self._write() as conn:
             blocking: ReserveResult | None = None
             room: int | None = None
@@ -409,6 +414,8 @@ class Ledger:
                 claims = [replace(c, amount_micro=refit.amount_micro) for c in claims]
             else:
                 refit = None
+            if blocking is not None and enforce and not record_refusal:
+                return replace(blocking, room=room)
             if blocking is not None and enforce:
                 self._insert_request(
                     conn,
@@ -611,14 +618,6 @@ class Ledger:
                     (iso(now), request_id),
                 )
             return len(stale)
-
-    def room(self, claims: Sequence[Claim]) -> int | None:
-        """The least room left in the claims' windows (limit - settled - held), or None if none."""
-        rooms = []
-        for claim in claims:
-            t = self.window_totals(claim.scope, claim.window_start)
-            rooms.append(claim.limit_micro - t.settled_micro - t.held_micro)
-        return min(rooms) if rooms else None
 
     # -- context kept by providers --------------------------------------------------------------
 

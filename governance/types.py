@@ -222,3 +222,4 @@ class Decision:
     reserved: Decimal = Decimal(0)
     refusal: Refusal | None = None  # set when refused, and in dry run when it *would* refuse
     output_cap: int | None = None  # set: write this output cap (per choice) into the request
+    hinges_on_count: bool = False  # refused, unrecorded: the provider's exact input count may admit it

@@ -479,11 +479,18 @@ def test_a_plain_text_document_is_tokenized_as_text(make):
     assert as_doc.info.input_tokens >= as_text.info.input_tokens
 
 
-def test_the_counter_is_asked_only_near_the_limit(make):
-    e = make(
-        budgets=[{"limit_usd": "0.01"}], prices={"claude-sonnet-4-5": {"input_mtok": 1, "output_mtok": 10}}
-    )
+def test_the_counter_is_asked_only_when_a_refusal_hinges_on_it(make):
+    prices = {"claude-sonnet-4-5": {"input_mtok": 1, "output_mtok": 10}}
     text = "🎉🚀👍🏽❤️🔥✨🙏😂 " * 300
+    probe = make(prices=prices).read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": text}]},
+        principal="p",
+        request_id="x",
+    )
+    # Room for the estimate's lower end (no margins) but not for the estimate itself.
+    limit = Decimal(probe.info.input_tokens * 8 // 10 + 100) / 1_000_000
+    e = make(budgets=[{"limit_usd": str(limit)}], prices=prices)
     near = e.read_request(
         MESSAGES,
         {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": text}]},
@@ -496,7 +503,11 @@ def test_the_counter_is_asked_only_near_the_limit(make):
         principal="p",
         request_id="b",
     )
-    assert e.near_limit(near.info, NOW) and not e.near_limit(far.info, NOW)
+    hinging = e.admit(near.info, NOW, count_may_help=True)
+    assert (
+        not hinging.allowed and hinging.hinges_on_count and e.ledger.request("a") is None
+    )  # not recorded yet
+    assert e.admit(far.info, NOW, count_may_help=True).allowed  # fits: no counter asked
     path, body = e.counter_request(near, "anthropic")
     assert path == "/count_tokens" and set(body) == {"model", "messages"}
     assert (
@@ -504,6 +515,15 @@ def test_the_counter_is_asked_only_near_the_limit(make):
         is None
     )
     assert e.with_counted_input(near.info, 123).input_tokens == 123
+    # A request that would not fit even at its lower end is refused, and recorded, at once.
+    hopeless = e.read_request(
+        MESSAGES,
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": text * 3}]},
+        principal="p",
+        request_id="d",
+    )
+    d = e.admit(hopeless.info, NOW, count_may_help=True)
+    assert not d.allowed and not d.hinges_on_count and e.ledger.request("d")["state"] == "refused"
 
 
 def body_of_chat():
