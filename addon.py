@@ -160,10 +160,17 @@ class Pending:
 @dataclass(frozen=True)
 class Decided:
     """What spendfuse decided a forwarded request was, for the check at the end of the chain:
-    the LLM host entry it was for (None: not LLM traffic) and, when metered, its body's hash."""
+    the LLM host entry it was for (None: not LLM traffic) and, when metered, the fingerprint of
+    what it was priced from."""
 
     entry: str | None
     body: int | None
+
+
+def _priced_fingerprint(flow: http.HTTPFlow) -> int:
+    """What a metered request was priced from: its body, and the headers that change what the
+    provider bills (Anthropic's betas, such as the 1M-token context)."""
+    return hash((flow.request.raw_content, tuple(flow.request.headers.get_all("anthropic-beta"))))
 
 
 def _reached_upstream(flow: http.HTTPFlow) -> bool:
@@ -304,7 +311,7 @@ class TransportGuard:
             endpoint = verdict.endpoint
             now_entry = endpoint.entry if endpoint is not None else None
             changed = now_entry != decided.entry or (
-                decided.body is not None and hash(flow.request.raw_content) != decided.body
+                decided.body is not None and _priced_fingerprint(flow) != decided.body
             )
         except Exception:  # noqa: BLE001 - the request cannot be re-checked: it is refused below
             logger.exception("spendfuse: re-checking %s at the end of the chain failed", flow.id)
@@ -804,7 +811,7 @@ class SpendFuse:
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
             self._pending[flow.id] = Pending(read.info, endpoint, flow, engine)
-            self._decided[flow.id] = Decided(endpoint.entry, hash(flow.request.raw_content))
+            self._decided[flow.id] = Decided(endpoint.entry, _priced_fingerprint(flow))
         except Exception as e:
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__

@@ -490,6 +490,18 @@ class TestRewrittenAfterTheDecision:
         [row] = rows(a)
         assert row["state"] == "released" and row["outcome"] == "rewritten after admission"
 
+    async def test_a_beta_header_added_after_the_reservation_is_refused(self, fuse):
+        a, _ = fuse
+        f = req(
+            host="api.anthropic.com",
+            path="/v1/messages",
+            body={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []},
+        )
+        await a.request(f)
+        f.request.headers["anthropic-beta"] = "context-1m-2025-08-07"  # modify_headers, a later script
+        await a.guard.request(f)
+        assert f.response.status_code == 403 and rows(a)[0]["state"] == "released"
+
     async def test_a_redirect_to_the_same_host_elsewhere_passes(self, fuse):
         a, _ = fuse
         f = req()
