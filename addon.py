@@ -14,7 +14,6 @@ exception is allowed to escape a request hook.
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http, tcp, udp
+from mitmproxy import command, ctx, exceptions, http, tcp, udp
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHelloData
@@ -36,10 +35,11 @@ from governance.engine import Engine, ReadRequest
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
 from governance.gate import HEALTH_HOST, Action, Incoming, Verdict
 from governance.hosts import canonical_host
+from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.ledger import Ledger, RequestRecord
 from governance.ledger import default_path as default_ledger_path
 from governance.ledger_thread import LedgerThread
-from governance.types import Endpoint, Metering, Refusal, RequestInfo, usd
+from governance.types import Decision, Endpoint, Metering, Refusal, RefusalKind, RequestInfo, usd
 from governance.wire.tap import StreamTap, read_sse_body
 
 logger = logging.getLogger("spendfuse")
@@ -47,10 +47,13 @@ logger = logging.getLogger("spendfuse")
 # Modes where the destination is an address the client's own resolver chose (no CONNECT names
 # it), so the SNI or Host says which host it is for.
 _RESOLVED_DESTINATION_MODES = (mode_specs.TransparentMode, mode_specs.WireGuardMode, mode_specs.LocalMode)
-KEY_HEADER = "x-spendfuse-key"
 # Upstream API keys, in the order they identify a principal.
 _API_KEY_HEADERS = ("x-api-key", "api-key", "authorization", "x-goog-api-key")
-_PRINCIPAL_HEADERS = frozenset({"proxy-authorization", KEY_HEADER, *_API_KEY_HEADERS})
+_PRINCIPAL_HEADERS = frozenset({"proxy-authorization", *KEY_HEADERS, *_API_KEY_HEADERS})
+# Meant for spendfuse alone: never forwarded to anyone.
+# The proxy's own request to a provider's token counter, on behalf of an admitted caller.
+INTERNAL_HEADER = "x-spendfuse-internal"
+_OWN_HEADERS = ("proxy-authorization", INTERNAL_HEADER, *KEY_HEADERS)
 # The client's credentials and API versions, sent on to the provider's token counter.
 _COUNTER_HEADERS = frozenset(
     {
@@ -64,6 +67,8 @@ _COUNTER_HEADERS = frozenset(
         "openai-beta",
     }
 )
+# How often the rules file is checked for edits.
+RULES_POLL_SECONDS = 0.5
 # Bodies larger than this are parsed and tokenized off the event loop.
 _OFFLOAD_BYTES = 64 * 1024
 
@@ -155,6 +160,7 @@ class Pending:
     flow: http.HTTPFlow
     engine: Engine  # the one that reserved it: a reconfigured proxy settles in the same ledger
     tap: StreamTap | None = None
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,15 @@ def _priced_fingerprint(flow: http.HTTPFlow) -> int:
     return hash((flow.request.raw_content, tuple(flow.request.headers.get_all("anthropic-beta"))))
 
 
+def _rules_signature(path: str) -> tuple:
+    """What changes when the rules file is edited or replaced: its identity, size and mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _reached_upstream(flow: http.HTTPFlow) -> bool:
     """Whether the request can have reached the upstream: a response came, or the connection to
     it came up (TLS included). When it cannot have, nothing was billed."""
@@ -184,18 +199,21 @@ def _reached_upstream(flow: http.HTTPFlow) -> bool:
     )
 
 
-def _principal_from_key(value: str) -> str:
-    return "key:" + hashlib.sha256(value.encode()).hexdigest()[:12]
-
-
-def _proxy_user(header: str | None) -> str | None:
+def _proxy_credentials(header: str | None) -> tuple[str, str | None] | None:
+    """`(user, secret)` of a `Proxy-Authorization: Basic` header, or None when there is none."""
     if not header or not header.lower().startswith("basic "):
         return None
     try:
-        user = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").split(":", 1)[0]
+        text = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return user or None
+    user, sep, secret = text.partition(":")
+    return (user, secret if sep else None) if user else None
+
+
+def _proxy_user(header: str | None) -> str | None:
+    creds = _proxy_credentials(header)
+    return creds[0] if creds else None
 
 
 _RAW_LAYERS = (layers.TCPLayer, layers.UDPLayer, layers.RawQuicLayer)
@@ -325,9 +343,12 @@ class TransportGuard:
             await self.fuse._refuse_early(flow, endpoint, None, refusal)  # recorded, and answered
             return
         request_id = pending.info.request_id  # its row exists: the hold is released, not charged
-        await self.fuse._on_ledger(
-            lambda: pending.engine.ledger.release(request_id, now(), outcome="rewritten after admission")
-        )
+        try:
+            await self.fuse._on_ledger(
+                lambda: pending.engine.ledger.release(request_id, now(), outcome="rewritten after admission")
+            )
+        except LedgerUnavailable as e:  # the refusal stands; the reaper charges the hold later
+            logger.error("spendfuse: could not release %s after refusing it: %s", request_id, e)
         self.fuse._answer(flow, endpoint, refusal)
 
     def tls_clienthello(self, data: ClientHelloData) -> None:
@@ -400,13 +421,16 @@ class SpendFuse:
         self._ledger_worker: LedgerThread | None = None
         self._pending: dict[str, Pending] = {}
         self._answered: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        self._proxy_users: dict[str, str] = {}
+        self._proxy_users: dict[str, tuple[str, str | None]] = {}  # connection id -> CONNECT's credentials
+        self._internal: dict[str, Identity] = {}  # token -> caller, while the proxy asks a counter for it
         self._connect_targets: dict[str, str] = {}  # client connection id -> its CONNECT host
         self._request_ids: dict[str, str] = {}  # flow id -> ledger request id, while the flow lives
         self._unadmitted_websockets: set[str] = set()
         self._decided: dict[str, Decided] = {}  # forwarded flows, until the guard re-checks them
         self.guard = TransportGuard(self)
         self._reaper: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._rules_seen: tuple | None = None
         self._forcing = False
 
     # -- lifecycle (sync, as mitmproxy requires) -----------------------------------------------
@@ -465,18 +489,31 @@ class SpendFuse:
             finally:
                 self._forcing = False
 
+    @staticmethod
+    def _load_rules() -> tuple[policy.Policy, list[policy.Problem]]:
+        """The rules file with the options' overrides applied, and its warnings. Raises
+        `PolicyError` (or `OptionsError` for a malformed override)."""
+        o = ctx.options
+        budget = parse_decimal(o.spendfuse_budget, "spendfuse_budget")
+        max_multiplier = parse_decimal(o.spendfuse_max_multiplier, "spendfuse_max_multiplier")
+        warnings: list[policy.Problem] = []
+        rules = policy.with_overrides(
+            policy.load(o.spendfuse_rules, warnings=warnings),
+            budget_usd=budget,
+            max_multiplier=max_multiplier,
+        )
+        policy.require_limits(rules, o.spendfuse_rules)
+        return rules, warnings
+
     def _configure_engine(self) -> None:
         o = ctx.options
         dry_run = parse_bool(o.spendfuse_dry_run, "spendfuse_dry_run")
-        budget = parse_decimal(o.spendfuse_budget, "spendfuse_budget")
-        max_multiplier = parse_decimal(o.spendfuse_max_multiplier, "spendfuse_max_multiplier")
         try:
-            rules = policy.with_overrides(
-                policy.load(o.spendfuse_rules), budget_usd=budget, max_multiplier=max_multiplier
-            )
-            policy.require_limits(rules, o.spendfuse_rules)
+            rules, warnings = self._load_rules()
         except PolicyError as e:
             raise exceptions.OptionsError(f"spendfuse_rules: {e}") from e
+        for w in warnings:
+            logger.warning("spendfuse: %s: %s: %s", o.spendfuse_rules, w.where(), w.message)
         db = o.spendfuse_db or str(default_ledger_path())
         try:
             ledger = self._ledger_thread().call_blocking(Ledger.open, db)
@@ -486,16 +523,23 @@ class SpendFuse:
             tokens.preload()
         except Exception as e:
             raise exceptions.OptionsError(f"spendfuse cannot load its tokenizer encodings: {e}") from e
-        old, self.engine = self.engine, Engine(rules, ledger, dry_run=dry_run)
+        try:
+            salt = self._ledger_thread().call_blocking(ledger.salt)
+        except LedgerUnavailable as e:
+            raise exceptions.OptionsError(f"spendfuse_db: {e}") from e
+        old, self.engine = self.engine, Engine(rules, ledger, dry_run=dry_run, salt=salt)
+        self._rules_seen = _rules_signature(o.spendfuse_rules)
         self.config_error = None
         if old is not None:
             self._ledger_thread().submit(old.ledger.close)
-        caps = ", ".join(f"{b.name} {usd(b.limit_usd)} ({b.window})" for b in rules.budgets) or "none"
+        caps = ", ".join(f"{b.id} {usd(b.max_usd)} ({b.reset})" for b in rules.budgets) or "none"
         logger.info(
-            "spendfuse: rules %s, ledger %s, budgets: %s, max multiplier: %s%s",
+            "spendfuse: rules %s, ledger %s, budgets: %s, %d rate limit(s), %d key(s), max multiplier: %s%s",
             o.spendfuse_rules,
             ledger.path,
             caps,
+            len(rules.rate_limits),
+            len(rules.keys),
             rules.max_multiplier or "off",
             ", DRY RUN" if dry_run else "",
         )
@@ -519,6 +563,53 @@ class SpendFuse:
             self._reaper = asyncio_utils.create_task(
                 self._reap_forever(), name="spendfuse reaper", keep_ref=True
             )
+        if self.engine is not None and self._watcher is None:
+            self._watcher = asyncio_utils.create_task(
+                self._watch_rules(), name="spendfuse rules watcher", keep_ref=True
+            )
+
+    # -- live changes to the rules --------------------------------------------------------------
+
+    async def _watch_rules(self) -> None:
+        """Reload the rules when their file changes: polled, so it works on every filesystem."""
+        changing: tuple | None = None
+        while True:
+            await asyncio.sleep(RULES_POLL_SECONDS)
+            try:
+                signature = _rules_signature(ctx.options.spendfuse_rules)
+                if signature == self._rules_seen:
+                    changing = None
+                elif signature == changing:
+                    # Unchanged for a whole poll: an editor or a copy has finished writing it, so
+                    # a half-written file is never applied.
+                    self.reload_rules()
+                    changing = None
+                else:
+                    changing = signature
+            except Exception:
+                logger.exception("spendfuse: watching the rules file failed")
+
+    @command.command("spendfuse.reload")
+    def reload_rules(self) -> None:
+        """Load the rules file again. A good file takes effect at once, for every request not yet
+        admitted; a bad one is refused with every problem logged, and the old rules stay."""
+        engine = self.engine
+        if engine is None:
+            return
+        path = ctx.options.spendfuse_rules
+        self._rules_seen = _rules_signature(path)
+        try:
+            rules, warnings = self._load_rules()
+        except (PolicyError, exceptions.OptionsError) as e:
+            logger.error(
+                "spendfuse: the edited rules were NOT applied; the previous rules stay in force: %s", e
+            )
+            return
+        for w in warnings:
+            logger.warning("spendfuse: %s: %s: %s", path, w.where(), w.message)
+        # Same ledger, same counters: a changed limit applies to the spend already recorded.
+        self.engine = Engine(rules, engine.ledger, dry_run=engine.dry_run, salt=engine.salt)
+        logger.info("spendfuse: rules %s reloaded", path)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -537,6 +628,8 @@ class SpendFuse:
     def done(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         self._connect_targets.clear()
         self._request_ids.clear()
         if self._ledger_worker is not None:
@@ -571,14 +664,21 @@ class SpendFuse:
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         try:
-            user = _proxy_user(flow.request.headers.get("proxy-authorization"))
-            if user:
-                self._proxy_users[flow.client_conn.id] = user
+            creds = _proxy_credentials(flow.request.headers.get("proxy-authorization"))
+            if creds:
+                self._proxy_users[flow.client_conn.id] = creds
             self._connect_targets[flow.client_conn.id] = flow.request.host
             engine = self.engine
             if engine is None:
                 self._answer(flow, None, refusals.internal(f"not configured: {self.config_error}"))
                 return
+            if creds:
+                who = engine.identify(Credentials(proxy_user=creds[0], proxy_secret=creds[1]))
+                if isinstance(who, Refusal) and who.kind is RefusalKind.PROXY_AUTH:
+                    await self._refuse_early(flow, None, None, who)
+                    self._answered.pop(flow.id, None)
+                    self._request_ids.pop(flow.id, None)
+                    return
             names = [flow.request.host, *flow.request.headers.get_all("host")]
             refusal = engine.screen_connect(names, flow.request.port)
             if refusal is not None:
@@ -594,25 +694,39 @@ class SpendFuse:
         self._proxy_users.pop(client.id, None)
         self._connect_targets.pop(client.id, None)
 
-    def _principal(self, flow: http.HTTPFlow) -> str:
-        """First match wins: proxy credentials, x-spendfuse-key, a hash of the API key, default."""
+    def _credentials(self, flow: http.HTTPFlow) -> Credentials:
+        """What the request presents about who sends it (see `governance.identity`)."""
         # One pass over the headers: each `headers.get` is a scan of its own.
         found: dict[str, str] = {}
         for name, value in flow.request.headers.items():
             name = name.lower()
             if name in _PRINCIPAL_HEADERS and value and name not in found:
                 found[name] = value
-        user = self._proxy_users.get(flow.client_conn.id) or _proxy_user(found.get("proxy-authorization"))
-        if user:
-            return f"proxy:{user}"
-        key = found.get(KEY_HEADER)
-        if key:
-            return f"header:{key.strip()}"
-        for name in _API_KEY_HEADERS:
-            value = found.get(name)
-            if value:
-                return _principal_from_key(value.removeprefix("Bearer ").strip())
-        return "default"
+        proxy = self._proxy_users.get(flow.client_conn.id) or _proxy_credentials(
+            found.get("proxy-authorization")
+        )
+        api_key = next((found[n] for n in _API_KEY_HEADERS if n in found), None)
+        mode = flow.client_conn.proxy_mode
+        # The port the proxy listens on for this mode: in transparent modes the connection's own
+        # address is the destination the client dialled, which says nothing about who it is.
+        port = mode.listen_port(getattr(ctx.options, "listen_port", None))
+        listeners = (str(port), mode.full_spec) if port else (mode.full_spec,)
+        header = next((n for n in KEY_HEADERS if n in found), None)
+        return Credentials(
+            proxy_user=proxy[0] if proxy else None,
+            proxy_secret=proxy[1] if proxy else None,
+            key_header=found[header] if header else None,
+            key_header_name=header,
+            listeners=listeners,
+            api_key=api_key.removeprefix("Bearer ").strip() if api_key else None,
+        )
+
+    def _principal(self, flow: http.HTTPFlow) -> str:
+        """The principal a request is recorded under (`unidentified` when its claim failed)."""
+        if self.engine is None:
+            return "default"
+        who = self.engine.identify(self._credentials(flow))
+        return who.principal if isinstance(who, Identity) else "unidentified"
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -709,18 +823,32 @@ class SpendFuse:
         if verdict.action is Action.HEALTH:
             self._health(flow)
             return
+        internal = self._internal.get(flow.request.headers.get(INTERNAL_HEADER, ""))
+        who = internal or engine.identify(self._credentials(flow))
+        for name in _OWN_HEADERS:  # ours: never sent to anyone
+            flow.request.headers.pop(name, None)
+        endpoint = verdict.endpoint
+        refused = who if isinstance(who, Refusal) else None
+        if refused is not None and engine.dry_run:
+            # Dry run refuses nothing, and meters everything: the caller counts as unidentified.
+            logger.warning("spendfuse: dry run: would refuse %s: %s", flow.id, refused.message)
+            who, refused = Identity("unidentified"), None
         if verdict.action is Action.PASS:
-            flow.request.headers.pop(KEY_HEADER, None)  # ours: never sent to anyone
+            # Wrong proxy credentials are refused on every host; a key header only matters to LLM hosts.
+            if refused is not None and refused.kind is RefusalKind.PROXY_AUTH:
+                await self._refuse_early(
+                    flow, None, RequestRecord(self._request_id(flow), "unidentified"), refused
+                )
+                return
             self._decided[flow.id] = Decided(None, None)
             return
-        principal = self._principal(flow)
-        flow.request.headers.pop(KEY_HEADER, None)  # ours, never the provider's
-        endpoint = verdict.endpoint
-        if verdict.action is Action.REFUSE:
-            assert verdict.refusal is not None
+        principal = who.principal if isinstance(who, Identity) else "unidentified"
+        if verdict.action is Action.REFUSE or refused is not None:
+            refusal = refused or verdict.refusal
+            assert refusal is not None
             provider = endpoint.family if endpoint else None
             rec = RequestRecord(self._request_id(flow), principal, provider=provider)
-            await self._refuse_early(flow, endpoint, rec, verdict.refusal)
+            await self._refuse_early(flow, endpoint, rec, refusal)
             return
         assert endpoint is not None
         if verdict.action is Action.FREE:
@@ -733,7 +861,8 @@ class SpendFuse:
                     endpoint.path,
                 )
             return
-        await self._metered_request(flow, endpoint, engine, principal)
+        assert isinstance(who, Identity)
+        await self._metered_request(flow, endpoint, engine, who)
 
     def _request_id(self, flow: http.HTTPFlow) -> str:
         """The ledger's id for this request. A flow's id, except that a client replay re-sends a
@@ -764,15 +893,19 @@ class SpendFuse:
         )
 
     async def _metered_request(
-        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity
     ) -> None:
         request_id = self._request_id(flow)
+        principal = who.principal
+        key_id = who.key.id if who.key else None
         raw = flow.request.raw_content or b""
         try:
             if len(raw) > _OFFLOAD_BYTES:
-                read = await asyncio.to_thread(self._read, flow, endpoint, engine, principal, request_id)
+                read = await asyncio.to_thread(
+                    self._read, flow, endpoint, engine, principal, request_id, key_id
+                )
             else:
-                read = self._read(flow, endpoint, engine, principal, request_id)
+                read = self._read(flow, endpoint, engine, principal, request_id, key_id)
             # Everything that can fail about the forwarded bytes fails before reserving.
             forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
         except RequestParseError as e:
@@ -785,7 +918,7 @@ class SpendFuse:
         )
         if decision.hinges_on_count:
             assert counter is not None
-            read = await self._count_input(flow, engine, read, counter)
+            read = await self._count_input(flow, engine, read, counter, who)
             decision = await self._on_ledger(engine.admit, read.info, now())
         if not decision.allowed:
             assert decision.refusal is not None
@@ -810,7 +943,7 @@ class SpendFuse:
                 ),
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
-            self._pending[flow.id] = Pending(read.info, endpoint, flow, engine)
+            self._pending[flow.id] = Pending(read.info, endpoint, flow, engine, decision=decision)
             self._decided[flow.id] = Decided(endpoint.entry, _priced_fingerprint(flow))
         except Exception as e:
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
@@ -821,14 +954,16 @@ class SpendFuse:
             self._fail(flow, endpoint, refusals.internal(what))
 
     async def _count_input(
-        self, flow: http.HTTPFlow, engine: Engine, read: ReadRequest, counter: tuple[str, dict]
+        self, flow: http.HTTPFlow, engine: Engine, read: ReadRequest, counter: tuple[str, dict], who: Identity
     ) -> ReadRequest:
         """A refusal that hinges on the estimate's margins: ask the provider's free counter for
         the exact input, with the client's own credentials, and reserve that instead. The
         counter's request goes through this proxy like any other (a free endpoint, screened and
         routed as usual). If it fails, the estimate stands: never a guess lower than it."""
         suffix, body = counter
-        counted = await self._ask_counter(flow, flow.request.path.split("?", 1)[0].rstrip("/") + suffix, body)
+        counted = await self._ask_counter(
+            flow, flow.request.path.split("?", 1)[0].rstrip("/") + suffix, body, who
+        )
         if counted is None:
             return read
         logger.info(
@@ -839,7 +974,7 @@ class SpendFuse:
         )
         return replace(read, info=engine.with_counted_input(read.info, counted))
 
-    async def _ask_counter(self, flow: http.HTTPFlow, path: str, body: dict) -> int | None:
+    async def _ask_counter(self, flow: http.HTTPFlow, path: str, body: dict, who: Identity) -> int | None:
         """POST `body` to `path` on the flow's own target, through this proxy, with the flow's
         credentials. The count, or None on any failure."""
         import httpx
@@ -848,6 +983,11 @@ class SpendFuse:
         if port is None:
             return None
         headers = {k: v for k, v in flow.request.headers.items() if k.lower() in _COUNTER_HEADERS}
+        # The counter's request is the caller's: it passes identity (require_key, key access)
+        # as the caller did, and the token ends with this call.
+        token = uuid.uuid4().hex
+        headers[INTERNAL_HEADER] = token
+        self._internal[token] = who
         url = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}{path}"
         ca = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"
         try:
@@ -859,6 +999,8 @@ class SpendFuse:
         except (httpx.HTTPError, ValueError, AttributeError) as e:
             logger.warning("spendfuse: the provider's token counter failed (%s); keeping the estimate", e)
             return None
+        finally:
+            self._internal.pop(token, None)
         if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
             logger.warning(
                 "spendfuse: the provider's token counter answered %s; keeping the estimate",
@@ -879,7 +1021,12 @@ class SpendFuse:
 
     @staticmethod
     def _read(
-        flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, principal: str, request_id: str
+        flow: http.HTTPFlow,
+        endpoint: Endpoint,
+        engine: Engine,
+        principal: str,
+        request_id: str,
+        key_id: str | None = None,
     ) -> ReadRequest:
         try:
             text = flow.request.get_content(strict=True)
@@ -887,7 +1034,9 @@ class SpendFuse:
             raise RequestParseError(f"cannot decode the request body: {e}") from e
         body = wire.decode_json_body(text or b"")
         betas = [b for v in flow.request.headers.get_all("anthropic-beta") for b in v.split(",")]
-        return engine.read_request(endpoint, body, principal=principal, request_id=request_id, betas=betas)
+        return engine.read_request(
+            endpoint, body, principal=principal, request_id=request_id, betas=betas, key_id=key_id
+        )
 
     # -- response -----------------------------------------------------------------------------
 
@@ -895,6 +1044,11 @@ class SpendFuse:
         pending = self._pending.get(flow.id)
         if pending is None or flow.response is None:
             return
+        decision = pending.decision
+        if decision is not None and decision.remaining is not None:
+            # The agent's headroom, as it stood once this request was reserved at its worst case.
+            flow.response.headers["x-spendfuse-remaining-usd"] = f"{decision.remaining:.6f}"
+            flow.response.headers["x-spendfuse-budget"] = decision.binding or ""
         try:
             if flow.response.headers.get("content-type", "").lower().startswith("text/event-stream"):
                 reader = wire.FAMILIES[pending.endpoint.family].StreamUsage(pending.info.api)

@@ -1,8 +1,13 @@
 """`spendfuse`: the operator's command.
 
 spendfuse run [mitmdump args]   the proxy, failing closed on any bad option
-spendfuse status                spend, reservations and what remains of each budget
+spendfuse status                every scope's limits: spent, reserved, remaining, next reset
 spendfuse report                spend by model and by day
+spendfuse check FILE            validate a rules file: every problem with its line, and the policy
+spendfuse reset SCOPE           start a new window of a scope's limits now (history is kept)
+spendfuse topup SCOPE USD       add to a never-resetting budget's balance
+spendfuse import-bifrost FILE   print spendfuse rules equivalent to a Bifrost governance config
+spendfuse hash-secret [SECRET]  the secret_sha256 of a key's secret (read from stdin when omitted)
 spendfuse env                   the environment variables an agent needs
 spendfuse schema [--check]      the rules file's JSON schema
 spendfuse addon-path            where the mitmproxy script is: mitmdump -s "$(spendfuse addon-path)"
@@ -19,11 +24,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, policy
-from governance.checks.budget import scope_key, window_of
+from governance.checks.quota import budget_claim, rate_claims
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import Ledger
 from governance.ledger import default_path as default_ledger_path
-from governance.types import from_micro, usd
+from governance.scopes import Scope, Scopes, secret_hash
+from governance.types import Claim, RequestInfo, from_micro, usd
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,32 +59,57 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _rules(args: argparse.Namespace) -> policy.Policy:
+    budget = Decimal(args.budget.lstrip("$")) if getattr(args, "budget", "") else None
+    return policy.with_overrides(policy.load(args.rules), budget_usd=budget)
+
+
+# Status has no request to size token claims by; only the limits matter here.
+_NO_REQUEST = RequestInfo("status", "", "", "", "", False, 0, 0, "")
+
+
+def _scope_claims(scope: Scope) -> list[Claim]:
+    """Every counter of a scope, as claims carrying its limit and window rule."""
+    out = [c for r in scope.rate_limits for c in rate_claims(scope.name, r, _NO_REQUEST)]
+    return out + [budget_claim(scope.name, b, 0) for b in scope.budgets]
+
+
+def _amount(claim: Claim, micro: int) -> str:
+    return usd(from_micro(micro)) if claim.unit == "usd" else f"{micro:,}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    budget = Decimal(args.budget.lstrip("$")) if args.budget else None
-    rules = policy.with_overrides(policy.load(args.rules), budget_usd=budget)
+    rules = _rules(args)
     ledger = _open_ledger(args.db)
     now = datetime.now(UTC)
     rows = []
-    for b in rules.budgets:
-        start, resets = window_of(b, now)
-        t = ledger.window_totals(scope_key(b), start)
-        spent, held = from_micro(t.settled_micro), from_micro(t.held_micro)
-        rows.append(
-            [
-                b.name,
-                b.window,
-                usd(b.limit_usd),
-                usd(spent),
-                usd(held),
-                usd(max(b.limit_usd - spent - held, Decimal(0))),
-                resets,
-            ]
-        )
+    for scope in Scopes(rules).every_scope():
+        for claim in _scope_claims(scope):
+            c = ledger.resolve_window(claim, now)
+            t = ledger.window_totals(c.scope, c.window_start)
+            left = max(c.limit_micro - t.settled_micro - t.held_micro, 0)
+            name = c.rule.split(":", 1)[1].split("@", 1)[0]
+            unit = "USD" if c.unit == "usd" else c.unit.replace("_", " ")
+            window = c.reset + (" (calendar)" if c.calendar and c.reset != "never" else "")
+            rows.append(
+                [
+                    scope.name,
+                    name,
+                    unit,
+                    window,
+                    _amount(c, c.limit_micro),
+                    _amount(c, t.settled_micro),
+                    _amount(c, t.held_micro),
+                    _amount(c, left),
+                    c.resets,
+                ]
+            )
     print(f"ledger {args.db}, rules {args.rules}")
     if rows:
-        print(_table(rows, ["budget", "window", "limit", "spent", "reserved", "remaining", "resets"]))
+        header = ["scope", "limit", "unit", "window", "max", "spent", "reserved", "remaining", "next reset"]
+        print(_table(rows, header))
     else:
-        print("no budgets configured")
+        print("no budgets or rate limits configured")
     counts = ledger.query(
         "SELECT state, count(*) AS n, coalesce(sum(cost_micro), 0) AS cost FROM requests "
         "GROUP BY state ORDER BY state"
@@ -91,6 +122,101 @@ def cmd_status(args: argparse.Namespace) -> int:
                 ["requests", "count", "cost"],
             )
         )
+    return 0
+
+
+def _counters_of(rules: policy.Policy, target: str) -> tuple[Scope, list[Claim]]:
+    """The claims (counters) a SCOPE argument names: `key=agent-1` (every limit of the scope) or
+    `key=agent-1|daily` (one budget or rate limit of it)."""
+    name, _, limit_id = target.partition("|")
+    scopes = {s.name: s for s in Scopes(rules).every_scope()}
+    if name not in scopes:
+        known = ", ".join(sorted(scopes)) or "none"
+        raise PolicyError(f"no scope {name!r} with limits in the rules (scopes: {known})")
+    scope = scopes[name]
+    claims = _scope_claims(scope)
+    if limit_id:
+        claims = [c for c in claims if c.rule.split(":", 1)[1].split("@", 1)[0].split(":", 1)[0] == limit_id]
+        if not claims:
+            raise PolicyError(f"scope {name!r} has no budget or rate limit {limit_id!r}")
+    return scope, claims
+
+
+def _who(args: argparse.Namespace) -> str:
+    return args.who or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    rules = _rules(args)
+    _, claims = _counters_of(rules, args.scope)
+    ledger = Ledger.open(args.db)
+    now = datetime.now(UTC)
+    # Requests in flight are not a window: their holds end when they finish, wherever reset.
+    counters = sorted({c.scope for c in claims if c.unit != "in_flight"})
+    ledger.reset(counters, now, who=_who(args), note=args.note)
+    print(f"reset {len(counters)} counter(s) of {args.scope} at {now.isoformat()}: {', '.join(counters)}")
+    return 0
+
+
+def cmd_topup(args: argparse.Namespace) -> int:
+    rules = _rules(args)
+    _, claims = _counters_of(rules, args.scope)
+    budgets = [c for c in claims if c.unit == "usd" and c.reset == "never"]
+    if len(budgets) != 1:
+        what = "no budget that never resets" if not budgets else "several budgets that never reset"
+        raise PolicyError(f"{args.scope} has {what}; name one as SCOPE|BUDGET_ID")
+    try:
+        amount = Decimal(args.usd.lstrip("$"))
+    except ArithmeticError:
+        raise PolicyError(f"not an amount of USD: {args.usd!r}") from None
+    micro = int((amount * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
+    if not amount.is_finite() or micro <= 0:
+        raise PolicyError(f"a top-up must be a positive amount of USD, not {args.usd!r}")
+    ledger = Ledger.open(args.db)
+    ledger.topup(budgets[0].scope, micro, datetime.now(UTC), who=_who(args), note=args.note)
+    print(f"added {usd(from_micro(micro))} to {budgets[0].rule} ({budgets[0].scope})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from governance import rulecheck
+
+    rules, problems = rulecheck.check_file(Path(args.file))
+    print(rulecheck.render(args.file, rules, problems))
+    return 1 if any(p.fatal for p in problems) else 0
+
+
+def cmd_import_bifrost(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from governance import bifrost
+
+    text = Path(args.file).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text, parse_float=Decimal)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise PolicyError(f"{args.file} is neither JSON nor YAML: {e}") from e
+    try:
+        rules, notes = bifrost.convert_with_notes(data, environ=os.environ)
+        sys.stdout.write(bifrost.to_yaml(rules, source=Path(args.file).name, notes=notes))
+    except bifrost.BifrostImportError as e:
+        print(f"spendfuse: {args.file} cannot be imported exactly:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_hash_secret(args: argparse.Namespace) -> int:
+    secret = args.secret if args.secret is not None else sys.stdin.readline().rstrip("\n")
+    if not secret:
+        raise PolicyError("an empty secret proves nothing")
+    print(secret_hash(secret))
     return 0
 
 
@@ -207,11 +333,7 @@ def cmd_addon_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spendfuse", description="LLM spend caps as a mitmproxy addon.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the proxy (all further arguments go to mitmdump)", add_help=False)
-    p = sub.add_parser("status", help="spend, reservations and remaining budget")
+def _with_rules(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rules",
         default=os.environ.get("SPENDFUSE_RULES", str(DEFAULT_RULES)),
@@ -223,7 +345,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="global budget override in USD (env SPENDFUSE_BUDGET)",
     )
     _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spendfuse", description="LLM spend caps as a mitmproxy addon.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the proxy (all further arguments go to mitmdump)", add_help=False)
+    p = sub.add_parser("status", help="every scope's limits: spent, reserved, remaining, next reset")
+    _with_rules(p)
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("reset", help="start a new window of a scope's limits now")
+    p.add_argument(
+        "scope", help="global, key=ID, team=ID, customer=ID, provider=P, model=M; |LIMIT_ID for one"
+    )
+    p.add_argument("--who", help="who resets (default: $USER)")
+    p.add_argument("--note", help="why, kept with the ledger row")
+    _with_rules(p)
+    p.set_defaults(fn=cmd_reset)
+    p = sub.add_parser("topup", help="add USD to a scope's budget that never resets")
+    p.add_argument("scope", help="as for reset")
+    p.add_argument("usd", help="amount in USD")
+    p.add_argument("--who", help="who tops up (default: $USER)")
+    p.add_argument("--note", help="why, kept with the ledger row")
+    _with_rules(p)
+    p.set_defaults(fn=cmd_topup)
+    p = sub.add_parser("check", help="validate a rules file and print the effective policy")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser(
+        "import-bifrost", help="print spendfuse rules for a Bifrost config.json or Helm values"
+    )
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_import_bifrost)
+    p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
+    p.add_argument("secret", nargs="?", help="the secret (default: read one line from stdin)")
+    p.set_defaults(fn=cmd_hash_secret)
     p = sub.add_parser("report", help="spend by model and by day")
     p.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
     _common(p)

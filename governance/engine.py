@@ -12,14 +12,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from governance import checks, gate, refusals, tokens, wire
+from governance import checks, gate, identity, refusals, tokens, wire
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
+from governance.identity import Credentials, Identity
 from governance.ledger import Ledger, Refit, RequestRecord
 from governance.matching import lookup_model
 from governance.policy import Policy
 from governance.pricing import Pricer, context_window
+from governance.scopes import Scopes
 from governance.types import (
     UNBOUNDED,
     Decision,
@@ -51,10 +53,12 @@ LONG_CONTEXT_TOKENS = 1_000_000
 class Engine:
     """Decides on requests under one policy and records them in one ledger."""
 
-    def __init__(self, policy: Policy, ledger: Ledger, *, dry_run: bool = False) -> None:
+    def __init__(self, policy: Policy, ledger: Ledger, *, dry_run: bool = False, salt: str = "") -> None:
         self.policy = policy
         self.ledger = ledger
         self.dry_run = dry_run
+        self.salt = salt  # the ledger's, for hashing upstream API keys into principals
+        self.scopes = Scopes(policy)
         self.hosts = policies.host_table(policy.hosts)
         self.pricer = Pricer(policy)
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
@@ -66,6 +70,10 @@ class Engine:
         }
 
     # -- screening and reading (pure) ---------------------------------------------------------
+
+    def identify(self, creds: Credentials) -> Identity | Refusal:
+        """Who sends a request, under the rules' keys: see `governance.identity`."""
+        return identity.identify(creds, self.scopes, salt=self.salt, require_key=self.policy.require_key)
 
     def screen(self, incoming: Incoming) -> Verdict:
         """What happens to a request before pricing: see `governance.gate`."""
@@ -108,6 +116,7 @@ class Engine:
         principal: str,
         request_id: str,
         betas: Sequence[str] = (),
+        key_id: str | None = None,
     ) -> ReadRequest:
         """Understand a metered request. Raises `RequestParseError` when it cannot be metered."""
         family = wire.FAMILIES[endpoint.family]
@@ -131,6 +140,7 @@ class Engine:
             api=endpoint.api,
             model=parsed.model,
             principal=principal,
+            key_id=key_id,
             stream=parsed.stream,
             input_tokens=input_tokens,
             max_output_tokens=cap * parsed.choices,
@@ -145,6 +155,7 @@ class Engine:
             if parsed.web_searches == UNBOUNDED
             else parsed.web_searches,
             audio_output=parsed.audio_output,
+            audio_input=parsed.audio_input,
             server_context=parsed.server_context,
             server_input=parsed.server_input,
             unpriced_fees=parsed.unpriced_fees,
@@ -184,6 +195,7 @@ class Engine:
             speed=info.speed,
             web_searches=info.web_searches,
             audio_output=info.audio_output,
+            audio_input=info.audio_input,
         )
 
     # -- admitting (ledger thread) ------------------------------------------------------------
@@ -272,7 +284,8 @@ class Engine:
         refusal that the exact count could turn around (the request fits at the estimate's lower
         end) is then returned unrecorded, with `hinges_on_count`, for the caller to ask the
         counter and admit again."""
-        refusal = checks.stateless_checks(info, self.policy)
+        key = self.scopes.keys.get(info.key_id) if info.key_id else None
+        refusal = checks.stateless_checks(info, self.policy, key, now)
         if refusal is not None and not self.dry_run:
             return self.refuse(self._record(info), refusal, now)
         if info.unpriced_fees and self.policy.estimate.unpriced_tool_fees == "refuse":
@@ -286,7 +299,7 @@ class Engine:
         except PricingError as e:
             return self.refuse(self._record(info), refusals.unpriced_model(e), now)
         amount = to_micro(worst.cost)
-        claims = checks.budget_claims(self.policy, info, amount, now)
+        claims = checks.claims(self.scopes.applicable(key, info.provider, info.model), info, amount)
         clamp = self.policy.clamp_output
         # With output-cap injection, a request that set no cap gets the cap it is reserved for.
         inject = (
@@ -309,10 +322,11 @@ class Engine:
             amount = result.refit.amount_micro
             inject = result.refit.rec.injected_output_tokens
         if result.blocking is not None:
-            budget = checks.budget_refusal(result.blocking, result.settled_micro, result.held_micro)
+            budget = checks.quota_refusal(result.blocking, result.settled_micro, result.held_micro, now)
             if not result.granted:
                 if count_may_help:
-                    if self._fits_at_lower_end(info, result.room, now):
+                    # Only money hinges on the input estimate's margins; a request count does not.
+                    if result.blocking.unit == "usd" and self._fits_at_lower_end(info, result.room, now):
                         return Decision(allowed=False, refusal=budget, hinges_on_count=True)
                     self.ledger.record_refusal(rec, now, rule=budget.rule, reason=None)
                 return Decision(allowed=False, refusal=budget)
@@ -322,7 +336,14 @@ class Engine:
             logger.warning(
                 "dry run: would refuse %s (%s): %s", info.request_id, refusal.rule, refusal.message
             )
-        return Decision(allowed=True, reserved=from_micro(amount), refusal=refusal, output_cap=inject)
+        return Decision(
+            allowed=True,
+            reserved=from_micro(amount),
+            refusal=refusal,
+            output_cap=inject,
+            remaining=from_micro(result.remaining_micro) if result.remaining_micro is not None else None,
+            binding=result.binding,
+        )
 
     def _fitter(self, info: RequestInfo, rec: RequestRecord, now: datetime) -> Callable[[int], Refit | None]:
         """For `Ledger.reserve(fit=...)`: the largest output cap per choice, down to the rules'

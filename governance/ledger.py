@@ -16,8 +16,10 @@ Every method takes `now`, so tests choose the time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,8 +31,9 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
+from governance import windows
 from governance.errors import LedgerUnavailable
-from governance.types import Claim, Usage
+from governance.types import Claim, Usage, claim_tokens
 
 migrations = Migrations("spendfuse")
 logger = logging.getLogger(__name__)
@@ -108,6 +111,38 @@ def m003_contexts(db: Database) -> None:
     )
 
 
+@migrations()
+def m004_governance(db: Database) -> None:
+    # Claims carry a unit (micro-USD, tokens, requests, requests in flight), so one counter
+    # mechanism serves budgets and rate limits alike.
+    db["claims"].add_column("unit", str, not_null_default="usd")
+    # Per counter: the anchor its rolling windows run from (set at first use), moved to "now" by
+    # an operator's reset; and the top-ups added to a budget that never resets.
+    db["counters"].create(
+        {"counter": str, "anchor_at": str, "topup_micro": int},
+        pk="counter",
+        not_null={"topup_micro"},
+        defaults={"topup_micro": 0},
+    )
+    # Operator actions, with who and when: resets and top-ups.
+    db["adjustments"].create(
+        {"id": int, "at": str, "counter": str, "action": str, "amount_micro": int, "who": str, "note": str},
+        pk="id",
+        not_null={"at", "counter", "action", "who"},
+    )
+    # The counters a request was reserved against (and so charged at settlement).
+    db["requests"].add_column("counters", str)
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["meta"].insert({"key": "salt", "value": secrets.token_hex(16)})
+
+
+@migrations()
+def m005_window_shapes(db: Database) -> None:
+    # The window shape a counter was last used with, so a rules change that reshapes it can
+    # carry the current window's spend over instead of starting from zero.
+    db["counters"].add_column("shape", str)
+
+
 def iso(now: datetime) -> str:
     """A fixed-width UTC timestamp, so text order is time order."""
     if now.tzinfo is None:
@@ -152,13 +187,84 @@ class ReserveResult:
     settled_micro: int = 0
     held_micro: int = 0
     refit: Refit | None = None
-    room: int | None = None  # the least room left in the claims' windows, when refused
+    room: int | None = None  # the least room left in the claims' USD windows, when refused
+    remaining_micro: int | None = None  # granted: USD left in the tightest budget after the hold
+    binding: str | None = None  # that budget's rule
 
 
 @dataclass(frozen=True)
 class WindowTotals:
     settled_micro: int
     held_micro: int
+
+
+_NO_TOTALS = WindowTotals(0, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_reset(text: str) -> windows.Reset | None:
+    return windows.parse_reset(text)
+
+
+# Windows last computed, by (reset, calendar, zone, anchor): a window holds for every request
+# until it ends, so most requests skip the calendar and zone arithmetic.
+_WINDOW_CACHE: dict[tuple[str, bool, str, str | None], tuple[datetime | None, datetime | None, str, str]] = {}
+
+
+def _window(
+    claim: Claim, reset: windows.Reset | None, anchor_text: str | None, now: datetime
+) -> tuple[str, str]:
+    """`(window_start key, resets)` of the claim's window at `now`."""
+    key = (claim.reset, claim.calendar, claim.timezone, anchor_text)
+    hit = _WINDOW_CACHE.get(key)
+    if hit is not None and (hit[0] is None or hit[0] <= now) and (hit[1] is None or now < hit[1]):
+        return hit[2], hit[3]
+    anchor = _parse_iso(anchor_text) if anchor_text else None
+    start, end = windows.window_at(reset, now, anchor=anchor, calendar=claim.calendar, tz=claim.timezone)
+    result = (start, end, windows.window_key(start), iso(end) if end is not None else "never")
+    if len(_WINDOW_CACHE) > 4096:
+        _WINDOW_CACHE.clear()
+    _WINDOW_CACHE[key] = result
+    return result[2], result[3]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def _shape(claim: Claim) -> str:
+    """A counter's window shape as the rules define it: reset, alignment and zone."""
+    return f"{claim.reset}|{'calendar' if claim.calendar else 'rolling'}|{claim.timezone}"
+
+
+def _refitted(claim: Claim, refit: Refit) -> Claim:
+    """A claim of a request made to fit: USD at the refit's amount, tokens at its worst case."""
+    if claim.unit == "usd":
+        return replace(claim, amount_micro=refit.amount_micro)
+    if claim.unit.startswith("tokens:"):
+        r = refit.rec
+        return replace(
+            claim, amount_micro=claim_tokens(claim.unit, r.est_input_tokens or 0, r.max_output_tokens or 0)
+        )
+    return claim
+
+
+def _final_amount(unit: str, amount: int, cost_micro: int, usage: Usage | None, state: str) -> int:
+    """What a claim counts once its request is finished: money at the cost; tokens at the real
+    count (the reservation when unknown); a request once; a request in flight no longer."""
+    if unit == "usd":
+        return cost_micro
+    if unit == "in_flight" or state == "released":
+        return 0
+    if unit.startswith("tokens:") and usage is not None:
+        return claim_tokens(unit, usage.input_tokens, usage.output_tokens)
+    return amount
+
+
+def _charged_at_expiry(unit: str, amount: int) -> int:
+    """What the reaper charges a lost hold's claim: its amount, except that nothing is in flight."""
+    return 0 if unit == "in_flight" else amount
 
 
 def default_path() -> Path:
@@ -342,12 +448,13 @@ class Ledger:
         reserved_micro: int,
         rule: str | None,
         reason: str | None,
+        counters: str | None = None,
     ) -> None:
         conn.execute(
             "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, "
             "est_input_tokens, max_output_tokens, reserved_micro, state, decision, rule, reason, "
-            "price_source, requested_output_tokens, injected_output_tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "price_source, requested_output_tokens, injected_output_tokens, counters) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rec.request_id,
                 iso(now),
@@ -366,8 +473,126 @@ class Ledger:
                 rec.price_source,
                 rec.requested_output_tokens,
                 rec.injected_output_tokens,
+                counters,
             ),
         )
+
+    @classmethod
+    def _resolve_windows(
+        cls, conn: sqlite3.Connection, claims: Sequence[Claim], now: datetime
+    ) -> list[Claim]:
+        """Each claim with its current window (`window_start`, `resets`) and its effective limit
+        (plus top-ups). Rolling windows run from their counter's anchor, set here at first use; an
+        operator's reset moves the anchor, which starts a new window of any kind. A counter whose
+        window changed shape in the rules carries its current window's spend into the new one."""
+        if not claims:
+            return []
+        marks = ", ".join("?" * len(claims))
+        rows = conn.execute(
+            f"SELECT counter, anchor_at, topup_micro, shape FROM counters WHERE counter IN ({marks})",
+            [c.scope for c in claims],
+        ).fetchall()
+        known = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        out = []
+        for claim in claims:
+            reset = _parse_reset(claim.reset)
+            rolling = reset is not None and not claim.calendar
+            shape = _shape(claim)
+            row = known.get(claim.scope)
+            if row is None:
+                anchor_text, topup = (
+                    (iso(now) if rolling else None),
+                    0,
+                )  # a rolling window's first use anchors it
+                conn.execute(
+                    "INSERT INTO counters (counter, anchor_at, shape) VALUES (?, ?, ?)",
+                    (claim.scope, anchor_text, shape),
+                )
+                known[claim.scope] = (anchor_text, topup, shape)
+            else:
+                anchor_text, topup, was = row
+                if was != shape:
+                    if was is not None:
+                        anchor_text = cls._change_shape(conn, claim, was, anchor_text, now)
+                    elif rolling and anchor_text is None:
+                        anchor_text = iso(now)
+                    conn.execute(
+                        "UPDATE counters SET shape = ?, anchor_at = ? WHERE counter = ?",
+                        (shape, anchor_text, claim.scope),
+                    )
+                    known[claim.scope] = (anchor_text, topup, shape)
+            if reset is None and anchor_text is None:
+                out.append(
+                    replace(claim, window_start="", resets="never", limit_micro=claim.limit_micro + topup)
+                )
+                continue
+            window_start, resets = _window(claim, reset, anchor_text, now)
+            out.append(
+                replace(
+                    claim, window_start=window_start, resets=resets, limit_micro=claim.limit_micro + topup
+                )
+            )
+        return out
+
+    @staticmethod
+    def _change_shape(
+        conn: sqlite3.Connection, claim: Claim, was: str, anchor_text: str | None, now: datetime
+    ) -> str | None:
+        """The rules changed a counter's window (its reset, calendar alignment or zone): the
+        spend and holds of the window in force until now move into the new shape's current
+        window, so that a change never loses recorded spend. Returns the counter's anchor."""
+        old_reset, kind, old_tz = was.split("|")
+        old = replace(claim, reset=old_reset, calendar=kind == "calendar", timezone=old_tz)
+        parsed_old = _parse_reset(old_reset)
+        old_key = _window(old, parsed_old, anchor_text, now)[0] if parsed_old or anchor_text else ""
+        reset = _parse_reset(claim.reset)
+        if reset is not None and not claim.calendar and anchor_text is None:
+            anchor_text = iso(now)
+        new_key = _window(claim, reset, anchor_text, now)[0] if reset or anchor_text else ""
+        logger.warning(
+            "counter %s changed its window from %s to %s: its spend since %s carries into the new window",
+            claim.scope,
+            was,
+            _shape(claim),
+            old_key or "the start",
+        )
+        if old_key == new_key:
+            return anchor_text
+        row = conn.execute(
+            "SELECT settled_micro, held_micro FROM totals WHERE scope = ? AND window_start = ?",
+            (claim.scope, old_key),
+        ).fetchone()
+        if row is None:
+            return anchor_text
+        conn.execute(
+            "INSERT INTO totals (scope, window_start, settled_micro, held_micro) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (scope, window_start) DO UPDATE SET "
+            "settled_micro = settled_micro + excluded.settled_micro, "
+            "held_micro = held_micro + excluded.held_micro",
+            (claim.scope, new_key, row[0], row[1]),
+        )
+        conn.execute(
+            "UPDATE totals SET held_micro = 0 WHERE scope = ? AND window_start = ?", (claim.scope, old_key)
+        )
+        # Holds in flight settle where they now are: in the new window.
+        conn.execute(
+            "UPDATE claims SET window_start = ? WHERE scope = ? AND window_start = ? AND state = 'held'",
+            (new_key, claim.scope, old_key),
+        )
+        return anchor_text
+
+    @staticmethod
+    def _totals_of(conn: sqlite3.Connection, claims: Sequence[Claim]) -> dict[tuple[str, str], WindowTotals]:
+        """The totals of every claim's window, in one query on the primary key."""
+        scopes = list({c.scope for c in claims})
+        starts = list({c.window_start for c in claims})
+        scope_marks, start_marks = ", ".join("?" * len(scopes)), ", ".join("?" * len(starts))
+        rows = conn.execute(
+            f"SELECT scope, window_start, settled_micro, held_micro FROM totals "
+            f"WHERE scope IN ({scope_marks}) AND window_start IN ({start_marks})",
+            [*scopes, *starts],
+        ).fetchall()
+        return {(r[0], r[1]): WindowTotals(r[2], r[3]) for r in rows}
 
     def reserve(
         self,
@@ -385,33 +610,50 @@ class Ledger:
     ) -> ReserveResult:
         """Check every claim and hold them all, or none, in one transaction.
 
-        With `enforce`, the first claim whose window's settled + held + amount would pass its
-        limit refuses the request: a `refused` row is written and nothing is held. Without it
-        (dry run) everything is held and the would-be refusal is only reported.
+        With `enforce`, the first claim (in the order given) whose window's settled + held +
+        amount would pass its limit refuses the request: a `refused` row is written and nothing
+        is held. Without it (dry run) everything is held and the would-be refusal is only reported.
 
-        `fit`, when given, is asked first what the request becomes in the room its windows have
-        left (the smallest limit - settled - held); a `Refit` whose amount fits is held instead,
-        within the same transaction, so the room cannot change in between.
+        `fit`, when given, is asked what the request becomes in the room its USD windows have left
+        (the smallest limit - settled - held) when a budget is what blocks it; a `Refit` whose
+        amount fits is held instead, within the same transaction, so the room cannot change in
+        between. Token claims then hold the refit's smaller worst case.
 
         `record_refusal=False` writes nothing for a refusal: the caller may try again (with the
         provider's own input count) and records the outcome then."""
         with self._write() as conn:
+            claims = self._resolve_windows(conn, claims, now)
             blocking: ReserveResult | None = None
             room: int | None = None
+            lefts = []
+            found = self._totals_of(conn, claims) if claims else {}
             for claim in claims:
-                t = self._totals(conn, claim.scope, claim.window_start)
+                t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
                 left = claim.limit_micro - t.settled_micro - t.held_micro
-                room = left if room is None else min(room, left)
+                lefts.append(left)
+                if claim.unit == "usd":
+                    room = left if room is None else min(room, left)
                 if blocking is None and claim.amount_micro > left:
                     blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
             refit = (
                 fit(room)
-                if blocking is not None and fit is not None and room is not None and room > 0
+                if blocking is not None
+                and blocking.blocking is not None
+                and blocking.blocking.unit == "usd"
+                and fit is not None
+                and room is not None
+                and room > 0
                 else None
             )
             if refit is not None and refit.amount_micro <= room:  # type: ignore[operator]
                 rec, reserved_micro, blocking = refit.rec, refit.amount_micro, None
-                claims = [replace(c, amount_micro=refit.amount_micro) for c in claims]
+                claims = [_refitted(c, refit) for c in claims]
+                for claim, left in zip(claims, lefts, strict=True):  # every claim, not only the blocking one
+                    if claim.amount_micro > left:
+                        t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
+                        blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
+                        refit = None
+                        break
             else:
                 refit = None
             if blocking is not None and enforce and not record_refusal:
@@ -427,7 +669,7 @@ class Ledger:
                     rule=blocking.blocking.rule if blocking.blocking else rule,
                     reason=reason,
                 )
-                return blocking
+                return replace(blocking, room=room)
             if blocking is not None:  # dry run: held regardless, recorded as a would-be refusal
                 decision, rule = "dry_run", rule or (blocking.blocking.rule if blocking.blocking else None)
             self._insert_request(
@@ -439,22 +681,31 @@ class Ledger:
                 reserved_micro=reserved_micro,
                 rule=rule,
                 reason=reason,
+                counters=",".join(c.scope for c in claims),
             )
-            for claim in claims:
-                conn.execute(
-                    "INSERT INTO claims (request_id, scope, window_start, amount_micro, state) "
-                    "VALUES (?, ?, ?, ?, 'held')",
-                    (rec.request_id, claim.scope, claim.window_start, claim.amount_micro),
-                )
-                conn.execute(
-                    "INSERT INTO totals (scope, window_start, settled_micro, held_micro) "
-                    "VALUES (?, ?, 0, ?) ON CONFLICT (scope, window_start) "
-                    "DO UPDATE SET held_micro = held_micro + excluded.held_micro",
-                    (claim.scope, claim.window_start, claim.amount_micro),
-                )
+            conn.executemany(
+                "INSERT INTO claims (request_id, scope, window_start, amount_micro, state, unit) "
+                "VALUES (?, ?, ?, ?, 'held', ?)",
+                [(rec.request_id, c.scope, c.window_start, c.amount_micro, c.unit) for c in claims],
+            )
+            conn.executemany(
+                "INSERT INTO totals (scope, window_start, settled_micro, held_micro) "
+                "VALUES (?, ?, 0, ?) ON CONFLICT (scope, window_start) "
+                "DO UPDATE SET held_micro = held_micro + excluded.held_micro",
+                [(c.scope, c.window_start, c.amount_micro) for c in claims],
+            )
             if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
                 return ReserveResult(True, blocking.blocking, blocking.settled_micro, blocking.held_micro)
-            return ReserveResult(True, refit=refit)
+            tightest: tuple[int, str] | None = None
+            for claim, left in zip(claims, lefts, strict=True):
+                if claim.unit == "usd" and (tightest is None or left - claim.amount_micro < tightest[0]):
+                    tightest = (left - claim.amount_micro, claim.rule)
+            return ReserveResult(
+                True,
+                refit=refit,
+                remaining_micro=tightest[0] if tightest else None,
+                binding=tightest[1] if tightest else None,
+            )
 
     def record_refusal(
         self, rec: RequestRecord, now: datetime, *, rule: str, reason: str, decision: str = "refused"
@@ -479,7 +730,7 @@ class Ledger:
         """Replace a hold by `cost_micro`, or by its own reserved amount when that is None."""
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount_micro "
+                "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount_micro, c.unit "
                 "FROM requests r LEFT JOIN claims c ON c.request_id = r.id WHERE r.id = ?",
                 (request_id,),
             ).fetchall()
@@ -488,25 +739,25 @@ class Ledger:
             was_expired = rows[0][0] == "expired"
             if cost_micro is None:
                 cost_micro = rows[0][1]
-            for _, _, scope, window_start, amount in rows:
+            totals, finals = [], []
+            for _, _, scope, window_start, amount, unit in rows:
                 if scope is None:
-                    continue  # a hold with no claims (no budget applied)
-                if was_expired:
-                    # The reaper already charged the hold; correct it to the real cost, once.
-                    conn.execute(
-                        "UPDATE totals SET settled_micro = settled_micro + ? "
-                        "WHERE scope = ? AND window_start = ?",
-                        (cost_micro - amount, scope, window_start),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
-                        "WHERE scope = ? AND window_start = ?",
-                        (amount, cost_micro, scope, window_start),
-                    )
-            conn.execute(
-                "UPDATE claims SET amount_micro = ?, state = 'settled' WHERE request_id = ?",
-                (cost_micro, request_id),
+                    continue  # a hold with no claims (no limit applied)
+                final = _final_amount(unit, amount, cost_micro, usage, state)
+                # An expired hold was already charged by the reaper: correct it to the real amount.
+                held_back = 0 if was_expired else amount
+                charged = final - _charged_at_expiry(unit, amount) if was_expired else final
+                totals.append((held_back, charged, scope, window_start))
+                finals.append((final, request_id, scope, window_start))
+            conn.executemany(
+                "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
+                "WHERE scope = ? AND window_start = ?",
+                totals,
+            )
+            conn.executemany(
+                "UPDATE claims SET amount_micro = ?, state = 'settled' "
+                "WHERE request_id = ? AND scope = ? AND window_start = ?",
+                finals,
             )
             conn.execute(
                 "UPDATE requests SET state = ?, outcome = ?, settled_at = ?, cost_micro = ?, "
@@ -603,21 +854,94 @@ class Ledger:
                 "SELECT id FROM requests WHERE state = 'held' AND created_at < ?", (cutoff,)
             ).fetchall()
             for (request_id,) in stale:
-                for scope, window_start, amount in conn.execute(
-                    "SELECT scope, window_start, amount_micro FROM claims WHERE request_id = ?", (request_id,)
+                for scope, window_start, amount, unit in conn.execute(
+                    "SELECT scope, window_start, amount_micro, unit FROM claims WHERE request_id = ?",
+                    (request_id,),
                 ).fetchall():
                     conn.execute(
                         "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
                         "WHERE scope = ? AND window_start = ?",
-                        (amount, amount, scope, window_start),
+                        (amount, _charged_at_expiry(unit, amount), scope, window_start),
                     )
-                conn.execute("UPDATE claims SET state = 'settled' WHERE request_id = ?", (request_id,))
+                conn.execute(
+                    "UPDATE claims SET state = 'settled', "
+                    "amount_micro = CASE WHEN unit = 'in_flight' THEN 0 ELSE amount_micro END "
+                    "WHERE request_id = ?",
+                    (request_id,),
+                )
                 conn.execute(
                     "UPDATE requests SET state = 'expired', outcome = 'expired', settled_at = ?, "
                     "cost_micro = reserved_micro WHERE id = ?",
                     (iso(now), request_id),
                 )
             return len(stale)
+
+    # -- operator actions ---------------------------------------------------------------------------
+
+    def salt(self) -> str:
+        """This ledger's random salt, for hashing upstream API keys into principals."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'salt'")
+        return str(rows[0][0])
+
+    def counter_state(self, counters: Sequence[str]) -> dict[str, tuple[datetime | None, int]]:
+        """`counter -> (anchor, top-ups in micro-USD)` for the counters that have either."""
+        if not counters:
+            return {}
+        marks = ", ".join("?" * len(counters))
+        rows = self._read(
+            f"SELECT counter, anchor_at, topup_micro FROM counters WHERE counter IN ({marks})", list(counters)
+        )
+        return {r[0]: (_parse_iso(r[1]) if r[1] else None, r[2]) for r in rows}
+
+    def reset(self, counters: Sequence[str], now: datetime, *, who: str, note: str | None = None) -> None:
+        """Start a new window of each counter now. History stays: the old window's totals and
+        claims are kept, and the reset is a row in `adjustments`."""
+        with self._write() as conn:
+            for counter in counters:
+                conn.execute(
+                    "INSERT INTO counters (counter, anchor_at) VALUES (?, ?) ON CONFLICT (counter) "
+                    "DO UPDATE SET anchor_at = excluded.anchor_at",
+                    (counter, iso(now)),
+                )
+                conn.execute(
+                    "INSERT INTO adjustments (at, counter, action, amount_micro, who, note) "
+                    "VALUES (?, ?, 'reset', 0, ?, ?)",
+                    (iso(now), counter, who, note),
+                )
+
+    def topup(
+        self, counter: str, amount_micro: int, now: datetime, *, who: str, note: str | None = None
+    ) -> None:
+        """Add `amount_micro` to a budget counter's limit for good (a balance that never resets),
+        recorded in `adjustments`."""
+        if amount_micro <= 0:
+            raise ValueError("a top-up must be a positive amount")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO counters (counter, topup_micro) VALUES (?, ?) ON CONFLICT (counter) "
+                "DO UPDATE SET topup_micro = topup_micro + excluded.topup_micro",
+                (counter, amount_micro),
+            )
+            conn.execute(
+                "INSERT INTO adjustments (at, counter, action, amount_micro, who, note) "
+                "VALUES (?, ?, 'topup', ?, ?, ?)",
+                (iso(now), counter, amount_micro, who, note),
+            )
+
+    def resolve_window(self, claim: Claim, now: datetime) -> Claim:
+        """`claim` with its current window and effective limit, read-only (for `spendfuse status`)."""
+        state = self.counter_state([claim.scope])
+        anchor, topup = state.get(claim.scope, (None, 0))
+        reset = _parse_reset(claim.reset)
+        if reset is not None and anchor is None and not claim.calendar:
+            anchor = now  # not used yet: its first window would start now
+        start, end = windows.window_at(reset, now, anchor=anchor, calendar=claim.calendar, tz=claim.timezone)
+        return replace(
+            claim,
+            window_start=windows.window_key(start),
+            resets=iso(end) if end is not None else "never",
+            limit_micro=claim.limit_micro + topup,
+        )
 
     # -- context kept by providers --------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 
 # A key matches as a prefix only at one of these, so `gpt-5` covers `gpt-5-2025-08-07` and
@@ -32,3 +34,39 @@ def lookup_model[V](table: Mapping[str, V], model: str) -> tuple[str, V] | None:
         ):
             best = key, value
     return best
+
+
+@functools.cache
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in normalise_model(pattern)))
+
+
+def glob_match(pattern: str, name: str) -> bool:
+    """Whether `name` matches `pattern`, case-insensitively, where `*` stands for any characters
+    and everything else is literal: `gpt-4o` is that exact model, `claude-opus-*` every Opus."""
+    return _glob(pattern).fullmatch(normalise_model(name)) is not None
+
+
+# A dated snapshot or a vendor prefix names the same model as far as limits go: `gpt-4o-2024-08-06`,
+# `claude-sonnet-4-5-20250929`, `claude-3-5-sonnet@20240620` (Vertex), `openai/gpt-4o` (gateways).
+_SNAPSHOT = re.compile(r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{8})|-latest)$")
+
+
+def model_names(model: str) -> tuple[str, ...]:
+    """The names a requested model answers to in limits and access lists: itself, without a
+    vendor prefix, and without a dated-snapshot suffix. An exact rule for `gpt-4o` must also hold
+    for `gpt-4o-2024-08-06`, which is billed as the same model, but not for `gpt-4o-mini`."""
+    name = normalise_model(model)
+    names = [name]
+    if "/" in name:
+        names.append(name.rsplit("/", 1)[1])
+    for n in list(names):
+        stripped = _SNAPSHOT.sub("", n)
+        if stripped and stripped != n:
+            names.append(stripped)
+    return tuple(dict.fromkeys(names))
+
+
+def model_matches(pattern: str, model: str) -> bool:
+    """Whether an exact name or glob from the rules covers `model` under any of its names."""
+    return any(glob_match(pattern, name) for name in model_names(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,16 @@ from pydantic import (
 
 from governance.errors import PolicyError
 from governance.hosts import HostTable, build_table
+from governance.limits import (
+    BudgetRule,
+    Customer,
+    GlobalScope,
+    Key,
+    ModelScope,
+    ProviderScope,
+    RateLimitRule,
+    Team,
+)
 
 NonNegativeUSD = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 PerMillionUSD = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, description="USD per 1M tokens")]
@@ -48,8 +59,9 @@ class PriceOverride(_Strict):
     """USD per 1M cache-write input tokens; the input price when unset."""
 
 
-class Budget(_Strict):
-    """A hard USD cap. This version knows the global scope and the window that never resets."""
+class LegacyBudget(_Strict):
+    """A budget in a version 1 rules file: the global scope's, read as a version 2 budget of the
+    same name attached to `global`, so its recorded spend carries over."""
 
     name: str = Field(default="global", pattern=r"^[A-Za-z0-9_.-]+$")
     """Names the budget in refusals and in `spendfuse status`."""
@@ -261,18 +273,44 @@ class LedgerSettings(_Strict):
 
 
 class Policy(_Strict):
-    """A whole rules file, with its model tables loaded."""
+    """A whole rules file, with its model tables loaded.
 
-    version: Literal[1] = 1
-    """Rules format version."""
-    budgets: list[Budget] = []
-    """Hard USD caps. All applicable budgets must have room for a request's worst case."""
+    Version 2 defines budgets and rate limits once, by id, and attaches them to scopes (`global`,
+    `providers`, `models`, `customers`, `teams`, `keys`). A version 1 file's `budgets` are the
+    global scope's, and are read as version 2 budgets attached to `global`."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=True
+    )
+
+    version: Literal[1, 2] = 1
+    """Rules format version: 2 for scopes, keys and rate limits; 1 for a global budget only."""
+    budgets: list[BudgetRule] = []
+    """Every budget, by id: a USD cap over a window. Attach them to scopes by id."""
+    rate_limits: list[RateLimitRule] = []
+    """Every rate limit, by id: requests, tokens and requests in flight per window."""
+    global_scope: GlobalScope = Field(default=GlobalScope(), alias="global")
+    """Limits on every request."""
+    providers: list[ProviderScope] = []
+    """Limits per provider, applied with or without a key."""
+    models: list[ModelScope] = []
+    """Limits per model (exact or glob), applied with or without a key."""
+    customers: list[Customer] = []
+    """Customers: their limits count every request of their teams and keys."""
+    teams: list[Team] = []
+    """Teams: their limits count every request of their keys."""
+    keys: list[Key] = []
+    """Keys agents authenticate as. Once there is one, a claimed key must prove itself."""
+    require_key: bool = False
+    """Refuse requests from clients that authenticate as no key."""
     max_multiplier: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
     """Refuse models whose multiplier is above this. Unset: no multiplier cap."""
     multipliers: dict[str, Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]] | str = "multipliers.yaml"
-    """Model -> multiplier (exact, then longest prefix, then `default`), or a YAML file of them."""
+    """Model -> multiplier (exact, then longest prefix, then `default`), or a YAML file of them
+    (relative to the rules file). Unset: the shipped `rules/multipliers.yaml`."""
     model_limits: dict[str, Annotated[int, Field(gt=0)]] | str = "model_limits.yaml"
-    """Model -> maximum output tokens, used when a request sets no output cap, or a YAML file."""
+    """Model -> maximum output tokens, used when a request sets no output cap, or a YAML file
+    (relative to the rules file). Unset: the shipped `rules/model_limits.yaml`."""
     image_formulas: dict[str, ImageFormula] | str = "image_tokens.yaml"
     """Model -> how its images are counted, or a YAML file of them. A model missing here counts
     `estimate.image_tokens` per image."""
@@ -297,16 +335,13 @@ class Policy(_Strict):
     ledger: LedgerSettings = LedgerSettings()
     """Ledger housekeeping."""
 
-    @field_validator("hosts", "budgets")
+    @field_validator("hosts")
     @classmethod
-    def _unique_names(
-        cls, v: list[HostRule] | list[Budget], info: ValidationInfo
-    ) -> list[HostRule] | list[Budget]:
+    def _unique_names(cls, v: list[HostRule], info: ValidationInfo) -> list[HostRule]:
         names = [item.name for item in v]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            what = "host" if info.field_name == "hosts" else "budget"
-            raise ValueError(f"duplicate {what} names: {', '.join(dupes)}")
+            raise ValueError(f"duplicate host names: {', '.join(dupes)}")
         return v
 
     @model_validator(mode="after")
@@ -385,38 +420,222 @@ def _load_table(value: Any, base: Path, key: str) -> Any:
     return data
 
 
-def _format_errors(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong in a rules file, at a place in it (`("keys", 2, "team")`)."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    fatal: bool = True  # False: a warning (legal, but likely not what was meant)
+
+    def where(self) -> str:
+        return ".".join(str(p) for p in self.loc) or "(top level)"
 
 
-def parse(data: Any, base: Path, origin: str = "rules") -> Policy:
-    """Validate already-parsed rules data; model table paths are resolved against `base`."""
+class RulesInvalid(PolicyError):
+    """A rules file with problems; `problems` lists each, with its place in the file."""
+
+    def __init__(self, origin: str, problems: list[Problem]) -> None:
+        self.origin = origin
+        self.problems = problems
+        lines = "\n".join(f"  {p.where()}: {p.message}" for p in problems)
+        super().__init__(f"{origin} is invalid:\n{lines}")
+
+
+def _validation_problems(e: ValidationError) -> list[Problem]:
+    return [Problem(tuple(err["loc"]), err["msg"]) for err in e.errors()]
+
+
+# Keys that only version 2 understands: in a version 1 file they would be silently dropped.
+_V2_KEYS = ("rate_limits", "global", "providers", "models", "customers", "teams", "keys", "require_key")
+
+
+def _from_version_1(data: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """A version 1 file as version 2: each budget becomes one of the same id on `global`."""
+    problems = [
+        Problem((key,), f"`{key}` needs `version: 2` (this file is version 1)")
+        for key in _V2_KEYS
+        if key in data
+    ]
+    raw = data.get("budgets", [])
+    if not isinstance(raw, list):
+        return data, [*problems, Problem(("budgets",), "must be a list")]
+    budgets = []
+    for i, item in enumerate(raw):
+        try:
+            legacy = LegacyBudget.model_validate(item)
+        except ValidationError as e:
+            problems += [Problem(("budgets", i, *p.loc), p.message) for p in _validation_problems(e)]
+            continue
+        budgets.append({"id": legacy.name, "max_usd": legacy.limit_usd, "reset": legacy.window})
+    names = [b["id"] for b in budgets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(Problem(("budgets",), f"duplicate budget names: {', '.join(dupes)}"))
+    converted = {**data, "budgets": budgets, "global": {"budgets": names}}
+    return converted, problems
+
+
+def reference_problems(p: Policy) -> list[Problem]:
+    """What pydantic cannot see field by field: duplicate ids, references to ids that do not
+    exist, limits attached nowhere (settings that would silently do nothing), and empty
+    allow-lists (legal: they allow nothing, but seldom meant)."""
+    out: list[Problem] = []
+    for field, items in (
+        ("budgets", p.budgets),
+        ("rate_limits", p.rate_limits),
+        ("customers", p.customers),
+        ("teams", p.teams),
+        ("keys", p.keys),
+    ):
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.id in first:
+                out.append(
+                    Problem((field, i, "id"), f"duplicate id {item.id!r} (first at {field}.{first[item.id]})")
+                )
+            first.setdefault(item.id, i)
+    secrets: dict[str, str] = {}
+    for i, k in enumerate(p.keys):
+        if k.secret_sha256 is not None and k.secret_sha256 in secrets:
+            out.append(
+                Problem(
+                    ("keys", i, "secret_sha256"),
+                    f"key {k.id!r} has the same secret as {secrets[k.secret_sha256]!r}",
+                )
+            )
+        elif k.secret_sha256 is not None:
+            secrets[k.secret_sha256] = k.id
+    budget_ids = {b.id for b in p.budgets}
+    limit_ids = {r.id for r in p.rate_limits}
+    used: set[str] = set()
+    used_limits: set[str] = set()
+    scopes: list[tuple[tuple[str | int, ...], Any]] = [(("global",), p.global_scope)]
+    for field in ("providers", "models", "customers", "teams", "keys"):
+        scopes += [((field, i), s) for i, s in enumerate(getattr(p, field))]
+    for loc, scope in scopes:
+        for j, bid in enumerate(scope.budgets):
+            used.add(bid)
+            if bid not in budget_ids:
+                out.append(Problem((*loc, "budgets", j), f"unknown budget id {bid!r}"))
+        for j, rid in enumerate(scope.rate_limits):
+            used_limits.add(rid)
+            if rid not in limit_ids:
+                out.append(Problem((*loc, "rate_limits", j), f"unknown rate limit id {rid!r}"))
+        for what, ids in (("budget", scope.budgets), ("rate limit", scope.rate_limits)):
+            for dupe in sorted({x for x in ids if ids.count(x) > 1}):
+                out.append(Problem(loc, f"{what} {dupe!r} attached twice"))
+    for i, b in enumerate(p.budgets):
+        if b.id not in used:
+            out.append(
+                Problem(("budgets", i), f"budget {b.id!r} is attached to no scope, so it limits nothing")
+            )
+    for i, r in enumerate(p.rate_limits):
+        if r.id not in used_limits:
+            out.append(
+                Problem(
+                    ("rate_limits", i), f"rate limit {r.id!r} is attached to no scope, so it limits nothing"
+                )
+            )
+    known_providers = {e.provider for e in host_table(p.hosts).entries if e.family and e.provider}
+    seen_scopes: dict[str, str] = {}
+    for field, items in (("providers", p.providers), ("models", p.models)):
+        for i, item in enumerate(items):
+            provider = item.provider
+            if provider is not None and provider not in known_providers:
+                out.append(
+                    Problem(
+                        (field, i, "provider"),
+                        f"unknown provider {provider!r}: no metered host is priced as it "
+                        f"(known: {', '.join(sorted(known_providers))})",
+                    )
+                )
+            name = f"{field}:{provider}/{getattr(item, 'model', '')}"
+            if name in seen_scopes:
+                out.append(Problem((field, i), f"the same scope as {seen_scopes[name]}: merge their limits"))
+            seen_scopes.setdefault(name, f"{field}.{i}")
+    if p.require_key and not p.keys:
+        out.append(
+            Problem(("require_key",), "require_key with no keys: every client is refused", fatal=False)
+        )
+    customers = {c.id for c in p.customers}
+    teams = {t.id for t in p.teams}
+    for i, t in enumerate(p.teams):
+        if t.customer is not None and t.customer not in customers:
+            out.append(Problem(("teams", i, "customer"), f"unknown customer {t.customer!r}"))
+    listeners: dict[str, str] = {}
+    for i, k in enumerate(p.keys):
+        if k.team is not None and k.team not in teams:
+            out.append(Problem(("keys", i, "team"), f"unknown team {k.team!r}"))
+        if k.customer is not None and k.customer not in customers:
+            out.append(Problem(("keys", i, "customer"), f"unknown customer {k.customer!r}"))
+        if k.secret_sha256 is None and not k.listeners:
+            out.append(
+                Problem(
+                    ("keys", i), f"key {k.id!r} has no secret_sha256 and no listeners: nothing can use it"
+                )
+            )
+        for j, listener in enumerate(k.listeners):
+            if listener in listeners:
+                out.append(
+                    Problem(
+                        ("keys", i, "listeners", j),
+                        f"listener {listener!r} is already key {listeners[listener]!r}'s",
+                    )
+                )
+            listeners[listener] = k.id
+        for field in ("allowed_models", "allowed_providers"):
+            if getattr(k, field) == []:
+                out.append(
+                    Problem(
+                        ("keys", i, field), f"empty: key {k.id!r} may use no {field[8:]} at all", fatal=False
+                    )
+                )
+    return out
+
+
+def parse(data: Any, base: Path, origin: str = "rules", *, warnings: list[Problem] | None = None) -> Policy:
+    """Validate already-parsed rules data; model table paths are resolved against `base`.
+    Raises `RulesInvalid` listing every problem; warnings (legal but likely unmeant settings)
+    are appended to `warnings` when given."""
     if data is None:
         # Empty, comments only, or `---`: a proxy that enforces nothing must not start by accident.
         raise PolicyError(f"{origin} is empty; write the limits to enforce (see rules/default.yaml)")
     if not isinstance(data, dict):
         raise PolicyError(f"{origin}: the rules file must be a mapping")
     data = dict(data)
-    data["multipliers"] = _load_table(data.get("multipliers", "multipliers.yaml"), base, "multipliers")
-    data["model_limits"] = _load_table(data.get("model_limits", "model_limits.yaml"), base, "model_limits")
-    # Not the operator's to forget: a rules file elsewhere still gets the shipped image formulas.
+    problems: list[Problem] = []
+    if data.get("version", 1) == 1:
+        data, problems = _from_version_1(data)
+    # Tables the rules do not name are the shipped ones, so a rules file works wherever it is
+    # saved; a table the rules name by a relative path is next to the rules file.
+    shipped = _shipped_rules_dir()
+    data["multipliers"] = _load_table(
+        data.get("multipliers", str(shipped / "multipliers.yaml")), base, "multipliers"
+    )
+    data["model_limits"] = _load_table(
+        data.get("model_limits", str(shipped / "model_limits.yaml")), base, "model_limits"
+    )
     data["image_formulas"] = _load_table(
-        data.get("image_formulas", str(_shipped_rules_dir() / "image_tokens.yaml")), base, "image_formulas"
+        data.get("image_formulas", str(shipped / "image_tokens.yaml")), base, "image_formulas"
     )
     try:
-        return Policy.model_validate(data)
+        validated = Policy.model_validate(data)
     except ValidationError as e:
-        raise PolicyError(f"{origin} is invalid:\n{_format_errors(e)}") from e
+        raise RulesInvalid(origin, problems + _validation_problems(e)) from e
+    problems += reference_problems(validated)
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        raise RulesInvalid(origin, fatal)
+    if warnings is not None:
+        warnings.extend(p for p in problems if not p.fatal)
+    return validated
 
 
-def load(path: str | Path) -> Policy:
+def load(path: str | Path, *, warnings: list[Problem] | None = None) -> Policy:
     """Load and validate a rules file. Raises `PolicyError` with every problem it finds."""
     p = Path(path)
-    return parse(_read_yaml(p, "rules file"), p.parent, origin=str(p))
+    return parse(_read_yaml(p, "rules file"), p.parent, origin=str(p), warnings=warnings)
 
 
 def _shipped_rules_dir() -> Path:
@@ -428,7 +647,7 @@ def _shipped_rules_dir() -> Path:
 def require_limits(policy: Policy, origin: str = "rules") -> None:
     """Refuse rules that enforce nothing (no budget, no multiplier cap) unless they say
     `allow_unlimited: true`: `version: 1` alone must not start a proxy that forwards everything."""
-    if policy.budgets or policy.max_multiplier is not None or policy.allow_unlimited:
+    if policy.budgets or policy.rate_limits or policy.max_multiplier is not None or policy.allow_unlimited:
         return
     raise PolicyError(
         f"{origin} sets no limit at all (no budget, no max_multiplier), so the proxy would enforce "
@@ -453,7 +672,7 @@ def _shipped_hosts(path: Path) -> HostsFile:
     try:
         return HostsFile.model_validate(_read_yaml(path, "host table"))
     except ValidationError as e:
-        raise PolicyError(f"{path} is invalid:\n{_format_errors(e)}") from e
+        raise RulesInvalid(str(path), _validation_problems(e)) from e
 
 
 def _host_entry(rule: HostRule) -> dict[str, Any]:
@@ -476,15 +695,19 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
 def with_overrides(
     policy: Policy, *, budget_usd: Decimal | None = None, max_multiplier: Decimal | None = None
 ) -> Policy:
-    """Apply operator overrides: `budget_usd` replaces the global budget's limit (adding one when
-    the rules have none); `max_multiplier` replaces the multiplier cap."""
+    """Apply operator overrides: `budget_usd` replaces the budget with id `global` (a cap that
+    never resets, attached to the global scope, added when the rules have none);
+    `max_multiplier` replaces the multiplier cap."""
     update: dict[str, Any] = {}
     if budget_usd is not None:
         if budget_usd < 0 or not budget_usd.is_finite():
             raise PolicyError(f"budget must be a non-negative amount of USD, not {budget_usd}")
-        budgets = [b for b in policy.budgets if b.name != "global"]
-        budgets.insert(0, Budget(name="global", limit_usd=budget_usd))
+        budgets = [b for b in policy.budgets if b.id != "global"]
+        budgets.insert(0, BudgetRule(id="global", max_usd=budget_usd))
         update["budgets"] = budgets
+        attached = policy.global_scope.budgets
+        if "global" not in attached:
+            update["global_scope"] = policy.global_scope.model_copy(update={"budgets": ["global", *attached]})
     if max_multiplier is not None:
         if max_multiplier < 0 or not max_multiplier.is_finite():
             raise PolicyError(f"max multiplier must be a non-negative number, not {max_multiplier}")

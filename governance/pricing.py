@@ -214,10 +214,12 @@ class Pricer:
         speed: str | None = None,
         web_searches: int = 0,
         audio_output: bool = False,
+        audio_input: bool = False,
     ) -> Priced:
         """The most a request can cost: every estimated input token at its dearest rate (a cache
         write when the prompt asks for caching), every allowed output token (as audio when the
-        request may answer in audio), at the tier and speed it asks for, plus every server-side
+        request may answer in audio; every input token as audio when the prompt carries audio),
+        at the tier and speed it asks for, plus every server-side
         web search it allows. Each alternative is priced and the dearest wins, so a hint can
         only raise the bound."""
         base = Usage(
@@ -238,4 +240,8 @@ class Pricer:
             )
         if audio_output:
             candidates += [replace(c, output_audio_tokens=max_output_tokens) for c in candidates]
+        if audio_input:
+            # The input bound counts audio by its size, which is many times its audio tokens; but
+            # audio tokens cost more than text, so the bound is priced as if all of it were audio.
+            candidates += [replace(c, input_audio_tokens=input_tokens) for c in candidates]
         return max((self.price(provider, model, u, now) for u in candidates), key=lambda p: p.cost)

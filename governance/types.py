@@ -70,6 +70,7 @@ class ParsedRequest:
     speed: str | None = None  # "fast" when the request asks for fast mode (Anthropic)
     web_searches: int = 0  # the most server-side web searches the request allows
     audio_output: bool = False  # the request may answer in audio (OpenAI `modalities`)
+    audio_input: bool = False  # the prompt carries audio (OpenAI `input_audio` parts)
     server_context: tuple[str, ...] = ()  # ids of context stored on the provider (previous response...)
     server_input: str | None = None  # why input may live on the server beyond what we can count
     unpriced_fees: tuple[str, ...] = ()  # enabled tools whose per-use fees spendfuse does not price
@@ -96,10 +97,12 @@ class RequestInfo:
     speed: str | None = None
     web_searches: int = 0  # the most server-side web searches it may make
     audio_output: bool = False
+    audio_input: bool = False
     server_context: tuple[str, ...] = ()  # ids of context the provider keeps (see ParsedRequest)
     server_input: str | None = None  # why its input may exceed what was counted (bounded at admit)
     unpriced_fees: tuple[str, ...] = ()
     long_context: bool = False  # the client asked for a context window beyond the model's default
+    key_id: str | None = None  # the key the client proved (governance.identity), if any
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,9 @@ class RefusalKind(enum.Enum):
     FORBIDDEN = "forbidden"  # an endpoint this proxy does not let through
     UPGRADE = "upgrade"  # a WebSocket upgrade; the client falls back to HTTP
     UNAVAILABLE = "unavailable"  # the proxy cannot decide (ledger down, internal error)
+    RATE = "rate"  # a limit whose window will reset: 429 with Retry-After, and the client may retry
+    AUTH = "auth"  # a key that is wrong, inactive, expired, or missing where required: 401
+    PROXY_AUTH = "proxy_auth"  # proxy credentials whose secret is wrong: 407
 
 
 @dataclass(frozen=True)
@@ -200,18 +206,44 @@ class Refusal:
     requested: Decimal | None = None
     resets: str | None = None  # ISO time, or "never"
     headers: dict[str, str] = field(default_factory=dict)
+    retry_after: int | None = None  # seconds until the window resets (RATE refusals)
+    unit: str = "usd"  # what limit/spent/reserved/requested count: usd, tokens, requests, in_flight
+
+
+#: Units a claim counts in. USD amounts are micro-USD; token claims say which tokens they count.
+UNITS = ("usd", "tokens:input", "tokens:output", "tokens:total", "requests", "in_flight")
+
+
+def claim_tokens(unit: str, input_tokens: int, output_tokens: int) -> int:
+    """What a token claim (`tokens:input`, `tokens:output`, `tokens:total`) counts of a request."""
+    which = unit.split(":", 1)[1]
+    if which == "input":
+        return input_tokens
+    if which == "output":
+        return output_tokens
+    return input_tokens + output_tokens
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One limit a request must fit under: `amount` micro-USD against `limit` in a scope's window."""
+    """One limit a request must fit under: `amount_micro` against `limit_micro` in the current
+    window of counter `scope`, both in the claim's `unit` (micro-USD for money; tokens, requests
+    or requests in flight otherwise: the names say micro for history's sake).
 
-    scope: str  # e.g. "global"
-    window_start: str  # ISO time, or "" for a window that never resets
+    The engine fills the window's rule (`reset`, `calendar`, `timezone`); the ledger resolves the
+    window itself (`window_start`, `resets`) inside the reserving transaction, because a rolling
+    window's anchor and an operator's reset live in the ledger."""
+
+    scope: str  # the counter: "global", "key=a|daily", "team=t|rl|requests"
+    window_start: str  # ISO time, or "" for a window that never resets (and was never reset)
     resets: str  # ISO time, or "never"
     limit_micro: int
     amount_micro: int
-    rule: str  # the rule name shown to the client
+    rule: str  # the rule name shown to the client: "budget:daily@key=a"
+    unit: str = "usd"
+    reset: str = "never"  # the window's length ("never", "1h", "1M")
+    calendar: bool = False
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -223,3 +255,5 @@ class Decision:
     refusal: Refusal | None = None  # set when refused, and in dry run when it *would* refuse
     output_cap: int | None = None  # set: write this output cap (per choice) into the request
     hinges_on_count: bool = False  # refused, unrecorded: the provider's exact input count may admit it
+    remaining: Decimal | None = None  # USD left in the tightest budget after this reservation
+    binding: str | None = None  # that budget's rule name

@@ -5,8 +5,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from governance import checks, policy
-from governance.checks.budget import budget_claims, budget_refusal
 from governance.checks.multiplier import check_multiplier
+from governance.checks.quota import claims as quota_claims
+from governance.checks.quota import quota_refusal
+from governance.scopes import Scopes
 from governance.types import Claim, RefusalKind, RequestInfo
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -43,15 +45,15 @@ class TestMultiplier:
 class TestBudget:
     def test_claims_for_every_budget(self):
         p = make(budgets=[{"name": "global", "limit_usd": 1}, {"name": "ci-run", "limit_usd": "0.5"}])
-        claims = budget_claims(p, info(), 1234, NOW)
-        assert [(c.scope, c.limit_micro, c.amount_micro, c.resets) for c in claims] == [
+        claims = quota_claims(Scopes(p).applicable(None, "openai", "gpt-4o"), info(), 1234)
+        assert [(c.scope, c.limit_micro, c.amount_micro, c.reset) for c in claims] == [
             ("global", 1_000_000, 1234, "never"),
             ("global:ci-run", 500_000, 1234, "never"),
         ]
 
     def test_refusal_carries_the_numbers(self):
         claim = Claim("global", "", "never", 1_000_000, 300_000, "budget:global")
-        r = budget_refusal(claim, settled_micro=600_000, held_micro=200_000)
+        r = quota_refusal(claim, 600_000, 200_000, NOW)
         assert (r.limit, r.spent, r.reserved, r.remaining, r.requested) == (
             Decimal("1"),
             Decimal("0.6"),

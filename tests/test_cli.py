@@ -60,3 +60,95 @@ def test_env_prints_what_agents_need(tmp_path, capsys):
     assert (tmp_path / "mitmproxy-ca-cert.pem").read_text().strip() in bundle and bundle.count(
         "BEGIN CERTIFICATE"
     ) > 10
+
+
+def team_rules(tmp_path: Path) -> Path:
+    import yaml
+
+    from governance import RULES_DIR
+
+    path = tmp_path / "team.yaml"
+    data = yaml.safe_load((RULES_DIR / "team.yaml").read_text())
+    data["multipliers"] = str(RULES_DIR / "multipliers.yaml")
+    data["model_limits"] = str(RULES_DIR / "model_limits.yaml")
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_status_shows_every_scope_with_its_window(tmp_path, capsys):
+    rules = team_rules(tmp_path)
+    db = tmp_path / "l.sqlite"
+    Ledger.open(db).close()
+    assert cli.main(["status", "--db", str(db), "--rules", str(rules)]) == 0
+    out = capsys.readouterr().out
+    for scope in (
+        "global",
+        "provider=anthropic",
+        "model=claude-opus-*",
+        "customer=acme",
+        "team=research",
+        "key=alice",
+    ):
+        assert any(line.startswith(scope + " ") for line in out.splitlines()), scope
+    alice = [ln for ln in out.splitlines() if ln.startswith("key=alice")]
+    assert any("agent-daily" in ln and "$10.00" in ln and "1d" in ln for ln in alice)
+    assert any("agent-pace:requests" in ln and "60" in ln for ln in alice)
+    monthly = next(ln for ln in out.splitlines() if "acme-monthly" in ln)
+    assert "1M (calendar)" in monthly and "T" in monthly.split()[-1]  # the next reset, as a time
+
+
+def test_reset_and_topup_are_ledger_rows_with_who_and_when(tmp_path, capsys):
+    rules = team_rules(tmp_path)
+    db = tmp_path / "l.sqlite"
+    args = ["--db", str(db), "--rules", str(rules), "--who", "ops-anna"]
+    assert cli.main(["reset", "key=alice", *args, "--note", "new sprint"]) == 0
+    assert "key=alice|agent-daily" in capsys.readouterr().out
+    assert cli.main(["topup", "key=ci", "2.50", *args]) == 0
+    assert cli.main(["topup", "key=alice", "1", *args]) == 1  # its budget resets: nothing to top up
+    assert "never reset" in capsys.readouterr().err
+    assert cli.main(["reset", "team=nobody", *args]) == 1
+    led = Ledger.open(db)
+    adj = led.query("SELECT counter, action, amount_micro, who, note FROM adjustments ORDER BY id")
+    led.close()
+    assert [(a["counter"], a["action"], a["amount_micro"], a["who"]) for a in adj] == [
+        ("key=alice|agent-daily", "reset", 0, "ops-anna"),
+        ("key=alice|agent-pace|requests", "reset", 0, "ops-anna"),  # (in flight is no window)
+        ("key=alice|agent-pace|tokens", "reset", 0, "ops-anna"),
+        ("key=ci|ci-run", "topup", 2_500_000, "ops-anna"),
+    ]
+    assert adj[0]["note"] == "new sprint"
+
+
+def test_check_prints_problems_with_lines_and_fails(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 2\nbudgets:\n  - id: b\n    max_usd: 1\n    reset: 5 minutes\n")
+    assert cli.main(["check", str(bad)]) == 1
+    assert f"{bad}:5:" in capsys.readouterr().out
+    assert cli.main(["check", str(DEFAULT_RULES)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("ok")
+
+
+def test_hash_secret(capsys):
+    import hashlib
+
+    assert cli.main(["hash-secret", "s3cret"]) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret").hexdigest()
+
+
+def test_import_bifrost_prints_rules_that_load_anywhere(tmp_path, capsys):
+    from governance import RULES_DIR, policy
+
+    for example in ("bifrost-values.yaml", "bifrost-config.json"):
+        assert cli.main(["import-bifrost", str(RULES_DIR / "examples" / example)]) == 0
+        out = capsys.readouterr().out
+        saved = tmp_path / f"{example}.rules.yaml"
+        saved.write_text(out)
+        p = policy.load(saved)
+        assert p.version == 2 and p.keys and p.budgets
+
+
+def test_import_bifrost_names_what_it_cannot_translate(tmp_path, capsys):
+    f = tmp_path / "config.json"
+    f.write_text('{"governance": {"routing_rules": [{"id": "r"}]}}')
+    assert cli.main(["import-bifrost", str(f)]) == 1
+    assert "routing_rules" in capsys.readouterr().err

@@ -61,7 +61,7 @@ class TestAllowed:
         assert (row["input_tokens"], row["output_tokens"]) == (11, 7)
         assert row["cost_micro"] == micro(Decimal(11) * 1 / MILLION + Decimal(7) * 10 / MILLION)  # $0.000081
         assert row["price_source"] == "override:gpt-4o"
-        assert row["principal"].startswith("key:")
+        assert row["principal"].startswith("apikey:") and "sk-test" not in row["principal"]
 
     def test_openai_chat_streamed_chunk_by_chunk(self, start, client_env, upstream, tmp_path):
         proxy = start()

@@ -11,7 +11,8 @@ from governance.errors import PolicyError
 
 def test_shipped_rules_load():
     p = policy.load(DEFAULT_RULES)
-    assert [(b.name, b.limit_usd, b.window) for b in p.budgets] == [("global", Decimal("1.0"), "never")]
+    assert [(b.id, b.max_usd, b.reset) for b in p.budgets] == [("global", Decimal("1.0"), "never")]
+    assert p.global_scope.budgets == ["global"]
     assert p.max_multiplier is None
     assert p.multiplier_table()["claude-opus-4-1"] == 5 and "default" not in p.multiplier_table()
     assert p.output_cap_table()["gpt-4o"] == 16384
@@ -26,7 +27,8 @@ def test_committed_schema_is_fresh():
     [
         ("version: 1\nbudgets: [{limit_usd: 1, windw: never}]\n", "windw"),
         ("version: 1\nbudget: {limit_usd: 1}\n", "budget"),
-        ("version: 2\n", "version"),
+        ("version: 3\n", "version"),
+        ("version: 1\nkeys: []\n", "needs `version: 2`"),
         ("version: 1\nbudgets: [{limit_usd: -1}]\n", "limit_usd"),
         ("version: 1\nbudgets: [{limit_usd: 1}, {limit_usd: 2}]\n", "duplicate"),
         ("version: 1\nmax_multiplier: lots\n", "max_multiplier"),
@@ -52,9 +54,10 @@ def test_missing_rules_file():
 def test_overrides():
     p = policy.load(DEFAULT_RULES)
     q = policy.with_overrides(p, budget_usd=Decimal("5"), max_multiplier=Decimal("2"))
-    assert q.budgets[0].limit_usd == 5 and q.max_multiplier == 2
+    assert q.budgets[0].max_usd == 5 and q.max_multiplier == 2
     empty = policy.parse({"multipliers": {}, "model_limits": {}}, Path("."))
-    assert policy.with_overrides(empty, budget_usd=Decimal("3")).budgets[0].name == "global"
+    added = policy.with_overrides(empty, budget_usd=Decimal("3"))
+    assert added.budgets[0].id == "global" and added.global_scope.budgets == ["global"]
     with pytest.raises(PolicyError):
         policy.with_overrides(p, budget_usd=Decimal("-1"))
 
@@ -133,3 +136,102 @@ def test_operator_hosts_validate(tmp_path):
 def test_shipped_host_table_is_valid():
     table = policy.host_table(())
     assert table.lookup("api.openai.com").family == "openai" and table.families["openai"].metered
+
+
+V2 = {"version": 2, "multipliers": {}, "model_limits": {}}
+
+
+@pytest.mark.parametrize(
+    "data,where,fragment",
+    [
+        ({"budgets": [{"id": "b", "max_usd": 1}]}, "budgets.0", "attached to no scope"),
+        ({"rate_limits": [{"id": "r", "max_requests": 1}]}, "rate_limits.0", "attached to no scope"),
+        ({"global": {"budgets": ["nope"]}}, "global.budgets.0", "unknown budget id 'nope'"),
+        (
+            {"keys": [{"id": "k", "listeners": ["1"], "rate_limits": ["x"]}]},
+            "keys.0.rate_limits.0",
+            "unknown rate",
+        ),
+        (
+            {"budgets": [{"id": "b", "max_usd": 1}, {"id": "b", "max_usd": 2}], "global": {"budgets": ["b"]}},
+            "budgets.1.id",
+            "duplicate id 'b'",
+        ),
+        ({"keys": [{"id": "k", "team": "t", "listeners": ["1"]}]}, "keys.0.team", "unknown team 't'"),
+        ({"teams": [{"id": "t", "customer": "c"}]}, "teams.0.customer", "unknown customer 'c'"),
+        ({"keys": [{"id": "k"}]}, "keys.0", "nothing can use it"),
+        (
+            {"keys": [{"id": "k", "listeners": ["1"]}, {"id": "j", "listeners": ["1"]}]},
+            "keys.1.listeners.0",
+            "already key 'k'",
+        ),
+        ({"budgets": [{"id": "b", "max_usd": 1, "reset": "5 minutes"}]}, "budgets.0.reset", ""),
+        (
+            {"global": {"budgets": ["b", "b"]}, "budgets": [{"id": "b", "max_usd": 1}]},
+            "global",
+            "attached twice",
+        ),
+    ],
+)
+def test_v2_problems_are_named_with_their_place(data, where, fragment):
+    with pytest.raises(policy.RulesInvalid) as bad:
+        policy.parse({**V2, **data}, Path("."))
+    assert any(p.where() == where and fragment in p.message for p in bad.value.problems), bad.value.problems
+
+
+def test_an_empty_allow_list_is_legal_but_warned():
+    warnings: list[policy.Problem] = []
+    p = policy.parse(
+        {**V2, "keys": [{"id": "k", "listeners": ["1"], "allowed_models": []}]}, Path("."), warnings=warnings
+    )
+    assert p.keys[0].allowed_models == []
+    assert [(w.where(), w.fatal) for w in warnings] == [("keys.0.allowed_models", False)]
+
+
+def test_a_version_1_file_is_the_same_policy_as_its_version_2_form():
+    v1 = policy.parse(
+        {
+            "multipliers": {},
+            "model_limits": {},
+            "budgets": [{"limit_usd": 2}, {"name": "ci", "limit_usd": 1}],
+        },
+        Path("."),
+    )
+    v2 = policy.parse(
+        {
+            **V2,
+            "budgets": [{"id": "global", "max_usd": 2}, {"id": "ci", "max_usd": 1}],
+            "global": {"budgets": ["global", "ci"]},
+        },
+        Path("."),
+    )
+    assert (v1.budgets, v1.global_scope) == (v2.budgets, v2.global_scope)
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "per-run.yaml", "team.yaml", "firewall.yaml"])
+def test_every_shipped_rules_file_loads_and_enforces_something(name):
+    p = policy.load(RULES_DIR / name)
+    policy.require_limits(p)
+
+
+@pytest.mark.parametrize(
+    "data,fragment",
+    [
+        (
+            {"providers": [{"provider": "OpenAI", "budgets": ["b"]}], "budgets": [{"id": "b", "max_usd": 1}]},
+            "unknown provider",
+        ),
+        (
+            {
+                "models": [{"model": "gpt-4o", "budgets": ["b"]}, {"model": "gpt-4o", "rate_limits": ["r"]}],
+                "budgets": [{"id": "b", "max_usd": 1}],
+                "rate_limits": [{"id": "r", "max_requests": 1}],
+            },  # fmt: skip
+            "the same scope",
+        ),
+        ({"models": [{"model": "a|b"}]}, "models.0.model"),
+    ],
+)
+def test_v2_settings_that_would_do_nothing_or_collide_are_refused(data, fragment):
+    with pytest.raises(policy.RulesInvalid, match=fragment.replace("|", r"\|")):
+        policy.parse({**V2, **data}, Path("."))

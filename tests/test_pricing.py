@@ -202,3 +202,15 @@ def test_a_worst_case_whose_input_reaches_a_tier_is_priced_at_the_tier_throughou
     # $3/$15 below 200k input tokens; $6/$22.50 for every token once the input passes it.
     assert below.cost == Decimal("0.749997")
     assert above.cost == Decimal("1.425006")
+
+
+def test_audio_input_is_reserved_at_the_audio_price():
+    """Audio tokens cost more than text (gpt-audio: $32 against $2.50 per 1M input tokens): a
+    prompt with audio prices its whole input bound at the audio rate, so it never reserves low."""
+    p = Pricer(make())
+    text = p.worst_case("openai", "gpt-audio", input_tokens=1000, max_output_tokens=0, now=NOW)
+    audio = p.worst_case(
+        "openai", "gpt-audio", input_tokens=1000, max_output_tokens=0, now=NOW, audio_input=True
+    )
+    real = p.price("openai", "gpt-audio", Usage(input_tokens=1000, input_audio_tokens=1000), NOW)
+    assert audio.cost == real.cost > text.cost

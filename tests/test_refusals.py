@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
 from governance import refusals, wire
 from governance.errors import PricingError
-from governance.types import Endpoint, Metering
+from governance.types import Endpoint, Metering, Refusal, RefusalKind
 
 ENDPOINT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
 ALL = [
@@ -43,3 +44,52 @@ def test_every_refusal_renders_in_every_envelope(refusal, envelope):
 def test_rules_and_codes_are_distinct():
     codes = {(r.rule, r.code) for r in ALL}
     assert len(codes) == len(ALL)
+
+
+RATE = Refusal(
+    rule="rate_limit:pace:requests@key=a",
+    code="rate_limit_exceeded",
+    kind=RefusalKind.RATE,
+    message="spendfuse: rate limit",
+    limit=Decimal(3),
+    spent=Decimal(3),
+    reserved=Decimal(0),
+    requested=Decimal(1),
+    resets="2026-11-22T10:01:00.000000Z",
+    retry_after=50,
+    unit="requests",
+)
+
+
+@pytest.mark.parametrize(
+    "envelope,status", [("openai", 429), ("anthropic", 429), ("google", 429), ("bedrock", 429)]
+)
+def test_a_window_that_resets_is_a_retryable_429_with_retry_after(envelope, status):
+    got, headers, body = wire.render_error(
+        Endpoint("x", "", Metering.UNMETERED, "h", "/", envelope), RATE, "rid"
+    )
+    assert got == status and headers["retry-after"] == "50" and "x-should-retry" not in headers
+    assert headers["x-spendfuse-limit-requests"] == "3" and "x-spendfuse-limit-usd" not in headers
+    if envelope == "google":
+        assert json.loads(body)["error"]["details"][1]["retryDelay"] == "50s"
+
+
+@pytest.mark.parametrize(
+    "kind,envelope,status,marker",
+    [
+        (RefusalKind.AUTH, "openai", 401, "invalid_api_key"),
+        (RefusalKind.AUTH, "anthropic", 401, "authentication_error"),
+        (RefusalKind.AUTH, "google", 401, "UNAUTHENTICATED"),
+        (RefusalKind.AUTH, "bedrock", 403, "UnrecognizedClientException"),
+        (RefusalKind.PROXY_AUTH, "openai", 407, "proxy_auth_failed"),
+        (RefusalKind.PROXY_AUTH, "anthropic", 407, "authentication_error"),
+    ],
+)
+def test_identity_refusals_use_each_providers_auth_error(kind, envelope, status, marker):
+    refusal = Refusal("identity", "proxy_auth_failed", kind, "spendfuse: wrong secret")
+    got, headers, body = wire.render_error(
+        Endpoint("x", "", Metering.UNMETERED, "h", "/", envelope), refusal, "r"
+    )
+    assert got == status and marker in body.decode() + json.dumps(headers)
+    assert headers["x-should-retry"] == "false"
+    assert (headers.get("proxy-authenticate") is not None) == (kind is RefusalKind.PROXY_AUTH)

@@ -150,3 +150,21 @@ def test_legacy_completions_reserve_for_every_prompt_and_choice(prompt, n, best_
     if best_of:
         body["best_of"] = best_of
     assert openai.parse_request("completions", body).choices == choices
+
+
+def test_input_audio_parts_are_seen():
+    from governance.wire import openai as wire_openai
+
+    body = {
+        "model": "gpt-audio",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}],
+            }
+        ],
+    }
+    assert wire_openai.parse_request("chat", body).audio_input
+    assert not wire_openai.parse_request(
+        "chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    ).audio_input

@@ -22,14 +22,16 @@ def multiplier_of(model: str, table: dict[str, Decimal]) -> tuple[str, Decimal] 
     return None
 
 
-def check_multiplier(model: str, policy: Policy) -> Refusal | None:
-    """Refuse a model whose multiplier is above `max_multiplier`, or that has none at all.
+def check_multiplier(model: str, policy: Policy, *, key_cap: Decimal | None = None) -> Refusal | None:
+    """Refuse a model whose multiplier is above `max_multiplier` (or the key's own cap, when
+    lower), or that has none at all.
 
     gh-aw-firewall resolves an unknown model to 1, so any new model passes its cap; here an
     unknown model with no `default` entry is refused, naming the table to extend."""
-    cap = policy.max_multiplier
-    if cap is None:
+    caps = [c for c in (policy.max_multiplier, key_cap) if c is not None]
+    if not caps:
         return None
+    cap = min(caps)
     found = multiplier_of(model, policy.multiplier_table())
     if found is None:
         return Refusal(

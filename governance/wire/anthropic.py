@@ -203,6 +203,9 @@ _STATUS = {
     RefusalKind.UPGRADE: (426, "invalid_request_error"),
     # Never overloaded_error/529: Claude Code retries that even with x-should-retry: false.
     RefusalKind.UNAVAILABLE: (503, "api_error"),
+    RefusalKind.RATE: (429, "rate_limit_error"),
+    RefusalKind.AUTH: (401, "authentication_error"),
+    RefusalKind.PROXY_AUTH: (407, "authentication_error"),
 }
 
 

@@ -14,6 +14,9 @@ _STATUS = {
     RefusalKind.FORBIDDEN: (403, "AccessDeniedException"),
     RefusalKind.UPGRADE: (426, "ValidationException"),
     RefusalKind.UNAVAILABLE: (503, "ServiceUnavailableException"),
+    RefusalKind.RATE: (429, "ThrottlingException"),
+    RefusalKind.AUTH: (403, "UnrecognizedClientException"),
+    RefusalKind.PROXY_AUTH: (407, "AccessDeniedException"),
 }
 
 

@@ -15,6 +15,9 @@ _STATUS = {
     RefusalKind.FORBIDDEN: (403, "PERMISSION_DENIED"),
     RefusalKind.UPGRADE: (426, "FAILED_PRECONDITION"),
     RefusalKind.UNAVAILABLE: (503, "UNAVAILABLE"),
+    RefusalKind.RATE: (429, "RESOURCE_EXHAUSTED"),
+    RefusalKind.AUTH: (401, "UNAUTHENTICATED"),
+    RefusalKind.PROXY_AUTH: (407, "UNAUTHENTICATED"),
 }
 
 
@@ -36,4 +39,12 @@ def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str]
             ],
         }
     }
+    if refusal.kind is RefusalKind.RATE:
+        # Gemini CLI retries a 429 after RetryInfo's delay (terminal only past 300 s).
+        body["error"]["details"].append(  # type: ignore[index]
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{refusal.retry_after or 1}s",
+            }
+        )
     return status, refusal_headers(refusal), json.dumps(body).encode()

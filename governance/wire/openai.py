@@ -91,10 +91,20 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         service_tier=tier,
         web_searches=UNBOUNDED if _tools_of(body, _SEARCH_TOOLS) or "web_search_options" in body else 0,
         audio_output=isinstance(modalities, list) and "audio" in modalities,
+        audio_input=_has_part(prompt, "input_audio"),
         server_context=context,
         server_input=server_input,
         unpriced_fees=tuple(_tools_of(body, _UNPRICED_FEE_TOOLS)),
     )
+
+
+def _has_part(value: object, part_type: str) -> bool:
+    """Whether any object in `value` (the prompt's JSON) is a content part of `part_type`."""
+    if isinstance(value, dict):
+        return value.get("type") == part_type or any(_has_part(v, part_type) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_part(v, part_type) for v in value)
+    return False
 
 
 _SEARCH_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26"})
@@ -321,6 +331,9 @@ _STATUS = {
     RefusalKind.FORBIDDEN: (403, "permission_error"),
     RefusalKind.UPGRADE: (426, "invalid_request_error"),
     RefusalKind.UNAVAILABLE: (503, "server_error"),
+    RefusalKind.RATE: (429, "rate_limit_exceeded"),
+    RefusalKind.AUTH: (401, "invalid_request_error"),
+    RefusalKind.PROXY_AUTH: (407, "invalid_request_error"),
 }
 
 
@@ -328,7 +341,11 @@ def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str]
     """The refusal as OpenAI sends errors: `{"error": {message, type, param, code}}`."""
     status, err_type = _STATUS[refusal.kind]
     # Budget refusals use OpenAI's own quota code, which SDKs and Codex know as terminal.
-    code = "insufficient_quota" if refusal.kind is RefusalKind.QUOTA else refusal.code
+    code = {
+        RefusalKind.QUOTA: "insufficient_quota",
+        RefusalKind.RATE: "rate_limit_exceeded",
+        RefusalKind.AUTH: "invalid_api_key",
+    }.get(refusal.kind, refusal.code)
     body = {
         "error": {
             "message": refusal.message,

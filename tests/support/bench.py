@@ -76,13 +76,73 @@ async def concurrent(proxy_url: str, ca: Path, n: int, conc: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def bench_ledger(tmp: Path, n: int = 2000) -> float:
-    from governance.ledger import Ledger, RequestRecord
-    from governance.types import Claim, Usage
+#: The scopes of a request under a key, a team, a customer, a model limit, a provider limit and
+#: the global budget: six claims, each with a window of its own kind.
+SIX_SCOPES = (
+    ("key=agent-1|daily", "1d", False),
+    ("team=research|weekly", "1w", True),
+    ("customer=acme|monthly", "1M", True),
+    ("model=gpt-4o|daily", "1d", True),
+    ("provider=openai|monthly", "1M", False),
+    ("global", "never", False),
+)
 
-    led = Ledger.open(tmp / "bench-ledger.sqlite")
+
+def _claims(n_claims: int) -> list:
+    from governance.types import Claim
+
+    if n_claims == 1:
+        return [Claim("global", "", "never", 10**15, 100, "budget:global")]
+    return [
+        Claim(
+            scope,
+            "",
+            "",
+            10**15,
+            100,
+            f"budget:{scope}",
+            reset=reset,
+            calendar=calendar,
+            timezone="Europe/Berlin",
+        )
+        for scope, reset, calendar in SIX_SCOPES[:n_claims]
+    ]
+
+
+def prefill(led, rows: int, n_claims: int) -> None:
+    """Grow the ledger by `rows` settled requests with their claims, as a long-lived proxy's
+    would be, in bulk (the rate of interest is the one measured after)."""
+    conn = led.db.conn
+    batch = 50_000
+    scopes = [c.scope for c in _claims(n_claims)]
+    for start in range(0, rows, batch):
+        ids = [f"old{i}" for i in range(start, min(start + batch, rows))]
+        with conn:
+            conn.executemany(
+                "INSERT INTO requests (id, created_at, settled_at, principal, provider, api, model, stream, "
+                "reserved_micro, cost_micro, state, decision, counters) VALUES "
+                "(?, '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:01.000000Z', 'key:agent-1', 'openai', "
+                "'chat', 'gpt-4o', 0, 100, 80, 'settled', 'allowed', ?)",
+                [(i, ",".join(scopes)) for i in ids],
+            )
+            conn.executemany(
+                "INSERT INTO claims (request_id, scope, window_start, amount_micro, state, unit) "
+                "VALUES (?, ?, '2026-01-01T00:00:00.000000Z', 80, 'settled', 'usd')",
+                [(i, sc) for i in ids for sc in scopes],
+            )
+
+
+def bench_ledger(tmp: Path, n: int = 2000, *, n_claims: int = 1, rows: int = 0) -> float:
+    """Reserve-and-settle pairs per second with `n_claims` claims each, on a ledger already
+    holding `rows` requests."""
+    from governance.ledger import Ledger, RequestRecord
+    from governance.types import Usage
+
+    led = Ledger.open(tmp / f"bench-ledger-{n_claims}-{rows}.sqlite")
+    if rows:
+        prefill(led, rows, n_claims)
     now = datetime.now(UTC)
-    claims = [Claim("global", "", "never", 10**15, 100, "budget:global")]
+    claims = _claims(n_claims)
     t0 = time.perf_counter()
     for i in range(n):
         led.reserve(RequestRecord(f"r{i}", "bench", "openai", "chat", "gpt-4o"), claims, 100, now)
@@ -113,6 +173,13 @@ def main() -> int:
     ap.add_argument(
         "--rounds", type=int, default=2, help="alternate bare/spendfuse this many times; best kept"
     )
+    ap.add_argument(
+        "--ledger-rows",
+        type=int,
+        default=1_000_000,
+        help="requests already in the ledger for the growth figure",
+    )
+    ap.add_argument("--ledger-only", action="store_true", help="only the ledger and estimate figures")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="spendfuse-bench-"))
     upstream, port = start_upstream_process()
@@ -124,13 +191,18 @@ def main() -> int:
     rules.write_text(
         json.dumps(
             {
-                "version": 1,
-                "budgets": [{"name": "global", "limit_usd": 1_000_000}],
+                "version": 2,
+                "budgets": [{"id": "global", "max_usd": 1_000_000}],
+                "global": {"budgets": ["global"]},
                 "multipliers": f"{REPO}/rules/multipliers.yaml",
                 "model_limits": f"{REPO}/rules/model_limits.yaml",
             }
         )
     )
+    if args.ledger_only:
+        upstream.kill()
+        print_ledger(tmp, args.ledger_rows)
+        return 0
     kinds = ("bare", "hops", "spendfuse")
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     try:
@@ -180,10 +252,23 @@ def main() -> int:
         "hops only: mitmdump plus an addon that makes spendfuse's two ledger-thread round trips "
         "(reserve, settle) with no work in them"
     )
-    print(f"ledger reserve+settle: {bench_ledger(tmp):.0f} pairs/s (one process, WAL, synchronous=NORMAL)")
+    print_ledger(tmp, args.ledger_rows)
+    return 0
+
+
+def print_ledger(tmp: Path, rows: int) -> None:
+    one = bench_ledger(tmp, n_claims=1)
+    six = bench_ledger(tmp, n_claims=6)
+    grown = bench_ledger(tmp, n_claims=6, rows=rows)
+    print("ledger reserve+settle pairs/s (one process, WAL, synchronous=NORMAL):")
+    print(f"  1 claim (global budget): {one:.0f}")
+    print(
+        f"  6 claims (key, team, customer, model, provider, global; every kind of window): "
+        f"{six:.0f} ({six / one:.2f}x)"
+    )
+    print(f"  6 claims, ledger already holding {rows:,} requests: {grown:.0f} ({grown / six:.2f}x of empty)")
     tps, count = bench_tokens()
     print(f"input-token estimate: {tps / 1e6:.2f} M tokens/s (o200k, {count} tokens per request body)")
-    return 0
 
 
 if __name__ == "__main__":

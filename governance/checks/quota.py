@@ -1,0 +1,163 @@
+"""Budgets and rate limits: the claims a request makes, and the refusal when one does not fit.
+
+Every limit that applies to a request becomes a claim on a counter. Rate limits come first,
+then budgets, each in scope order (key, team, customer, models, providers, global), so the
+first failure is always the same one. Counters are named here and nowhere else, so two limits
+never share a counter by accident, and a version 1 file's global budget keeps its old counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from governance import windows
+from governance.limits import BudgetRule, RateLimitRule
+from governance.scopes import Scope
+from governance.types import (
+    Claim,
+    Refusal,
+    RefusalKind,
+    RequestInfo,
+    claim_tokens,
+    from_micro,
+    limit_to_micro,
+    usd,
+)
+
+BUDGET_PREFIX = "budget:"
+RATE_PREFIX = "rate_limit:"
+
+
+def budget_counter(scope: str, budget_id: str) -> str:
+    """The ledger counter of a budget on a scope. The global scope keeps version 1's names."""
+    if scope == "global":
+        return "global" if budget_id == "global" else f"global:{budget_id}"
+    return f"{scope}|{budget_id}"
+
+
+def rate_counter(scope: str, limit_id: str, unit: str) -> str:
+    """The ledger counter of one part (requests, tokens, in flight) of a rate limit on a scope."""
+    return f"{scope}|{limit_id}|{unit.split(':')[0]}"
+
+
+def _rule_name(prefix: str, scope: str, rule_id: str) -> str:
+    return f"{prefix}{rule_id}" if scope == "global" else f"{prefix}{rule_id}@{scope}"
+
+
+def _tokens(unit: str, req: RequestInfo) -> int:
+    return claim_tokens(unit, req.input_tokens, req.max_output_tokens)
+
+
+def rate_claims(scope: str, rule: RateLimitRule, req: RequestInfo) -> list[Claim]:
+    """A rate limit's claims: each part it limits is a claim of its own, with its own window."""
+    token_unit = f"tokens:{rule.count_tokens}"
+    parts = (  # (limit, unit, amount, reset): each part of the rate limit that is set
+        (rule.max_requests, "requests", 1, rule.requests_reset),
+        (rule.max_tokens, token_unit, _tokens(token_unit, req), rule.tokens_reset),
+        (rule.max_in_flight, "in_flight", 1, "never"),  # not a window: a hold while in flight
+    )
+    out = []
+    for limit, unit, amount, reset in parts:
+        if limit is None:
+            continue
+        part = unit.split(":")[0]
+        out.append(
+            Claim(
+                scope=rate_counter(scope, rule.id, unit),
+                window_start="",
+                resets="",
+                limit_micro=limit,
+                amount_micro=amount,
+                rule=_rule_name(RATE_PREFIX, scope, f"{rule.id}:{part}"),
+                unit=unit,
+                reset=reset,
+                calendar=rule.calendar and unit != "in_flight",
+                timezone=rule.timezone,
+            )
+        )
+    return out
+
+
+def budget_claim(scope: str, rule: BudgetRule, amount_micro: int) -> Claim:
+    return Claim(
+        scope=budget_counter(scope, rule.id),
+        window_start="",
+        resets="never",
+        limit_micro=limit_to_micro(rule.max_usd),
+        amount_micro=amount_micro,
+        rule=_rule_name(BUDGET_PREFIX, scope, rule.id),
+        reset=rule.reset,
+        calendar=rule.calendar,
+        timezone=rule.timezone,
+    )
+
+
+def claims(scopes: Sequence[Scope], req: RequestInfo, amount_micro: int) -> list[Claim]:
+    """Every limit that applies to `req`, as claims: rate limits first, then budgets of
+    `amount_micro`, each in scope order."""
+    out = [c for s in scopes for r in s.rate_limits for c in rate_claims(s.name, r, req)]
+    out += [budget_claim(s.name, b, amount_micro) for s in scopes for b in s.budgets]
+    return out
+
+
+def _scope_of(rule: str) -> str:
+    return rule.split("@", 1)[1] if "@" in rule else "global"
+
+
+def quota_refusal(claim: Claim, settled: int, held: int, now: datetime) -> Refusal:
+    """The refusal for a claim that did not fit its window, with every number the client needs:
+    the scope and rule, the limit, what was used and reserved, and when the window resets. A
+    window that resets is a retryable 429 with Retry-After; a budget that never resets is final."""
+    end = (
+        None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
+    )
+    retry = windows.retry_after_seconds(end, now) if end is not None else None
+    scope = _scope_of(claim.rule)
+    if claim.amount_micro > claim.limit_micro and (retry is not None or claim.unit == "in_flight"):
+        # Not even an empty window could take it: coming back later would not help.
+        retry, when = None, "is smaller than this one request: lower its max_tokens, or raise the limit"
+    elif claim.unit == "in_flight":
+        # Frees as soon as another request of the scope finishes: come back in a moment.
+        retry, when = 1, "frees as requests in flight finish"
+    else:
+        when = "never resets" if retry is None else f"resets at {claim.resets} (in {retry} s)"
+    if claim.unit == "usd":
+        limit, spent, reserved = from_micro(claim.limit_micro), from_micro(settled), from_micro(held)
+        requested = from_micro(claim.amount_micro)
+        remaining = max(limit - spent - reserved, from_micro(0))
+        name = claim.rule.removeprefix(BUDGET_PREFIX).split("@", 1)[0]
+        message = (
+            f"spendfuse: budget '{name}' of scope {scope} exhausted: limit {usd(limit)}, spent {usd(spent)}, "
+            f"reserved by requests in flight {usd(reserved)}, remaining {usd(remaining)}; this request "
+            f"needs up to {usd(requested)}. The budget {when}."
+        )
+        code = "budget_exceeded"
+    else:
+        limit, spent, reserved = Decimal(claim.limit_micro), Decimal(settled), Decimal(held)
+        requested = Decimal(claim.amount_micro)
+        remaining = max(limit - spent - reserved, Decimal(0))
+        what = {"requests": "requests", "in_flight": "requests in flight"}.get(
+            claim.unit, claim.unit.replace(":", " ")
+        )
+        name = claim.rule.removeprefix(RATE_PREFIX).split("@", 1)[0]
+        message = (
+            f"spendfuse: rate limit '{name}' of scope {scope} reached: limit {limit} {what}, used {spent}, "
+            f"held by requests in flight {reserved}; this request needs {requested}. The limit {when}."
+        )
+        code = "rate_limit_exceeded"
+    return Refusal(
+        rule=claim.rule,
+        code=code,
+        kind=RefusalKind.QUOTA if retry is None else RefusalKind.RATE,
+        message=message,
+        limit=limit,
+        spent=spent,
+        reserved=reserved,
+        remaining=remaining,
+        requested=requested,
+        resets=claim.resets or "never",
+        retry_after=retry,
+        unit=claim.unit,
+    )
