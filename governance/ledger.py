@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 # SQLite's own checkpoint stays as a backstop for a ledger that is never idle.
 IDLE_CHECKPOINT_COMMITS = 100
 BACKSTOP_CHECKPOINT_PAGES = 10_000
+PAGE_CACHE_KIB = 65_536
 
 
 @migrations()
@@ -233,6 +234,23 @@ def _parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
 
 
+def _in_window(claim: Claim, window_start: str, resets: str, limit_micro: int) -> Claim:
+    """`claim` in its resolved window. Built directly: `dataclasses.replace` costs several times
+    more, and this runs for every claim of every request."""
+    return Claim(
+        claim.scope,
+        window_start,
+        resets,
+        limit_micro,
+        claim.amount_micro,
+        claim.rule,
+        claim.unit,
+        claim.reset,
+        claim.calendar,
+        claim.timezone,
+    )
+
+
 def _shape(claim: Claim) -> str:
     """A counter's window shape as the rules define it: reset, alignment and zone."""
     return f"{claim.reset}|{'calendar' if claim.calendar else 'rolling'}|{claim.timezone}"
@@ -332,6 +350,9 @@ class Ledger:
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+            # Keep the B-trees' inner pages in memory: with SQLite's default 2 MB cache, a ledger
+            # of a million requests reserves about a quarter slower than an empty one.
+            conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
             with ledger._write():
                 # Inside BEGIN IMMEDIATE, so two processes never both see a migration as pending.
                 migrations.apply(ledger.db)
@@ -522,16 +543,10 @@ class Ledger:
                     )
                     known[claim.scope] = (anchor_text, topup, shape)
             if reset is None and anchor_text is None:
-                out.append(
-                    replace(claim, window_start="", resets="never", limit_micro=claim.limit_micro + topup)
-                )
-                continue
-            window_start, resets = _window(claim, reset, anchor_text, now)
-            out.append(
-                replace(
-                    claim, window_start=window_start, resets=resets, limit_micro=claim.limit_micro + topup
-                )
-            )
+                window_start, resets = "", "never"
+            else:
+                window_start, resets = _window(claim, reset, anchor_text, now)
+            out.append(_in_window(claim, window_start, resets, claim.limit_micro + topup))
         return out
 
     @staticmethod
