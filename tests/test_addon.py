@@ -637,3 +637,59 @@ async def test_a_repeated_json_key_is_refused_not_guessed(fuse, raw):
         and "repeats the key" in json.loads(f.response.content)["error"]["message"]
     )
     assert rows(a)[0]["rule"] == "request_parse"
+
+
+async def test_a_key_bound_to_a_listener_is_the_client_arriving_there(tmp_path):
+    """A sandbox given its own port is that key with no secret: the listener is the mode's own
+    port (`regular@8101`), never the address the client dialled."""
+    from mitmproxy.proxy import mode_specs
+
+    from governance.scopes import secret_hash
+
+    rules = write_rules(
+        tmp_path / "r.yaml",
+        version=2,
+        budgets=[{"id": "run", "max_usd": 1}],
+        keys=[
+            {"id": "run-1", "listeners": ["8101"], "budgets": ["run"]},
+            {"id": "named", "secret_sha256": secret_hash("s"), "listeners": ["regular@8102"]},
+        ],
+        require_key=True,
+    )
+    a = addon_module.SpendFuse()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, spendfuse_rules=str(rules), spendfuse_db=str(tmp_path / "l.sqlite"))
+        seen = {}
+        for spec in ("regular@8101", "regular@8102", "regular@8103"):
+            f = req()
+            f.client_conn.proxy_mode = mode_specs.ProxyMode.parse(spec)
+            f.client_conn.sockname = ("127.0.0.1", 8101)  # what the client dialled: not the listener
+            await a.request(f)
+            seen[spec] = f.response.status_code if f.response else f.metadata["spendfuse"]["principal"]
+        assert seen == {"regular@8101": "key:run-1", "regular@8102": "key:named", "regular@8103": 401}
+    a.done()
+
+
+async def test_dry_run_meters_a_client_it_would_refuse_for_its_identity(tmp_path):
+    from governance.scopes import secret_hash
+
+    rules = write_rules(
+        tmp_path / "r.yaml",
+        version=2,
+        budgets=[{"id": "all", "max_usd": 1}],
+        keys=[{"id": "k", "secret_sha256": secret_hash("s")}],
+        require_key=True,
+        **{"global": {"budgets": ["all"]}},
+    )
+    a = addon_module.SpendFuse()
+    with taddons.context(a) as tctx:
+        tctx.configure(
+            a, spendfuse_rules=str(rules), spendfuse_db=str(tmp_path / "l.sqlite"), spendfuse_dry_run="true"
+        )
+        f = req(headers={"x-spendfuse-key": "wrong"})
+        await a.request(f)
+        assert f.response is None and f.metadata["spendfuse"]["principal"] == "unidentified"
+        assert "x-spendfuse-key" not in f.request.headers
+        [row] = rows(a)
+        assert row["state"] == "held" and row["counters"] == "global:all"
+    a.done()
