@@ -24,12 +24,14 @@ from governance.pricing import Pricer, context_window
 from governance.scopes import Scopes
 from governance.types import (
     UNBOUNDED,
+    Claim,
     Decision,
     Endpoint,
     Priced,
     Refusal,
     RequestInfo,
     Usage,
+    claim_tokens,
     from_micro,
     to_micro,
 )
@@ -322,7 +324,13 @@ class Engine:
             amount = result.refit.amount_micro
             inject = result.refit.rec.injected_output_tokens
         if result.blocking is not None:
-            budget = checks.quota_refusal(result.blocking, result.settled_micro, result.held_micro, now)
+            budget = checks.quota_refusal(
+                result.blocking,
+                result.settled_micro,
+                result.held_micro,
+                now,
+                smallest_micro=self._smallest_claim(info, result.blocking, now),
+            )
             if not result.granted:
                 if count_may_help:
                     # Only money hinges on the input estimate's margins; a request count does not.
@@ -345,22 +353,41 @@ class Engine:
             binding=result.binding,
         )
 
-    def _fitter(self, info: RequestInfo, rec: RequestRecord, now: datetime) -> Callable[[int], Refit | None]:
+    def _smallest_claim(self, info: RequestInfo, claim: Claim, now: datetime) -> int | None:
+        """What `claim` would be with the output cap injection may write at its smallest (the
+        rules' floor): a request that fits an empty window at the floor is worth retrying."""
+        clamp = self.policy.clamp_output
+        if clamp is None or self.dry_run or claim.unit not in ("usd", "tokens:output", "tokens:total"):
+            return None
+        cap = min(clamp.floor_tokens, info.max_output_tokens // info.choices) * info.choices
+        if claim.unit == "usd":
+            return to_micro(self._worst_case(info, cap, now).cost)
+        return claim_tokens(claim.unit, info.input_tokens, cap)
+
+    def _fitter(
+        self, info: RequestInfo, rec: RequestRecord, now: datetime
+    ) -> Callable[[int | None, int | None], Refit | None]:
         """For `Ledger.reserve(fit=...)`: the largest output cap per choice, down to the rules'
-        floor, whose worst case fits the room left; None when not even the floor fits."""
+        floor, whose worst case fits the USD room left and whose output fits the output tokens
+        left under token limits; None when not even the floor fits."""
         assert self.policy.clamp_output is not None
         floor = self.policy.clamp_output.floor_tokens
 
         def cost(cap: int) -> Priced:  # every modifier the full worst case has: tier, fees, audio
             return self._worst_case(info, cap * info.choices, now)
 
-        def fit(room: int) -> Refit | None:
+        def fits(cap: int, room: int | None) -> bool:
+            return room is None or to_micro(cost(cap).cost) <= room
+
+        def fit(room: int | None, output_room: int | None) -> Refit | None:
             low, high = floor, info.max_output_tokens // info.choices - 1
-            if high < low or to_micro(cost(low).cost) > room:
+            if output_room is not None:
+                high = min(high, output_room // info.choices)
+            if high < low or not fits(low, room):
                 return None
             while low < high:  # the largest cap whose worst case fits: cost is monotone in it
                 mid = (low + high + 1) // 2
-                if to_micro(cost(mid).cost) <= room:
+                if fits(mid, room):
                     low = mid
                 else:
                     high = mid - 1

@@ -234,6 +234,10 @@ def _parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
 
 
+# Limits a smaller output cap can make a request fit (output-cap injection).
+_FITTABLE_UNITS = frozenset({"usd", "tokens:output", "tokens:total"})
+
+
 def _in_window(claim: Claim, window_start: str, resets: str, limit_micro: int) -> Claim:
     """`claim` in its resolved window. Built directly: `dataclasses.replace` costs several times
     more, and this runs for every claim of every request."""
@@ -620,7 +624,7 @@ class Ledger:
         decision: str = "allowed",
         rule: str | None = None,
         reason: str | None = None,
-        fit: Callable[[int], Refit | None] | None = None,
+        fit: Callable[[int | None, int | None], Refit | None] | None = None,
         record_refusal: bool = True,
     ) -> ReserveResult:
         """Check every claim and hold them all, or none, in one transaction.
@@ -629,10 +633,11 @@ class Ledger:
         amount would pass its limit refuses the request: a `refused` row is written and nothing
         is held. Without it (dry run) everything is held and the would-be refusal is only reported.
 
-        `fit`, when given, is asked what the request becomes in the room its USD windows have left
-        (the smallest limit - settled - held) when a budget is what blocks it; a `Refit` whose
-        amount fits is held instead, within the same transaction, so the room cannot change in
-        between. Token claims then hold the refit's smaller worst case.
+        `fit`, when given, is asked what the request becomes in the room its windows have left, when
+        a budget or a token limit counting output is what blocks it: `fit(usd_room, output_room)`,
+        the least USD and the fewest output tokens left (None where no such limit applies). A
+        `Refit` that fits is held instead, within the same transaction, so the room cannot change
+        in between; every claim is checked again at the refit's smaller worst case.
 
         `record_refusal=False` writes nothing for a refusal: the caller may try again (with the
         provider's own input count) and records the outcome then."""
@@ -650,17 +655,23 @@ class Ledger:
                     room = left if room is None else min(room, left)
                 if blocking is None and claim.amount_micro > left:
                     blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
+            # Output tokens the token limits that count output leave room for (None: none do).
+            output_room: int | None = None
+            for claim, left in zip(claims, lefts, strict=True):
+                if claim.unit in ("tokens:output", "tokens:total"):
+                    spare = left - ((rec.est_input_tokens or 0) if claim.unit == "tokens:total" else 0)
+                    output_room = spare if output_room is None else min(output_room, spare)
             refit = (
-                fit(room)
+                fit(room, output_room)
                 if blocking is not None
                 and blocking.blocking is not None
-                and blocking.blocking.unit == "usd"
+                and blocking.blocking.unit in _FITTABLE_UNITS
                 and fit is not None
-                and room is not None
-                and room > 0
+                and (room is None or room > 0)
+                and (output_room is None or output_room > 0)
                 else None
             )
-            if refit is not None and refit.amount_micro <= room:  # type: ignore[operator]
+            if refit is not None and (room is None or refit.amount_micro <= room):
                 rec, reserved_micro, blocking = refit.rec, refit.amount_micro, None
                 claims = [_refitted(c, refit) for c in claims]
                 for claim, left in zip(claims, lefts, strict=True):  # every claim, not only the blocking one

@@ -444,3 +444,29 @@ def test_reaped_in_flight_claims_match_their_totals(make):
     for c in claims:
         t = e.ledger.window_totals(c["scope"], "")
         assert t.settled_micro + t.held_micro == c["amount_micro"]
+
+
+def test_output_cap_injection_fits_a_request_to_a_token_limit(make):
+    """A client that sends no output cap (Codex) under a token rate limit: its worst case is the
+    model's whole output, more than the window holds. With clamp_output the cap written is what
+    the window has left, and the next request waits for the window instead of failing for good."""
+    e = make(
+        clamp_output={"floor_tokens": 100},
+        rate_limits=[{"id": "tpm", "max_tokens": 5000, "tokens_reset": "1m", "count_tokens": "total"}],
+        budgets=[{"id": "g", "max_usd": 100}],
+        **{"global": {"budgets": ["g"], "rate_limits": ["tpm"]}},
+    )
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+    info = e.read_request(CHAT, body, principal="default", request_id="r1").info
+    assert info.max_output_tokens == 16384 and info.requested_output_tokens is None
+    d = e.admit(info, T0)
+    assert d.allowed and d.output_cap == 5000 - info.input_tokens
+    held = e.ledger.query("SELECT amount_micro FROM claims WHERE request_id = 'r1' AND unit = 'tokens:total'")
+    assert held[0]["amount_micro"] == 5000
+    e.finish(info, Usage(info.input_tokens, 3000), T0, outcome="usage")
+    again = e.read_request(CHAT, body, principal="default", request_id="r2").info
+    d2 = e.admit(again, T0)
+    assert d2.allowed and d2.output_cap == 5000 - info.input_tokens - 3000 - again.input_tokens
+    e.finish(again, Usage(again.input_tokens, d2.output_cap), T0, outcome="usage")
+    r = e.admit(e.read_request(CHAT, body, principal="default", request_id="r3").info, T0).refusal
+    assert r.kind is RefusalKind.RATE and r.rule == "rate_limit:tpm:tokens"  # full until the minute ends

@@ -106,16 +106,21 @@ def _scope_of(rule: str) -> str:
     return rule.split("@", 1)[1] if "@" in rule else "global"
 
 
-def quota_refusal(claim: Claim, settled: int, held: int, now: datetime) -> Refusal:
+def quota_refusal(
+    claim: Claim, settled: int, held: int, now: datetime, *, smallest_micro: int | None = None
+) -> Refusal:
     """The refusal for a claim that did not fit its window, with every number the client needs:
     the scope and rule, the limit, what was used and reserved, and when the window resets. A
-    window that resets is a retryable 429 with Retry-After; a budget that never resets is final."""
+    window that resets is a retryable 429 with Retry-After; a budget that never resets is final,
+    and so is a request that not even an empty window could take. `smallest_micro` is what the
+    request would claim at its smallest (output-cap injection at the floor); default: its amount."""
     end = (
         None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
     )
     retry = windows.retry_after_seconds(end, now) if end is not None else None
     scope = _scope_of(claim.rule)
-    if claim.amount_micro > claim.limit_micro and (retry is not None or claim.unit == "in_flight"):
+    smallest = claim.amount_micro if smallest_micro is None else smallest_micro
+    if smallest > claim.limit_micro and (retry is not None or claim.unit == "in_flight"):
         # Not even an empty window could take it: coming back later would not help.
         retry, when = None, "is smaller than this one request: lower its max_tokens, or raise the limit"
     elif claim.unit == "in_flight":
