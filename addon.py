@@ -211,11 +211,6 @@ def _proxy_credentials(header: str | None) -> tuple[str, str | None] | None:
     return (user, secret if sep else None) if user else None
 
 
-def _proxy_user(header: str | None) -> str | None:
-    creds = _proxy_credentials(header)
-    return creds[0] if creds else None
-
-
 _RAW_LAYERS = (layers.TCPLayer, layers.UDPLayer, layers.RawQuicLayer)
 
 

@@ -24,12 +24,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, policy
-from governance.checks.quota import budget_claim, rate_claims
+from governance.checks.quota import budget_claim, rate_claims, rule_parts
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import Ledger
 from governance.ledger import default_path as default_ledger_path
 from governance.scopes import Scope, Scopes, secret_hash
-from governance.types import Claim, RequestInfo, from_micro, usd
+from governance.types import Claim, from_micro, usd
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -64,13 +64,9 @@ def _rules(args: argparse.Namespace) -> policy.Policy:
     return policy.with_overrides(policy.load(args.rules), budget_usd=budget)
 
 
-# Status has no request to size token claims by; only the limits matter here.
-_NO_REQUEST = RequestInfo("status", "", "", "", "", False, 0, 0, "")
-
-
 def _scope_claims(scope: Scope) -> list[Claim]:
     """Every counter of a scope, as claims carrying its limit and window rule."""
-    out = [c for r in scope.rate_limits for c in rate_claims(scope.name, r, _NO_REQUEST)]
+    out = [c for r in scope.rate_limits for c in rate_claims(scope.name, r, None)]
     return out + [budget_claim(scope.name, b, 0) for b in scope.budgets]
 
 
@@ -88,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             c = ledger.resolve_window(claim, now)
             t = ledger.window_totals(c.scope, c.window_start)
             left = max(c.limit_micro - t.settled_micro - t.held_micro, 0)
-            name = c.rule.split(":", 1)[1].split("@", 1)[0]
+            name = rule_parts(c.rule)[0]
             unit = "USD" if c.unit == "usd" else c.unit.replace("_", " ")
             window = c.reset + (" (calendar)" if c.calendar and c.reset != "never" else "")
             rows.append(
@@ -136,7 +132,7 @@ def _counters_of(rules: policy.Policy, target: str) -> tuple[Scope, list[Claim]]
     scope = scopes[name]
     claims = _scope_claims(scope)
     if limit_id:
-        claims = [c for c in claims if c.rule.split(":", 1)[1].split("@", 1)[0].split(":", 1)[0] == limit_id]
+        claims = [c for c in claims if rule_parts(c.rule)[0].split(":", 1)[0] == limit_id]
         if not claims:
             raise PolicyError(f"scope {name!r} has no budget or rate limit {limit_id!r}")
     return scope, claims

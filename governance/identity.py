@@ -48,10 +48,15 @@ class Identity:
     key: Key | None = None
 
 
+def _salted(secret: str, salt: str) -> str:
+    """A short salted hash: the same secret gives the same principal in one ledger, and the
+    ledger never holds anything that could be matched against a leaked key list."""
+    return hashlib.sha256(f"{salt}:{secret}".encode()).hexdigest()[:16]
+
+
 def api_key_principal(api_key: str, salt: str) -> str:
-    """A salted hash of an upstream API key: the same key gives the same principal in one ledger,
-    and the ledger never holds anything that could be matched against a leaked key list."""
-    return "apikey:" + hashlib.sha256(f"{salt}:{api_key}".encode()).hexdigest()[:16]
+    """The principal of a client known only by its upstream API key."""
+    return "apikey:" + _salted(api_key, salt)
 
 
 def _refusal(kind: RefusalKind, code: str, message: str) -> Refusal:
@@ -89,9 +94,7 @@ def identify(creds: Credentials, scopes: Scopes, *, salt: str, require_key: bool
             return Identity(f"proxy:{creds.proxy_user}")
         if creds.key_header and creds.key_header_name == "x-bf-vk":
             # A Bifrost virtual key is a secret: never a label in the ledger.
-            return Identity(
-                "header:" + hashlib.sha256(f"{salt}:{creds.key_header.strip()}".encode()).hexdigest()[:16]
-            )
+            return Identity("header:" + _salted(creds.key_header.strip(), salt))
         if creds.key_header:
             return Identity(f"header:{creds.key_header.strip()}")
     if require_key:

@@ -455,14 +455,6 @@ class Ledger:
     # -- the request path ---------------------------------------------------------------------
 
     @staticmethod
-    def _totals(conn: sqlite3.Connection, scope: str, window_start: str) -> WindowTotals:
-        row = conn.execute(
-            "SELECT settled_micro, held_micro FROM totals WHERE scope = ? AND window_start = ?",
-            (scope, window_start),
-        ).fetchone()
-        return WindowTotals(row[0], row[1]) if row else WindowTotals(0, 0)
-
-    @staticmethod
     def _insert_request(
         conn: sqlite3.Connection,
         rec: RequestRecord,
@@ -909,16 +901,6 @@ class Ledger:
         rows = self._read("SELECT value FROM meta WHERE key = 'salt'")
         return str(rows[0][0])
 
-    def counter_state(self, counters: Sequence[str]) -> dict[str, tuple[datetime | None, int]]:
-        """`counter -> (anchor, top-ups in micro-USD)` for the counters that have either."""
-        if not counters:
-            return {}
-        marks = ", ".join("?" * len(counters))
-        rows = self._read(
-            f"SELECT counter, anchor_at, topup_micro FROM counters WHERE counter IN ({marks})", list(counters)
-        )
-        return {r[0]: (_parse_iso(r[1]) if r[1] else None, r[2]) for r in rows}
-
     def reset(self, counters: Sequence[str], now: datetime, *, who: str, note: str | None = None) -> None:
         """Start a new window of each counter now. History stays: the old window's totals and
         claims are kept, and the reset is a row in `adjustments`."""
@@ -956,18 +938,15 @@ class Ledger:
 
     def resolve_window(self, claim: Claim, now: datetime) -> Claim:
         """`claim` with its current window and effective limit, read-only (for `spendfuse status`)."""
-        state = self.counter_state([claim.scope])
-        anchor, topup = state.get(claim.scope, (None, 0))
+        rows = self._read("SELECT anchor_at, topup_micro FROM counters WHERE counter = ?", (claim.scope,))
+        anchor_text, topup = (rows[0][0], rows[0][1]) if rows else (None, 0)
         reset = _parse_reset(claim.reset)
-        if reset is not None and anchor is None and not claim.calendar:
-            anchor = now  # not used yet: its first window would start now
-        start, end = windows.window_at(reset, now, anchor=anchor, calendar=claim.calendar, tz=claim.timezone)
-        return replace(
-            claim,
-            window_start=windows.window_key(start),
-            resets=iso(end) if end is not None else "never",
-            limit_micro=claim.limit_micro + topup,
+        if reset is not None and anchor_text is None and not claim.calendar:
+            anchor_text = iso(now)  # not used yet: its first window would start now
+        window_start, resets = (
+            _window(claim, reset, anchor_text, now) if reset or anchor_text else ("", "never")
         )
+        return _in_window(claim, window_start, resets, claim.limit_micro + topup)
 
     # -- context kept by providers --------------------------------------------------------------
 

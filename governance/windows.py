@@ -186,16 +186,16 @@ def window_at(
         _require_aware(anchor, "anchor")
         anchor = anchor.astimezone(UTC)
     now = now.astimezone(UTC)
-    zone = _zone(tz)  # validated in every mode, so a bad rules file fails whichever limit uses it
+    tzone = zone(tz)  # validated in every mode, so a bad rules file fails whichever limit uses it
     if reset is None:
         return anchor, None
     if calendar:
-        return _calendar_window(reset, now, anchor, zone)
+        return _calendar_window(reset, now, anchor, tzone)
     if anchor is None:
         raise ValueError(
             f"a rolling {reset} window needs an anchor: the time the limit was first used or reset"
         )
-    return _rolling_window(reset, max(now, anchor), anchor, zone)
+    return _rolling_window(reset, max(now, anchor), anchor, tzone)
 
 
 def retry_after_seconds(end: datetime | None, now: datetime) -> int | None:
@@ -225,8 +225,8 @@ def _require_aware(value: datetime, name: str) -> None:
         raise ValueError(f"{name} must be timezone-aware, got {value!r}")
 
 
-def _zone(tz: str) -> tzinfo:
-    """The time zone named `tz`, or ValueError naming it."""
+def zone(tz: str) -> tzinfo:
+    """The time zone named `tz`, or ValueError naming it (rules validate their zones with it)."""
     if tz == "UTC":
         # The default needs no tz database, so a machine without one still runs UTC limits.
         return UTC

@@ -614,8 +614,10 @@ def test_proxy_user_parsing():
     import base64
 
     token = base64.b64encode(b"team-a:secret").decode()
-    assert addon_module._proxy_user(f"Basic {token}") == "team-a"
-    assert addon_module._proxy_user("Basic !!!") is None and addon_module._proxy_user(None) is None
+    assert addon_module._proxy_credentials(f"Basic {token}")[0] == "team-a"
+    assert (
+        addon_module._proxy_credentials("Basic !!!") is None and addon_module._proxy_credentials(None) is None
+    )
 
 
 @pytest.mark.parametrize(

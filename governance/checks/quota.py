@@ -46,11 +46,11 @@ def _rule_name(prefix: str, scope: str, rule_id: str) -> str:
     return f"{prefix}{rule_id}" if scope == "global" else f"{prefix}{rule_id}@{scope}"
 
 
-def _tokens(unit: str, req: RequestInfo) -> int:
-    return claim_tokens(unit, req.input_tokens, req.max_output_tokens)
+def _tokens(unit: str, req: RequestInfo | None) -> int:
+    return claim_tokens(unit, req.input_tokens, req.max_output_tokens) if req is not None else 0
 
 
-def rate_claims(scope: str, rule: RateLimitRule, req: RequestInfo) -> list[Claim]:
+def rate_claims(scope: str, rule: RateLimitRule, req: RequestInfo | None) -> list[Claim]:
     """A rate limit's claims: each part it limits is a claim of its own, with its own window."""
     token_unit = f"tokens:{rule.count_tokens}"
     parts = (  # (limit, unit, amount, reset): each part of the rate limit that is set
@@ -102,8 +102,11 @@ def claims(scopes: Sequence[Scope], req: RequestInfo, amount_micro: int) -> list
     return out
 
 
-def _scope_of(rule: str) -> str:
-    return rule.split("@", 1)[1] if "@" in rule else "global"
+def rule_parts(rule: str) -> tuple[str, str]:
+    """`(limit, scope)` of a rule name built here: `budget:daily@key=a` -> `("daily", "key=a")`,
+    `rate_limit:pace:requests` -> `("pace:requests", "global")`."""
+    name, _, scope = rule.split(":", 1)[1].partition("@")
+    return name, scope or "global"
 
 
 def quota_refusal(
@@ -118,7 +121,7 @@ def quota_refusal(
         None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
     )
     retry = windows.retry_after_seconds(end, now) if end is not None else None
-    scope = _scope_of(claim.rule)
+    name, scope = rule_parts(claim.rule)
     smallest = claim.amount_micro if smallest_micro is None else smallest_micro
     if smallest > claim.limit_micro and (retry is not None or claim.unit == "in_flight"):
         # Not even an empty window could take it: coming back later would not help.
@@ -132,7 +135,6 @@ def quota_refusal(
         limit, spent, reserved = from_micro(claim.limit_micro), from_micro(settled), from_micro(held)
         requested = from_micro(claim.amount_micro)
         remaining = max(limit - spent - reserved, from_micro(0))
-        name = claim.rule.removeprefix(BUDGET_PREFIX).split("@", 1)[0]
         message = (
             f"spendfuse: budget '{name}' of scope {scope} exhausted: limit {usd(limit)}, spent {usd(spent)}, "
             f"reserved by requests in flight {usd(reserved)}, remaining {usd(remaining)}; this request "
@@ -146,7 +148,6 @@ def quota_refusal(
         what = {"requests": "requests", "in_flight": "requests in flight"}.get(
             claim.unit, claim.unit.replace(":", " ")
         )
-        name = claim.rule.removeprefix(RATE_PREFIX).split("@", 1)[0]
         message = (
             f"spendfuse: rate limit '{name}' of scope {scope} reached: limit {limit} {what}, used {spent}, "
             f"held by requests in flight {reserved}; this request needs {requested}. The limit {when}."
