@@ -49,7 +49,11 @@ def glob_match(pattern: str, name: str) -> bool:
 
 # A dated snapshot or a vendor prefix names the same model as far as limits go: `gpt-4o-2024-08-06`,
 # `claude-sonnet-4-5-20250929`, `claude-3-5-sonnet@20240620` (Vertex), `openai/gpt-4o` (gateways).
-_SNAPSHOT = re.compile(r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{8})|-latest)$")
+# OpenAI's older snapshots are dated by month and day only (`gpt-4-0613`, `gpt-3.5-turbo-0125`):
+# a real month and day, so `-2099` stays part of an unknown name.
+_SNAPSHOT = re.compile(
+    r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{8}|(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))|-latest)$"
+)
 
 
 def model_names(model: str) -> tuple[str, ...]:
