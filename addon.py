@@ -166,11 +166,26 @@ class Pending:
 @dataclass(frozen=True)
 class Decided:
     """What spendfuse decided a forwarded request was, for the check at the end of the chain:
-    the LLM host entry it was for (None: not LLM traffic) and, when metered, the fingerprint of
-    what it was priced from."""
+    the LLM endpoint it was for (host entry, API, metering; None: not LLM traffic), when metered
+    the fingerprint of what it was priced from, and whom it was recorded under."""
 
-    entry: str | None
+    endpoint: tuple[str, str, Metering] | None
     body: int | None
+    principal: str
+
+    def still(self, verdict: Verdict) -> bool:
+        """Whether a fresh verdict on the request is what was decided. Traffic passed as not LLM
+        must still be neither LLM traffic nor refused (egress); LLM traffic must still be for the
+        same host entry, API and metering (a free count turned into a billed call is not). The
+        destination itself may change: a relay or a test harness sends it elsewhere."""
+        ep = verdict.endpoint
+        if self.endpoint is None:
+            return ep is None and verdict.action is not Action.REFUSE
+        return ep is not None and (ep.entry, ep.api, ep.metering) == self.endpoint
+
+
+def _decided_endpoint(endpoint: Endpoint) -> tuple[str, str, Metering]:
+    return endpoint.entry, endpoint.api, endpoint.metering
 
 
 def _priced_fingerprint(flow: http.HTTPFlow) -> int:
@@ -322,8 +337,7 @@ class TransportGuard:
         try:
             verdict = engine.screen(self.fuse._incoming(flow))
             endpoint = verdict.endpoint
-            now_entry = endpoint.entry if endpoint is not None else None
-            changed = now_entry != decided.entry or (
+            changed = not decided.still(verdict) or (
                 decided.body is not None and _priced_fingerprint(flow) != decided.body
             )
         except Exception:  # noqa: BLE001 - the request cannot be re-checked: it is refused below
@@ -335,7 +349,9 @@ class TransportGuard:
         logger.warning("spendfuse: %s %s", flow.id, refusal.message)
         pending = self.fuse._pending.pop(flow.id, None)
         if pending is None:
-            await self.fuse._refuse_early(flow, endpoint, None, refusal)  # recorded, and answered
+            # Recorded under whom it was decided for: its own headers are stripped by now.
+            rec = RequestRecord(self.fuse._request_id(flow), decided.principal)
+            await self.fuse._refuse_early(flow, endpoint, rec, refusal)  # recorded, and answered
             return
         request_id = pending.info.request_id  # its row exists: the hold is released, not charged
         try:
@@ -828,6 +844,7 @@ class SpendFuse:
             # Dry run refuses nothing, and meters everything: the caller counts as unidentified.
             logger.warning("spendfuse: dry run: would refuse %s: %s", flow.id, refused.message)
             who, refused = Identity("unidentified"), None
+        principal = who.principal if isinstance(who, Identity) else "unidentified"
         if verdict.action is Action.PASS:
             # Wrong proxy credentials are refused on every host; a key header only matters to LLM hosts.
             if refused is not None and refused.kind is RefusalKind.PROXY_AUTH:
@@ -835,9 +852,8 @@ class SpendFuse:
                     flow, None, RequestRecord(self._request_id(flow), "unidentified"), refused
                 )
                 return
-            self._decided[flow.id] = Decided(None, None)
+            self._decided[flow.id] = Decided(None, None, principal)
             return
-        principal = who.principal if isinstance(who, Identity) else "unidentified"
         if verdict.action is Action.REFUSE or refused is not None:
             refusal = refused or verdict.refusal
             assert refusal is not None
@@ -847,7 +863,7 @@ class SpendFuse:
             return
         assert endpoint is not None
         if verdict.action is Action.FREE:
-            self._decided[flow.id] = Decided(endpoint.entry, None)
+            self._decided[flow.id] = Decided(_decided_endpoint(endpoint), None, principal)
             if "allow_unmetered" in verdict.notes:
                 logger.info(
                     "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
@@ -939,7 +955,9 @@ class SpendFuse:
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
             self._pending[flow.id] = Pending(read.info, endpoint, flow, engine, decision=decision)
-            self._decided[flow.id] = Decided(endpoint.entry, _priced_fingerprint(flow))
+            self._decided[flow.id] = Decided(
+                _decided_endpoint(endpoint), _priced_fingerprint(flow), principal
+            )
         except Exception as e:
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__

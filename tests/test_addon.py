@@ -500,6 +500,40 @@ class TestRewrittenAfterTheDecision:
         await a.guard.request(f)
         assert f.response.status_code == 403 and rows(a)[0]["state"] == "released"
 
+    async def test_a_free_count_turned_into_a_billed_call_is_refused(self, fuse):
+        a, _ = fuse
+        body = {"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "hi"}]}
+        f = req(host="api.anthropic.com", path="/v1/messages/count_tokens", body=body)
+        await a.request(f)
+        assert f.response is None  # free: passed unpriced
+        f.request.path = "/v1/messages"  # a later addon rewrites it into a billed call
+        f.request.content = json.dumps({**body, "max_tokens": 32000}).encode()
+        await a.guard.request(f)
+        assert f.response.status_code == 403 and rows(a)[0]["rule"] == "rewritten"
+
+    async def test_a_metered_call_turned_into_another_api_is_refused(self, fuse):
+        a, _ = fuse
+        f = req()
+        await a.request(f)
+        f.request.path = "/v1/images/generations"  # unmetered, and never priced
+        await a.guard.request(f)
+        assert f.response.status_code == 403 and rows(a)[0]["state"] == "released"
+
+    async def test_a_passed_request_rewritten_to_a_host_the_allowlist_refuses_is_refused(self, tmp_path):
+        rules = write_rules(
+            tmp_path / "r.yaml", egress={"mode": "allowlist", "allow": [{"host": "pypi.org"}]}
+        )
+        a = addon_module.SpendFuse()
+        with taddons.context(a) as tctx:
+            tctx.configure(a, spendfuse_rules=str(rules), spendfuse_db=str(tmp_path / "l.sqlite"))
+            f = req(host="pypi.org", path="/simple/", method="GET")
+            await a.request(f)
+            assert f.response is None
+            f.request.host = f.request.headers["host"] = "exfil.example"
+            await a.guard.request(f)
+            assert f.response.status_code == 403
+        a.done()
+
     async def test_a_redirect_to_the_same_host_elsewhere_passes(self, fuse):
         a, _ = fuse
         f = req()
