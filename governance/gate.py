@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from governance import hosts, refusals, wire
 from governance.hosts import HostTable, canonical_host
+from governance.matching import glob_match
 from governance.policy import Egress, Policy
 from governance.types import Endpoint, Metering, Refusal
 
@@ -60,7 +61,17 @@ def _egress_matches(pattern: str, host: str) -> bool:
     pattern = pattern.strip().lower().rstrip(".")
     if "*" not in pattern:
         return canonical_host(pattern) == host
-    return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), host) is not None
+    return glob_match(pattern, host)
+
+
+def _egress_refusal(
+    names: Iterable[str], port: int | None, policy: Policy, table: HostTable
+) -> Refusal | None:
+    """The refusal of the first name the egress rules do not let out, or None."""
+    for name in names:
+        if name and not egress_allows(policy.egress, table, name, port):
+            return refusals.egress(canonical_host(name), port)
+    return None
 
 
 def egress_allows(egress: Egress, table: HostTable, host: str, port: int | None) -> bool:
@@ -104,10 +115,8 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
     if endpoint is None:
         # Not LLM traffic: every name it carries must be allowed out (a Host that differs from
         # the destination is how domain fronting reaches a host the allowlist does not name).
-        for _, name in incoming.names:
-            if name and not egress_allows(policy.egress, table, name, incoming.port):
-                return Verdict(Action.REFUSE, None, refusals.egress(canonical_host(name), incoming.port))
-        return Verdict(Action.PASS)
+        refusal = _egress_refusal((name for _, name in incoming.names), incoming.port, policy, table)
+        return Verdict(Action.REFUSE, None, refusal) if refusal else Verdict(Action.PASS)
     tokens = upgrade_tokens(incoming.upgrade)
     if tokens:
         return Verdict(Action.REFUSE, endpoint, refusals.upgrade(tokens))
@@ -134,10 +143,7 @@ def raw_transport_refusal(
     for name in names:
         if name and table.lookup(name) is not None:
             return refusals.raw_transport(protocol, canonical_host(name))
-    for name in names:
-        if name and not egress_allows(policy.egress, table, name, port):
-            return refusals.egress(canonical_host(name), port)
-    return None
+    return _egress_refusal(names, port, policy, table)
 
 
 def exempted_llm_hosts(
@@ -176,7 +182,4 @@ def connect_refusal(
     target = hosts.resolve(table, [("connect", n) for n in names])
     if target.entry is not None:
         return refusals.host_mismatch(target.mismatch) if target.mismatch is not None else None
-    for name in names:
-        if name and not egress_allows(policy.egress, table, name, port):
-            return refusals.egress(canonical_host(name), port)
-    return None
+    return _egress_refusal(names, port, policy, table)
