@@ -95,7 +95,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "spendfuse_db",
         "SPENDFUSE_DB",
         "",
-        "Path of the SQLite ledger, created if missing. Several proxies may share one file. "
+        "Path of the SQLite ledger, created if missing. Several proxies may share one file; a "
+        "URL (postgresql://...) is refused, as this build keeps its ledger in SQLite. "
         "Empty: ledger.sqlite in a per-user state directory ($SPENDFUSE_STATE_DIR, else "
         "$XDG_STATE_HOME/spendfuse, else ~/.local/state/spendfuse). In-memory ledgers are refused.",
     ),
@@ -324,6 +325,23 @@ class TransportGuard:
         refusal = self._refusal(self._names(context.client, context.server, data), port, protocol)
         if refusal is not None:
             nextlayer.layer = _Refused(context, refusal.message)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """After every other addon's `requestheaders`: no request body is streamed upstream.
+
+        mitmproxy forwards a request whose `stream` is set as its body arrives, and runs the
+        `request` hooks only afterwards, so spendfuse would decide on a request the provider
+        already has. Whatever set it (an option, another addon, a later `-s` script), it is undone
+        here, for every request: none is decided yet, and any of them may turn out to be LLM
+        traffic once its body is read. The body is then buffered and checked as usual."""
+        if flow.request.stream:
+            flow.request.stream = False
+            logger.warning(
+                "spendfuse: %s %s: another addon asked to stream the request body upstream before "
+                "spendfuse decided on it; it is buffered and checked instead",
+                flow.id,
+                flow.request.pretty_url,
+            )
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """After every other addon (map_remote, modify_body, later scripts): a request must still

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -300,6 +301,10 @@ def default_path() -> Path:
     return base / "spendfuse" / "ledger.sqlite"
 
 
+#: `scheme:` at the start of a ledger value: a URL, never a file path (one letter is a drive).
+_URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):", re.IGNORECASE)
+
+
 def check_path(path: str | Path) -> None:
     """Refuse ledger names SQLite keeps in memory or deletes on close: spend recorded there is
     forgotten on restart and cannot be shared by several proxies."""
@@ -309,6 +314,14 @@ def check_path(path: str | Path) -> None:
         raise LedgerUnavailable(
             f"ledger {text!r} would live in memory (or in a temporary file): spend would be forgotten on "
             f"restart and could not be shared; give a file path"
+        )
+    if scheme := _URL_SCHEME.match(text):
+        # Taken as a file name, `postgresql://host/db` would become a SQLite file under the working
+        # directory: each machine of a fleet would keep its own ledger and pass every cap once.
+        raise LedgerUnavailable(
+            f"ledger {text!r} names a {scheme.group(1)!r} URL, which this build cannot open: it keeps "
+            f"its ledger in a SQLite file; give that file's path (several proxies on one machine may "
+            f"share it)"
         )
 
 

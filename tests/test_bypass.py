@@ -24,6 +24,7 @@ from tests.support.proxy import Proxy, start_proxy
 from tests.support.rawclient import TLSPipe, chat_body, read_reply, request_bytes, tunnel
 
 DNS_ADDON = Path(__file__).parent / "support" / "dns_addon.py"
+STREAM_REQUEST_ADDON = Path(__file__).parent / "support" / "stream_request_addon.py"
 NAMES = [
     "api.openai.com",
     "eu.api.openai.com",
@@ -61,17 +62,30 @@ def start_real(
     the TLS fake upstream; nothing rewrites the requests themselves."""
     started: list[Proxy] = []
 
-    def _start(budget: str = "1", **rules: object) -> Proxy:
+    def _start(
+        budget: str = "1",
+        *,
+        scripts: tuple[Path, ...] = (),
+        launcher: bool = False,
+        sets: dict[str, str] | None = None,
+        **rules: object,
+    ) -> Proxy:
         n = len(started)
-        sets = {
+        all_sets = {
             "spendfuse_rules": str(write_rules(tmp_path / f"rules-{n}.yaml", **rules)),
             "spendfuse_db": str(tmp_path / f"ledger-{n}.sqlite"),
             "spendfuse_budget": budget,
             "ssl_verify_upstream_trusted_ca": str(pki.ca),
             "dns_map": f"*=127.0.0.1:{tls_upstream.port}",
+            **(sets or {}),
         }
         proxy = start_proxy(
-            tmp_path / f"p{n}", confdir=confdir, sets=sets, redirect_port=None, scripts=(DNS_ADDON,)
+            tmp_path / f"p{n}",
+            confdir=confdir,
+            sets=all_sets,
+            redirect_port=None,
+            scripts=(DNS_ADDON, *scripts),
+            launcher=launcher,
         )
         started.append(proxy)
         return proxy
@@ -206,6 +220,56 @@ class TestRawBytes:
             return
         started.stop()
         pytest.fail(f"the proxy started with {option}")
+
+    @pytest.mark.parametrize("how", ["option", "env"])
+    def test_a_ledger_url_stops_start_up(self, tmp_path, confdir, how, monkeypatch):
+        """A fleet configured with a database URL must not quietly keep one SQLite file per
+        machine (each passing every cap once): the proxy does not start, and writes no file."""
+        url = "postgresql://user@host:5432/db"
+        monkeypatch.chdir(tmp_path)
+        sets = {"spendfuse_rules": str(write_rules(tmp_path / "r.yaml"))}
+        if how == "option":
+            sets["spendfuse_db"] = url
+        else:
+            monkeypatch.setenv("SPENDFUSE_DB", url)
+        with pytest.raises(RuntimeError, match="URL, which this build cannot open"):
+            start_proxy(tmp_path, confdir=confdir, sets=sets, redirect_port=None, launcher=True)
+        assert not (tmp_path / "postgresql:").exists()
+
+
+class TestStreamedRequestBodies:
+    """A co-loaded script (or option) that streams a request body upstream would forward it
+    before spendfuse's `request` hook runs: the guard at the end of the chain undoes it."""
+
+    @pytest.mark.parametrize(
+        ("launcher", "streamed_with"), [(False, "true"), (True, "true"), (False, "callable")]
+    )
+    def test_a_streamed_request_is_decided_first(self, start_real, tls_upstream, launcher, streamed_with):
+        proxy = start_real(
+            "0",
+            scripts=(STREAM_REQUEST_ADDON,),
+            launcher=launcher,
+            sets={"stream_request_with": streamed_with},
+        )
+        openai = post_chat(proxy)
+        anthropic = post_chat(
+            proxy,
+            connect="api.anthropic.com:443",
+            sni="api.anthropic.com",
+            host="api.anthropic.com",
+            path="/v1/messages",
+            model="claude-sonnet-4-5",
+        )
+        assert (openai.status, anthropic.status) == (429, 429), (openai.body, anthropic.body)
+        assert openai.json()["error"]["type"] and anthropic.json()["type"] == "error"
+        assert tls_upstream.total_hits == 0 and tls_upstream.connections == 0
+        assert "another addon asked to stream the request body" in proxy.output()
+
+    def test_control_an_admitted_request_still_reaches_the_upstream(self, start_real, tls_upstream):
+        proxy = start_real("1", scripts=(STREAM_REQUEST_ADDON,))
+        reply = post_chat(proxy)
+        assert reply.status == 200, reply.body
+        assert tls_upstream.hits["/v1/chat/completions"] == 1
 
 
 # -- 2. the target named by one name only ---------------------------------------------------------

@@ -187,6 +187,35 @@ def test_ledgers_that_forget_are_refused(name):
         Ledger.open(name)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "postgresql://user@host:5432/db",
+        "postgres://host/db",
+        "POSTGRESQL+psycopg://h/db",
+        "sqlite:///var/lib/ledger.sqlite",
+        "file:/var/lib/ledger.sqlite",
+        "mysql://h/db",
+    ],
+)
+def test_a_url_is_refused_and_creates_no_file(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LedgerUnavailable, match="URL, which this build cannot open"):
+        Ledger.open(name)
+    assert list(tmp_path.iterdir()) == []  # nothing was written under the working directory
+
+
+@pytest.mark.parametrize("name", ["ledger:v2.sqlite", "./postgres:5432.sqlite", "C:ledger.sqlite"])
+def test_a_path_with_a_colon_is_still_a_path(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if name.startswith("ledger:"):  # `ledger:` looks like a scheme: it is refused too
+        with pytest.raises(LedgerUnavailable, match="URL"):
+            Ledger.open(name)
+        return
+    Ledger.open(name).close()
+    assert (tmp_path / name).exists()
+
+
 def test_default_path_is_a_per_user_state_directory(monkeypatch, tmp_path):
     from governance.ledger import default_path
 
