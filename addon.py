@@ -343,6 +343,22 @@ class TransportGuard:
                 flow.request.pretty_url,
             )
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """After every other addon's `responseheaders`: the usage tap still reads what the
+        upstream sends. Another addon that streams the response (`True`, or a function of its
+        own) would otherwise take the tap's place, and the stream would settle without usage, at
+        its whole reservation. Its function still runs, on the bytes the tap passed on."""
+        pending = self.fuse._pending.get(flow.id)
+        tap = pending.tap if pending is not None else None
+        if tap is None or flow.response is None or flow.response.stream is tap:
+            return
+        other = flow.response.stream
+        if callable(other):
+            flow.response.stream = lambda data: other(tap(data))
+        elif other:
+            flow.response.stream = tap
+        # Buffered after all (stream False): `response` reads usage from the whole body.
+
     async def request(self, flow: http.HTTPFlow) -> None:
         """After every other addon (map_remote, modify_body, later scripts): a request must still
         be what spendfuse decided. One decided as not LLM traffic must not have become LLM

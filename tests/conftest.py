@@ -70,7 +70,12 @@ def start(
     started: list[Proxy] = []
 
     def _start(
-        *, launcher: bool = False, rules: Path | None = None, db: Path | None = None, **sets: str
+        *,
+        launcher: bool = False,
+        rules: Path | None = None,
+        db: Path | None = None,
+        scripts: tuple[Path, ...] = (),
+        **sets: str,
     ) -> Proxy:
         opts = {
             "spendfuse_rules": str(rules or write_rules(tmp_path / "rules.yaml")),
@@ -78,7 +83,12 @@ def start(
             **sets,
         }
         proxy = start_proxy(
-            tmp_path, confdir=confdir, sets=opts, redirect_port=upstream.port, launcher=launcher
+            tmp_path,
+            confdir=confdir,
+            sets=opts,
+            redirect_port=upstream.port,
+            launcher=launcher,
+            scripts=scripts,
         )
         started.append(proxy)
         return proxy

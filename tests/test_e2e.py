@@ -85,6 +85,26 @@ class TestAllowed:
         assert row["state"] == "settled" and row["outcome"].startswith("usage")
         assert row["cost_micro"] == 81
 
+    @pytest.mark.parametrize("streamed_with", ["true", "callable"])
+    def test_a_stream_another_addon_takes_over_still_settles_to_its_usage(
+        self, start, client_env, upstream, tmp_path, streamed_with
+    ):
+        """A co-loaded script that streams the response itself does not blind the usage tap:
+        the stream settles to its usage (81 µ$), not to its whole reservation."""
+        addon = REPO / "tests" / "support" / "stream_response_addon.py"
+        proxy = start(scripts=(addon,), stream_response_with=streamed_with)
+        client_env(proxy)
+        upstream.knobs.chunks = 3
+        texts = [
+            c.choices[0].delta.content
+            for c in chat(openai.OpenAI(), max_tokens=100, stream=True)
+            if c.choices
+        ]
+        assert texts == ["w0 ", "w1 ", "w2 "]
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["state"] == "settled" and row["outcome"].startswith("usage"), row
+        assert row["cost_micro"] == 81
+
     def test_openai_responses_streamed(self, start, client_env, upstream, tmp_path):
         proxy = start()
         client_env(proxy)
