@@ -602,7 +602,9 @@ def test_tiny_requests_record_their_exact_bill_and_a_budget_of_that_size_admits_
         e.ledger,
     )
     fits = sized.read_request(CHAT, body(max_tokens=3), principal="p", request_id="fits").info
-    assert sized.admit(fits, NOW).allowed
+    admitted = sized.admit(fits, NOW)
+    assert admitted.allowed and admitted.remaining == 0
     over = sized.read_request(CHAT, body(max_tokens=3), principal="p", request_id="over").info
     refused = sized.admit(over, NOW)
     assert not refused.allowed and refused.refusal.spent == bill and refused.refusal.reserved == d.reserved
+    assert "spent $0.0026," in refused.refusal.message
