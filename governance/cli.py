@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, policy
+from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, money, policy
 from governance.checks.quota import budget_claim, rate_claims, rule_parts
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import Ledger
@@ -70,8 +70,9 @@ def _scope_claims(scope: Scope) -> list[Claim]:
     return out + [budget_claim(scope.name, b, 0) for b in scope.budgets]
 
 
-def _amount(claim: Claim, micro: int) -> str:
-    return usd(from_micro(micro)) if claim.unit == "usd" else f"{micro:,}"
+def _amount(claim: Claim, amount: Decimal) -> str:
+    """An amount in the claim's unit (USD for money: `amount` is then in micro-USD)."""
+    return usd(amount.scaleb(-6)) if claim.unit == "usd" else f"{amount:,}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -83,7 +84,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for claim in _scope_claims(scope):
             c = ledger.resolve_window(claim, now)
             t = ledger.window_totals(c.scope, c.window_start)
-            left = max(c.limit_micro - t.settled_micro - t.held_micro, 0)
+            # Exact spend, in micro-units: whole micro-dollars plus the rest (governance.money).
+            spent = Decimal(t.settled_micro)
+            if t.settled_submicro:
+                spent += Decimal(t.settled_submicro) / money.SUBMICRO_PER_MICRO
+            left = max(c.limit_micro - spent - t.held_micro, Decimal(0))
             name = rule_parts(c.rule)[0]
             unit = "USD" if c.unit == "usd" else c.unit.replace("_", " ")
             window = c.reset + (" (calendar)" if c.calendar and c.reset != "never" else "")
@@ -93,9 +98,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                     name,
                     unit,
                     window,
-                    _amount(c, c.limit_micro),
-                    _amount(c, t.settled_micro),
-                    _amount(c, t.held_micro),
+                    _amount(c, Decimal(c.limit_micro)),
+                    _amount(c, spent),
+                    _amount(c, Decimal(t.held_micro)),
                     _amount(c, left),
                     c.resets,
                 ]
@@ -107,14 +112,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("no budgets or rate limits configured")
     counts = ledger.query(
-        "SELECT state, count(*) AS n, coalesce(sum(cost_micro), 0) AS cost FROM requests "
+        f"SELECT state, count(*) AS n, {money.sum_sql('cost_micro', 'cost_submicro', 'cost')} FROM requests "
         "GROUP BY state ORDER BY state"
     )
     if counts:
         print()
         print(
             _table(
-                [[c["state"], str(c["n"]), usd(from_micro(c["cost"]))] for c in counts],
+                [[c["state"], str(c["n"]), usd(money.summed(c, "cost"))] for c in counts],
                 ["requests", "count", "cost"],
             )
         )
@@ -222,13 +227,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     params = [args.since] if args.since else []
     by_model = ledger.query(
         f"SELECT coalesce(model, '?') AS model, count(*) AS n, sum(coalesce(input_tokens, 0)) AS tin, "
-        f"sum(coalesce(output_tokens, 0)) AS tout, sum(cost_micro) AS cost FROM requests {where} "
-        f"GROUP BY model ORDER BY cost DESC",
+        f"sum(coalesce(output_tokens, 0)) AS tout, {money.sum_sql('cost_micro', 'cost_submicro', 'cost')} "
+        f"FROM requests {where} GROUP BY model",
         params,
     )
+    by_model.sort(key=lambda r: money.summed(r, "cost"), reverse=True)
     by_day = ledger.query(
-        f"SELECT substr(created_at, 1, 10) AS day, count(*) AS n, sum(cost_micro) AS cost "
-        f"FROM requests {where} GROUP BY day ORDER BY day",
+        f"SELECT substr(created_at, 1, 10) AS day, count(*) AS n, "
+        f"{money.sum_sql('cost_micro', 'cost_submicro', 'cost')} FROM requests {where} "
+        "GROUP BY day ORDER BY day",
         params,
     )
     refused = ledger.query(
@@ -241,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(
         _table(
             [
-                [r["model"], str(r["n"]), str(r["tin"]), str(r["tout"]), usd(from_micro(r["cost"]))]
+                [r["model"], str(r["n"]), str(r["tin"]), str(r["tout"]), usd(money.summed(r, "cost"))]
                 for r in by_model
             ],
             ["model", "requests", "input tok", "output tok", "cost"],
@@ -252,7 +259,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print("\nspend by day (UTC)")
     print(
         _table(
-            [[r["day"], str(r["n"]), usd(from_micro(r["cost"]))] for r in by_day], ["day", "requests", "cost"]
+            [[r["day"], str(r["n"]), usd(money.summed(r, "cost"))] for r in by_day],
+            ["day", "requests", "cost"],
         )
         if by_day
         else "  (none)"

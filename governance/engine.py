@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from governance import checks, gate, identity, refusals, tokens, wire
+from governance import checks, gate, identity, money, refusals, tokens, wire
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
@@ -330,6 +330,7 @@ class Engine:
                 result.held_micro,
                 now,
                 smallest_micro=self._smallest_claim(info, result.blocking, now),
+                settled_submicro=result.settled_submicro,
             )
             if not result.granted:
                 if count_may_help:
@@ -435,13 +436,15 @@ class Engine:
                 )
                 self.ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")
                 return
+            micro, rest = money.split(priced.cost)  # exact: see governance.money
             self.ledger.settle(
                 info.request_id,
-                to_micro(priced.cost),
+                micro,
                 now,
                 outcome=outcome,
                 usage=usage,
                 price_source=priced.source,
+                cost_submicro=rest,
             )
         elif upstream_ran:
             self.ledger.charge_reservation(info.request_id, now, outcome=outcome)

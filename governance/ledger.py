@@ -2,8 +2,9 @@
 
 Every request is a row in `requests`. A request that is let through also holds one row in
 `claims` per limit it counts against, and `totals` keeps each scope-window's settled and held
-micro-USD, changed only by increments inside the same transaction as the claim rows, so it
-always equals the sum of its claims (a test reconciles them).
+micro-USD (settled spend exactly, with its rest below a micro-dollar: `governance.money`),
+changed only by increments inside the same transaction as the claim rows, so it always equals
+the sum of its claims (a test reconciles them).
 
 Check-and-reserve runs in one `BEGIN IMMEDIATE` transaction: SQLite lets one writer in at a
 time across every process that opens the file, so spend plus holds never pass a limit. A
@@ -32,7 +33,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
-from governance import windows
+from governance import money, windows
 from governance.errors import LedgerUnavailable
 from governance.types import Claim, Usage, claim_tokens
 
@@ -145,6 +146,12 @@ def m005_window_shapes(db: Database) -> None:
     db["counters"].add_column("shape", str)
 
 
+@migrations()
+def m006_exact_costs(db: Database) -> None:
+    # The part of a micro-dollar below each settled amount (see governance.money).
+    money.add_columns(db)
+
+
 def iso(now: datetime) -> str:
     """A fixed-width UTC timestamp, so text order is time order."""
     if now.tzinfo is None:
@@ -188,6 +195,7 @@ class ReserveResult:
     blocking: Claim | None = None
     settled_micro: int = 0
     held_micro: int = 0
+    settled_submicro: int = 0  # the spend's rest below a micro-dollar (governance.money)
     refit: Refit | None = None
     room: int | None = None  # the least room left in the claims' USD windows, when refused
     remaining_micro: int | None = None  # granted: USD left in the tightest budget after the hold
@@ -196,8 +204,16 @@ class ReserveResult:
 
 @dataclass(frozen=True)
 class WindowTotals:
+    """A window's spend (whole micro-units plus its rest in atto-USD) and holds."""
+
     settled_micro: int
     held_micro: int
+    settled_submicro: int = 0
+
+    @property
+    def used_micro(self) -> int:
+        """Spend plus holds, rounded up: what a whole amount must fit beside (money.used_micro)."""
+        return money.used_micro(self.settled_micro, self.settled_submicro, self.held_micro)
 
 
 _NO_TOTALS = WindowTotals(0, 0)
@@ -583,17 +599,20 @@ class Ledger:
         if old_key == new_key:
             return anchor_text
         row = conn.execute(
-            "SELECT settled_micro, held_micro FROM totals WHERE scope = ? AND window_start = ?",
+            "SELECT settled_micro, held_micro, settled_submicro FROM totals "
+            "WHERE scope = ? AND window_start = ?",
             (claim.scope, old_key),
         ).fetchone()
         if row is None:
             return anchor_text
         conn.execute(
-            "INSERT INTO totals (scope, window_start, settled_micro, held_micro) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (scope, window_start) DO UPDATE SET "
-            "settled_micro = settled_micro + excluded.settled_micro, "
-            "held_micro = held_micro + excluded.held_micro",
-            (claim.scope, new_key, row[0], row[1]),
+            "INSERT INTO totals (scope, window_start) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (claim.scope, new_key),
+        )
+        carry = money.add_sql("settled_micro", "settled_submicro")  # the rest carried exactly
+        conn.execute(
+            f"UPDATE totals SET held_micro = held_micro + ?, {carry} WHERE scope = ? AND window_start = ?",
+            (row[1], row[0], row[2], row[2], claim.scope, new_key),
         )
         conn.execute(
             "UPDATE totals SET held_micro = 0 WHERE scope = ? AND window_start = ?", (claim.scope, old_key)
@@ -612,11 +631,11 @@ class Ledger:
         starts = list({c.window_start for c in claims})
         scope_marks, start_marks = ", ".join("?" * len(scopes)), ", ".join("?" * len(starts))
         rows = conn.execute(
-            f"SELECT scope, window_start, settled_micro, held_micro FROM totals "
+            f"SELECT scope, window_start, settled_micro, held_micro, settled_submicro FROM totals "
             f"WHERE scope IN ({scope_marks}) AND window_start IN ({start_marks})",
             [*scopes, *starts],
         ).fetchall()
-        return {(r[0], r[1]): WindowTotals(r[2], r[3]) for r in rows}
+        return {(r[0], r[1]): WindowTotals(r[2], r[3], r[4]) for r in rows}
 
     def reserve(
         self,
@@ -654,12 +673,12 @@ class Ledger:
             found = self._totals_of(conn, claims) if claims else {}
             for claim in claims:
                 t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
-                left = claim.limit_micro - t.settled_micro - t.held_micro
+                left = claim.limit_micro - t.used_micro  # exact spend + holds against the limit
                 lefts.append(left)
                 if claim.unit == "usd":
                     room = left if room is None else min(room, left)
                 if blocking is None and claim.amount_micro > left:
-                    blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
+                    blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro, t.settled_submicro)
             # Output tokens the token limits that count output leave room for (None: none do).
             output_room: int | None = None
             for claim, left in zip(claims, lefts, strict=True):
@@ -682,7 +701,9 @@ class Ledger:
                 for claim, left in zip(claims, lefts, strict=True):  # every claim, not only the blocking one
                     if claim.amount_micro > left:
                         t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
-                        blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro)
+                        blocking = ReserveResult(
+                            False, claim, t.settled_micro, t.held_micro, t.settled_submicro
+                        )
                         refit = None
                         break
             else:
@@ -726,7 +747,7 @@ class Ledger:
                 [(c.scope, c.window_start, c.amount_micro) for c in claims],
             )
             if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
-                return ReserveResult(True, blocking.blocking, blocking.settled_micro, blocking.held_micro)
+                return replace(blocking, granted=True, room=None)
             tightest: tuple[int, str] | None = None
             for claim, left in zip(claims, lefts, strict=True):
                 if claim.unit == "usd" and (tightest is None or left - claim.amount_micro < tightest[0]):
@@ -752,13 +773,17 @@ class Ledger:
         request_id: str,
         *,
         cost_micro: int | None,
+        cost_submicro: int = 0,
         state: str,
         outcome: str,
         now: datetime,
         usage: Usage | None,
         price_source: str | None,
     ) -> bool:
-        """Replace a hold by `cost_micro`, or by its own reserved amount when that is None."""
+        """Replace a hold by `cost_micro` (plus its rest `cost_submicro`, in atto-USD), or by its
+        own reserved amount when that is None."""
+        if not 0 <= cost_submicro < money.SUBMICRO_PER_MICRO:
+            raise ValueError(f"a cost's rest below a micro-dollar must be in [0, 10^12), not {cost_submicro}")
         with self._write() as conn:
             rows = conn.execute(
                 "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount_micro, c.unit "
@@ -778,27 +803,31 @@ class Ledger:
                 # An expired hold was already charged by the reaper: correct it to the real amount.
                 held_back = 0 if was_expired else amount
                 charged = final - _charged_at_expiry(unit, amount) if was_expired else final
-                totals.append((held_back, charged, scope, window_start))
-                finals.append((final, request_id, scope, window_start))
+                rest = cost_submicro if unit == "usd" else 0  # only money has a rest
+                totals.append((held_back, charged, rest, rest, scope, window_start))
+                finals.append((final, rest, request_id, scope, window_start))
+            settle_sql = money.add_sql("settled_micro", "settled_submicro")
             conn.executemany(
-                "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
+                f"UPDATE totals SET held_micro = held_micro - ?, {settle_sql} "
                 "WHERE scope = ? AND window_start = ?",
                 totals,
             )
             conn.executemany(
-                "UPDATE claims SET amount_micro = ?, state = 'settled' "
+                "UPDATE claims SET amount_micro = ?, amount_submicro = ?, state = 'settled' "
                 "WHERE request_id = ? AND scope = ? AND window_start = ?",
                 finals,
             )
             conn.execute(
                 "UPDATE requests SET state = ?, outcome = ?, settled_at = ?, cost_micro = ?, "
-                "input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?, "
+                "cost_submicro = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
+                "cache_write_tokens = ?, "
                 "price_source = COALESCE(?, price_source), model = COALESCE(model, ?) WHERE id = ?",
                 (
                     state,
                     outcome,
                     iso(now),
                     cost_micro,
+                    cost_submicro,
                     usage.input_tokens if usage else None,
                     usage.output_tokens if usage else None,
                     usage.cache_read_tokens if usage else None,
@@ -840,11 +869,14 @@ class Ledger:
         outcome: str,
         usage: Usage | None = None,
         price_source: str | None = None,
+        cost_submicro: int = 0,
     ) -> bool:
-        """Replace a hold by the real cost. Idempotent: returns False if already finished."""
+        """Replace a hold by the real cost: `cost_micro` whole micro-dollars plus `cost_submicro`
+        atto-USD (`money.split` of the exact cost). Idempotent: returns False if already finished."""
         return self._finish(
             request_id,
             cost_micro=cost_micro,
+            cost_submicro=cost_submicro,
             state="settled",
             outcome=outcome,
             now=now,
@@ -902,7 +934,7 @@ class Ledger:
                 )
                 conn.execute(
                     "UPDATE requests SET state = 'expired', outcome = 'expired', settled_at = ?, "
-                    "cost_micro = reserved_micro WHERE id = ?",
+                    "cost_micro = reserved_micro, cost_submicro = 0 WHERE id = ?",
                     (iso(now), request_id),
                 )
             return len(stale)
@@ -975,10 +1007,11 @@ class Ledger:
 
     def window_totals(self, scope: str, window_start: str) -> WindowTotals:
         rows = self._read(
-            "SELECT settled_micro, held_micro FROM totals WHERE scope = ? AND window_start = ?",
+            "SELECT settled_micro, held_micro, settled_submicro FROM totals "
+            "WHERE scope = ? AND window_start = ?",
             (scope, window_start),
         )
-        return WindowTotals(rows[0][0], rows[0][1]) if rows else WindowTotals(0, 0)
+        return WindowTotals(rows[0][0], rows[0][1], rows[0][2]) if rows else WindowTotals(0, 0)
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         try:

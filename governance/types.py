@@ -10,8 +10,8 @@ MICRO = Decimal("0.000001")
 
 
 def to_micro(usd: Decimal) -> int:
-    """USD as integer micro-USD, rounded up: a reservation must never be smaller than its price,
-    and a settled cost is the price rounded up to the next micro-dollar (at most 1 µ$ over)."""
+    """USD as integer micro-USD, rounded up: a reservation must never be smaller than its price.
+    A settled cost is kept exactly instead (governance.money)."""
     return int((usd / MICRO).to_integral_value(rounding="ROUND_CEILING"))
 
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
-from governance import DEFAULT_RULES, cli
+from governance import DEFAULT_RULES, cli, money
 from governance.ledger import Ledger, RequestRecord
 from governance.types import Claim, Usage
 
@@ -152,3 +153,33 @@ def test_import_bifrost_names_what_it_cannot_translate(tmp_path, capsys):
     f.write_text('{"governance": {"routing_rules": [{"id": "r"}]}}')
     assert cli.main(["import-bifrost", str(f)]) == 1
     assert "routing_rules" in capsys.readouterr().err
+
+
+def test_status_and_report_show_spend_as_billed_not_rounded_up_per_request(tmp_path, capsys):
+    """Ten requests of 1.3 µ$ cost $0.000013; rounded up one by one they would show $0.000020."""
+    db = tmp_path / "l.sqlite"
+    led = Ledger.open(db)
+    now = datetime(2026, 11, 21, 9, tzinfo=UTC)
+    micro, rest = money.split(Decimal("0.0000013"))
+    for i in range(10):
+        c = [Claim("global", "", "never", 1_000_000, 2, "budget:global")]
+        led.reserve(RequestRecord(f"r{i}", "p", "openai", "chat", "gpt-4o"), c, 2, now)
+        led.settle(f"r{i}", micro, now, outcome="usage", usage=Usage(10, 3), cost_submicro=rest)
+    led.close()
+    assert cli.main(["status", "--db", str(db), "--rules", str(DEFAULT_RULES)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("global"))
+    assert "$0.000013" in line and "$0.999987" in line
+    assert next(ln for ln in out.splitlines() if ln.startswith("settled")).split() == [
+        "settled",
+        "10",
+        "$0.000013",
+    ]
+    assert cli.main(["report", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert next(ln for ln in out.splitlines() if ln.startswith("gpt-4o")).split()[-1] == "$0.000013"
+    assert next(ln for ln in out.splitlines() if ln.startswith("2026-11-21")).split() == [
+        "2026-11-21",
+        "10",
+        "$0.000013",
+    ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from governance import policy
+from governance import money, policy
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.ledger import Ledger
@@ -571,3 +571,40 @@ def test_the_1m_context_beta_widens_the_bound_for_server_input(make):
     e.admit(wide.info, NOW)
     assert e.ledger.request("a")["est_input_tokens"] == 200_000
     assert e.ledger.request("b")["est_input_tokens"] == 1_000_000
+
+
+def test_tiny_requests_record_their_exact_bill_and_a_budget_of_that_size_admits_what_fits(make):
+    """2,000 requests of 1.3 µ$ each ($0.10 per million tokens, 10 in and 3 out) are billed
+    $0.0026; the ledger records exactly that, not each cost rounded up ($0.004)."""
+    tiny = {"gpt-4o": {"input_mtok": "0.1", "output_mtok": "0.1"}}
+    e = make(prices=tiny, budgets=[{"limit_usd": 100}])
+    for i in range(2000):
+        info = e.read_request(CHAT, body(max_tokens=3), principal="p", request_id=f"r{i}").info
+        d = e.admit(info, NOW)
+        assert d.allowed
+        e.finish(info, Usage(10, 3), NOW, outcome="usage")
+    bill = 2000 * (10 * Decimal("0.1") + 3 * Decimal("0.1")) / 1_000_000
+    assert bill == Decimal("0.0026")
+    t = e.ledger.window_totals("global", "")
+    assert money.to_usd(t.settled_micro, t.settled_submicro) == bill
+    # A budget of exactly the bill plus one more request's reservation admits that request,
+    # and the refusal of the next one shows the spend as billed.
+    sized = Engine(
+        policy.parse(
+            {
+                "multipliers": {"gpt-4o": 1},
+                "prices": tiny,
+                "budgets": [{"limit_usd": str(bill + d.reserved)}],
+                "estimate": {"input_margin": 1},
+            },
+            Path("."),
+        ),
+        e.ledger,
+    )
+    fits = sized.read_request(CHAT, body(max_tokens=3), principal="p", request_id="fits").info
+    admitted = sized.admit(fits, NOW)
+    assert admitted.allowed and admitted.remaining == 0
+    over = sized.read_request(CHAT, body(max_tokens=3), principal="p", request_id="over").info
+    refused = sized.admit(over, NOW)
+    assert not refused.allowed and refused.refusal.spent == bill and refused.refusal.reserved == d.reserved
+    assert "spent $0.0026," in refused.refusal.message

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from governance import money
 from governance.errors import LedgerUnavailable
 from governance.ledger import Ledger, RequestRecord
-from governance.types import Claim, Usage
+from governance.types import Claim, Usage, to_micro
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -252,3 +257,198 @@ def test_a_ledger_deleted_or_replaced_underneath_is_refused_until_it_is_back(tmp
     assert led.reserve(RequestRecord("c", "p"), claim(100), 100, NOW).granted
     assert led.window_totals("global", "").held_micro == 200
     led.close()
+
+
+# -- exact settled costs (governance.money) ------------------------------------------------------
+
+TINY = Decimal("0.0000013")  # 1.3 µ$: ten input and three output tokens at $0.10 per million
+
+
+def settle_exact(led: Ledger, request_id: str, cost: Decimal, now: datetime = NOW) -> None:
+    micro, rest = money.split(cost)
+    assert led.settle(request_id, micro, now, outcome="usage", cost_submicro=rest)
+
+
+def recorded(led: Ledger, scope: str = "global", window_start: str = "") -> Decimal:
+    """What the ledger says was spent: the counter's total, its claims', and its requests'."""
+    t = led.window_totals(scope, window_start)
+    claims = led.query(
+        f"SELECT {money.sum_sql('amount_micro', 'amount_submicro', 'c')} FROM claims "
+        "WHERE state = 'settled' AND unit = 'usd' AND scope = ? AND window_start = ?",
+        [scope, window_start],
+    )[0]
+    requests = led.query(f"SELECT {money.sum_sql('cost_micro', 'cost_submicro', 'c')} FROM requests")[0]
+    total = money.to_usd(t.settled_micro, t.settled_submicro)
+    assert money.summed(claims, "c") == total == money.summed(requests, "c")
+    return total
+
+
+def test_many_tiny_costs_add_up_to_the_bill_and_a_budget_of_that_size_admits_what_fits(ledger):
+    for i in range(2000):
+        assert ledger.reserve(RequestRecord(f"r{i}", "p"), claim(2, limit=10**9), 2, NOW).granted
+        settle_exact(ledger, f"r{i}", TINY)
+    # Rounded up one by one, the ledger recorded $0.004000 for a bill of $0.002600.
+    assert recorded(ledger) == 2000 * TINY == Decimal("0.0026")
+    # A budget sized to the exact spend plus one more request's hold admits it, and nothing more.
+    assert ledger.reserve(RequestRecord("fits", "p"), claim(2, limit=2602), 2, NOW).granted
+    assert not ledger.reserve(RequestRecord("over", "p"), claim(1, limit=2602), 1, NOW).granted
+
+
+def test_a_rest_below_a_micro_dollar_counts_against_the_limit(ledger):
+    for i in range(3):  # 3.9 µ$: 3 whole micro-dollars and 0.9 of one
+        assert ledger.reserve(RequestRecord(f"r{i}", "p"), claim(2, limit=6), 2, NOW).granted
+        settle_exact(ledger, f"r{i}", TINY)
+    t = ledger.window_totals("global", "")
+    assert (t.settled_micro, t.settled_submicro, t.used_micro) == (3, 9 * 10**11, 4)
+    r = ledger.reserve(RequestRecord("x", "p"), claim(3, limit=6), 3, NOW)  # 6.9 µ$ > 6 µ$
+    assert not r.granted and (r.settled_micro, r.settled_submicro) == (3, 9 * 10**11)
+    ok = ledger.reserve(RequestRecord("y", "p"), claim(2, limit=6), 2, NOW)  # 5.9 µ$ <= 6 µ$
+    assert ok.granted and ok.remaining_micro == 0  # floor of the 0.1 µ$ left
+
+
+def test_a_late_settlement_after_expiry_keeps_the_rest(ledger):
+    ledger.reserve(RequestRecord("old", "p"), claim(5), 5, NOW)
+    assert ledger.reap(NOW + timedelta(hours=3), ttl_seconds=7200) == 1
+    assert recorded(ledger) == Decimal("0.000005")  # charged its hold while lost
+    settle_exact(ledger, "old", TINY, NOW + timedelta(hours=4))  # corrected to its real cost
+    assert recorded(ledger) == TINY
+    assert ledger.request("old")["cost_micro"] == 1 and ledger.request("old")["cost_submicro"] == 3 * 10**11
+
+
+def test_a_rest_out_of_range_is_refused(ledger):
+    ledger.reserve(RequestRecord("a", "p"), claim(5), 5, NOW)
+    for bad in (-1, 10**12):
+        with pytest.raises(ValueError):
+            ledger.settle("a", 1, NOW, outcome="usage", cost_submicro=bad)
+    assert ledger.request("a")["state"] == "held"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    costs=st.lists(
+        st.tuples(
+            st.decimals(min_value=0, max_value=Decimal("0.05"), places=18),
+            st.sampled_from(["settle", "settle", "settle", "release", "reserved", "late"]),
+        ),
+        max_size=40,
+    )
+)
+def test_recorded_spend_is_the_exact_sum_of_costs(tmp_path_factory, costs):
+    """Whatever the costs and however requests end (settled, released, charged their hold,
+    reaped then settled late), the recorded spend is exactly what they cost."""
+    led = Ledger.open(tmp_path_factory.mktemp("prop") / "l.sqlite")
+    try:
+        expected = Decimal(0)
+        for i, (cost, end) in enumerate(costs):
+            hold = to_micro(cost)
+            assert led.reserve(RequestRecord(f"r{i}", "p"), claim(hold, limit=10**9), hold, NOW).granted
+            if end == "release":
+                led.release(f"r{i}", NOW, outcome="x")
+            elif end == "reserved":
+                led.charge_reservation(f"r{i}", NOW, outcome="no_usage")
+                expected += Decimal(hold) / 10**6
+            else:
+                if end == "late":
+                    assert led.reap(NOW + timedelta(hours=3), ttl_seconds=7200) == 1
+                settle_exact(led, f"r{i}", cost, NOW + timedelta(hours=3))
+                expected += cost
+        assert recorded(led) == expected
+        assert led.window_totals("global", "").held_micro == 0
+    finally:
+        led.close()
+
+
+def _race_tiny(path: str, start: multiprocessing.synchronize.Event, worker: int) -> None:
+    start.wait()
+    led = Ledger.open(path)
+    for i in range(50):
+        assert led.reserve(RequestRecord(f"w{worker}-{i}", "p"), claim(2, limit=10**9), 2, NOW).granted
+        micro, rest = money.split(TINY)
+        led.settle(f"w{worker}-{i}", micro, NOW, outcome="usage", cost_submicro=rest)
+    led.close()
+
+
+def test_processes_settling_tiny_costs_on_one_ledger_add_up_exactly(tmp_path: Path):
+    path = str(tmp_path / "race.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_race_tiny, args=(path, start, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    led = Ledger.open(path)
+    try:
+        assert recorded(led) == 3 * 50 * TINY
+    finally:
+        led.close()
+
+
+def test_a_ledger_of_the_old_schema_opens_with_its_amounts_unchanged(tmp_path: Path):
+    """A ledger written before exact costs (every cost rounded up to a whole micro-dollar)
+    reads the same after the upgrade, and takes exact costs from then on."""
+    from sqlite_utils import Database
+
+    from governance.ledger import migrations
+
+    path = tmp_path / "old.sqlite"
+    db = Database(path)
+    migrations.apply(db, stop_before="m006_exact_costs")  # the schema the previous version made
+    assert "cost_submicro" not in db["requests"].columns_dict
+    db["requests"].insert_all(
+        [
+            {
+                "id": f"o{i}",
+                "created_at": "2026-11-21T09:00:00.000000Z",
+                "principal": "p",
+                "state": "settled",
+                "decision": "allowed",
+                "reserved_micro": 5,
+                "cost_micro": 2,
+                "model": "gpt-4o",
+            }
+            for i in range(3)
+        ]
+    )
+    db["claims"].insert_all(
+        [
+            {
+                "request_id": f"o{i}",
+                "scope": "global",
+                "window_start": "",
+                "amount_micro": 2,
+                "state": "settled",
+                "unit": "usd",
+            }
+            for i in range(3)
+        ]
+    )
+    db["totals"].insert({"scope": "global", "window_start": "", "settled_micro": 6, "held_micro": 0})
+    db.conn.commit()
+    db.conn.close()
+
+    led = Ledger.open(path)
+    try:
+        t = led.window_totals("global", "")
+        assert (t.settled_micro, t.settled_submicro, t.held_micro) == (6, 0, 0)
+        assert recorded(led) == Decimal("0.000006")
+        assert led.reserve(RequestRecord("new", "p"), claim(2, limit=10), 2, NOW).granted
+        settle_exact(led, "new", TINY)
+        assert recorded(led) == Decimal("0.000006") + TINY
+    finally:
+        led.close()
+
+
+def test_a_window_reshaped_in_the_rules_carries_the_exact_spend(ledger):
+    for i in range(3):
+        assert ledger.reserve(RequestRecord(f"r{i}", "p"), claim(2), 2, NOW).granted
+        settle_exact(ledger, f"r{i}", TINY)
+    daily = [replace(c, reset="1d") for c in claim(2, limit=6)]  # the budget now resets daily
+    assert ledger.reserve(RequestRecord("d1", "p"), daily, 2, NOW).granted  # 3.9 + 2 <= 6
+    assert not ledger.reserve(RequestRecord("d2", "p"), daily, 1, NOW).granted  # 3.9 + 2 + 1 > 6
+    [row] = ledger.query("SELECT window_start FROM totals WHERE window_start != ''")
+    settle_exact(ledger, "d1", TINY)
+    t = ledger.window_totals("global", row["window_start"])
+    assert (money.to_usd(t.settled_micro, t.settled_submicro), t.held_micro) == (4 * TINY, 0)

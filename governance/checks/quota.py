@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from governance import windows
+from governance import money, windows
 from governance.limits import BudgetRule, RateLimitRule
 from governance.scopes import Scope
 from governance.types import (
@@ -110,13 +110,20 @@ def rule_parts(rule: str) -> tuple[str, str]:
 
 
 def quota_refusal(
-    claim: Claim, settled: int, held: int, now: datetime, *, smallest_micro: int | None = None
+    claim: Claim,
+    settled: int,
+    held: int,
+    now: datetime,
+    *,
+    smallest_micro: int | None = None,
+    settled_submicro: int = 0,
 ) -> Refusal:
     """The refusal for a claim that did not fit its window, with every number the client needs:
     the scope and rule, the limit, what was used and reserved, and when the window resets. A
     window that resets is a retryable 429 with Retry-After; a budget that never resets is final,
     and so is a request that not even an empty window could take. `smallest_micro` is what the
-    request would claim at its smallest (output-cap injection at the floor); default: its amount."""
+    request would claim at its smallest (output-cap injection at the floor); default: its amount.
+    `settled_submicro` is the spend's rest below a micro-dollar (money), so spend shows exactly."""
     end = (
         None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
     )
@@ -132,7 +139,8 @@ def quota_refusal(
     else:
         when = "never resets" if retry is None else f"resets at {claim.resets} (in {retry} s)"
     if claim.unit == "usd":
-        limit, spent, reserved = from_micro(claim.limit_micro), from_micro(settled), from_micro(held)
+        limit, reserved = from_micro(claim.limit_micro), from_micro(held)
+        spent = money.to_usd(settled, settled_submicro)
         requested = from_micro(claim.amount_micro)
         remaining = max(limit - spent - reserved, from_micro(0))
         message = (

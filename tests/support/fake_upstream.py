@@ -182,8 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- bodies ---------------------------------------------------------------------------------
 
-    def _openai_usage(self) -> dict[str, Any]:
+    def _openai_usage(self, model: str) -> dict[str, Any]:
+        """A chat answer's usage, recorded as billed."""
         k = self.upstream.knobs
+        with self.upstream.lock:
+            self.upstream.billed.append(
+                {"model": model, "input_tokens": k.prompt_tokens, "output_tokens": self.output_tokens}
+            )
         return {
             "prompt_tokens": k.prompt_tokens,
             "completion_tokens": self.output_tokens,
@@ -209,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("service_tier") in ("priority", "flex"):
                 resp["service_tier"] = body["service_tier"]  # served, and billed, at the tier asked for
             if not k.omit_usage:
-                resp["usage"] = self._openai_usage()
+                resp["usage"] = self._openai_usage(model)
             self._json(200, resp)
             return
         include = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -243,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "created": 1,
                         "model": model,
                         "choices": [],
-                        "usage": self._openai_usage(),
+                        "usage": self._openai_usage(model),
                     },
                 )
             )
