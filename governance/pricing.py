@@ -117,6 +117,18 @@ def context_window(provider: str, model: str) -> int | None:
     return info.context_window
 
 
+def tier_thresholds(provider: str, model: str, when: datetime) -> tuple[int, ...]:
+    """The input sizes (tokens) at which genai-prices' price of `model` at `when` changes tier,
+    or () for an unknown model or a flat price."""
+    try:
+        price = price_in_force(provider, model, when)
+    except LookupError:
+        return ()
+    return tuple(
+        sorted({t.start for v in vars(price).values() if isinstance(v, TieredPrices) for t in v.tiers})
+    )
+
+
 def derive_rate_card(provider: str, model: str, when: datetime) -> RateCard | None:
     """Probe genai-prices for `model`'s per-token rates at `when`. None when its price is not a
     plain linear function below a tier cliff (then every call goes to genai-prices). Raises

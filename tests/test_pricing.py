@@ -214,3 +214,15 @@ def test_audio_input_is_reserved_at_the_audio_price():
     )
     real = p.price("openai", "gpt-audio", Usage(input_tokens=1000, input_audio_tokens=1000), NOW)
     assert audio.cost == real.cost > text.cost
+
+
+def test_tier_thresholds_are_genai_prices_tier_starts():
+    from datetime import UTC, datetime
+
+    from governance.pricing import tier_thresholds
+
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    assert tier_thresholds("openai", "gpt-5.4", now) == (272_000,)  # OpenAI: long context from 272K
+    assert tier_thresholds("anthropic", "claude-sonnet-4-5", now) == (200_000,)  # Anthropic: >200K
+    assert tier_thresholds("openai", "gpt-4o", now) == ()
+    assert tier_thresholds("openai", "no-such-model", now) == ()
