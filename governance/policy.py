@@ -123,8 +123,9 @@ class Estimate(_Strict):
     """The OpenAI service tier a request asking for `auto` (or none) is reserved at: the tier the
     project is configured to use. Settlement uses the tier the response reports."""
     server_tool_uses: Annotated[int, Field(ge=0)] = 10
-    """Web searches reserved for a request that enables a server-side search tool without a
-    `max_uses` of its own."""
+    """Calls assumed for a server tool with no bound of its own (`max_uses`, `max_tool_calls`):
+    they bound its web searches and its loop's rounds, and are written into the request where
+    the API takes a bound."""
     unpriced_tool_fees: Literal["refuse", "allow"] = "refuse"
     """Hosted tools billed per use at prices spendfuse does not model (OpenAI code interpreter,
     file search, image generation; Anthropic code execution): refused, or let through with their
