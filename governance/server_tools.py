@@ -126,9 +126,11 @@ def with_bound(family: str, api: str, body: Mapping[str, Any], assume: int) -> d
         return {**body, "max_tool_calls": assume}
     if family != "anthropic":
         return None
+    if not isinstance(body.get("tools"), list):
+        return None
     changed = False
     tools: list[Any] = []
-    for tool in body.get("tools") or []:
+    for tool in body["tools"]:
         kind = _anthropic_kind(tool) if isinstance(tool, Mapping) else None
         if kind and kind.startswith(_ANTHROPIC_MAX_USES) and _declared(tool.get("max_uses")) is None:
             tool, changed = {**tool, "max_uses": assume}, True

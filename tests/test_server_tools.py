@@ -153,3 +153,13 @@ def test_the_mcp_connector_cannot_take_a_bound():
 def test_bound_input_keeps_plain_requests():
     info = RequestInfo("r", "openai", "chat", "gpt-4o", "p", False, 10, 10, "request")
     assert server_tools.bound_input(info, {}, refuse=False) is info
+
+
+@pytest.mark.parametrize("tools", [5, "web_search", {"type": "web_search"}, None])
+def test_odd_tool_lists_are_left_alone(tools):
+    body = {"model": "claude-sonnet-4-5", "mcp_servers": [{"url": "u"}], "tools": tools}
+    assert server_tools.with_bound("anthropic", "messages", body, 3) is None
+    assert (
+        server_tools.tool_loop("anthropic", "messages", body, "claude-sonnet-4-5", assume=3, looping=[]).calls
+        == 3
+    )
