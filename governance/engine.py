@@ -374,7 +374,7 @@ class Engine:
         cap = min(clamp.floor_tokens, info.max_output_tokens // info.choices) * info.choices
         if claim.unit == "usd":
             return to_micro(self._worst_case(info, cap, now).cost)
-        return claim_tokens(claim.unit, info.input_tokens, cap)
+        return claim_tokens(claim.unit, info.input_tokens, cap * info.tool_rounds)
 
     def _fitter(
         self, info: RequestInfo, rec: RequestRecord, now: datetime

@@ -132,3 +132,33 @@ def test_an_unbounded_loop_gets_the_bound_it_was_reserved_for(start, client_env,
     [row] = settled(tmp_path)
     assert row["cost_micro"] == micro(upstream.bills[0]["usd"])
     assert row["reserved_micro"] >= row["cost_micro"]
+
+
+@pytest.mark.parametrize(
+    ("count", "reserved"),
+    [
+        # 185,000 x 1.02 = 188,700 input tokens at $3/M, 100 output at $15/M: below the tier.
+        (185_000, 188_700 * 3 + 100 * 15),
+        # 197,000 x 1.02 = 200,940: past 200,000, so Sonnet 4.5's long-context price, $6/M and
+        # $22.50/M, for every token: the counter's small error cannot slip under the tier.
+        (197_000, 200_940 * 6 + 100 * 45 // 2),
+    ],
+)
+def test_near_a_tier_threshold_the_counter_decides_with_its_margin(
+    start, client_env, upstream, tmp_path, count, reserved
+):
+    """claude-sonnet-4-5's input price doubles past 200,000 tokens. An estimate whose range holds
+    the threshold asks the provider's counter even with room to spare, and reserves its count
+    with the 2% margin the README states."""
+    proxy = start(spendfuse_budget="5", rules=write_rules(tmp_path / "r.yaml", prices={}))
+    client_env(proxy)
+    upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = count, 100
+    text = "word " * 185_000  # estimated ~203,500 with the 1.1 margin; ~132,000 without margins
+    anthropic.Anthropic(max_retries=0).messages.create(
+        model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": text}]
+    )
+    assert upstream.hits["/v1/messages/count_tokens"] == 1 and upstream.hits["/v1/messages"] == 1
+    [row] = settled(tmp_path)
+    assert row["est_input_tokens"] == -(-count * 102 // 100)
+    assert row["reserved_micro"] == reserved
+    assert row["cost_micro"] == micro(upstream.bills[0]["usd"]) <= reserved
