@@ -278,13 +278,13 @@ class Engine:
         margin = self.policy.estimate.counter_margin
         return replace(info, input_tokens=int((counted * margin).to_integral_value(rounding="ROUND_CEILING")))
 
-    def _straddles_tier(self, info: RequestInfo, now: datetime) -> bool:
+    def _straddles_tier(self, info: RequestInfo) -> bool:
         """Whether the input estimate's range (without its margins, to with them) straddles a
         long-context tier threshold: the request's price then hinges on the exact count."""
         estimate = self.policy.estimate
         widest = estimate.input_margin * max(estimate.script_margins.values(), default=1)
         low, high = int(info.input_tokens / widest), info.input_tokens
-        return any(low < t <= high for t in tier_thresholds(info.provider, info.model, now))
+        return any(low < t <= high for t in tier_thresholds(info.provider, info.model))
 
     def admit(self, info: RequestInfo, now: datetime, *, count_may_help: bool = False) -> Decision:
         """Check the rules, price the worst case and reserve it against every budget, atomically.
@@ -304,7 +304,7 @@ class Engine:
         if isinstance(bounded, Refusal):
             return self.refuse(self._record(info), bounded, now)
         info = bounded
-        if count_may_help and self._straddles_tier(info, now):
+        if count_may_help and self._straddles_tier(info):
             # Near a long-context tier the price hinges on the exact count: ask for it first.
             return Decision(allowed=False, hinges_on_count=True)
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from governance.errors import PolicyError
 from governance.matching import model_matches
@@ -53,13 +53,18 @@ class FeeTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fees: list[Fee] = []
+    _memo: dict[tuple[str, str], Fee | None] = PrivateAttr(default_factory=dict)  # every price asks
 
     def fee_for(self, provider: str, model: str) -> Fee | None:
         """The first entry covering `model` at `provider`, or None."""
-        for fee in self.fees:
-            if fee.provider == provider and model_matches(fee.model, model):
-                return fee
-        return None
+        key = (provider, model)
+        if key in self._memo:
+            return self._memo[key]
+        found = next((f for f in self.fees if f.provider == provider and model_matches(f.model, model)), None)
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        self._memo[key] = found
+        return found
 
 
 @functools.cache

@@ -117,15 +117,21 @@ def context_window(provider: str, model: str) -> int | None:
     return info.context_window
 
 
-def tier_thresholds(provider: str, model: str, when: datetime) -> tuple[int, ...]:
-    """The input sizes (tokens) at which genai-prices' price of `model` at `when` changes tier,
-    or () for an unknown model or a flat price."""
+@functools.cache
+def tier_thresholds(provider: str, model: str) -> tuple[int, ...]:
+    """The input sizes (tokens) at which any of genai-prices' prices of `model`, dated or not,
+    changes tier; () for an unknown model or flat prices. A threshold of a price not in force
+    only makes a caller ask the provider's counter once more than it had to."""
     try:
-        price = price_in_force(provider, model, when)
+        _, info = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
     except LookupError:
         return ()
+    prices = info.prices if isinstance(info.prices, list) else [info.prices]
+    cards = [getattr(p, "prices", p) for p in prices]
     return tuple(
-        sorted({t.start for v in vars(price).values() if isinstance(v, TieredPrices) for t in v.tiers})
+        sorted(
+            {t.start for c in cards for v in vars(c).values() if isinstance(v, TieredPrices) for t in v.tiers}
+        )
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from governance.errors import PolicyError, RequestParseError
 from governance.fees import Fee
@@ -64,13 +64,21 @@ class RegionalPrices(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     uplifts: list[Uplift] = []
+    _memo: dict[tuple[str, str, str, str | None, bool], Uplift | None] = PrivateAttr(default_factory=dict)
 
     def uplift(
         self, provider: str, model: str, host: str, geo: str | None, *, reserving: bool
     ) -> Uplift | None:
         """The dearest uplift that applies, or None."""
+        key = (provider, model, host, geo, reserving)
+        if key in self._memo:
+            return self._memo[key]
         found = [u for u in self.uplifts if u.covers(provider, model, host, geo, reserving=reserving)]
-        return max(found, key=lambda u: u.factor, default=None)
+        dearest = max(found, key=lambda u: u.factor, default=None)
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        self._memo[key] = dearest
+        return dearest
 
 
 @functools.cache

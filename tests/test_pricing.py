@@ -217,12 +217,11 @@ def test_audio_input_is_reserved_at_the_audio_price():
 
 
 def test_tier_thresholds_are_genai_prices_tier_starts():
-    from datetime import UTC, datetime
-
     from governance.pricing import tier_thresholds
 
-    now = datetime(2026, 11, 22, tzinfo=UTC)
-    assert tier_thresholds("openai", "gpt-5.4", now) == (272_000,)  # OpenAI: long context from 272K
-    assert tier_thresholds("anthropic", "claude-sonnet-4-5", now) == (200_000,)  # Anthropic: >200K
-    assert tier_thresholds("openai", "gpt-4o", now) == ()
-    assert tier_thresholds("openai", "no-such-model", now) == ()
+    assert tier_thresholds("openai", "gpt-5.4") == (272_000,)  # OpenAI: long context from 272K
+    assert tier_thresholds("anthropic", "claude-sonnet-4-5") == (200_000,)  # Anthropic: >200K
+    # Opus 4.6 had a 200K tier until 2026-03-13: a dated price's threshold counts too.
+    assert tier_thresholds("anthropic", "claude-opus-4-6") == (200_000,)
+    assert tier_thresholds("openai", "gpt-4o") == ()
+    assert tier_thresholds("openai", "no-such-model") == ()
