@@ -163,3 +163,30 @@ def test_odd_tool_lists_are_left_alone(tools):
         server_tools.tool_loop("anthropic", "messages", body, "claude-sonnet-4-5", assume=3, looping=[]).calls
         == 3
     )
+
+
+def test_output_token_limits_count_every_round(tmp_path: Path):
+    """A limit on output tokens sees the loop's whole output: 3 rounds of a 100-token cap."""
+    rules = {
+        "version": 2,
+        "rate_limits": [{"id": "out", "max_tokens": 299, "tokens_reset": "1h", "count_tokens": "output"}],
+        "budgets": [{"id": "g", "max_usd": 1000}],
+        "global": {"budgets": ["g"], "rate_limits": ["out"]},
+        "clamp_output": None,
+    }
+    led = Ledger.open(tmp_path / "l.sqlite")
+    try:
+        e = Engine(policy.parse(rules, Path(".")), led)
+        body = {
+            "model": "gpt-4o",
+            "input": "hi",
+            "max_output_tokens": 100,
+            "tools": [MCP],
+            "max_tool_calls": 2,
+        }
+        d = e.admit(read(e, RESPONSES, body).info, NOW)
+        assert not d.allowed and d.refusal.rule == "rate_limit:out:tokens"
+        d = e.admit(read(e, RESPONSES, {**body, "max_tool_calls": 1}, "two").info, NOW)
+        assert d.allowed  # 2 rounds x 100 fit under 299
+    finally:
+        led.close()
