@@ -1003,8 +1003,9 @@ class SpendFuse:
     async def _count_input(
         self, flow: http.HTTPFlow, engine: Engine, read: ReadRequest, counter: tuple[str, dict], who: Identity
     ) -> ReadRequest:
-        """A refusal that hinges on the estimate's margins: ask the provider's free counter for
-        the exact input, with the client's own credentials, and reserve that instead. The
+        """A refusal (or a price tier) that hinges on the estimate's margins: ask the provider's
+        free counter for the input, with the client's own credentials, and reserve that (with
+        the rules' counter margin) instead. The
         counter's request goes through this proxy like any other (a free endpoint, screened and
         routed as usual). If it fails, the estimate stands: never a guess lower than it."""
         suffix, body = counter
@@ -1014,7 +1015,7 @@ class SpendFuse:
         if counted is None:
             return read
         logger.info(
-            "spendfuse: %s near its limit: the provider counts %d input tokens (estimated %d)",
+            "spendfuse: %s near a limit or a price tier: the provider counts %d input tokens (estimated %d)",
             read.info.request_id,
             counted,
             read.info.input_tokens,

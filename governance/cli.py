@@ -267,6 +267,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     print("\nrefusals by rule")
     print(_table([[r["rule"], str(r["n"])] for r in refused], ["rule", "count"]) if refused else "  (none)")
+    surcharged = ledger.query(
+        f"SELECT price_source AS source, coalesce(model, '?') AS model, count(*) AS n, "
+        f"sum(cost_micro) AS cost FROM requests {where} AND (price_source LIKE '%fees.yaml:%' "
+        f"OR price_source LIKE '%regional:%') GROUP BY price_source, model ORDER BY cost DESC",
+        params,
+    )
+    print("\nprices from the rules' fee and regional tables (rules/fees.yaml, rules/regional_prices.yaml)")
+    print(
+        _table(
+            [[r["model"], str(r["n"]), usd(from_micro(r["cost"])), r["source"]] for r in surcharged],
+            ["model", "requests", "cost", "price source"],
+        )
+        if surcharged
+        else "  (none)"
+    )
     measured = ledger.query(
         "SELECT coalesce(model, '?') AS model, est_input_tokens AS est, input_tokens AS real FROM requests "
         "WHERE state = 'settled' AND est_input_tokens > 0 AND input_tokens IS NOT NULL"

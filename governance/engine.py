@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from governance import checks, gate, identity, money, refusals, tokens, wire
+from governance import checks, fees, gate, identity, money, refusals, regional, server_tools, tokens, wire
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
@@ -20,7 +20,7 @@ from governance.identity import Credentials, Identity
 from governance.ledger import Ledger, Refit, RequestRecord
 from governance.matching import lookup_model
 from governance.policy import Policy
-from governance.pricing import Pricer, context_window
+from governance.pricing import Pricer, context_window, tier_thresholds
 from governance.scopes import Scopes
 from governance.types import (
     UNBOUNDED,
@@ -48,10 +48,6 @@ class ReadRequest:
     body: Mapping[str, Any] | None = None  # the request as the client sent it
 
 
-#: The context window Anthropic's `context-1m` beta opens, whatever genai-prices says.
-LONG_CONTEXT_TOKENS = 1_000_000
-
-
 class Engine:
     """Decides on requests under one policy and records them in one ledger."""
 
@@ -66,6 +62,9 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self._providers = {e.name: e.provider for e in self.hosts.entries}
+        self.fees = fees.shipped()
+        self.regional = regional.shipped()
+        self._looping_models = server_tools.shipped().looping_models
         self._image_formulas = {
             model: formula.model_dump(exclude_none=True)
             for model, formula in policy.image_formula_table().items()
@@ -136,6 +135,20 @@ class Engine:
         cap, source = self.output_cap(
             parsed.model, parsed.max_output_tokens, input_tokens=input_tokens, provider=provider
         )
+        assume = self.policy.estimate.server_tool_uses
+        loop = server_tools.tool_loop(
+            endpoint.family, endpoint.api, body, parsed.model, assume=assume, looping=self._looping_models
+        )
+        refuse = self.policy.estimate.unbounded_tool_calls == "refuse"
+        refuse_loop = loop is not None and loop.assumed and refuse
+        searches = parsed.web_searches
+        if searches == UNBOUNDED:  # a search tool with no bound: at most every call of its loop
+            searches = loop.calls if loop is not None else assume
+        forward = family.prepare_request(endpoint.api, body, parsed)
+        if loop is not None and loop.assumed and not refuse_loop:
+            # The provider enforces the calls reserved for: the assumed bound goes into the request.
+            bounded = server_tools.with_bound(endpoint.family, endpoint.api, forward or body, assume)
+            forward = bounded if bounded is not None else forward
         info = RequestInfo(
             request_id=request_id,
             provider=provider,
@@ -153,18 +166,20 @@ class Engine:
             requested_output_tokens=parsed.max_output_tokens,
             service_tier=self._service_tier(parsed.service_tier),
             speed=parsed.speed,
-            web_searches=self.policy.estimate.server_tool_uses
-            if parsed.web_searches == UNBOUNDED
-            else parsed.web_searches,
+            web_searches=searches,
             audio_output=parsed.audio_output,
             audio_input=parsed.audio_input,
             server_context=parsed.server_context,
             server_input=parsed.server_input,
             unpriced_fees=parsed.unpriced_fees,
+            tool_calls=None if loop is None else UNBOUNDED if refuse_loop else loop.calls,
+            tool_rounds=1 if loop is None or refuse_loop else loop.rounds,
+            inference_geo=regional.request_geo(body),
+            host=endpoint.host,
             # Anthropic's 1M-token context is a beta the client turns on with a header.
             long_context=any(b.strip().lower().startswith("context-1m") for b in betas),
         )
-        return ReadRequest(info, family.prepare_request(endpoint.api, body, parsed), body)
+        return ReadRequest(info, forward, body)
 
     def _service_tier(self, requested: str | None) -> str | None:
         """The tier to reserve at. `auto` (or none) is served at the project's own default tier,
@@ -186,19 +201,30 @@ class Engine:
         return self._host_pricers.get(info.host_entry, self.pricer)
 
     def _worst_case(self, info: RequestInfo, max_output_tokens: int, now: datetime) -> Priced:
-        return self._pricer_for(info).worst_case(
-            info.provider,
-            info.model,
-            input_tokens=info.input_tokens,
-            max_output_tokens=max_output_tokens,
-            now=now,
-            cache_write_hint=info.cache_write_hint,
-            service_tier=info.service_tier,
-            speed=info.speed,
-            web_searches=info.web_searches,
-            audio_output=info.audio_output,
-            audio_input=info.audio_input,
+        """The most `info` can cost with `max_output_tokens` per round: every round of a server
+        tool loop generates output (its input is already summed over rounds), at the regional
+        uplift wherever it could apply, plus the per-call fee of the rules' fee table."""
+
+        def worst(searches: int) -> Priced:
+            return self._pricer_for(info).worst_case(
+                info.provider,
+                info.model,
+                input_tokens=info.input_tokens,
+                max_output_tokens=max_output_tokens * info.tool_rounds,
+                now=now,
+                cache_write_hint=info.cache_write_hint,
+                service_tier=info.service_tier,
+                speed=info.speed,
+                web_searches=searches,
+                audio_output=info.audio_output,
+                audio_input=info.audio_input,
+            )
+
+        uplift = self.regional.uplift(
+            info.provider, info.model, info.host, info.inference_geo, reserving=True
         )
+        fee = self.fees.fee_for(info.provider, info.model)
+        return regional.surcharged(worst, info.web_searches, uplift, fee)
 
     # -- admitting (ledger thread) ------------------------------------------------------------
 
@@ -246,38 +272,19 @@ class Engine:
         low = replace(info, input_tokens=int(info.input_tokens / widest))
         return to_micro(self._worst_case(low, info.max_output_tokens, now).cost) <= room
 
-    @staticmethod
-    def with_counted_input(info: RequestInfo, counted: int) -> RequestInfo:
-        """`info` with the provider's own count of its input, reserved as it is (no margin)."""
-        return replace(info, input_tokens=counted)
+    def with_counted_input(self, info: RequestInfo, counted: int) -> RequestInfo:
+        """`info` with the provider's own count of its input. The count is itself an estimate
+        ("may differ by a small amount"), so it is reserved with `estimate.counter_margin`."""
+        margin = self.policy.estimate.counter_margin
+        return replace(info, input_tokens=int((counted * margin).to_integral_value(rounding="ROUND_CEILING")))
 
-    def _bound_server_input(self, info: RequestInfo) -> RequestInfo | Refusal:
-        """Add the input the provider keeps on its side: the stored size of a previous response
-        or conversation this ledger saw settle, and for anything it cannot count (an id it never
-        saw, a stored prompt, a file by id, a server tool's results) the model's whole context
-        window, or a refusal when the rules say so."""
-        if not info.server_context and info.server_input is None:
-            return info
-        known = self.ledger.context_tokens(info.server_context)
-        reasons = [info.server_input] if info.server_input else []
-        unseen = [i for i in info.server_context if i not in known]
-        if unseen:
-            reasons.append(f"{', '.join(unseen)} that this proxy never saw")
-        input_tokens = info.input_tokens + max(known.values(), default=0)
-        if reasons:
-            why = "; ".join(reasons)
-            window = context_window(info.provider, info.model)
-            if window is not None and info.long_context:
-                window = max(window, LONG_CONTEXT_TOKENS)
-            if self.policy.estimate.server_input == "refuse" or window is None:
-                bound = (
-                    "the rules refuse such input"
-                    if window is not None
-                    else "the model's context window is unknown"
-                )
-                return refusals.unbounded_server_input(why, bound)
-            input_tokens = max(input_tokens, window)
-        return replace(info, input_tokens=input_tokens)
+    def _straddles_tier(self, info: RequestInfo) -> bool:
+        """Whether the input estimate's range (without its margins, to with them) straddles a
+        long-context tier threshold: the request's price then hinges on the exact count."""
+        estimate = self.policy.estimate
+        widest = estimate.input_margin * max(estimate.script_margins.values(), default=1)
+        low, high = int(info.input_tokens / widest), info.input_tokens
+        return any(low < t <= high for t in tier_thresholds(info.provider, info.model))
 
     def admit(self, info: RequestInfo, now: datetime, *, count_may_help: bool = False) -> Decision:
         """Check the rules, price the worst case and reserve it against every budget, atomically.
@@ -292,16 +299,21 @@ class Engine:
             return self.refuse(self._record(info), refusal, now)
         if info.unpriced_fees and self.policy.estimate.unpriced_tool_fees == "refuse":
             return self.refuse(self._record(info), refusals.unpriced_tool_fees(info.unpriced_fees), now)
-        bounded = self._bound_server_input(info)
+        known = self.ledger.context_tokens(info.server_context) if info.server_context else {}
+        bounded = server_tools.bound_input(info, known, refuse=self.policy.estimate.server_input == "refuse")
         if isinstance(bounded, Refusal):
             return self.refuse(self._record(info), bounded, now)
         info = bounded
+        if count_may_help and self._straddles_tier(info):
+            # Near a long-context tier the price hinges on the exact count: ask for it first.
+            return Decision(allowed=False, hinges_on_count=True)
         try:
             worst = self._worst_case(info, info.max_output_tokens, now)
         except PricingError as e:
             return self.refuse(self._record(info), refusals.unpriced_model(e), now)
         amount = to_micro(worst.cost)
-        claims = checks.claims(self.scopes.applicable(key, info.provider, info.model), info, amount)
+        every_round = replace(info, max_output_tokens=info.max_output_tokens * info.tool_rounds)
+        claims = checks.claims(self.scopes.applicable(key, info.provider, info.model), every_round, amount)
         clamp = self.policy.clamp_output
         # With output-cap injection, a request that set no cap gets the cap it is reserved for.
         inject = (
@@ -363,7 +375,7 @@ class Engine:
         cap = min(clamp.floor_tokens, info.max_output_tokens // info.choices) * info.choices
         if claim.unit == "usd":
             return to_micro(self._worst_case(info, cap, now).cost)
-        return claim_tokens(claim.unit, info.input_tokens, cap)
+        return claim_tokens(claim.unit, info.input_tokens, cap * info.tool_rounds)
 
     def _fitter(
         self, info: RequestInfo, rec: RequestRecord, now: datetime
@@ -383,7 +395,7 @@ class Engine:
         def fit(room: int | None, output_room: int | None) -> Refit | None:
             low, high = floor, info.max_output_tokens // info.choices - 1
             if output_room is not None:
-                high = min(high, output_room // info.choices)
+                high = min(high, output_room // (info.choices * info.tool_rounds))
             if high < low or not fits(low, room):
                 return None
             while low < high:  # the largest cap whose worst case fits: cost is monotone in it
@@ -410,10 +422,22 @@ class Engine:
         # falling back to the requested model when that name is unknown.
         if usage.model and usage.model != info.model:
             try:
-                return self._pricer_for(info).price(info.provider, usage.model, usage, now)
+                return self._settled_price(info, usage.model, usage, now)
             except PricingError:
                 pass
-        return self._pricer_for(info).price(info.provider, info.model, usage, now)
+        return self._settled_price(info, info.model, usage, now)
+
+    def _settled_price(self, info: RequestInfo, model: str, usage: Usage, now: datetime) -> Priced:
+        """`usage` on `model` at the geo the response reports (else the one the request named),
+        with the fee table's per-call fee."""
+        pricer = self._pricer_for(info)
+
+        def price(searches: int) -> Priced:
+            return pricer.price(info.provider, model, replace(usage, web_searches=searches), now)
+
+        geo = usage.inference_geo or info.inference_geo
+        uplift = self.regional.uplift(info.provider, model, info.host, geo, reserving=False)
+        return regional.surcharged(price, usage.web_searches, uplift, self.fees.fee_for(info.provider, model))
 
     def finish(
         self,

@@ -123,12 +123,20 @@ class Estimate(_Strict):
     """The OpenAI service tier a request asking for `auto` (or none) is reserved at: the tier the
     project is configured to use. Settlement uses the tier the response reports."""
     server_tool_uses: Annotated[int, Field(ge=0)] = 10
-    """Web searches reserved for a request that enables a server-side search tool without a
-    `max_uses` of its own."""
+    """Calls assumed for a server tool with no bound of its own (`max_uses`, `max_tool_calls`):
+    they bound its web searches and its loop's rounds, and are written into the request where
+    the API takes a bound."""
     unpriced_tool_fees: Literal["refuse", "allow"] = "refuse"
     """Hosted tools billed per use at prices spendfuse does not model (OpenAI code interpreter,
     file search, image generation; Anthropic code execution): refused, or let through with their
     fees unmetered (their tokens are still metered)."""
+    unbounded_tool_calls: Literal["assume", "refuse"] = "assume"
+    """A server tool loop with no bound of its own (`max_tool_calls`, `max_uses`): assume
+    `server_tool_uses` calls per unbounded tool (written into the request where the API takes a
+    bound), or refuse the request."""
+    counter_margin: Annotated[Decimal, Field(ge=1, le=2)] = Decimal("1.02")
+    """Multiplier on the provider's own input count, which is itself an estimate ("may differ by
+    a small amount")."""
     server_input: Literal["context_window", "refuse"] = "context_window"
     """Input the provider keeps on its side that spendfuse cannot count (a previous response it
     never saw, a file by id, a server tool's results): reserve the model's whole context window

@@ -117,6 +117,24 @@ def context_window(provider: str, model: str) -> int | None:
     return info.context_window
 
 
+@functools.cache
+def tier_thresholds(provider: str, model: str) -> tuple[int, ...]:
+    """The input sizes (tokens) at which any of genai-prices' prices of `model`, dated or not,
+    changes tier; () for an unknown model or flat prices. A threshold of a price not in force
+    only makes a caller ask the provider's counter once more than it had to."""
+    try:
+        _, info = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return ()
+    prices = info.prices if isinstance(info.prices, list) else [info.prices]
+    cards = [getattr(p, "prices", p) for p in prices]
+    return tuple(
+        sorted(
+            {t.start for c in cards for v in vars(c).values() if isinstance(v, TieredPrices) for t in v.tiers}
+        )
+    )
+
+
 def derive_rate_card(provider: str, model: str, when: datetime) -> RateCard | None:
     """Probe genai-prices for `model`'s per-token rates at `when`. None when its price is not a
     plain linear function below a tier cliff (then every call goes to genai-prices). Raises

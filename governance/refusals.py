@@ -68,6 +68,17 @@ def unbounded_server_input(why: str, bound: str) -> Refusal:
     )
 
 
+def unbounded_tool_calls(tools: str) -> Refusal:
+    return _refusal(
+        "server_tools",
+        "unbounded_tool_calls",
+        RefusalKind.INVALID,
+        f"spendfuse: refused: this request lets the provider run server tools in a loop ({tools}) "
+        f"with no bound on their calls (set `max_tool_calls`, or `max_uses` on each tool), and the "
+        f"rules refuse such requests.",
+    )
+
+
 def egress(host: str, port: int | None) -> Refusal:
     where = f"{host}:{port}" if port else host
     return _refusal(

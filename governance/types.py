@@ -74,6 +74,8 @@ class ParsedRequest:
     server_context: tuple[str, ...] = ()  # ids of context stored on the provider (previous response...)
     server_input: str | None = None  # why input may live on the server beyond what we can count
     unpriced_fees: tuple[str, ...] = ()  # enabled tools whose per-use fees spendfuse does not price
+    tool_calls: int | None = None  # server tools that loop: the calls allowed (UNBOUNDED: no bound)
+    inference_geo: str | None = None  # where the request asks inference to run (Anthropic)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ class RequestInfo:
     server_context: tuple[str, ...] = ()  # ids of context the provider keeps (see ParsedRequest)
     server_input: str | None = None  # why its input may exceed what was counted (bounded at admit)
     unpriced_fees: tuple[str, ...] = ()
+    tool_calls: int | None = None  # server-tool calls allowed (see governance.server_tools)
+    tool_rounds: int = 1  # sampling rounds the provider may run: input and output add up over them
+    inference_geo: str | None = None  # the geo the request asks for (None: the workspace default)
+    host: str = ""  # the host it went to (regional prices key on it)
     long_context: bool = False  # the client asked for a context window beyond the model's default
     key_id: str | None = None  # the key the client proved (governance.identity), if any
 
@@ -122,6 +128,7 @@ class Usage:
     speed: str | None = None  # Anthropic: "fast" when fast mode served it
     response_id: str | None = None  # OpenAI Responses: the answer's id (a follow-up may name it)
     conversation_id: str | None = None  # OpenAI Responses: the conversation it belongs to
+    inference_geo: str | None = None  # Anthropic: where inference ran, as the response reports it
 
     def __post_init__(self) -> None:
         for name in USAGE_COUNTS:

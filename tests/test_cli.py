@@ -30,12 +30,29 @@ def test_status(tmp_path, capsys):
 
 def test_report(tmp_path, capsys):
     seed(tmp_path / "l.sqlite")
+    led = Ledger.open(tmp_path / "l.sqlite")
+    now = datetime(2026, 11, 21, 9, tzinfo=UTC)
+    c = [Claim("global", "", "never", 1_000_000, 20_000, "budget:global")]
+    led.reserve(RequestRecord("d", "p", "openai", "chat", "gpt-5-search-api"), c, 20_000, now)
+    led.settle(
+        "d",
+        10_200,
+        now,
+        outcome="usage",
+        usage=Usage(16, 18),
+        price_source="genai-prices; fees.yaml:gpt-5-search-api",
+    )
+    led.close()
     assert cli.main(["report", "--db", str(tmp_path / "l.sqlite")]) == 0
     out = capsys.readouterr().out
     assert "gpt-4o" in out and "2026-11-21" in out and "budget:global" in out
     # The estimate reserved for "a" (est_input_tokens 200 via the seed) against its real input 100.
     line = next(ln for ln in out.split("input estimate")[1].splitlines() if ln.startswith("gpt-4o"))
     assert line.split()[1:] == ["1", "0.500", "0.500", "0.500", "0"]
+    # Which prices came from the rules' fee table: the search model's row, and only it.
+    table = out.split("prices from the rules' fee")[1].split("input estimate")[0]
+    assert "gpt-5-search-api" in table and "fees.yaml:gpt-5-search-api" in table and "$0.0102" in table
+    assert "gpt-4o " not in table
 
 
 def test_missing_ledger_is_an_error(tmp_path, capsys):

@@ -214,3 +214,14 @@ def test_audio_input_is_reserved_at_the_audio_price():
     )
     real = p.price("openai", "gpt-audio", Usage(input_tokens=1000, input_audio_tokens=1000), NOW)
     assert audio.cost == real.cost > text.cost
+
+
+def test_tier_thresholds_are_genai_prices_tier_starts():
+    from governance.pricing import tier_thresholds
+
+    assert tier_thresholds("openai", "gpt-5.4") == (272_000,)  # OpenAI: long context from 272K
+    assert tier_thresholds("anthropic", "claude-sonnet-4-5") == (200_000,)  # Anthropic: >200K
+    # Opus 4.6 had a 200K tier until 2026-03-13: a dated price's threshold counts too.
+    assert tier_thresholds("anthropic", "claude-opus-4-6") == (200_000,)
+    assert tier_thresholds("openai", "gpt-4o") == ()
+    assert tier_thresholds("openai", "no-such-model") == ()

@@ -156,6 +156,7 @@ def _to_usage(usage: Mapping[str, Any], model: str | None) -> Usage | None:
         cache_write_1h_tokens=min(token_count(usage, "cache_creation", "ephemeral_1h_input_tokens"), write),
         web_searches=token_count(usage, "server_tool_use", "web_search_requests"),
         speed=speed if isinstance(speed, str) else None,
+        inference_geo=geo if isinstance(geo := usage.get("inference_geo"), str) else None,
     )
 
 

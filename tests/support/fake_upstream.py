@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -37,6 +38,11 @@ class Knobs:
     # that splits some scripts finer than cl100k), instead of `prompt_tokens`.
     claude_ratio: float | None = None
     count_status: int = 200  # the token counters' answer (count_tokens, input_tokens)
+    # Server tool loops: sampling rounds a request with server tools runs (within its bound:
+    # max_tool_calls or the sum of max_uses, plus one), each billed `prompt_tokens` of input
+    # and the output cap's worth of output, summed in the usage as the providers report it.
+    rounds: int = 1
+    default_geo: str | None = None  # Anthropic: the workspace's default inference_geo
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Upstream:
     contexts: dict[str, int] = field(default_factory=dict)
     billed: list[dict[str, Any]] = field(default_factory=list)  # the usage of every answer, as billed
     snis: list[str | None] = field(default_factory=list)  # the SNI of each TLS handshake
+    bills: list[dict[str, Any]] = field(default_factory=list)  # USD billed per answer (see `_bill`)
 
     @property
     def port(self) -> int:
@@ -71,6 +78,7 @@ class Upstream:
             self.snis.clear()
             self.contexts.clear()
             self.billed.clear()
+            self.bills.clear()
         self.knobs = Knobs()
 
     def close(self) -> None:
@@ -101,6 +109,68 @@ def _claude_like_count(body: dict[str, Any], ratio: float) -> int:
         elif isinstance(node, list):
             stack.extend(node)
     return math.ceil(ratio * tokens.count_text("\n".join(texts), "claude-sonnet-4-5"))
+
+
+def _anthropic_searches(body: dict[str, Any], k: Knobs) -> int:
+    """Web search, like Anthropic's: billed per search, never more than the tool's max_uses."""
+    tools = [t for t in body.get("tools") or [] if str(t.get("type", "")).startswith("web_search")]
+    if not tools or not k.web_searches:
+        return 0
+    most = min((t.get("max_uses", k.web_searches) for t in tools), default=k.web_searches)
+    return min(k.web_searches, most)
+
+
+_OPENAI_SERVER_TOOLS = ("web_search", "file_search", "code_interpreter", "mcp", "image_generation")
+_ANTHROPIC_SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "mcp")
+
+
+def _sampling_rounds(path: str, body: dict[str, Any], k: Knobs) -> int:
+    """How many sampling rounds the provider runs: with server tools (or a deep-research model),
+    `k.rounds`, never more than one after each call the request allows (OpenAI `max_tool_calls`
+    across every built-in tool; Anthropic `max_uses` per tool), plus the first."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    kinds = [str(t.get("type", "")) for t in tools]
+    if path == "/v1/responses":
+        if not any(x.startswith(_OPENAI_SERVER_TOOLS) for x in kinds) and "deep-research" not in str(
+            body.get("model")
+        ):
+            return 1
+        allowed = body.get("max_tool_calls")
+    elif path == "/v1/messages":
+        server = [t for t in tools if str(t.get("type", "")).startswith(_ANTHROPIC_SERVER_TOOLS)]
+        if not server:
+            return 1
+        uses = [t.get("max_uses") for t in server]
+        allowed = sum(uses) if all(isinstance(u, int) for u in uses) else None
+    else:
+        return 1
+    return k.rounds if not isinstance(allowed, int) else min(k.rounds, allowed + 1)
+
+
+# The published prices of the models the billing tests use (USD per 1M tokens; per-call fees;
+# web searches per 1,000; regional uplifts), so the fake provider bills by its own book:
+# OpenAI's and Anthropic's pricing pages.
+_PRICES: dict[str, dict[str, Decimal]] = {
+    "gpt-5-search-api": {"in": Decimal("1.25"), "out": Decimal(10), "call": Decimal("0.01")},
+    "gpt-4o": {"in": Decimal("2.5"), "out": Decimal(10)},
+    "gpt-5.4": {"in": Decimal("2.5"), "out": Decimal(15), "residency": Decimal("1.1")},
+    "claude-opus-4-6": {"in": Decimal(5), "out": Decimal(25), "search": Decimal(10), "us": Decimal("1.1")},
+    "claude-sonnet-4-5": {"in": Decimal(3), "out": Decimal(15), "search": Decimal(10)},
+}
+
+
+def _bill(model: str, host: str, input_tokens: int, output_tokens: int, searches: int, geo: str | None):
+    """What the provider bills for one answer, in USD, or None for a model not in `_PRICES`:
+    tokens (times 1.1 on a residency host or in the US geo), plus per-call and search fees."""
+    price = _PRICES.get(model)
+    if price is None:
+        return None
+    tokens = (input_tokens * price["in"] + output_tokens * price["out"]) / 1_000_000
+    if "residency" in price and host.split(":")[0] != "api.openai.com":
+        tokens *= price["residency"]
+    if "us" in price and geo == "us":
+        tokens *= price["us"]
+    return tokens + price.get("call", Decimal(0)) + searches * price.get("search", Decimal(0)) / 1000
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -168,7 +238,21 @@ class _Handler(BaseHTTPRequestHandler):
         # Like a real provider, never generate (or bill) more output than the request's cap allows.
         caps = [body.get(f) for f in ("max_tokens", "max_completion_tokens", "max_output_tokens")]
         caps = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
-        self.output_tokens = min([k.completion_tokens, *caps])
+        self.rounds = _sampling_rounds(path, body, k)
+        self.output_tokens = min([k.completion_tokens, *caps]) * self.rounds
+        self.prompt_tokens = k.prompt_tokens * self.rounds
+        self.geo = (body.get("inference_geo") or k.default_geo) if path == "/v1/messages" else None
+        bill = _bill(
+            model,
+            self.headers.get("host", ""),
+            self.prompt_tokens,
+            self.output_tokens,
+            _anthropic_searches(body, k) if path == "/v1/messages" else 0,
+            self.geo,
+        )
+        if bill is not None:
+            with up.lock:
+                up.bills.append({"model": model, "usd": bill})
         if path == "/v1/chat/completions":
             self._chat(model, stream, body, legacy=False)
         elif path == "/v1/completions":
@@ -190,9 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
                 {"model": model, "input_tokens": k.prompt_tokens, "output_tokens": self.output_tokens}
             )
         return {
-            "prompt_tokens": k.prompt_tokens,
+            "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.output_tokens,
-            "total_tokens": k.prompt_tokens + self.output_tokens,
+            "total_tokens": self.prompt_tokens + self.output_tokens,
             "prompt_tokens_details": {"cached_tokens": k.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
@@ -263,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
         with up.lock:
             history = up.contexts.get(previous, 0) if isinstance(previous, str) else 0
             rid = f"resp_{len(up.contexts) + 1}"
-            input_tokens = k.prompt_tokens + history
+            input_tokens = self.prompt_tokens + history
             up.contexts[rid] = input_tokens + self.output_tokens
             up.billed.append(
                 {"model": model, "input_tokens": input_tokens, "output_tokens": self.output_tokens}
@@ -323,18 +407,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _messages(self, model: str, stream: bool, body: dict[str, Any]) -> None:
         k = self.upstream.knobs
         usage = {
-            "input_tokens": k.prompt_tokens,
+            "input_tokens": self.prompt_tokens,
             "cache_creation_input_tokens": k.cache_write_tokens,
             "cache_read_input_tokens": k.cached_tokens,
             "output_tokens": self.output_tokens,
         }
         if k.claude_ratio is not None:
             usage["input_tokens"] = _claude_like_count(body, k.claude_ratio)
-        # Web search, like Anthropic's: billed per search, never more than the tool's max_uses.
-        tools = [t for t in body.get("tools") or [] if str(t.get("type", "")).startswith("web_search")]
-        if tools and k.web_searches:
-            most = min((t.get("max_uses", k.web_searches) for t in tools), default=k.web_searches)
-            usage["server_tool_use"] = {"web_search_requests": min(k.web_searches, most)}
+        searches = _anthropic_searches(body, k)
+        if searches:
+            usage["server_tool_use"] = {"web_search_requests": searches}
+        if self.geo:
+            usage["inference_geo"] = self.geo  # where it ran: the request's geo, else the workspace's
         if not stream:
             resp = {
                 "id": "msg_1",
