@@ -42,6 +42,9 @@ class Knobs:
     # prompt's text (`claude_like_tokens`), instead of `prompt_tokens`. 1.0: as Claude would.
     claude_ratio: float | None = None
     count_status: int = 200  # the token counters' answer (count_tokens, input_tokens)
+    # Generate (and bill) the request's whole output cap, for every choice: with `prompt_tokens`
+    # set to the input the proxy reserved, every answer then costs exactly its reservation.
+    output_at_cap: bool = False
 
 
 @dataclass
@@ -221,6 +224,11 @@ class _Handler(BaseHTTPRequestHandler):
         caps = [body.get(f) for f in ("max_tokens", "max_completion_tokens", "max_output_tokens")]
         caps = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
         self.output_tokens = min([k.completion_tokens, *caps])
+        if k.output_at_cap and caps:
+            n = body.get("n")
+            self.output_tokens = min(caps) * (
+                n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+            )
         if path == "/v1/chat/completions":
             self._chat(model, stream, body, legacy=False)
         elif path == "/v1/completions":
@@ -236,6 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _openai_usage(self) -> dict[str, Any]:
         k = self.upstream.knobs
+        with self.upstream.lock:
+            self.upstream.billed.append(
+                {"input_tokens": k.prompt_tokens, "output_tokens": self.output_tokens}
+            )
         return {
             "prompt_tokens": k.prompt_tokens,
             "completion_tokens": self.output_tokens,
