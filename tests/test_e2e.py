@@ -207,8 +207,12 @@ class TestAllowed:
         settled = [r for r in rows(tmp_path / "ledger.sqlite") if r["state"] == "settled"]
         spent = sum(r["cost_micro"] for r in settled)
         # claude-haiku-4-5: $1/M input, $5/M output, $10 per 1,000 searches; 3 searches each.
-        assert {r["cost_micro"] for r in settled} == {10 * 1 + 100 * 5 + 30_000}
-        assert spent <= cap and cap - spent < settled[0]["reserved_micro"]
+        cost, reserved = 10 * 1 + 100 * 5 + 30_000, settled[0]["reserved_micro"]
+        assert {r["cost_micro"] for r in settled} == {cost}
+        assert {r["reserved_micro"] for r in settled} == {reserved}
+        # One after another, each admitted while its reservation fits the room left: exactly this many.
+        assert len(settled) == (cap - reserved) // cost + 1
+        assert spent <= cap and cap - spent < reserved
 
     @pytest.mark.parametrize(
         "text", ["🎉🚀👍🏽❤️🔥✨🙏😂 " * 200, "Привет, как дела? Это русский текст. " * 200]
