@@ -1,5 +1,10 @@
 """Never over the cap, for real: many simultaneous requests through one proxy, and through
-several proxy processes sharing one ledger file."""
+several proxy processes sharing one ledger file.
+
+Every answer costs exactly its reservation (the fake upstream writes the whole output cap and
+bills the input the proxy reserved), so no settlement ever frees room: a cap of N reservations
+plus less than one more admits exactly N requests, whatever the timing, and one admission too
+many shows."""
 
 from __future__ import annotations
 
@@ -12,27 +17,20 @@ import openai
 import pytest
 
 from governance.ledger import Ledger
-from tests.conftest import TEST_PRICES
+from tests.support.at_reservation import (
+    MAX_TOKENS,
+    PROMPT,
+    bill_at_reservation,
+    fake_bill_micro,
+    reserved_input_tokens,
+)
 
 REQUESTS = 64
-MAX_TOKENS = 1000
-# Worst case per request: 1000 output tokens at $10/M = $0.01 plus a few input tokens, so a
-# $0.105 cap affords about ten reservations at once.
-CAP = Decimal("0.105")
+ADMITTED = 10  # the cap holds this many reservations, and less than one more
 
 
-def served_cost_micro(prompt_tokens: int, completion_tokens: int) -> int:
-    """The fake upstream's fixed usage priced here, independently of spendfuse's pricing code."""
-    price = TEST_PRICES["gpt-4o"]
-    usd = (
-        Decimal(prompt_tokens) * Decimal(price["input_mtok"])
-        + Decimal(completion_tokens) * Decimal(price["output_mtok"])
-    ) / Decimal(1_000_000)
-    return int((usd * 1_000_000).to_integral_value(rounding="ROUND_CEILING"))
-
-
-async def fire(urls: list[str], ca: Path, n: int) -> tuple[int, int, list[openai.APIStatusError]]:
-    """Send n chat requests at once, spread over the proxies; count 200s and refusals."""
+async def fire(urls: list[str], ca: Path, n: int) -> tuple[int, list[openai.APIStatusError]]:
+    """Send n identical chat requests at once, spread over the proxy URLs; count 200s and refusals."""
     clients = [
         openai.AsyncOpenAI(
             api_key="sk-test",
@@ -46,9 +44,7 @@ async def fire(urls: list[str], ca: Path, n: int) -> tuple[int, int, list[openai
 
     async def one(i: int):
         client = clients[i % len(clients)]
-        return await client.chat.completions.create(
-            model="gpt-4o", max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": f"request {i}"}]
-        )
+        return await client.chat.completions.create(model="gpt-4o", max_tokens=MAX_TOKENS, messages=PROMPT)
 
     results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
     for c in clients:
@@ -57,13 +53,26 @@ async def fire(urls: list[str], ca: Path, n: int) -> tuple[int, int, list[openai
     refused = [r for r in results if isinstance(r, openai.APIStatusError)]
     others = [r for r in results if isinstance(r, BaseException) and not isinstance(r, openai.APIStatusError)]
     assert not others, others
-    return ok, len(refused), refused
+    return ok, refused
 
 
-def check_ledger(db: Path, ok: int, upstream_hits: int) -> None:
+@pytest.mark.parametrize("processes", [1, 3])
+def test_simultaneous_requests_never_pass_the_cap(processes, start, upstream, tmp_path):
+    cost = bill_at_reservation(upstream, reserved_input_tokens(start, tmp_path))
+    cap = ADMITTED * cost + cost - 1  # µ$: one more reservation would pass it by 1 µ$
+    db = tmp_path / "shared.sqlite"
+    budget = str(Decimal(cap) / 1_000_000)
+    proxies = [start(spendfuse_budget=budget, db=db, launcher=(i == 1)) for i in range(processes)]
+    ok, refused = asyncio.run(fire([p.url for p in proxies], proxies[0].ca, REQUESTS))
+    assert (ok, len(refused)) == (ADMITTED, REQUESTS - ADMITTED)
+    for e in refused:
+        assert e.status_code == 429 and e.code == "insufficient_quota"
+        assert e.response.headers["x-should-retry"] == "false"
+    assert upstream.hits["/v1/chat/completions"] == ADMITTED
+    assert len(upstream.billed) == ADMITTED and fake_bill_micro(upstream) == ADMITTED * cost
     ledger = Ledger.open(db)
     try:
-        rows = ledger.query("SELECT state, decision, cost_micro FROM requests")
+        rows = ledger.query("SELECT state, decision, reserved_micro, cost_micro FROM requests")
         totals = ledger.window_totals("global", "")
         claims = ledger.query(
             "SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'settled'"
@@ -71,29 +80,9 @@ def check_ledger(db: Path, ok: int, upstream_hits: int) -> None:
     finally:
         ledger.close()
     settled = [r for r in rows if r["state"] == "settled"]
-    cap_micro = int(CAP * 1_000_000)
-    # Never over the cap: spend recorded is at most the cap, and nothing is left held.
     assert totals.held_micro == 0
-    assert totals.settled_micro <= cap_micro
-    # Every request the upstream served is in the ledger, priced independently.
-    assert upstream_hits == ok == len(settled)
-    assert totals.settled_micro == ok * served_cost_micro(11, 7)
-    # The running totals reconcile with the claim rows they summarise.
-    assert totals.settled_micro == claims[0]["s"]
+    assert totals.settled_micro == ADMITTED * cost == cap - (cost - 1)
+    assert [(r["reserved_micro"], r["cost_micro"]) for r in settled] == [(cost, cost)] * ADMITTED
+    assert totals.settled_micro == claims[0]["s"]  # the running totals reconcile with their claims
     assert len(rows) == REQUESTS
-    assert sum(1 for r in rows if r["decision"] == "refused") == REQUESTS - ok
-
-
-@pytest.mark.parametrize("processes", [1, 3])
-def test_simultaneous_requests_never_pass_the_cap(processes, start, upstream, tmp_path):
-    upstream.knobs.delay_s = 0.5  # keep every granted request in flight while the rest arrive
-    db = tmp_path / "shared.sqlite"
-    proxies = [start(spendfuse_budget=str(CAP), db=db, launcher=(i == 1)) for i in range(processes)]
-    ok, refused, errors = asyncio.run(fire([p.url for p in proxies], proxies[0].ca, REQUESTS))
-    assert ok + refused == REQUESTS
-    # About ten fit at once; a few more may get in as early ones settle at their real cost.
-    assert 10 <= ok < REQUESTS
-    for e in errors:
-        assert e.status_code == 429 and e.code == "insufficient_quota"
-        assert e.response.headers["x-should-retry"] == "false"
-    check_ledger(db, ok, upstream.total_hits)
+    assert sum(1 for r in rows if r["decision"] == "refused") == REQUESTS - ADMITTED

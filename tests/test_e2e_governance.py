@@ -17,6 +17,13 @@ import yaml
 from governance.ledger import Ledger
 from governance.scopes import secret_hash
 from tests.conftest import TEST_PRICES
+from tests.support.at_reservation import (
+    MAX_TOKENS,
+    PROMPT,
+    bill_at_reservation,
+    fake_bill_micro,
+    reserved_input_tokens,
+)
 from tests.support.proxy import Proxy
 
 TABLES = {
@@ -198,22 +205,32 @@ def test_rules_reload_when_edited_and_a_bad_edit_keeps_the_old_rules(start, upst
     assert [r["state"] for r in rows] == ["settled", "settled", "refused"]
 
 
-TEAM = {
-    "budgets": [{"id": "team-cap", "max_usd": "0.105"}, {"id": "roomy", "max_usd": 10}],
-    "teams": [{"id": "research", "budgets": ["team-cap"]}],
-    "keys": [
-        {"id": f"k{i}", "team": "research", "secret_sha256": secret_hash(f"s{i}"), "budgets": ["roomy"]}
-        for i in range(4)
-    ],
-}
+def team_rules(path: Path, team_cap_usd: Decimal | int) -> Path:
+    """Four keys of one team, each with a roomy budget of its own; the team's cap is the test's."""
+    return rules(
+        path,
+        budgets=[{"id": "team-cap", "max_usd": str(team_cap_usd)}, {"id": "roomy", "max_usd": 10}],
+        teams=[{"id": "research", "budgets": ["team-cap"]}],
+        keys=[
+            {"id": f"k{i}", "team": "research", "secret_sha256": secret_hash(f"s{i}"), "budgets": ["roomy"]}
+            for i in range(4)
+        ],
+    )
 
 
 def test_sixty_four_requests_from_four_keys_of_one_team_through_two_proxies_never_pass_its_cap(
     start, upstream, tmp_path
 ):
-    upstream.knobs.delay_s = 0.5  # every granted request stays in flight while the rest arrive
+    """Every answer costs exactly its reservation, so no settlement frees room: a team cap of ten
+    reservations and less than an eleventh admits exactly ten, whatever the timing."""
+    admitted = 10
+    calibration = team_rules(tmp_path / "calibration.yaml", 10)
+    cost = bill_at_reservation(
+        upstream, reserved_input_tokens(start, tmp_path, user="k0:s0", rules=calibration)
+    )
+    cap = admitted * cost + cost - 1  # µ$: one more reservation would pass it by 1 µ$
     db = tmp_path / "shared.sqlite"
-    path = rules(tmp_path / "r.yaml", **TEAM)
+    path = team_rules(tmp_path / "r.yaml", Decimal(cap) / 1_000_000)
     proxies = [start(rules=path, db=db, launcher=(i == 1)) for i in range(2)]
 
     async def fire() -> list:
@@ -235,7 +252,7 @@ def test_sixty_four_requests_from_four_keys_of_one_team_through_two_proxies_neve
 
         async def one(n: int):
             return await clients[n % len(clients)].chat.completions.create(
-                model="gpt-4o", max_tokens=1000, messages=[{"role": "user", "content": f"request {n}"}]
+                model="gpt-4o", max_tokens=MAX_TOKENS, messages=PROMPT
             )
 
         results = await asyncio.gather(*(one(n) for n in range(64)), return_exceptions=True)
@@ -246,8 +263,9 @@ def test_sixty_four_requests_from_four_keys_of_one_team_through_two_proxies_neve
     results = asyncio.run(fire())
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
-    assert len(ok) + len(refused) == 64 and 10 <= len(ok) < 64
+    assert (len(ok), len(refused)) == (admitted, 64 - admitted)
     assert {r.response.headers["x-spendfuse-refused"] for r in refused} == {"budget:team-cap@team=research"}
+    assert upstream.hits["/v1/chat/completions"] == admitted and fake_bill_micro(upstream) == admitted * cost
     led = Ledger.open(db)
     try:
         team = led.window_totals("team=research|team-cap", "")
@@ -255,8 +273,8 @@ def test_sixty_four_requests_from_four_keys_of_one_team_through_two_proxies_neve
         principals = {r["principal"] for r in led.query("SELECT principal FROM requests")}
     finally:
         led.close()
-    assert team.held_micro == 0 and team.settled_micro <= 105_000
-    assert team.settled_micro == len(ok) * 81 == sum(per_key) == upstream.hits["/v1/chat/completions"] * 81
+    assert team.held_micro == 0 and team.settled_micro == admitted * cost == cap - (cost - 1)
+    assert sum(per_key) == admitted * cost
     assert principals == {f"key:k{i}" for i in range(4)}
 
 
