@@ -74,6 +74,7 @@ class ParsedRequest:
     server_context: tuple[str, ...] = ()  # ids of context stored on the provider (previous response...)
     server_input: str | None = None  # why input may live on the server beyond what we can count
     unpriced_fees: tuple[str, ...] = ()  # enabled tools whose per-use fees spendfuse does not price
+    provider_prompt_tokens: int = 0  # input the provider adds on its side (Anthropic's tool-use prompt)
 
 
 @dataclass(frozen=True)

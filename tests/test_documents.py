@@ -1,0 +1,112 @@
+"""PDF pages and text, read with bounds: the page count is the most any reader could see."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from pypdf import PdfWriter
+
+from governance import documents
+from tests.support.pdfs import build_pdf
+
+LIMITS = documents.shipped_rules().limits
+
+
+def blank_pdf(pages: int, *, password: str | None = None) -> bytes:
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(612, 792)
+    if password is not None:
+        writer.encrypt(user_password=password, owner_password="owner-secret")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("pages", [1, 7, 100])
+def test_pages_are_counted(pages):
+    assert documents.read_pdf(build_pdf(pages), LIMITS) == documents.Pdf(pages, "")
+    assert documents.read_pdf(blank_pdf(pages), LIMITS) == documents.Pdf(pages, "")
+
+
+def test_a_hundred_blank_pages_fit_in_a_few_kilobytes():
+    data = build_pdf(100)
+    assert len(data) < 16_000
+    assert documents.read_pdf(data, LIMITS).pages == 100
+
+
+def test_the_text_of_every_page_is_extracted():
+    found = documents.read_pdf(build_pdf(3, text="Quarterly revenue rose (sharply)"), LIMITS)
+    assert isinstance(found, documents.Pdf) and found.pages == 3
+    assert found.text.count("Quarterly revenue rose (sharply)") == 3
+
+
+@pytest.mark.parametrize(("declared", "expected"), [(1, 100), (0, 100), (250, 250)])
+def test_a_lying_count_never_lowers_the_pages(declared, expected):
+    assert documents.read_pdf(build_pdf(100, declared=declared), LIMITS).pages == expected
+
+
+def test_pages_outside_the_page_tree_are_counted():
+    assert documents.read_pdf(build_pdf(2, orphans=5), LIMITS).pages == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (build_pdf(10)[:-200], "cannot be read"),  # truncated: no cross-reference table
+        (b"%PDF-1.7\n" + bytes(5000), "cannot be read"),
+        (b"PK\x03\x04 a zip, not a PDF" + bytes(100), "not a PDF"),
+        (build_pdf(3, declared=10**9), "declares 1000000000 pages"),
+        (blank_pdf(3, password="secret"), "encrypted"),
+    ],
+)
+def test_what_cannot_be_read_says_why(data, why):
+    found = documents.read_pdf(data, LIMITS)
+    assert isinstance(found, documents.Unreadable) and why in found.reason
+
+
+def test_an_encrypted_pdf_with_an_empty_password_is_read():
+    assert documents.read_pdf(blank_pdf(4, password=""), LIMITS) == documents.Pdf(4, "")
+
+
+def test_parsing_is_bounded():
+    small = documents.Limits(
+        max_bytes=10_000, max_pages=50, max_objects=40, max_text_chars=20, max_stream_bytes=10**6
+    )
+    assert "bytes" in documents.read_pdf(build_pdf(100), small).reason
+    assert (
+        "pages"
+        in documents.read_pdf(build_pdf(60), documents.Limits(**{**vars(small), "max_bytes": 10**6})).reason
+    )
+    wide = documents.Limits(**{**vars(small), "max_bytes": 10**6, "max_pages": 10**6})
+    assert "objects" in documents.read_pdf(build_pdf(60), wide).reason
+    texty = documents.Limits(**{**vars(wide), "max_objects": 10**6})
+    assert "characters" in documents.read_pdf(build_pdf(5, text="0123456789"), texty).reason
+
+
+def test_a_pdf_bomb_stops_at_the_stream_bound_quickly():
+    bomb = build_pdf(1, bomb_bytes=100_000_000)  # 100 MB of zeros in a file of about 100 KB
+    assert len(bomb) < 200_000
+    started = time.monotonic()
+    found = documents.read_pdf(bomb, LIMITS)
+    assert isinstance(found, documents.Unreadable)
+    assert time.monotonic() - started < 5
+
+
+def test_rules_table_and_unknown_models():
+    rules = documents.shipped_rules()
+    # Anthropic documents 1,500-3,000 text tokens a page: the upper end is counted.
+    assert rules.text_per_page("claude-sonnet-4-5-20250929") == 3000
+    assert rules.text_per_page("gpt-4o") == 3000
+    assert rules.text_per_page("some-new-model") == max(rules.page_text_tokens.values())
+    with pytest.raises(ValueError, match="page_text_tokens"):
+        documents.parse_rules({"page_text_tokens": {"claude": -1}, "limits": {}})
+    with pytest.raises(ValueError, match="max_pages"):
+        documents.parse_rules({"page_text_tokens": {"claude": 1}, "limits": {"max_bytes": 1}})
+
+
+def test_a_documents_pages_are_priced_at_the_most_a_page_costs():
+    rules = documents.shipped_rules()
+    assert documents.document_tokens(documents.Pdf(100, ""), "claude-sonnet-4-5", 1600, rules) == 100 * 4600
