@@ -168,3 +168,15 @@ def test_input_audio_parts_are_seen():
     assert not wire_openai.parse_request(
         "chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     ).audio_input
+
+
+def test_an_inline_file_is_prompt_and_a_file_by_id_is_server_input():
+    url = "data:application/pdf;base64,JVBERi0xLjcK"
+    inline = {"role": "user", "content": [{"type": "input_file", "filename": "a.pdf", "file_data": url}]}
+    p = openai.parse_request("responses", {"model": "gpt-4o", "input": [inline]})
+    assert p.server_input is None and p.prompt == ([inline],)
+    chat = {"role": "user", "content": [{"type": "file", "file": {"filename": "a.pdf", "file_data": url}}]}
+    assert openai.parse_request("chat", {"model": "gpt-4o", "messages": [chat]}).server_input is None
+    by_id = {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}
+    p = openai.parse_request("responses", {"model": "gpt-4o", "input": [by_id]})
+    assert "file by id" in (p.server_input or "")
