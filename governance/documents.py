@@ -45,6 +45,8 @@ class Limits:
     max_objects: int
     max_text_chars: int
     max_stream_bytes: int
+    max_content_bytes: int
+    max_text_operators: int
 
 
 @dataclass(frozen=True)
@@ -167,14 +169,50 @@ def _read(reader: Any, limits: Limits) -> Pdf | Unreadable:
     if pages == 0:
         return Unreadable("a PDF with no page spendfuse can find")
     texts: list[str] = []
-    size = 0
+    size = content = 0
+    operators = [0]
+
+    def count_operator(*_: Any) -> None:
+        operators[0] += 1
+        if operators[0] > limits.max_text_operators:
+            raise _TooMuchText(f"a PDF drawing more than {limits.max_text_operators} operations")
+
     for page in reader.pages:
-        text = page.extract_text()
+        # pypdf reads text in pure Python, a few microseconds a byte: the content it parses is
+        # bounded before each page (its streams and forms), and the operations it runs as it goes.
+        content += _content_bytes(page)
+        if content > limits.max_content_bytes:
+            return Unreadable(f"a PDF with more than {limits.max_content_bytes} bytes of page content")
+        try:
+            text = page.extract_text(visitor_operand_before=count_operator)
+        except _TooMuchText as e:
+            return Unreadable(str(e))
         size += len(text)
         if size > limits.max_text_chars:
             return Unreadable(f"a PDF holding more than {limits.max_text_chars} characters of text")
         texts.append(text)
     return Pdf(pages, "\n".join(t for t in texts if t))
+
+
+class _TooMuchText(Exception):
+    pass
+
+
+def _content_bytes(page: Any) -> int:
+    """Decoded bytes of a page's content streams and of the forms its resources name."""
+    from pypdf.generic import StreamObject
+
+    contents = page.get_contents()
+    total = len(contents.get_data()) if contents is not None else 0
+    resources = page.get("/Resources")
+    resources = resources.get_object() if resources is not None else None
+    xobjects = resources.get("/XObject") if hasattr(resources, "get") else None
+    xobjects = xobjects.get_object() if xobjects is not None else None
+    for ref in xobjects.values() if hasattr(xobjects, "values") else ():
+        xobject = ref.get_object()
+        if isinstance(xobject, StreamObject) and xobject.get("/Subtype") == "/Form":
+            total += len(xobject.get_data())
+    return total
 
 
 def document_tokens(pdf: Pdf, model: str, page_image_tokens: int, rules: Rules) -> int:

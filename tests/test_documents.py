@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import replace
 
 import pytest
 from pypdf import PdfWriter
@@ -73,17 +74,43 @@ def test_an_encrypted_pdf_with_an_empty_password_is_read():
 
 def test_parsing_is_bounded():
     small = documents.Limits(
-        max_bytes=10_000, max_pages=50, max_objects=40, max_text_chars=20, max_stream_bytes=10**6
+        max_bytes=10_000,
+        max_pages=50,
+        max_objects=40,
+        max_text_chars=20,
+        max_stream_bytes=10**6,
+        max_content_bytes=10**6,
+        max_text_operators=10**6,
     )
     assert "bytes" in documents.read_pdf(build_pdf(100), small).reason
-    assert (
-        "pages"
-        in documents.read_pdf(build_pdf(60), documents.Limits(**{**vars(small), "max_bytes": 10**6})).reason
-    )
-    wide = documents.Limits(**{**vars(small), "max_bytes": 10**6, "max_pages": 10**6})
+    assert "pages" in documents.read_pdf(build_pdf(60), replace(small, max_bytes=10**6)).reason
+    wide = replace(small, max_bytes=10**6, max_pages=10**6)
     assert "objects" in documents.read_pdf(build_pdf(60), wide).reason
-    texty = documents.Limits(**{**vars(wide), "max_objects": 10**6})
+    texty = replace(wide, max_objects=10**6)
     assert "characters" in documents.read_pdf(build_pdf(5, text="0123456789"), texty).reason
+    busy = replace(texty, max_text_chars=10**6, max_text_operators=100)
+    assert "operations" in documents.read_pdf(build_pdf(1, content=b"BT (a) Tj ET " * 200), busy).reason
+    dense = replace(busy, max_text_operators=10**6, max_content_bytes=1000)
+    assert "page content" in documents.read_pdf(build_pdf(3, content=b"BT (a) Tj ET " * 30), dense).reason
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"BT /F1 12 Tf " + b"(a) Tj " * 150_000 + b"ET",  # a million bytes of text operations
+        b"BT /F1 12 Tf (" + b"a" * 990_000 + b") Tj ET",  # one huge string
+        b"0 " * 490_000,  # operands without an operator
+    ],
+)
+def test_a_small_hostile_pdf_is_read_or_refused_quickly(content):
+    """Kilobytes on the wire that inflate to pages pypdf would take seconds to read: the
+    content and operation bounds stop them well before."""
+    data = build_pdf(20, content=content)
+    assert len(data) < 64 * 1024  # small enough to be read on the proxy's event loop
+    started = time.monotonic()
+    found = documents.read_pdf(data, LIMITS)
+    assert isinstance(found, documents.Unreadable)
+    assert time.monotonic() - started < 3
 
 
 def test_a_pdf_bomb_stops_at_the_stream_bound_quickly():

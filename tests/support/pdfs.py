@@ -17,11 +17,13 @@ def build_pdf(
     declared: int | None = None,
     orphans: int = 0,
     bomb_bytes: int = 0,
+    content: bytes | None = None,
 ) -> bytes:
     """A PDF with `pages` pages in its page tree, each showing `text` (Helvetica, one line) if
     any. `declared`: the `/Count` the tree claims (default: the truth). `orphans`: more `/Page`
     objects that no `/Kids` array lists. `bomb_bytes`: the first page's content stream also
-    inflates to this many zero bytes (a small file that decompresses to a huge one)."""
+    inflates to this many zero bytes (a small file that decompresses to a huge one). `content`:
+    every page's content stream, Flate-compressed, instead of the text."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -33,16 +35,22 @@ def build_pdf(
     font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     kids: list[int] = []
     for i in range(pages + orphans):
-        content = f"BT /F1 12 Tf 72 712 Td ({_escape(text)}) Tj ET".encode() if text else b""
+        shown = f"BT /F1 12 Tf 72 712 Td ({_escape(text)}) Tj ET".encode() if text else b""
         contents = b""
-        if bomb_bytes and i == 0:
-            packed = zlib.compress(content + b"\n%" + bytes(bomb_bytes), 9)
+        if content is not None:
+            packed = zlib.compress(content, 9)
             stream = add(
                 b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(packed), packed)
             )
             contents = b" /Contents %d 0 R" % stream
-        elif content:
-            stream = add(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        elif bomb_bytes and i == 0:
+            packed = zlib.compress(shown + b"\n%" + bytes(bomb_bytes), 9)
+            stream = add(
+                b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(packed), packed)
+            )
+            contents = b" /Contents %d 0 R" % stream
+        elif shown:
+            stream = add(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(shown), shown))
             contents = b" /Contents %d 0 R" % stream
         page = add(
             b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792]%s "
