@@ -109,6 +109,15 @@ def test_data_urls_anywhere_in_the_text_are_text(where):
     assert tokens.estimate_input_tokens([part], model, image_tokens=1600) >= counted
 
 
+def test_base64_outside_a_media_part_is_counted_as_text():
+    """A `source`-like object in a part whose type names no media is not priced as an image."""
+    data = fake_png_data_url(20_000).split(",", 1)[1]
+    odd = {"type": "mystery", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    assert tokens.estimate_input_tokens([[odd]], "gpt-4o", image_tokens=1600) >= o200k(data)
+    bare = {"type": "base64", "media_type": "image/png", "data": data}
+    assert tokens.estimate_input_tokens([[bare]], "gpt-4o", image_tokens=1600) >= o200k(data)
+
+
 def anthropic_pdf(data: bytes, **extra) -> dict:
     source = {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(data).decode()}
     return {"type": "document", "source": source, **extra}
