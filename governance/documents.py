@@ -108,21 +108,27 @@ def shipped_rules() -> Rules:
     return parse_rules(yaml.safe_load(path.read_text()), str(path))
 
 
-def _page_objects(reader: Any, most: int) -> int | None:
-    """How many objects in the file are `/Type /Page`, wherever they are (in the page tree or
-    not, in object streams or not); None when the file has more than `most` objects."""
-    from pypdf.generic import DictionaryObject, IndirectObject
+def _scan(reader: Any, limits: Limits) -> tuple[int, int] | Unreadable:
+    """`(page objects, largest form)`: how many objects in the file are `/Type /Page`, wherever
+    they are (in the page tree or not, in object streams or not), and the decoded size of its
+    largest form XObject (forms are what text extraction may run again and again)."""
+    from pypdf.generic import DictionaryObject, IndirectObject, StreamObject
 
     ids = {(num, gen) for gen, entries in reader.xref.items() for num in entries}
     ids |= {(num, 0) for num in reader.xref_objStm}
-    if len(ids) > most:
-        return None
-    found = 0
+    if len(ids) > limits.max_objects:
+        return Unreadable(f"a PDF of more than {limits.max_objects} objects")
+    pages = largest = forms = 0
     for num, gen in ids:
         obj = reader.get_object(IndirectObject(num, gen, reader))
         if isinstance(obj, DictionaryObject) and obj.get("/Type") == "/Page":
-            found += 1
-    return found
+            pages += 1
+        elif isinstance(obj, StreamObject) and obj.get("/Subtype") == "/Form":
+            size = len(obj.get_data())
+            largest, forms = max(largest, size), forms + size
+            if forms > limits.max_content_bytes:
+                return Unreadable(f"a PDF with more than {limits.max_content_bytes} bytes of forms")
+    return pages, largest
 
 
 def _declared_count(reader: Any) -> int:
@@ -159,60 +165,65 @@ def _read(reader: Any, limits: Limits) -> Pdf | Unreadable:
     declared = _declared_count(reader)
     if declared > limits.max_pages:
         return Unreadable(f"a PDF that declares {declared} pages, more than the {limits.max_pages} parsed")
-    objects = _page_objects(reader, limits.max_objects)
-    if objects is None:
-        return Unreadable(f"a PDF of more than {limits.max_objects} objects")
+    scanned = _scan(reader, limits)
+    if isinstance(scanned, Unreadable):
+        return scanned
+    objects, largest_form = scanned
     walked = len(reader.pages)
     pages = max(declared, walked, objects)
     if pages > limits.max_pages:
         return Unreadable(f"a PDF of {pages} pages, more than the {limits.max_pages} parsed")
     if pages == 0:
         return Unreadable("a PDF with no page spendfuse can find")
+    budget = _Budget(limits, largest_form)
     texts: list[str] = []
-    size = content = 0
-    operators = [0]
-
-    def count_operator(*_: Any) -> None:
-        operators[0] += 1
-        if operators[0] > limits.max_text_operators:
-            raise _TooMuchText(f"a PDF drawing more than {limits.max_text_operators} operations")
-
     for page in reader.pages:
-        # pypdf reads text in pure Python, a few microseconds a byte: the content it parses is
-        # bounded before each page (its streams and forms), and the operations it runs as it goes.
-        content += _content_bytes(page)
-        if content > limits.max_content_bytes:
-            return Unreadable(f"a PDF with more than {limits.max_content_bytes} bytes of page content")
         try:
-            text = page.extract_text(visitor_operand_before=count_operator)
-        except _TooMuchText as e:
+            budget.charge_content(_content_bytes(page))
+            text = page.extract_text(visitor_operand_before=budget.operator, visitor_text=budget.text)
+        except _OverBudget as e:
             return Unreadable(str(e))
-        size += len(text)
-        if size > limits.max_text_chars:
-            return Unreadable(f"a PDF holding more than {limits.max_text_chars} characters of text")
         texts.append(text)
     return Pdf(pages, "\n".join(t for t in texts if t))
 
 
-class _TooMuchText(Exception):
-    pass
+class _OverBudget(BaseException):
+    """Raised from pypdf's callbacks to stop text extraction. A BaseException, because pypdf
+    catches (and logs) every Exception raised while it reads a form, then goes on."""
+
+
+class _Budget:
+    """What text extraction may still do: pypdf reads text in pure Python, a few microseconds a
+    byte, so the content it parses (page streams, and each form every time it is drawn), the
+    operations it runs and the text it produces are bounded as it goes."""
+
+    def __init__(self, limits: Limits, largest_form: int) -> None:
+        self.limits = limits
+        self.largest_form = largest_form
+        self.content = self.operators = self.chars = 0
+
+    def charge_content(self, size: int) -> None:
+        self.content += size
+        if self.content > self.limits.max_content_bytes:
+            raise _OverBudget(f"a PDF with more than {self.limits.max_content_bytes} bytes of page content")
+
+    def operator(self, operator: Any, *_: Any) -> None:
+        self.operators += 1
+        if self.operators > self.limits.max_text_operators:
+            raise _OverBudget(f"a PDF drawing more than {self.limits.max_text_operators} operations")
+        if operator == b"Do":  # may draw a form, parsed and run again: charged as the largest
+            self.charge_content(self.largest_form)
+
+    def text(self, text: str, *_: Any) -> None:
+        self.chars += len(text)
+        if self.chars > self.limits.max_text_chars:
+            raise _OverBudget(f"a PDF holding more than {self.limits.max_text_chars} characters of text")
 
 
 def _content_bytes(page: Any) -> int:
-    """Decoded bytes of a page's content streams and of the forms its resources name."""
-    from pypdf.generic import StreamObject
-
+    """Decoded bytes of a page's content streams (its forms are charged as they are drawn)."""
     contents = page.get_contents()
-    total = len(contents.get_data()) if contents is not None else 0
-    resources = page.get("/Resources")
-    resources = resources.get_object() if resources is not None else None
-    xobjects = resources.get("/XObject") if hasattr(resources, "get") else None
-    xobjects = xobjects.get_object() if xobjects is not None else None
-    for ref in xobjects.values() if hasattr(xobjects, "values") else ():
-        xobject = ref.get_object()
-        if isinstance(xobject, StreamObject) and xobject.get("/Subtype") == "/Form":
-            total += len(xobject.get_data())
-    return total
+    return len(contents.get_data()) if contents is not None else 0
 
 
 def document_tokens(pdf: Pdf, model: str, page_image_tokens: int, rules: Rules) -> int:

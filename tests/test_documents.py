@@ -10,7 +10,7 @@ import pytest
 from pypdf import PdfWriter
 
 from governance import documents
-from tests.support.pdfs import build_pdf
+from tests.support.pdfs import build_form_pdf, build_pdf
 
 LIMITS = documents.shipped_rules().limits
 
@@ -111,6 +111,26 @@ def test_a_small_hostile_pdf_is_read_or_refused_quickly(content):
     found = documents.read_pdf(data, LIMITS)
     assert isinstance(found, documents.Unreadable)
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        b"BT /F1 12 Tf " + b"(a) Tj " * 30_000 + b"ET",  # 30,000 operations, drawn a thousand times
+        b"BT /F1 12 Tf (" + b"a" * 200_000 + b") Tj ET",  # 200,000 characters, drawn a thousand times
+    ],
+)
+def test_a_form_drawn_again_and_again_is_bounded(form):
+    data = build_form_pdf(form, 1000)
+    assert len(data) < 4096
+    started = time.monotonic()
+    assert isinstance(documents.read_pdf(data, LIMITS), documents.Unreadable)
+    assert time.monotonic() - started < 3
+
+
+def test_a_form_drawn_a_few_times_is_read():
+    found = documents.read_pdf(build_form_pdf(b"BT /F1 12 Tf (Hello) Tj ET", 3), LIMITS)
+    assert found == documents.Pdf(1, "Hello\nHello\nHello")
 
 
 def test_a_pdf_bomb_stops_at_the_stream_bound_quickly():
