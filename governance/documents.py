@@ -123,6 +123,8 @@ def _scan(reader: Any, limits: Limits) -> tuple[int, int] | Unreadable:
         obj = reader.get_object(IndirectObject(num, gen, reader))
         if isinstance(obj, DictionaryObject) and obj.get("/Type") == "/Page":
             pages += 1
+            if pages > limits.max_pages:
+                return Unreadable(f"a PDF of more than {limits.max_pages} pages")
         elif isinstance(obj, StreamObject) and obj.get("/Subtype") == "/Form":
             size = len(obj.get_data())
             largest, forms = max(largest, size), forms + size
@@ -148,7 +150,9 @@ def read_pdf(data: bytes, limits: Limits) -> Pdf | Unreadable:
     from pypdf import PdfReader
     from pypdf._configuration import apply_configuration
 
-    caps = dict.fromkeys(_STREAM_LIMITS, limits.max_stream_bytes)
+    caps: dict[str, int] = dict.fromkeys(_STREAM_LIMITS, limits.max_stream_bytes)
+    # The page tree is walked no further than the pages parsed (and its inner nodes).
+    caps["page_tree_maximum_entries"] = 2 * limits.max_pages + 64
     try:
         with apply_configuration(**caps):
             return _read(PdfReader(io.BytesIO(data), strict=False), limits)
