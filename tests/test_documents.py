@@ -49,6 +49,14 @@ def test_a_lying_count_never_lowers_the_pages(declared, expected):
     assert documents.read_pdf(build_pdf(100, declared=declared), LIMITS).pages == expected
 
 
+def test_more_pages_than_parsed_behind_a_small_count_stop_early():
+    data = build_pdf(LIMITS.max_pages * 10, declared=1)
+    started = time.monotonic()
+    found = documents.read_pdf(data, LIMITS)
+    assert isinstance(found, documents.Unreadable) and "pages" in found.reason
+    assert time.monotonic() - started < 5
+
+
 def test_pages_outside_the_page_tree_are_counted():
     assert documents.read_pdf(build_pdf(2, orphans=5), LIMITS).pages == 7
 
