@@ -71,6 +71,8 @@ _COUNTER_HEADERS = frozenset(
 RULES_POLL_SECONDS = 0.5
 # Bodies larger than this are parsed and tokenized off the event loop.
 _OFFLOAD_BYTES = 64 * 1024
+# So are bodies that carry a PDF (base64 of `%PDF-`): a small one can take pypdf a second to read.
+_PDF_BASE64 = b"JVBERi0"
 
 
 @dataclass(frozen=True)
@@ -945,7 +947,9 @@ class SpendFuse:
         key_id = who.key.id if who.key else None
         raw = flow.request.raw_content or b""
         try:
-            if len(raw) > _OFFLOAD_BYTES:
+            # A compressed body's decoded size is not known until it is decoded.
+            encoded = "content-encoding" in flow.request.headers
+            if len(raw) > _OFFLOAD_BYTES or _PDF_BASE64 in raw or encoded:
                 read = await asyncio.to_thread(
                     self._read, flow, endpoint, engine, principal, request_id, key_id
                 )

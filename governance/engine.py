@@ -123,7 +123,7 @@ class Engine:
         family = wire.FAMILIES[endpoint.family]
         parsed = family.parse_request(endpoint.api, body)
         provider = self._providers.get(endpoint.entry) or family.PROVIDER
-        estimate = tokens.estimate_input_tokens(
+        estimate = tokens.estimate_input(
             parsed.prompt,
             parsed.model,
             image_tokens=self.policy.estimate.image_tokens,
@@ -131,7 +131,11 @@ class Engine:
             script_margins=self.policy.estimate.script_margins,
         )
         margin = self.policy.estimate.input_margin
-        input_tokens = int((estimate * margin).to_integral_value(rounding="ROUND_CEILING"))
+        counted = estimate.tokens + parsed.provider_prompt_tokens
+        input_tokens = int((counted * margin).to_integral_value(rounding="ROUND_CEILING"))
+        # A document that cannot be read is bounded like input kept on the provider's side: by
+        # the model's context window, or refused.
+        server_input = "; ".join(r for r in (parsed.server_input, *estimate.unbounded) if r) or None
         cap, source = self.output_cap(
             parsed.model, parsed.max_output_tokens, input_tokens=input_tokens, provider=provider
         )
@@ -170,7 +174,7 @@ class Engine:
             audio_output=parsed.audio_output,
             audio_input=parsed.audio_input,
             server_context=parsed.server_context,
-            server_input=parsed.server_input,
+            server_input=server_input,
             unpriced_fees=parsed.unpriced_fees,
             tool_calls=None if loop is None else UNBOUNDED if refuse_loop else loop.calls,
             tool_rounds=1 if loop is None or refuse_loop else loop.rounds,

@@ -6,13 +6,15 @@ format, checked against the sha256 of OpenAI's file, and placed in tiktoken's ca
 name tiktoken looks for; tiktoken then checks the sha256 again as if it had downloaded it.
 Nothing here touches the network.
 
-Images and other base64 media are never tokenized as text: each image counts a fixed number
-of tokens, and other blobs (PDFs, audio) a conservative bound from their size.
+Text is tokenized as text, whatever it starts with. Only parts whose type says media are priced
+as media: images by their formula, PDFs by their pages (governance/documents.py), audio by a
+bound from its size.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import os
@@ -20,13 +22,14 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import tiktoken
 
-from governance import media
+from governance import documents, media, overheads
 from governance.matching import lookup_model
 from governance.media import ImageRef
 
@@ -100,10 +103,13 @@ def encoding(name: str) -> tiktoken.Encoding:
 
 
 def preload() -> None:
-    """Load every encoding now (about 0.3 s), so the first request does not pay for it and a
-    missing encoding stops start-up instead of refusing requests later."""
+    """Load every encoding (about 0.3 s) and the estimate's data tables now, so the first request
+    does not pay for them and a missing encoding or a bad table stops start-up instead of
+    refusing requests later."""
     for name in ENCODINGS:
         encoding(name)
+    documents.shipped_rules()
+    overheads.anthropic()
 
 
 def count_text(text: str, model: str) -> int:
@@ -144,9 +150,15 @@ def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> D
     return total
 
 
-# Keys whose string values are images or media given by reference or inline data.
+# Part types whose payload is media, priced by the media's own formula; any other part's strings
+# are text, whatever they start with (`data:image/png;base64,...` typed as text is billed as text).
 _IMAGE_PART_TYPES = frozenset({"image", "image_url", "input_image"})
-_MEDIA_PART_TYPES = frozenset({"document", "file", "input_file", "input_audio", "audio"})
+_DOCUMENT_PART_TYPES = frozenset({"document", "file", "input_file"})
+_AUDIO_PART_TYPES = frozenset({"input_audio", "audio"})
+# The keys of a media part that carry its payload (the rest, a title or a file name, is text).
+_PAYLOAD_KEYS = frozenset({"source", "file_data", "file", "input_audio", "data"})
+# Media types whose bytes are text: a document or file of one of these is billed as its text.
+_TEXT_MEDIA = re.compile(r"^(text/|application/(json|xml|x-yaml|yaml|csv|javascript|x-sh|x-python))")
 # Per message/part framing tokens that the text alone does not show (OpenAI documents ~3-4).
 _PER_ITEM_OVERHEAD = 4
 # Every request is billed a few tokens of framing even with an empty prompt (the assistant
@@ -154,8 +166,14 @@ _PER_ITEM_OVERHEAD = 4
 _PER_REQUEST_OVERHEAD = 8
 
 
-def _looks_like_base64_blob(s: str) -> bool:
-    return len(s) > 256 and (s.startswith("data:") and ";base64," in s[:100])
+@dataclass(frozen=True)
+class InputEstimate:
+    """The input a prompt may bill: `tokens`, and `unbounded`, why part of it cannot be bounded
+    here (a document spendfuse cannot read): the caller bounds those by the model's context
+    window or refuses the request."""
+
+    tokens: int
+    unbounded: tuple[str, ...] = ()
 
 
 def _image_ref(part: dict) -> ImageRef:
@@ -174,21 +192,48 @@ def _image_ref(part: dict) -> ImageRef:
     return ImageRef(data, detail if isinstance(detail, str) else None)
 
 
+def _payload(part: dict) -> tuple[str | None, str | None]:
+    """`(media type, base64 data)` of a document or file part given inline, whichever API's
+    shape it has: Anthropic (`source: {type: base64, media_type, data}`), OpenAI Responses
+    (`file_data: "data:application/pdf;base64,..."`), OpenAI chat (`file: {file_data}`).
+    `(None, None)` when it carries no inline data (a file by id or URL)."""
+    source = part.get("source")
+    if isinstance(source, dict) and isinstance(source.get("data"), str):
+        media_type = source.get("media_type")
+        return (media_type if isinstance(media_type, str) else None), source["data"]
+    file = part.get("file")
+    holder = file if isinstance(file, dict) else part
+    data = holder.get("file_data")
+    if not isinstance(data, str):
+        return None, None
+    if data.startswith("data:") and "," in data[:256]:
+        head, data = data.split(",", 1)
+        return head[5:].split(";", 1)[0] or None, data
+    return None, data
+
+
+def _decode(data: str) -> bytes | None:
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
 class _Walk:
     """Collects the billed text of a JSON prompt and its media items."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str, page_image_tokens: int) -> None:
+        self.model = model
+        self.page_image_tokens = page_image_tokens
         self.texts: list[str] = []
         self.images: list[ImageRef] = []
-        self.blob_tokens = 0
+        self.media_tokens = 0
+        self.unbounded: list[str] = []
         self.items = 0
 
     def visit(self, value: object) -> None:
         if isinstance(value, str):
-            if _looks_like_base64_blob(value):
-                self._blob(value)
-            else:
-                self.texts.append(value)
+            self.texts.append(value)  # text is tokenized as text, whatever it starts with
         elif isinstance(value, dict):
             self.items += 1
             part_type = value.get("type")
@@ -197,40 +242,77 @@ class _Walk:
             if part_type in _IMAGE_PART_TYPES:
                 self.images.append(_image_ref(value))
                 return  # an image part's URL or data is priced as an image, never as text
-            if part_type in _MEDIA_PART_TYPES or (
-                part_type == "base64" and isinstance(value.get("data"), str)
-            ):
-                self._media(value)
+            if part_type in _DOCUMENT_PART_TYPES:
+                self._document(value)
                 return
-            for key, child in value.items():
-                self.texts.append(key)  # keys reach the model too (tool schemas are mostly keys)
-                self.visit(child)
+            if part_type in _AUDIO_PART_TYPES:
+                self._audio(value)
+                return
+            self._fields(value)
         elif isinstance(value, (list, tuple)):
             for child in value:
                 self.visit(child)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.texts.append(str(value))
 
-    def _media(self, part: dict) -> None:
+    def _fields(self, value: dict, skip: frozenset[str] = frozenset()) -> None:
+        for key, child in value.items():
+            if key in skip:
+                continue
+            self.texts.append(key)  # keys reach the model too (tool schemas are mostly keys)
+            self.visit(child)
+
+    def _document(self, part: dict) -> None:
+        """A document or file part: its title, file name and other fields are text; its payload
+        is text (a plain-text source), a PDF (its pages), or a file the provider keeps."""
+        self._fields(part, _PAYLOAD_KEYS)
         source = part.get("source")
         if isinstance(source, dict) and source.get("type") in ("text", "content"):
             # A document given as plain text (or content blocks) is text: tokenize it.
             self.visit(source.get("data") if source.get("type") == "text" else source.get("content"))
             return
-        blobs = [s for s in _strings(part) if len(s) > 256]
-        if blobs:
-            for b in blobs:
-                self._blob(b)
+        file = part.get("file")
+        if isinstance(file, dict):
+            self._fields(file, _PAYLOAD_KEYS)
+        media_type, data = _payload(part)
+        if data is None:
+            # By id or URL: the wire parser marks it as input kept on the provider's side.
+            self.images.append(ImageRef(None))
+            return
+        raw = _decode(data)
+        if raw is not None and (media_type == "application/pdf" or raw[:1024].find(b"%PDF-") >= 0):
+            self._pdf(raw)
+        elif media_type is not None and media_type.startswith("image/"):
+            self.images.append(ImageRef(data))
+        elif raw is not None and (media_type is None or _TEXT_MEDIA.match(media_type)) and _is_text(raw):
+            self.texts.append(raw.decode("utf-8"))  # a text file is billed as its text
         else:
+            self.unbounded.append(f"a {media_type or 'document'} file spendfuse cannot read")
+
+    def _pdf(self, raw: bytes) -> None:
+        rules = documents.shipped_rules()
+        pdf = documents.read_pdf(raw, rules.limits)
+        if isinstance(pdf, documents.Unreadable):
+            self.unbounded.append(pdf.reason)
+            return
+        self.texts.append(pdf.text)
+        self.media_tokens += documents.document_tokens(pdf, self.model, self.page_image_tokens, rules)
+
+    def _audio(self, part: dict) -> None:
+        """Inline audio: bound by size, ~1 token per 3 bytes (far above any audio token rate)."""
+        self._fields(part, _PAYLOAD_KEYS)
+        blobs = [s for s in _strings({k: v for k, v in part.items() if k in _PAYLOAD_KEYS})]
+        self.media_tokens += sum(len(b) // 4 for b in blobs)
+        if not blobs:
             self.images.append(ImageRef(None))  # by id or URL: its size is unknown, priced at the most
 
-    def _blob(self, s: str) -> None:
-        head = s[:100]
-        if head.startswith("data:image/"):
-            self.images.append(ImageRef(s))
-        else:
-            # Non-image inline media (PDF pages, audio): bound by size, ~1 token per 3 bytes.
-            self.blob_tokens += len(s) // 4
+
+def _is_text(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _strings(value: object) -> Iterable[str]:
@@ -244,22 +326,26 @@ def _strings(value: object) -> Iterable[str]:
             yield from _strings(v)
 
 
-def estimate_input_tokens(
+def estimate_input(
     prompt: Iterable[object],
     model: str,
     *,
     image_tokens: int,
     image_formulas: Mapping[str, Mapping[str, Any]] | None = None,
     script_margins: Mapping[str, Any] | None = None,
-) -> int:
+) -> InputEstimate:
     """Estimate the input tokens of a request's prompt parts (messages, system, tools, schemas).
 
-    Text is tokenized with the model's encoding; each image counts by the model's formula in
-    `image_formulas` (its size read from the inline data's header; the formula's maximum when it
-    cannot be read), or `image_tokens` for a model with none; other inline media count a size bound; each JSON
-    object adds a few framing tokens.
+    Text is tokenized with the model's encoding, whatever it looks like; each image part counts
+    by the model's formula in `image_formulas` (its size read from the inline data's header; the
+    formula's maximum when it cannot be read), or `image_tokens` for a model with none; a PDF
+    counts its pages at the most a page costs (text allowance plus a page image) and its text;
+    inline audio counts a size bound; each JSON object adds a few framing tokens. A document
+    that cannot be read is listed in `unbounded`, not counted.
     """
-    walk = _Walk()
+    spec = lookup_model(image_formulas, model) if image_formulas else None
+    most_per_image = media.image_tokens(spec[1], ImageRef(None)) if spec is not None else image_tokens
+    walk = _Walk(model, most_per_image)
     for part in prompt:
         walk.visit(part)
     text = "\n".join(walk.texts)
@@ -271,9 +357,27 @@ def estimate_input_tokens(
         )
     else:
         text_tokens = count_text(text, model)
-    found = lookup_model(image_formulas, model) if walk.images and image_formulas else None
-    if found is not None:
-        images = sum(media.image_tokens(found[1], ref) for ref in walk.images)
+    if spec is not None:
+        images = sum(media.image_tokens(spec[1], ref) for ref in walk.images)
     else:
         images = len(walk.images) * image_tokens
-    return _PER_REQUEST_OVERHEAD + text_tokens + walk.items * _PER_ITEM_OVERHEAD + images + walk.blob_tokens
+    total = _PER_REQUEST_OVERHEAD + text_tokens + walk.items * _PER_ITEM_OVERHEAD + images + walk.media_tokens
+    return InputEstimate(total, tuple(walk.unbounded))
+
+
+def estimate_input_tokens(
+    prompt: Iterable[object],
+    model: str,
+    *,
+    image_tokens: int,
+    image_formulas: Mapping[str, Mapping[str, Any]] | None = None,
+    script_margins: Mapping[str, Any] | None = None,
+) -> int:
+    """`estimate_input(...).tokens`, for a prompt whose every part can be bounded. Raises
+    ValueError when one cannot (an unreadable document): use `estimate_input` to bound it."""
+    found = estimate_input(
+        prompt, model, image_tokens=image_tokens, image_formulas=image_formulas, script_margins=script_margins
+    )
+    if found.unbounded:
+        raise ValueError(f"the prompt holds input that cannot be bounded: {'; '.join(found.unbounded)}")
+    return found.tokens

@@ -76,6 +76,7 @@ class ParsedRequest:
     unpriced_fees: tuple[str, ...] = ()  # enabled tools whose per-use fees spendfuse does not price
     tool_calls: int | None = None  # server tools that loop: the calls allowed (UNBOUNDED: no bound)
     inference_geo: str | None = None  # where the request asks inference to run (Anthropic)
+    provider_prompt_tokens: int = 0  # input the provider adds on its side (Anthropic's tool-use prompt)
 
 
 @dataclass(frozen=True)

@@ -632,3 +632,56 @@ def test_an_estimate_straddling_a_tier_threshold_asks_the_counter(make):
     assert e.admit(far, NOW, count_may_help=True).allowed
     below = replace(r.info, request_id="v", input_tokens=200_000)
     assert e.admit(below, NOW, count_may_help=True).allowed
+
+
+class TestDocumentsAndProviderPrompts:
+    """PDFs count per page; a PDF that cannot be read is bounded by the context window (or
+    refused); Anthropic's tool-use prompt is counted."""
+
+    @staticmethod
+    def _pdf_part(data: bytes) -> dict:
+        import base64
+
+        url = "data:application/pdf;base64," + base64.b64encode(data).decode()
+        return {"role": "user", "content": [{"type": "input_file", "filename": "a.pdf", "file_data": url}]}
+
+    def test_a_hundred_page_pdf_reserves_every_page(self, make):
+        from tests.support.pdfs import build_pdf
+
+        e = make(budgets=[{"limit_usd": 100}])
+        req = {"model": "gpt-4o", "input": [self._pdf_part(build_pdf(100))], "max_output_tokens": 10}
+        r = e.read_request(RESPONSES, req, principal="p", request_id="r")
+        # gpt-4o: 3,000 text tokens and at most 85 + 8 x 170 image tokens a page.
+        assert r.info.input_tokens >= 100 * (3000 + 85 + 8 * 170) and r.info.server_input is None
+        d = e.admit(r.info, NOW)
+        assert d.allowed and to_micro_cost(d) >= 100 * (3000 + 1445) * 1 + 10 * 10
+
+    def test_an_unreadable_pdf_is_reserved_at_the_context_window_or_refused(self, make):
+        from governance.pricing import context_window
+        from tests.support.pdfs import build_pdf
+
+        req = {"model": "gpt-4o", "input": [self._pdf_part(build_pdf(9)[:-150])], "max_output_tokens": 10}
+        e = make(budgets=[{"limit_usd": 100}])
+        r = e.read_request(RESPONSES, req, principal="p", request_id="r")
+        assert "cannot be read" in r.info.server_input
+        assert e.admit(r.info, NOW).allowed
+        assert e.ledger.request("r")["est_input_tokens"] == context_window("openai", "gpt-4o")
+        strict = make(budgets=[{"limit_usd": 100}], estimate={"input_margin": 1, "server_input": "refuse"})
+        r = strict.read_request(RESPONSES, req, principal="p", request_id="r")
+        d = strict.admit(r.info, NOW)
+        assert not d.allowed and d.refusal.rule == "server_input" and "cannot be read" in d.refusal.message
+
+    def test_anthropics_tool_use_prompt_is_reserved(self, make):
+        e = make(prices={"claude-sonnet-4-5": {"input_mtok": 2, "output_mtok": 20}})
+        plain = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        tool = {"name": "t", "input_schema": {"type": "object"}}
+        without = e.read_request(MESSAGES, {**plain, "tools": [tool]}, principal="p", request_id="a").info
+        bash = {**plain, "tools": [tool, {"type": "bash_20250124", "name": "bash"}]}
+        with_bash = e.read_request(MESSAGES, bash, principal="p", request_id="b").info
+        base = e.read_request(MESSAGES, plain, principal="p", request_id="c").info
+        assert without.input_tokens >= base.input_tokens + 346
+        assert with_bash.input_tokens >= without.input_tokens + 245

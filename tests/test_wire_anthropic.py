@@ -115,3 +115,62 @@ def test_cache_writes_asked_anywhere_are_reserved(extra, hint):
         **extra,
     }
     assert anthropic.parse_request("messages", body).cache_write_hint == hint
+
+
+def _with_tools(model: str, tools: list, tool_choice: dict | None = None) -> int:
+    body = {"model": model, "max_tokens": 10, "messages": [], "tools": tools}
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    return anthropic.parse_request("messages", body).provider_prompt_tokens
+
+
+WEATHER = {"name": "weather", "description": "d", "input_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("model", "choice", "tokens"),
+    [
+        # Anthropic's published tool-use system prompt sizes (pricing page, "Tool use").
+        ("claude-sonnet-4-5-20250929", None, 346),
+        ("claude-sonnet-4-5", {"type": "auto"}, 346),
+        ("claude-opus-4-1", {"type": "none"}, 346),
+        ("claude-haiku-4-5", {"type": "any"}, 313),
+        ("claude-opus-4-7", {"type": "tool", "name": "weather"}, 313),
+        ("claude-3-5-haiku-20241022", {"type": "any"}, 340),
+        ("claude-3-opus-20240229", None, 530),
+        ("claude-3-haiku-20240307", {"type": "tool", "name": "weather"}, 340),
+        # An unknown model counts the largest known prompt; an unknown choice, its model's largest.
+        ("claude-mythos-9", {"type": "tool", "name": "weather"}, 530),
+        ("claude-3-5-haiku", {"type": "someday"}, 340),
+    ],
+)
+def test_tools_add_anthropics_tool_use_system_prompt(model, choice, tokens):
+    assert _with_tools(model, [WEATHER], choice) == tokens
+
+
+def test_anthropic_defined_tools_add_their_own_tokens():
+    # Bash 245, text editor 700, computer use 735 per definition plus up to 499 of system prompt.
+    model = "claude-sonnet-4-5"
+    assert _with_tools(model, [{"type": "bash_20250124", "name": "bash"}]) == 346 + 245
+    editor = {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}
+    assert _with_tools(model, [editor]) == 346 + 700
+    computer = {"type": "computer_20250124", "name": "computer", "display_width_px": 1024}
+    assert _with_tools(model, [computer, WEATHER]) == 346 + 735 + 499
+
+
+def test_no_tools_no_tool_prompt():
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}
+    assert anthropic.parse_request("messages", body).provider_prompt_tokens == 0
+
+
+def test_the_structured_output_schema_is_prompt():
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "description": "x" * 50}}}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+    }
+    parsed = anthropic.parse_request("messages", body)
+    assert body["output_config"] in parsed.prompt
+    assert anthropic.count_request("messages", body)[1]["output_config"] == body["output_config"]

@@ -168,3 +168,38 @@ def test_input_audio_parts_are_seen():
     assert not wire_openai.parse_request(
         "chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     ).audio_input
+
+
+def test_an_inline_file_is_prompt_and_a_file_by_id_is_server_input():
+    url = "data:application/pdf;base64,JVBERi0xLjcK"
+    inline = {"role": "user", "content": [{"type": "input_file", "filename": "a.pdf", "file_data": url}]}
+    p = openai.parse_request("responses", {"model": "gpt-4o", "input": [inline]})
+    assert p.server_input is None and p.prompt == ([inline],)
+    chat = {"role": "user", "content": [{"type": "file", "file": {"filename": "a.pdf", "file_data": url}}]}
+    assert openai.parse_request("chat", {"model": "gpt-4o", "messages": [chat]}).server_input is None
+    by_id = {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}
+    p = openai.parse_request("responses", {"model": "gpt-4o", "input": [by_id]})
+    assert "file by id" in (p.server_input or "")
+
+
+def test_claude_behind_an_openai_compatible_api_counts_anthropics_tool_prompt():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    msgs = [{"role": "user", "content": "hi"}]
+    routed = openai.parse_request(
+        "chat", {"model": "anthropic/claude-sonnet-4.5", "messages": msgs, "tools": tools}
+    )
+    assert routed.provider_prompt_tokens == 530  # not in Anthropic's table by this name: the largest
+    named = openai.parse_request(
+        "chat", {"model": "claude-sonnet-4-5", "messages": msgs, "tools": tools, "tool_choice": "required"}
+    )
+    assert named.provider_prompt_tokens == 346  # a choice Anthropic's table does not name: its largest
+    assert (
+        openai.parse_request(
+            "chat", {"model": "gpt-4o", "messages": msgs, "tools": tools}
+        ).provider_prompt_tokens
+        == 0
+    )
+    assert (
+        openai.parse_request("chat", {"model": "claude-sonnet-4-5", "messages": msgs}).provider_prompt_tokens
+        == 0
+    )

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from governance import overheads
 from governance.errors import RequestParseError
 from governance.types import UNBOUNDED, ParsedRequest, Refusal, RefusalKind, Usage
 from governance.wire.common import any_mapping, optional_bool, optional_int, require_model, token_count
@@ -15,7 +16,9 @@ from governance.wire.sse import Event
 PROVIDER = "anthropic"
 APIS = ("messages",)
 
-_PROMPT_KEYS = ("system", "messages", "tools", "tool_choice", "output_format")
+# `output_config` carries the structured-output schema (`format`); `output_format` is its
+# deprecated predecessor. Both are prompt the model reads.
+_PROMPT_KEYS = ("system", "messages", "tools", "tool_choice", "output_format", "output_config")
 
 
 def _cache_write_hint(body: Mapping[str, Any]) -> str | None:
@@ -60,6 +63,9 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         web_searches=searches,
         server_input=server_input,
         unpriced_fees=tuple(_unpriced_tools(body)),
+        provider_prompt_tokens=overheads.anthropic().tool_use_tokens(
+            model, body.get("tools"), body.get("tool_choice")
+        ),
     )
 
 
@@ -113,7 +119,16 @@ def _file_by_id(value: Any) -> bool:
 
 
 # What Anthropic's free counter (`POST /v1/messages/count_tokens`) takes of a Messages request.
-_COUNTED_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+_COUNTED_KEYS = (
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+    "output_config",
+)
 
 
 def count_request(api: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:

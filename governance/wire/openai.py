@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from governance import overheads
 from governance.errors import RequestParseError
 from governance.types import UNBOUNDED, ParsedRequest, Refusal, RefusalKind, Usage
 from governance.wire.common import (
@@ -95,7 +96,17 @@ def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
         server_context=context,
         server_input=server_input,
         unpriced_fees=tuple(_tools_of(body, _UNPRICED_FEE_TOOLS)),
+        provider_prompt_tokens=_claude_tool_prompt(model, body),
     )
+
+
+def _claude_tool_prompt(model: str, body: Mapping[str, Any]) -> int:
+    """A Claude model behind an OpenAI-compatible API (a gateway) is still billed the tool-use
+    system prompt Anthropic adds to every request with tools. A gateway's model names rarely
+    match Anthropic's table, so they mostly count its largest value."""
+    if "claude" not in model.lower():
+        return 0
+    return overheads.anthropic().tool_use_tokens(model, body.get("tools"), body.get("tool_choice"))
 
 
 def _has_part(value: object, part_type: str) -> bool:

@@ -22,6 +22,8 @@ from decimal import ROUND_CEILING, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.provider_bill import provider_input_tokens
+
 
 @dataclass
 class Knobs:
@@ -50,6 +52,8 @@ class Knobs:
     # Generate (and bill) the request's whole output cap, for every choice: with `prompt_tokens`
     # set to the input the proxy reserved, every answer then costs exactly its reservation.
     output_at_cap: bool = False
+    # Bill input as the provider documents it (`provider_input_tokens`), instead of `prompt_tokens`.
+    bill_as_provider: bool = False
 
 
 @dataclass
@@ -285,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
             counted = (
                 _claude_like_count(body, k.claude_ratio) if k.claude_ratio is not None else k.prompt_tokens
             )
+            if k.bill_as_provider:
+                counted = provider_input_tokens("anthropic" if anthropic else "openai", body)
             self._json(200, {"object": "response.input_tokens", "input_tokens": counted})
             return
         stream = bool(body.get("stream"))
@@ -298,7 +304,10 @@ class _Handler(BaseHTTPRequestHandler):
             n = body.get("n")
             output = min(caps) * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
         self.output_tokens = output * self.rounds
-        self.prompt_tokens = k.prompt_tokens * self.rounds
+        base_input = k.prompt_tokens
+        if k.bill_as_provider:
+            base_input = provider_input_tokens("anthropic" if anthropic else "openai", body)
+        self.prompt_tokens = base_input * self.rounds
         self.geo = (body.get("inference_geo") or k.default_geo) if path == "/v1/messages" else None
         bill = _bill(
             model,
@@ -472,6 +481,10 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if k.claude_ratio is not None:
             usage["input_tokens"] = _claude_like_count(body, k.claude_ratio)
+        with self.upstream.lock:
+            self.upstream.billed.append(
+                {"model": model, "input_tokens": usage["input_tokens"], "output_tokens": self.output_tokens}
+            )
         searches = _anthropic_searches(body, k)
         if searches:
             usage["server_tool_use"] = {"web_search_requests": searches}
