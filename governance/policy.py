@@ -111,14 +111,18 @@ class Estimate(_Strict):
     """Tokens reserved per image (base64 or URL), which is never tokenized as text."""
     default_max_output_tokens: Annotated[int, Field(gt=0)] | None = None
     """Output cap assumed when a request sets none and the model is not in the output-cap table."""
-    script_margins: dict[Literal["emoji", "cjk", "other"], Annotated[Decimal, Field(ge=1, le=10)]] = {
+    script_margins: dict[
+        Literal["ascii", "emoji", "cjk", "other"], Annotated[Decimal, Field(ge=1, le=10)]
+    ] = {
+        "ascii": Decimal("1.30"),
         "emoji": Decimal("1.40"),
         "cjk": Decimal("1.35"),
         "other": Decimal("1.15"),
     }
-    """For models tiktoken only approximates (Claude): extra multipliers on the count of emoji, CJK
-    and other non-ASCII text (Cyrillic, Greek, accented Latin), which cl100k splits coarser than
-    Claude's tokenizer; `input_margin` applies on top."""
+    """For models tiktoken only approximates (Claude): multipliers on cl100k's count of ASCII text
+    (Claude splits English prose about 16% and code up to 30% finer than OpenAI's tokenizers), of
+    emoji, of CJK and of other non-ASCII text (Cyrillic, Greek, accented Latin), which cl100k
+    splits coarser still; `input_margin` applies on top."""
     auto_service_tier: Literal["default", "priority", "flex"] = "default"
     """The OpenAI service tier a request asking for `auto` (or none) is reserved at: the tier the
     project is configured to use. Settlement uses the tier the response reports."""

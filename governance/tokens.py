@@ -134,8 +134,8 @@ _SCRIPT_RUNS = re.compile(
 
 def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> Decimal:
     """Tokens in `text`, each script's share counted on its own and multiplied by its margin
-    (`estimate.script_margins`): cl100k splits emoji, CJK and non-Latin letters coarser than
-    Claude's tokenizer does, so one margin for all text undercounts them."""
+    (`estimate.script_margins`): Claude's tokenizer splits every script finer than cl100k, and
+    emoji, CJK and non-Latin letters far finer, so one margin for all text undercounts them."""
     runs: dict[str, list[str]] = {"emoji": [], "cjk": [], "other": []}
     ascii_parts, last = [], 0
     for match in _SCRIPT_RUNS.finditer(text):
@@ -143,7 +143,7 @@ def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> D
         runs[match.lastgroup or "other"].append(match.group())
         last = match.end()
     ascii_parts.append(text[last:])
-    total = Decimal(count_text("".join(ascii_parts), model))
+    total = count_text("".join(ascii_parts), model) * Decimal(str(margins.get("ascii", 1)))
     for script, parts in runs.items():
         if parts:
             total += count_text(" ".join(parts), model) * Decimal(str(margins.get(script, 1)))
@@ -351,10 +351,12 @@ def estimate_input(
     text = "\n".join(walk.texts)
     if not text:
         text_tokens = 0
-    elif script_margins and not is_exact(model) and not text.isascii():
-        text_tokens = int(
-            count_text_by_script(text, model, script_margins).to_integral_value(rounding="ROUND_CEILING")
-        )
+    elif script_margins and not is_exact(model):
+        if text.isascii():  # the common case, without the scan for other scripts
+            counted = count_text(text, model) * Decimal(str(script_margins.get("ascii", 1)))
+        else:
+            counted = count_text_by_script(text, model, script_margins)
+        text_tokens = int(counted.to_integral_value(rounding="ROUND_CEILING"))
     else:
         text_tokens = count_text(text, model)
     if spec is not None:

@@ -109,7 +109,8 @@ class TestDocuments:
             anthropic.Anthropic(max_retries=0).messages.create(
                 model="claude-sonnet-4-5", max_tokens=10, messages=claude_pdf(build_pdf(3)[:-120])
             )
-        assert upstream.total_hits == 0
+        # The free counter may be asked (it answers 400, as Anthropic does); nothing billable ran.
+        assert upstream.hits["/v1/messages"] == 0
         [row] = rows(tmp_path / "ledger.sqlite")
         assert row["state"] == "refused" and row["est_input_tokens"] == context_window(
             "anthropic", "claude-sonnet-4-5"

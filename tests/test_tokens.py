@@ -242,3 +242,21 @@ def test_english_and_openai_models_are_counted_as_before():
     assert tokens.estimate_input_tokens([russian], "gpt-4o", image_tokens=0, script_margins=MARGINS) == (
         tokens.estimate_input_tokens([russian], "gpt-4o", image_tokens=0)
     )
+
+
+def test_claude_ascii_text_and_code_are_reserved_above_claudes_published_ratios():
+    """Claude's tokenizer splits English prose about 16% and Python code about 30% finer than
+    GPT-4o's (published measurements), and an offline rebuild of Claude's counts put a Python
+    module at 1.27x cl100k. The shipped margins keep ASCII text above both, before `input_margin`."""
+    from governance.policy import Estimate
+
+    shipped = Estimate().script_margins
+    code = "def f(x: int) -> dict[str, list[int]]:\n    return {str(i): [i, i * 2] for i in range(x)}\n" * 40
+    prose = "The ledger settles every reservation to the provider's usage. " * 40
+    for text, over_gpt4o, over_cl100k in ((code, 1.30, 1.27), (prose, 1.16, 1.16)):
+        o200k = tokens.encoding("o200k_base").encode(text)
+        cl100k = tokens.encoding(tokens.CL100K).encode(text)
+        reserved = tokens.estimate_input_tokens(
+            [text], "claude-sonnet-4-5", image_tokens=0, script_margins=shipped
+        )
+        assert reserved - 8 >= max(len(o200k) * over_gpt4o, len(cl100k) * over_cl100k)  # 8: framing

@@ -22,7 +22,7 @@ from decimal import ROUND_CEILING, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.support.provider_bill import provider_input_tokens
+from tests.support.provider_bill import UnreadableDocument, provider_input_tokens
 
 
 @dataclass
@@ -281,6 +281,14 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             self._json(k.status, err, extra={"x-should-retry": "false"})
             return
+        if k.bill_as_provider:
+            try:
+                provided_input = provider_input_tokens("anthropic" if anthropic else "openai", body)
+            except UnreadableDocument:
+                # As the providers answer a PDF they cannot read, counter and inference alike.
+                err = {"message": "The PDF specified was not valid.", "type": "invalid_request_error"}
+                self._json(400, {"type": "error", "error": err} if anthropic else {"error": err})
+                return
         if path in ("/v1/messages/count_tokens", "/v1/responses/input_tokens"):
             if k.count_status != 200:
                 self._json(k.count_status, {"error": {"message": "counter unavailable", "type": "api_error"}})
@@ -290,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
                 _claude_like_count(body, k.claude_ratio) if k.claude_ratio is not None else k.prompt_tokens
             )
             if k.bill_as_provider:
-                counted = provider_input_tokens("anthropic" if anthropic else "openai", body)
+                counted = provided_input
             self._json(200, {"object": "response.input_tokens", "input_tokens": counted})
             return
         stream = bool(body.get("stream"))
@@ -306,7 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.output_tokens = output * self.rounds
         base_input = k.prompt_tokens
         if k.bill_as_provider:
-            base_input = provider_input_tokens("anthropic" if anthropic else "openai", body)
+            base_input = provided_input
         self.prompt_tokens = base_input * self.rounds
         self.geo = (body.get("inference_geo") or k.default_geo) if path == "/v1/messages" else None
         bill = _bill(

