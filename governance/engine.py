@@ -16,6 +16,7 @@ from governance import checks, gate, identity, refusals, tokens, wire
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
+from governance.hosts import UNKNOWN_ENTRY
 from governance.identity import Credentials, Identity
 from governance.ledger import Ledger, Refit, RequestRecord
 from governance.matching import lookup_model
@@ -66,6 +67,9 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self._providers = {e.name: e.provider for e in self.hosts.entries}
+        # LLM-shaped requests to unknown hosts (`unknown_llm_hosts: meter`): a provider genai-prices
+        # does not know, so the rules' own prices decide.
+        self._providers[UNKNOWN_ENTRY] = UNKNOWN_ENTRY
         self._image_formulas = {
             model: formula.model_dump(exclude_none=True)
             for model, formula in policy.image_formula_table().items()
