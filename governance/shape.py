@@ -104,6 +104,7 @@ class UnknownHostsRules(BaseModel):
 # A JSON key can be written with escapes (`"mod\u0065l"`); encoders never escape ASCII letters,
 # so a body with none of these and no `"model"` (any case) cannot name a model.
 _ESCAPED_ASCII = re.compile(rb"\\u00[4-7]", re.IGNORECASE)
+_JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,14 @@ class LlmShape:
     def _keys(self, data: bytes) -> tuple[bool, bool]:
         """Whether the body's top-level JSON object (or any object of a top-level array) has a
         model key, and a prompt key. Keys compare case-folded, as Go and .NET servers match them."""
-        head = data[:64].lstrip()
-        if not head or head[:1] not in (b"{", b"["):
+        if data[:3] == b"\xef\xbb\xbf" or b"\x00" in data[:4]:
+            # A BOM, or UTF-16/32: JSON parsers that detect the encoding (Python's) accept it.
+            try:
+                data = data.decode(json.detect_encoding(data)).lstrip("\ufeff").encode()
+            except (UnicodeDecodeError, LookupError):
+                return False, False
+        start = _JSON_SPACE.match(data)
+        if data[start.end() : start.end() + 1] not in (b"{", b"["):
             return False, False
         lowered = data.lower()
         if not any(p in lowered for p in self._prefilter) and not _ESCAPED_ASCII.search(data):

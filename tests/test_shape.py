@@ -57,6 +57,21 @@ def test_body_shape(body, shaped):
     assert (match is not None) is shaped
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b" " * 100 + b'\n{"model": "m", "input": "hi"}',  # padded past any peek at the head
+        '{"model": "m", "input": "hi"}'.encode("utf-16"),  # Python's parsers detect UTF-16
+        '{"model": "m", "input": "hi"}'.encode("utf-32-le"),
+        b'\xef\xbb\xbf{"model": "m", "input": "hi"}',
+        b'{"mod\\u0065l": "m", "\\u0069nput": "hi"}',
+        b'{"model": "m", "input": "hi", "model": "n"}',  # a repeated key
+    ],
+)
+def test_spellings_of_an_llm_body(raw):
+    assert shipped_table().shape.match("/x", lambda: raw) == "openai"
+
+
 def test_a_model_route_needs_only_a_model():
     s = shipped_table().shape
     assert s.match("/v1/messages", lambda: b'{"model": "claude", "max_tokens": 5}') == "anthropic"
