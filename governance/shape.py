@@ -102,9 +102,12 @@ class UnknownHostsRules(BaseModel):
 
 
 # A JSON key can be written with escapes (`"mod\u0065l"`); encoders never escape ASCII letters,
-# so a body with none of these and no `"model"` (any case) cannot name a model.
-_ESCAPED_ASCII = re.compile(rb"\\u00[4-7]", re.IGNORECASE)
+# so a body with none of these and no model key as written (any case) cannot name a model.
+_ESCAPED_ASCII = rb"\\u00[4-7]"
 _JSON_SPACE = re.compile(rb"[ \t\r\n]*")
+#: Bodies up to this size that may name a model are parsed; bigger ones are judged by the keys
+#: as written anywhere in them (a linear scan: parsing megabytes would stall the event loop).
+PARSE_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class LlmShape:
     model_keys: frozenset[str]
     prompt_keys: frozenset[str]
     _prefilter: tuple[bytes, ...]
+    _escaped: re.Pattern[bytes]
     _fallback_model: re.Pattern[bytes]
     _fallback_prompt: re.Pattern[bytes]
 
@@ -125,16 +129,21 @@ class LlmShape:
         model_keys = frozenset(k.casefold() for k in rules.model_keys)
         prompt_keys = frozenset(k.casefold() for k in rules.prompt_keys)
 
+        def alternatives(keys: frozenset[str]) -> bytes:
+            return b"|".join(re.escape(k.encode()) for k in sorted(keys))
+
         def keys_re(keys: frozenset[str]) -> re.Pattern[bytes]:
-            alternatives = b"|".join(re.escape(k.encode()) for k in sorted(keys))
-            return re.compile(b'"(?:' + alternatives + rb')"\s*:', re.IGNORECASE)
+            return re.compile(b'"(?:' + alternatives(keys) + rb')"\s*:', re.IGNORECASE)
 
         return cls(
             routes={k.lower(): v for k, v in rules.routes.items()},
             model_routes={k.lower(): v for k, v in rules.model_routes.items()},
             model_keys=model_keys,
             prompt_keys=prompt_keys,
-            _prefilter=tuple(f'"{k}"'.encode() for k in sorted(model_keys)),
+            # Searched in the lower-cased bytes (`bytes.find` is far faster than a regex): the
+            # start of each model key, so that keys sharing a start cost one pass.
+            _prefilter=tuple(sorted({b'"' + k.encode()[:4] for k in model_keys})),
+            _escaped=re.compile(_ESCAPED_ASCII, re.IGNORECASE),
             _fallback_model=keys_re(model_keys),
             _fallback_prompt=keys_re(prompt_keys),
         )
@@ -173,14 +182,17 @@ class LlmShape:
         if data[start.end() : start.end() + 1] not in (b"{", b"["):
             return False, False
         lowered = data.lower()
-        if not any(p in lowered for p in self._prefilter) and not _ESCAPED_ASCII.search(data):
+        if not any(k in lowered for k in self._prefilter) and not (
+            b"\\u00" in data and self._escaped.search(data)
+        ):
             return False, False
+        if len(data) > PARSE_LIMIT:
+            return self._keys_as_written(data)
         try:
             parsed = json.loads(data)
         except (ValueError, RecursionError):
-            # Unparseable here (nesting too deep, odd encoding) may still parse upstream: judge
-            # by the keys as written.
-            return bool(self._fallback_model.search(data)), bool(self._fallback_prompt.search(data))
+            # Unparseable here (nesting too deep, odd encoding) may still parse upstream.
+            return self._keys_as_written(data)
         if not isinstance(parsed, (dict, list)):
             return False, False
         objects = [parsed] if isinstance(parsed, dict) else [o for o in parsed if isinstance(o, dict)]
@@ -193,3 +205,12 @@ class LlmShape:
                 if prompt:
                     break
         return model, prompt
+
+    def _keys_as_written(self, data: bytes) -> tuple[bool, bool]:
+        """Model and prompt keys anywhere in the bytes, as written; escaped ASCII letters (which
+        no encoder writes) could spell either, so they count as both."""
+        escaped = self._escaped.search(data) is not None
+        return (
+            escaped or self._fallback_model.search(data) is not None,
+            escaped or self._fallback_prompt.search(data) is not None,
+        )

@@ -78,6 +78,17 @@ def test_a_model_route_needs_only_a_model():
     assert s.match("/api/v10/channels/1/messages", lambda: b'{"content": "hi"}') is None
 
 
+def test_a_body_past_the_parse_limit_is_judged_by_its_keys_as_written():
+    s = shipped_table().shape
+    image = "A" * (shape.PARSE_LIMIT + 1)  # a prompt with an inline image, past the limit
+    llm = json.dumps({"model": "m", "messages": [{"role": "user", "content": image}]}).encode()
+    assert s.match("/x", lambda: llm) == "openai"
+    escaped = b'{"pad": "' + image.encode() + b'", "mod\\u0065l": "m", "\\u0069nput": "hi"}'
+    assert s.match("/x", lambda: escaped) == "openai"
+    plain = json.dumps({"rows": [image], "name": "dataset"}).encode()
+    assert s.match("/x", lambda: plain) is None
+
+
 def test_a_big_body_without_a_model_is_not_parsed():
     """The prefilter keeps a large JSON upload off the parser: well under a parse's time."""
     s = shipped_table().shape
