@@ -1,8 +1,10 @@
 """The gate: what happens to a request before any pricing. Pure: (request facts, policy) -> verdict.
 
 It decides which host a request really targets from every name it carries, whether the egress
-rules let it out, and whether an LLM request is metered, free, or refused (an upgrade, an
-endpoint this version does not meter, names that disagree). `Engine.admit` prices and reserves
+rules let it out, whether a request to a host the table does not know is LLM-shaped
+(`governance.shape`, refused unless the rules say otherwise), and whether an LLM request is
+metered, free, or refused (an upgrade, a method override, a read with a body, an endpoint this
+version does not meter, names that disagree). `Engine.admit` prices and reserves
 only what the gate sends to metering.
 """
 
@@ -94,8 +96,9 @@ def egress_allows(egress: Egress, table: HostTable, host: str, port: int | None)
 
 
 def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
-    """The verdict on one request (see the module doc). First match wins: health probe, target
-    resolution, egress, names that disagree, upgrades, then the endpoint's kind."""
+    """The verdict on one request (see the module doc). First match wins: health probe, names
+    that disagree, egress and LLM shape (unknown hosts), upgrades, method overrides and reads
+    with a body, then the endpoint's kind."""
     url_host = next((name for kind, name in incoming.names if kind == "url"), "")
     if canonical_host(url_host) == HEALTH_HOST:
         return Verdict(Action.HEALTH)
