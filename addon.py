@@ -30,7 +30,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHelloData
 from mitmproxy.utils import asyncio_utils
 
-from governance import DEFAULT_RULES, gate, policy, refusals, tokens, wire
+from governance import DEFAULT_RULES, gate, policy, refusals, shape, tokens, wire
 from governance.engine import Engine, ReadRequest
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
 from governance.gate import HEALTH_HOST, Action, Incoming, Verdict
@@ -204,6 +204,15 @@ def _rules_signature(path: str) -> tuple:
     except OSError:
         return (path, None)
     return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _body_as_sent(req: http.Request) -> bytes | None:
+    """A request's body for the gate's look at it: the bytes as sent, or None when they are
+    compressed (never inflated here: a small compressed body can inflate to gigabytes)."""
+    encodings = [e.strip().lower() for v in req.headers.get_all("content-encoding") for e in v.split(",")]
+    if any(e and e != "identity" for e in encodings):
+        return None
+    return req.raw_content or b""
 
 
 def _reached_upstream(flow: http.HTTPFlow) -> bool:
@@ -863,6 +872,9 @@ class SpendFuse:
             names=tuple(names),
             upgrade=tuple(req.headers.get_all("upgrade")),
             destination_is_resolved=isinstance(mode, _RESOLVED_DESTINATION_MODES),
+            claims=shape.method_claims(req.method, req.headers.items(multi=True), req.path),
+            has_body=bool(req.raw_content),
+            body=lambda: _body_as_sent(req),
         )
 
     async def _act(self, flow: http.HTTPFlow, verdict: Verdict, engine: Engine) -> None:

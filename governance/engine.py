@@ -16,6 +16,7 @@ from governance import checks, fees, gate, identity, money, refusals, regional, 
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
+from governance.hosts import UNKNOWN_ENTRY
 from governance.identity import Credentials, Identity
 from governance.ledger import Ledger, Refit, RequestRecord
 from governance.matching import lookup_model
@@ -65,6 +66,9 @@ class Engine:
         self.fees = fees.shipped()
         self.regional = regional.shipped()
         self._looping_models = server_tools.shipped().looping_models
+        # LLM-shaped requests to unknown hosts (`unknown_llm_hosts: meter`): a provider genai-prices
+        # does not know, so the rules' own prices decide.
+        self._providers[UNKNOWN_ENTRY] = UNKNOWN_ENTRY
         self._image_formulas = {
             model: formula.model_dump(exclude_none=True)
             for model, formula in policy.image_formula_table().items()

@@ -1,8 +1,10 @@
 """The gate: what happens to a request before any pricing. Pure: (request facts, policy) -> verdict.
 
 It decides which host a request really targets from every name it carries, whether the egress
-rules let it out, and whether an LLM request is metered, free, or refused (an upgrade, an
-endpoint this version does not meter, names that disagree). `Engine.admit` prices and reserves
+rules let it out, whether a request to a host the table does not know is LLM-shaped
+(`governance.shape`, refused unless the rules say otherwise), and whether an LLM request is
+metered, free, or refused (an upgrade, a method override, a read with a body, an endpoint this
+version does not meter, names that disagree). `Engine.admit` prices and reserves
 only what the gate sends to metering.
 """
 
@@ -10,11 +12,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from governance import hosts, refusals, wire
-from governance.hosts import HostTable, canonical_host
+from governance import hosts, refusals, shape, wire
+from governance.hosts import UNKNOWN_ENTRY, HostTable, canonical_host
 from governance.matching import glob_match
 from governance.policy import Egress, Policy
 from governance.types import Endpoint, Metering, Refusal
@@ -33,6 +35,11 @@ class Incoming:
     names: tuple[tuple[str, str], ...]  # ("url" | "connect" | "sni" | "host" | "authority", name)
     upgrade: tuple[str, ...] = ()  # every Upgrade header value, as sent
     destination_is_resolved: bool = False  # transparent-style modes: the destination is an IP
+    claims: tuple[str, ...] = ()  # other methods it asks to be run as (`shape.method_claims`)
+    has_body: bool = False  # it carries a non-empty body
+    # The body, read only when needed (an unknown host's request that asks to write); None: it
+    # cannot be read as sent (compressed).
+    body: Callable[[], bytes | None] = field(default=lambda: b"", compare=False)
 
 
 class Action(enum.Enum):
@@ -89,8 +96,9 @@ def egress_allows(egress: Egress, table: HostTable, host: str, port: int | None)
 
 
 def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
-    """The verdict on one request (see the module doc). First match wins: health probe, target
-    resolution, egress, names that disagree, upgrades, then the endpoint's kind."""
+    """The verdict on one request (see the module doc). First match wins: health probe, names
+    that disagree, egress and LLM shape (unknown hosts), upgrades, method overrides and reads
+    with a body, then the endpoint's kind."""
     url_host = next((name for kind, name in incoming.names if kind == "url"), "")
     if canonical_host(url_host) == HEALTH_HOST:
         return Verdict(Action.HEALTH)
@@ -112,14 +120,29 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
             target.entry.name,
         )
         return Verdict(Action.REFUSE, envelope, refusals.host_mismatch(target.mismatch))
+    method = incoming.method.strip().upper()
     if endpoint is None:
-        # Not LLM traffic: every name it carries must be allowed out (a Host that differs from
-        # the destination is how domain fronting reaches a host the allowlist does not name).
+        # Not a known LLM host: every name it carries must be allowed out (a Host that differs
+        # from the destination is how domain fronting reaches a host the allowlist does not name).
         refusal = _egress_refusal((name for _, name in incoming.names), incoming.port, policy, table)
-        return Verdict(Action.REFUSE, None, refusal) if refusal else Verdict(Action.PASS)
+        if refusal is not None:
+            return Verdict(Action.REFUSE, None, refusal)
+        endpoint = _unknown_llm(incoming, url_host, policy, table)
+        if endpoint is None:
+            return Verdict(Action.PASS)
+        if endpoint.entry != UNKNOWN_ENTRY:
+            metering = policy.unknown_llm_hosts == "meter"
+            refusal = refusals.unknown_llm_host(method, endpoint.host, endpoint.path, metering=metering)
+            return Verdict(Action.REFUSE, endpoint, refusal)
     tokens = upgrade_tokens(incoming.upgrade)
     if tokens:
         return Verdict(Action.REFUSE, endpoint, refusals.upgrade(tokens))
+    # A request is judged by the method it asks for: one asking for another is refused, and so
+    # is a read with a body (what runs it depends on the server, not on its method).
+    if incoming.claims:
+        return Verdict(Action.REFUSE, endpoint, refusals.method_override(method, incoming.claims))
+    if method in shape.SAFE_METHODS and incoming.has_body:
+        return Verdict(Action.REFUSE, endpoint, refusals.read_with_body(method))
     if endpoint.metering is Metering.FREE:
         return Verdict(Action.FREE, endpoint)
     if endpoint.metering is Metering.UNMETERED:
@@ -129,6 +152,33 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
             Action.REFUSE, endpoint, refusals.unmetered_endpoint(incoming.method.upper(), endpoint)
         )
     return Verdict(Action.METER, endpoint)
+
+
+def _unknown_llm(incoming: Incoming, url_host: str, policy: Policy, table: HostTable) -> Endpoint | None:
+    """The endpoint of an LLM-shaped request to a host missing from the table (see
+    `governance.shape`), or None when it is not LLM-shaped or the rules pass such requests.
+    Under `unknown_llm_hosts: meter`, an OpenAI route is metered or free under `UNKNOWN_ENTRY`;
+    anything else is UNMETERED, for the caller to refuse."""
+    if policy.unknown_llm_hosts == "pass" or not shape.asks_to_write(
+        incoming.method, incoming.claims, incoming.has_body
+    ):
+        return None
+    path = wire.normalise_path(incoming.path)
+    envelope = table.shape.match(path, incoming.body)
+    if envelope is None:
+        return None
+    host = canonical_host(url_host or next((n for _, n in incoming.names if n), ""))
+    if policy.unknown_llm_hosts == "meter":
+        post = incoming.method.strip().upper() == "POST"
+        routes = table.families["openai"]
+        for metering, table_routes in ((Metering.FREE, routes.free), (Metering.METERED, routes.metered)):
+            for route, api in sorted(table_routes.items(), key=lambda r: -len(r[0])):
+                if path.endswith(route):
+                    # As on a known host: only a POST runs a route; the gate refuses the rest.
+                    if not post:
+                        metering, api = Metering.UNMETERED, path
+                    return Endpoint("openai", api, metering, host, path, "openai", UNKNOWN_ENTRY)
+    return Endpoint("unknown", path, Metering.UNMETERED, host, path, envelope, "")
 
 
 # -- connections that are not HTTP ---------------------------------------------------------------

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from governance.shape import LlmShape
+
 #: Names that reach this machine whatever their spelling: connecting to them reaches the same
 #: listeners as 127.0.0.1 (0.0.0.0 and :: do on Linux).
 _LOOPBACK = "127.0.0.1"
@@ -99,7 +101,6 @@ class HostEntry:
     envelope: str = "openai"
     provider: str | None = None  # genai-prices provider id
     base_path: str = "/v1"
-    path_prefix: str = "/"
     operator: bool = False  # from the operator's rules rather than the shipped table
     settings: Mapping[str, Any] = field(default_factory=dict)  # operator extras (prices)
     _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
@@ -127,12 +128,19 @@ class HostEntry:
         return [m.replace("*", "x") for m in self.match]
 
 
+#: The entry name (and provider id) of LLM-shaped requests to unknown hosts metered as
+#: OpenAI-compatible (`unknown_llm_hosts: meter`): no genai-prices provider, so they are priced by
+#: the rules' `prices`, else `default_price`.
+UNKNOWN_ENTRY = "unknown-llm-host"
+
+
 @dataclass(frozen=True)
 class HostTable:
     """The known LLM hosts: operator entries first, then the shipped table."""
 
     entries: tuple[HostEntry, ...]
     families: Mapping[str, Routes]
+    shape: LlmShape  # what makes a request to a host missing here LLM-shaped
     # canonical name -> entry: a request asks for the same few names again and again.
     _found: dict[str, HostEntry | None] = field(default_factory=dict, repr=False, compare=False)
 
@@ -174,7 +182,7 @@ def build_table(shipped: Mapping[str, Any], operator: Iterable[Mapping[str, Any]
     for entry in entries:
         if entry.family is not None and entry.family not in families:
             raise ValueError(f"host {entry.name!r}: unknown API family {entry.family!r}")
-    return HostTable(tuple(entries), families)
+    return HostTable(tuple(entries), families, LlmShape.build(shipped["unknown_hosts"]))
 
 
 # -- which host a request targets ----------------------------------------------------------------

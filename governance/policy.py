@@ -37,6 +37,7 @@ from governance.limits import (
     RateLimitRule,
     Team,
 )
+from governance.shape import UnknownHostsRules
 
 NonNegativeUSD = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 PerMillionUSD = Annotated[Decimal, Field(ge=0, allow_inf_nan=False, description="USD per 1M tokens")]
@@ -205,8 +206,6 @@ class HostRule(_Strict):
     """genai-prices provider id for pricing. Defaults to the family."""
     base_path: str = "/v1"
     """Path prefix of the API on this host, before the family's routes (`/v1/chat/completions`)."""
-    path_prefix: str = "/"
-    """Only paths under this are LLM traffic on this host."""
     prices: dict[str, PriceOverride] = {}
     """Model prices on this host, USD per 1M tokens, by exact model then longest prefix. They win
     over the rules' `prices` and over genai-prices."""
@@ -221,7 +220,7 @@ class HostRule(_Strict):
                 raise ValueError(f"host pattern {pattern!r} would match every host")
         return [p.strip().lower() for p in v]
 
-    @field_validator("base_path", "path_prefix")
+    @field_validator("base_path")
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not v.startswith("/"):
@@ -245,6 +244,8 @@ class HostsFile(_Strict):
     """Routes per API family."""
     hosts: list[HostRule]
     """Every LLM API host spendfuse knows."""
+    unknown_hosts: UnknownHostsRules
+    """What makes a request to a host missing from `hosts` LLM-shaped."""
 
 
 class EgressAllow(_Strict):
@@ -339,6 +340,12 @@ class Policy(_Strict):
     table in `rules/hosts.yaml`."""
     egress: Egress = Egress()
     """Which non-LLM destinations agents may reach."""
+    unknown_llm_hosts: Literal["refuse", "meter", "pass"] = "refuse"
+    """LLM-shaped requests to hosts missing from the host table (a POST whose JSON body names a
+    model and carries a prompt, or whose path ends in an inference route such as
+    `/chat/completions`): `refuse` them, naming the host; `meter` them as OpenAI-compatible,
+    priced by `prices`, else `default_price` (which must be set), refusing other routes; or
+    `pass` them untouched."""
     clamp_output: ClampOutput | None = None
     """Output-cap injection (see ClampOutput). Null: off; a request's cap is reserved as it is."""
     allow_unlimited: bool = False
@@ -355,6 +362,12 @@ class Policy(_Strict):
         if dupes:
             raise ValueError(f"duplicate host names: {', '.join(dupes)}")
         return v
+
+    @model_validator(mode="after")
+    def _unknown_hosts_priced(self) -> Policy:
+        if self.unknown_llm_hosts == "meter" and self.default_price is None:
+            raise ValueError("unknown_llm_hosts: meter needs a default_price to price unknown hosts at")
+        return self
 
     @model_validator(mode="after")
     def _tables_loaded(self) -> Policy:
@@ -675,7 +688,12 @@ def host_table(operator: list[HostRule] | tuple[HostRule, ...]) -> HostTable:
     data = shipped.model_dump(exclude_none=True)
     operator_entries = [_host_entry(h) for h in operator]
     return build_table(
-        {"families": data["families"], "hosts": [_host_entry(h) for h in shipped.hosts]}, operator_entries
+        {
+            "families": data["families"],
+            "hosts": [_host_entry(h) for h in shipped.hosts],
+            "unknown_hosts": data["unknown_hosts"],
+        },
+        operator_entries,
     )
 
 
@@ -693,7 +711,6 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
         "match": rule.match,
         "family": rule.family,
         "base_path": rule.base_path,
-        "path_prefix": rule.path_prefix,
     }
     if rule.envelope is not None:
         entry["envelope"] = rule.envelope

@@ -143,3 +143,51 @@ def rewritten() -> Refusal:
         "spendfuse: refused: another addon rewrote this request after spendfuse decided on it (its target "
         "or its priced body changed), so it is not forwarded.",
     )
+
+
+def unknown_llm_host(method: str, host: str, path: str, *, metering: bool = False) -> Refusal:
+    """An LLM-shaped request to a host missing from the host table. The message says how to add
+    the host, since the operator reading it is the one who can."""
+    why = (
+        f"is metered as OpenAI-compatible (`unknown_llm_hosts: meter`), but {path} is no OpenAI route "
+        f"spendfuse meters"
+        if metering
+        else "is not in spendfuse's table of LLM hosts"
+    )
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in host) or "my-llm"
+    return _refusal(
+        "unknown_llm_host",
+        "unknown_llm_host",
+        RefusalKind.FORBIDDEN,
+        f"spendfuse: {method} {host}{path} looks like a call to an LLM API, and {host} {why}, so it is "
+        f"refused. If it is an LLM API, an operator can add it under `hosts:` in the rules with its API "
+        f"family and a price:\n"
+        f"hosts:\n"
+        f"  - name: {slug}\n"
+        f'    match: ["{host}"]\n'
+        f"    family: openai    # openai | anthropic (null: known, refused)\n"
+        f"    base_path: /v1\n"
+        f"    default_price: {{input_mtok: 1.0, output_mtok: 4.0}}\n"
+        f"or set `unknown_llm_hosts: meter` (OpenAI-compatible, at `default_price`) or `pass`.",
+    )
+
+
+def method_override(method: str, claims: Sequence[str]) -> Refusal:
+    return _refusal(
+        "method_override",
+        "method_override_refused",
+        RefusalKind.FORBIDDEN,
+        f"spendfuse: refused: this {method} request asks the server to run it as {', '.join(claims)} (a "
+        f"method override header or parameter). On an LLM API a request is judged by the method it "
+        f"asks for; send that method itself.",
+    )
+
+
+def read_with_body(method: str) -> Refusal:
+    return _refusal(
+        "method_override",
+        "read_with_body_refused",
+        RefusalKind.FORBIDDEN,
+        f"spendfuse: refused: a {method} request to an LLM API carries a body. A read has no body; send "
+        f"a request that runs something as POST.",
+    )

@@ -24,11 +24,10 @@ from tests.conftest import write_rules
 
 
 def req(host="api.openai.com", path="/v1/chat/completions", body=None, method="POST", headers=None):
-    content = json.dumps(
-        body
-        if body is not None
-        else {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
-    ).encode()
+    default = {"model": "gpt-4o", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    # A read has no body unless the test gives it one.
+    no_body = body is None and method in ("GET", "HEAD", "OPTIONS")
+    content = b"" if no_body else json.dumps(body if body is not None else default).encode()
     h = http.Headers(host=host, content_type="application/json", **(headers or {}))
     flow = tflow.tflow(
         req=tutils.treq(
@@ -182,7 +181,7 @@ class TestRequest:
 
     async def test_non_llm_and_free_traffic_untouched(self, fuse):
         a, _ = fuse
-        other = req(host="example.com")
+        other = req(host="example.com", path="/api/items", body={"name": "x", "input": "y"})
         free = req(
             host="api.anthropic.com", path="/v1/messages/count_tokens", body={"model": "x", "messages": []}
         )
@@ -469,7 +468,7 @@ class TestRewrittenAfterTheDecision:
 
     async def test_a_non_llm_request_turned_into_llm_traffic_is_refused(self, fuse):
         a, _ = fuse
-        f = req(host="example.com")
+        f = req(host="example.com", path="/api/items", body={"name": "x"})
         f.request.headers["host"] = "example.com"
         await a.request(f)
         assert f.response is None  # not LLM traffic: passed

@@ -9,6 +9,8 @@ honestly and the budget allows, so a zero is never the zero of a broken harness.
 
 from __future__ import annotations
 
+import gzip
+import json
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from governance.ledger import Ledger
 from tests.conftest import write_rules
 from tests.support.certs import PKI, make_pki
 from tests.support.fake_upstream import Upstream, start_tls_upstream
@@ -25,6 +28,8 @@ from tests.support.rawclient import TLSPipe, chat_body, read_reply, request_byte
 
 DNS_ADDON = Path(__file__).parent / "support" / "dns_addon.py"
 STREAM_REQUEST_ADDON = Path(__file__).parent / "support" / "stream_request_addon.py"
+#: Each proxy's ledger, by its port.
+ledgers: dict[int, Path] = {}
 NAMES = [
     "api.openai.com",
     "eu.api.openai.com",
@@ -33,6 +38,11 @@ NAMES = [
     "vllm.test",
     "allowed.test",
     "blocked.test",
+    "jp.api.openai.com",
+    "llm.unknown.test",
+    "pypi.test",
+    "code.test",
+    "telemetry.test",
 ]
 
 
@@ -88,6 +98,7 @@ def start_real(
             launcher=launcher,
         )
         started.append(proxy)
+        ledgers[proxy.port] = Path(all_sets["spendfuse_db"])
         return proxy
 
     yield _start
@@ -406,6 +417,170 @@ class TestUpgrades:
         )
         assert read_reply(pipe).status == 429
         sock.close()
+        assert tls_upstream.connections == 0
+
+
+# -- 5. hosts the table does not know, paths a host entry does not know, method overrides ----------
+
+
+def send(
+    proxy: Proxy,
+    host: str,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+):
+    """CONNECT to `host`, TLS trusting the proxy's CA, one request. Returns the reply."""
+    sock, established = tunnel(proxy.port, f"{host}:443")
+    assert established.status == 200, established
+    pipe = TLSPipe(sock, host, proxy.ca)
+    if raw is not None:
+        lines = [f"{name}: {value}" for name, value in (headers or {}).items()]
+        head = [f"{method} {path} HTTP/1.1", f"Host: {host}", *lines, f"content-length: {len(raw)}"]
+        pipe.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + raw)
+    else:
+        pipe.sendall(request_bytes(method, path, host, body, headers=headers))  # type: ignore[arg-type]
+    try:
+        return read_reply(pipe)
+    finally:
+        sock.close()
+
+
+def ledger_rows(proxy: Proxy) -> list[dict]:
+    ledger = Ledger.open(ledgers[proxy.port])
+    try:
+        return ledger.query("SELECT * FROM requests ORDER BY created_at")
+    finally:
+        ledger.close()
+
+
+class TestUnknownHostsAndPaths:
+    def test_an_unknown_subdomain_of_a_provider_domain_is_metered_or_refused(self, start_real, tls_upstream):
+        proxy = start_real(budget="0")
+        assert send(proxy, "jp.api.openai.com", "POST", "/v1/chat/completions", chat_body()).status == 429
+        reply = send(
+            proxy,
+            "generativelanguage.mtls.googleapis.com",
+            "POST",
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            {"contents": [{"parts": [{"text": "hi"}]}]},
+        )
+        assert reply.status == 403 and reply.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert "generativelanguage.mtls.googleapis.com" in reply.json()["error"]["message"]
+        assert tls_upstream.connections == 0
+        control = start_real(budget="1")
+        assert send(control, "jp.api.openai.com", "POST", "/v1/chat/completions", chat_body()).status == 200
+        assert tls_upstream.hits["/v1/chat/completions"] == 1
+
+    @pytest.mark.parametrize(
+        ("host", "path"),
+        [
+            ("chatgpt.com", "/backend-api/conversation"),
+            ("chatgpt.com", "/backend-api/f/conversation"),
+            ("api.openai.com", "/v2/chat/completions"),
+            ("api.openai.com", "/v1/chat/completions/../../v1/batches"),
+        ],
+    )
+    def test_a_path_a_host_entry_does_not_know_is_refused(self, start_real, tls_upstream, host, path):
+        proxy = start_real(budget="1")
+        reply = send(proxy, host, "POST", path, chat_body())
+        assert reply.status == 403 and reply.json()["error"]["code"] == "endpoint_not_metered"
+        assert tls_upstream.connections == 0
+
+    @pytest.mark.parametrize(
+        ("path", "body", "headers"),
+        [
+            ("/api/generate", {"model": "llama3", "prompt": "hi"}, {}),  # by body
+            ("/x", {"Model": "m", "Messages": [{"role": "user", "content": "hi"}]}, {}),  # any case
+            ("/v1/chat/completions", {"anything": 1}, {}),  # by path
+            ("/v1beta/models/g:streamGenerateContent", {"contents": []}, {}),  # by path
+            ("/v1/messages", {"model": "claude", "max_tokens": 5}, {}),  # a model route with a model
+            (
+                "/v1/chat/completions",
+                gzip.compress(json.dumps(chat_body()).encode()),
+                {"content-encoding": "gzip"},
+            ),
+        ],
+    )
+    def test_llm_shaped_traffic_to_an_unknown_host_is_refused(
+        self, start_real, tls_upstream, path, body, headers
+    ):
+        proxy = start_real(budget="0")
+        if isinstance(body, bytes):
+            reply = send(proxy, "llm.unknown.test", "POST", path, headers=headers, raw=body)
+        else:
+            reply = send(proxy, "llm.unknown.test", "POST", path, body, headers=headers)
+        assert reply.status == 403, reply
+        error = reply.json()["error"]
+        assert "llm.unknown.test" in error["message"] and "hosts:" in error["message"]
+        assert 'match: ["llm.unknown.test"]' in error["message"] and "default_price" in error["message"]
+        assert tls_upstream.connections == 0
+        [row] = ledger_rows(proxy)
+        assert row["state"] == "refused" and row["rule"] == "unknown_llm_host"
+
+    def test_ordinary_json_apis_still_pass(self, start_real, tls_upstream):
+        proxy = start_real(budget="0")
+        for host, path, body in [
+            ("pypi.test", "/pypi", {"methodName": "search", "params": [{"name": "x"}]}),  # XML-RPC-ish JSON
+            ("code.test", "/repos/o/r/issues", {"title": "t", "body": "a model and a prompt"}),
+            ("code.test", "/graphql", {"query": "{ viewer { login } }", "variables": {}}),
+            ("telemetry.test", "/v1/events", {"event": "run", "input": "x", "prompt": "y"}),
+        ]:
+            reply = send(proxy, host, "POST", path, body)
+            assert reply.status == 404, (host, reply)  # the fake upstream's own answer: it got there
+            assert tls_upstream.hits[path] == 1
+        assert send(proxy, "code.test", "GET", "/repos/o/r").status == 200
+        assert ledger_rows(proxy) == []
+
+    def test_meter_meters_unknown_hosts_as_openai_compatible(self, start_real, tls_upstream):
+        rules = {"unknown_llm_hosts": "meter", "default_price": {"input_mtok": 1000, "output_mtok": 1000}}
+        body = chat_body("llama-70b")
+        proxy = start_real(budget="0.001", **rules)  # 20 output tokens at $1000/M > $0.001
+        assert send(proxy, "llm.unknown.test", "POST", "/api/v1/chat/completions", body).status == 429
+        embed = {"model": "e5", "input": "hi"}
+        reply = send(proxy, "llm.unknown.test", "POST", "/v1/embeddings", embed)
+        assert reply.status == 403 and "unknown_llm_hosts: meter" in reply.json()["error"]["message"]
+        assert tls_upstream.connections == 0
+        control = start_real(budget="1", **rules)
+        reply = send(control, "llm.unknown.test", "POST", "/v1/chat/completions", body)
+        assert reply.status == 200 and tls_upstream.hits["/v1/chat/completions"] == 1
+        [row] = [r for r in ledger_rows(control) if r["state"] == "settled"]
+        # The upstream bills 11 input and 7 output tokens; at $1000/M each: $0.018.
+        assert (row["input_tokens"], row["output_tokens"], row["cost_micro"]) == (11, 7, 18_000)
+        assert row["price_source"] == "default_price"
+
+    def test_pass_passes_unknown_hosts(self, start_real, tls_upstream):
+        proxy = start_real(budget="0", unknown_llm_hosts="pass")
+        assert send(proxy, "llm.unknown.test", "POST", "/v1/chat/completions", chat_body()).status == 200
+        assert tls_upstream.hits["/v1/chat/completions"] == 1
+
+
+class TestMethodOverrides:
+    @pytest.mark.parametrize(
+        ("path", "headers"),
+        [
+            ("/v1/chat/completions", {"X-HTTP-Method-Override": "POST"}),
+            ("/v1/chat/completions", {"x-http-method": "post"}),
+            ("/v1/responses", {"X-Method-Override": "POST"}),
+            ("/v1/responses", {"X-Original-Method": "POST"}),
+            ("/v1/chat/completions?_method=POST", {}),
+        ],
+    )
+    def test_a_get_asking_for_post_is_refused(self, start_real, tls_upstream, path, headers):
+        proxy = start_real(budget="0")
+        reply = send(proxy, "api.openai.com", "GET", path, headers=headers)
+        assert reply.status == 403 and reply.json()["error"]["code"] == "method_override_refused"
+        assert tls_upstream.connections == 0
+        control = start_real(budget="0")
+        assert send(control, "api.openai.com", "GET", "/v1/models").status == 200
+        assert tls_upstream.hits["GET /v1/models"] == 1
+
+    def test_a_get_with_a_body_is_refused(self, start_real, tls_upstream):
+        proxy = start_real(budget="0")
+        reply = send(proxy, "api.openai.com", "GET", "/v1/chat/completions", chat_body())
+        assert reply.status == 403 and reply.json()["error"]["code"] == "read_with_body_refused"
         assert tls_upstream.connections == 0
 
 

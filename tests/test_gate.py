@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from governance import policy
+from governance import policy, shape
 from governance.gate import (
     Action,
     Incoming,
@@ -27,11 +28,28 @@ def rules(tmp_path: Path) -> policy.Policy:
 
 
 def incoming(
-    host="api.openai.com", path="/v1/chat/completions", method="POST", port=443, upgrade=(), **names: str
+    host="api.openai.com",
+    path="/v1/chat/completions",
+    method="POST",
+    port=443,
+    upgrade=(),
+    body: object = None,
+    headers=(),
+    **names: str,
 ) -> Incoming:
     kinds = {"host_header": "host"}
     all_names = [("url", host)] + [(kinds.get(k, k), v) for k, v in names.items()]
-    return Incoming(method=method, path=path, port=port, names=tuple(all_names), upgrade=tuple(upgrade))
+    raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    return Incoming(
+        method=method,
+        path=path,
+        port=port,
+        names=tuple(all_names),
+        upgrade=tuple(upgrade),
+        claims=shape.method_claims(method, headers, path),
+        has_body=bool(raw),
+        body=lambda: raw if raw is not None else b"",
+    )
 
 
 def verdict(rules, *args, **kw):
@@ -187,3 +205,148 @@ class TestConnectionsThatAreNotHTTP:
             == []
         )
         assert exempted_llm_hosts(table, allow_hosts=[".*"]) == []
+
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class TestUnknownHosts:
+    """LLM-shaped traffic to a host the table does not know is refused by default."""
+
+    @pytest.mark.parametrize(
+        ("host", "path", "body", "envelope"),
+        [
+            ("llm.example", "/v1/chat/completions", CHAT, "openai"),
+            ("foo.openai.com", "/v1/chat/completions", None, "openai"),  # by path alone
+            ("api.newcloud.example", "/openai/v1/whatever", CHAT, "openai"),  # by body alone
+            ("g.example", "/v1beta/models/gemini-2.5-pro:streamGenerateContent", None, "google"),
+            ("a.example", "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 9}, "anthropic"),
+            ("o.example", "/api/generate", {"MODEL": "llama3", "Prompt": "hi"}, "openai"),  # any case
+            ("b.example", "/x", [{"id": 1}, {"model": "m", "contents": []}], "openai"),  # a batch
+            ("e.example", "/x", b'{"mod\\u0065l": "m", "input": "hi"}', "openai"),  # an escaped key
+            (
+                "d.example",
+                "/x",
+                b'{"model": "m", "input": "hi", "pad": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                "openai",
+            ),
+        ],
+    )
+    def test_llm_shaped_requests_are_refused_naming_the_host(self, rules, host, path, body, envelope):
+        v = verdict(rules, host=host, path=path, body=body)
+        assert v.action is Action.REFUSE and v.refusal.rule == "unknown_llm_host", v
+        assert v.endpoint.envelope == envelope
+        assert host in v.refusal.message and "hosts:" in v.refusal.message
+        assert f'match: ["{host}"]' in v.refusal.message and "family:" in v.refusal.message
+        assert "default_price" in v.refusal.message
+
+    @pytest.mark.parametrize(
+        ("host", "path", "method", "body"),
+        [
+            ("pypi.org", "/pypi", "POST", {"method": "search", "params": ["x"]}),  # a package index
+            ("upload.pypi.org", "/legacy/", "POST", b"--boundary\r\nContent-Disposition: form-data"),
+            ("api.github.com", "/repos/o/r/issues", "POST", {"title": "t", "body": "b"}),
+            ("api.github.com", "/graphql", "POST", {"query": "{ viewer { login } }"}),
+            ("telemetry.example", "/v1/events", "POST", {"event": "run", "input": "x", "prompt": "y"}),
+            ("discord.com", "/api/v10/channels/1/messages", "POST", {"content": "hi"}),
+            ("api.example", "/v1/chat/completions", "GET", None),  # a read on an unknown host
+            ("registry.npmjs.org", "/-/npm/v1/security/advisories/bulk", "POST", {"lodash": ["4.17.0"]}),
+        ],
+    )
+    def test_ordinary_json_apis_still_pass(self, rules, host, path, method, body):
+        assert verdict(rules, host=host, path=path, method=method, body=body).action is Action.PASS
+
+    def test_a_compressed_body_is_judged_by_its_path(self, rules):
+        def unreadable(**kw):
+            return screen(
+                Incoming("POST", kw["path"], 443, (("url", "x.example"),), has_body=True, body=lambda: None),
+                rules,
+                policy.host_table(rules.hosts),
+            )
+
+        assert unreadable(path="/v1/chat/completions").action is Action.REFUSE
+        assert unreadable(path="/v1/messages").action is Action.REFUSE  # a model route, unreadable
+        assert unreadable(path="/upload").action is Action.PASS
+
+    def test_a_read_that_asks_to_write_is_looked_at(self, rules):
+        v = verdict(rules, host="x.example", method="GET", headers=[("X-HTTP-Method-Override", "POST")])
+        assert v.action is Action.REFUSE and v.refusal.rule == "unknown_llm_host"
+        v = verdict(rules, host="x.example", path="/anything", method="GET", body=CHAT)
+        assert v.action is Action.REFUSE and v.refusal.rule == "unknown_llm_host"
+
+    def test_egress_refusal_comes_first(self, tmp_path):
+        rules = policy.load(write_rules(tmp_path / "r.yaml", egress={"mode": "allowlist"}))
+        assert verdict(rules, host="x.example").refusal.rule == "egress"
+
+    def test_pass_lets_them_through(self, tmp_path):
+        rules = policy.load(write_rules(tmp_path / "r.yaml", unknown_llm_hosts="pass"))
+        assert verdict(rules, host="llm.example", body=CHAT).action is Action.PASS
+
+    def test_meter_meters_openai_routes_at_the_default_price(self, tmp_path):
+        rules = policy.load(
+            write_rules(
+                tmp_path / "r.yaml",
+                unknown_llm_hosts="meter",
+                default_price={"input_mtok": 1, "output_mtok": 2},
+            )
+        )
+        v = verdict(rules, host="llm.example", path="/api/v1/chat/completions", body=CHAT)
+        assert v.action is Action.METER
+        assert (v.endpoint.family, v.endpoint.api, v.endpoint.entry) == ("openai", "chat", "unknown-llm-host")
+        assert verdict(rules, host="llm.example", path="/v1/responses", body=CHAT).endpoint.api == "responses"
+        free = verdict(rules, host="llm.example", path="/v1/responses/input_tokens", body=CHAT)
+        assert free.action is Action.FREE
+        # LLM-shaped but no OpenAI route it meters: refused, saying so.
+        v = verdict(rules, host="llm.example", path="/v1/embeddings", body={"model": "m", "input": "x"})
+        assert v.action is Action.REFUSE and "unknown_llm_hosts: meter" in v.refusal.message
+        v = verdict(rules, host="llm.example", path="/v1/chat/completions", method="PUT", body=CHAT)
+        assert v.action is Action.REFUSE
+        # A method override is refused there as on any LLM host.
+        v = verdict(rules, host="llm.example", method="GET", headers=[("x-http-method-override", "POST")])
+        assert v.action is Action.REFUSE and v.refusal.rule == "method_override"
+
+    def test_meter_needs_a_default_price(self, tmp_path):
+        with pytest.raises(policy.PolicyError, match="default_price"):
+            policy.load(write_rules(tmp_path / "r.yaml", unknown_llm_hosts="meter"))
+
+
+class TestMethodOverrides:
+    """On an LLM host a request is judged by the method it asks for, or refused."""
+
+    @pytest.mark.parametrize(
+        ("headers", "path"),
+        [
+            ([("X-HTTP-Method-Override", "POST")], "/v1/chat/completions"),
+            ([("x-http-method-override", "post")], "/v1/chat/completions"),
+            ([("X-HTTP-Method", "POST")], "/v1/chat/completions"),
+            ([("X-Method-Override", "POST")], "/v1/chat/completions"),
+            ([("X-Original-Method", "POST")], "/v1/responses"),
+            ([("X-Forwarded-Method", "PATCH")], "/v1/responses"),
+            ([("X-Whatever-Method", "post")], "/v1/responses"),  # any name, when it names a method
+            ([("X-HTTP-Method-Override", "GET, POST")], "/v1/responses"),
+            ([], "/v1/chat/completions?_method=POST"),
+            ([], "/v1/chat/completions?x=1&_METHOD=post"),
+            ([], "/v1/chat/completions?httpMethod=POST"),
+        ],
+    )
+    def test_a_read_asking_for_another_method_is_refused(self, rules, headers, path):
+        for host in ("api.openai.com", "generativelanguage.googleapis.com", "eu.api.anthropic.com"):
+            v = verdict(rules, host=host, path=path, method="GET", headers=headers)
+            assert v.action is Action.REFUSE and v.refusal.rule == "method_override", (host, headers, path)
+            assert v.refusal.code == "method_override_refused"
+
+    def test_a_read_with_a_body_is_refused(self, rules):
+        v = verdict(rules, path="/v1/chat/completions", method="GET", body=CHAT)
+        assert v.action is Action.REFUSE and v.refusal.code == "read_with_body_refused"
+
+    def test_what_is_not_an_override_passes(self, rules):
+        assert verdict(rules, method="GET", path="/v1/models").action is Action.FREE
+        # The SDKs' own helper header names a helper, not a method; an override naming the
+        # request's own method changes nothing.
+        for headers in ([("X-Stainless-Helper-Method", "stream")], [("X-HTTP-Method-Override", "POST")]):
+            assert verdict(rules, headers=headers).action is Action.METER
+        assert verdict(rules, method="GET", path="/v1/models?method=list").action is Action.FREE
+
+    def test_a_post_asking_to_be_a_read_is_refused_too(self, rules):
+        v = verdict(rules, headers=[("X-HTTP-Method-Override", "GET")])
+        assert v.action is Action.REFUSE and v.refusal.rule == "method_override"

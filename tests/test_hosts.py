@@ -96,6 +96,69 @@ def test_shipped_hosts(host, entry):
 
 
 @pytest.mark.parametrize(
+    ("host", "entry"),
+    [
+        # A provider's API domain is covered whole: data residency and regional hosts, today's
+        # and tomorrow's.
+        ("jp.api.openai.com", "openai"),
+        ("au.api.openai.com", "openai"),
+        ("in.api.openai.com", "openai"),
+        ("future-region.api.openai.com", "openai"),
+        ("eu.api.anthropic.com", "anthropic"),
+        # Google: mTLS, regional, rep, sandbox and Private Service Connect names.
+        ("generativelanguage.mtls.googleapis.com", "google"),
+        ("generativelanguage-myendpoint.p.googleapis.com", "google"),
+        ("autopush-generativelanguage.sandbox.googleapis.com", "google"),
+        ("cloudcode-pa.mtls.googleapis.com", "google-code-assist"),
+        ("us-central1-aiplatform.mtls.googleapis.com", "vertex"),
+        ("us-central1-aiplatform-psc1.p.googleapis.com", "vertex"),
+        ("aiplatform.us-central1.rep.googleapis.com", "vertex"),
+        ("1234.us-central1-567.prediction.vertexai.goog", "vertex"),
+        ("my-resource.openai.azure.com", "azure"),
+        ("us-east-1.api.x.ai", "xai"),
+        ("api.x.ai", "xai"),
+        ("api.groq.com", "groq"),
+        ("api.mistral.ai", "mistral"),
+        ("codestral.mistral.ai", "mistral"),
+        ("api.deepseek.com", "deepseek"),
+        ("openrouter.ai", "openrouter"),
+        ("api.together.xyz", "together"),
+        ("audio-prod.us-virginia-1.direct.fireworks.ai", "fireworks"),
+        ("api.cerebras.ai", "cerebras"),
+        ("api.perplexity.ai", "perplexity"),
+        ("dashscope-us.aliyuncs.com", "dashscope"),
+        ("api.replicate.com", "replicate"),
+        # chatgpt.com is covered whole, not only /backend-api/codex.
+        ("chatgpt.com", "chatgpt"),
+        ("ab.chatgpt.com", "chatgpt"),
+        ("chat.openai.com", "chatgpt"),
+    ],
+)
+def test_provider_domains_are_covered_whole(host, entry):
+    found = shipped_table().lookup(host)
+    assert found is not None and found.name == entry, host
+
+
+def test_an_entry_covers_its_whole_host():
+    """A path the entry has no route for is a free read or UNMETERED, never passed (None)."""
+    from governance import wire
+    from governance.types import Metering
+
+    table = shipped_table()
+    for host, path in [
+        ("chatgpt.com", "/backend-api/conversation"),
+        ("chatgpt.com", "/backend-api/codex/responses"),
+        ("api.openai.com", "/v2/chat/completions"),
+        ("api.openai.com", "/v1/embeddings"),
+        ("api.anthropic.com", "/v1/complete"),
+    ]:
+        endpoint = wire.detect("POST", host, path, table)
+        assert endpoint is not None and endpoint.metering is Metering.UNMETERED, (host, path)
+        read = wire.detect("GET", host, path, table)
+        assert read is not None and read.metering is Metering.FREE
+
+
+@pytest.mark.parametrize(
     "host", ["api.openai.com.evil.com", "openai.com", "example.com", "pypi.org", "evilapi.openai.com"]
 )
 def test_not_llm_hosts(host):

@@ -16,6 +16,7 @@ def test_shipped_rules_load():
     assert p.max_multiplier is None
     assert p.multiplier_table()["claude-opus-4-1"] == 5 and "default" not in p.multiplier_table()
     assert p.output_cap_table()["gpt-4o"] == 16384
+    assert p.unknown_llm_hosts == "refuse"  # LLM-shaped traffic to unknown hosts: refused
 
 
 def test_committed_schema_is_fresh():
@@ -35,6 +36,12 @@ def test_committed_schema_is_fresh():
         ("version: 1\nmultipliers: missing.yaml\n", "missing.yaml"),
         ("[1, 2]\n", "mapping"),
         ("version: 1\n  bad: indent\n", "cannot read"),
+        ("version: 1\nbudgets: [{limit_usd: 1}]\nunknown_llm_hosts: allow\n", "unknown_llm_hosts"),
+        ("version: 1\nbudgets: [{limit_usd: 1}]\nunknown_llm_hosts: meter\n", "needs a default_price"),
+        (
+            "version: 1\nbudgets: [{limit_usd: 1}]\nhosts: [{name: a, match: [a.test], path_prefix: /x}]\n",
+            "path_prefix",
+        ),
     ],
 )
 def test_bad_rules_are_refused_with_the_reason(tmp_path: Path, text, fragment):

@@ -78,7 +78,7 @@ from governance.types import Metering, Refusal, RefusalKind
             "POST",
             "chatgpt.com",
             "/backend-api/codex/responses",
-            "chatgpt-codex",
+            "chatgpt",
             "/backend-api/codex/responses",
             Metering.UNMETERED,
         ),
@@ -94,7 +94,6 @@ def test_detect(method, host, path, family, api, metering):
     [
         ("example.com", "/v1/chat/completions"),
         ("api.openai.com.evil.com", "/v1/chat/completions"),
-        ("chatgpt.com", "/backend-api/conversation"),
         ("pypi.org", "/simple/"),
     ],
 )

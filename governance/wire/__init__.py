@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import ModuleType
 from urllib.parse import unquote
 
+from governance import shape
 from governance.hosts import HostEntry, HostTable, canonical_host, shipped_table
 from governance.types import Endpoint, Metering, Refusal
 from governance.wire import anthropic, bedrock, google, openai
@@ -37,8 +38,7 @@ _ENVELOPES: dict[str, ModuleType] = {
     "bedrock": bedrock,
 }
 
-# Methods that never run inference. WebSocket upgrades are GETs too: the addon refuses those first.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = shape.SAFE_METHODS
 
 
 def normalise_path(path: str) -> str:
@@ -78,11 +78,10 @@ def detect(method: str, host: str, path: str, table: HostTable | None = None) ->
     return detect_on(entry, method, canonical_host(host), path, table)
 
 
-def detect_on(entry: HostEntry, method: str, host: str, path: str, table: HostTable) -> Endpoint | None:
-    """Classify a request on a known LLM host entry by method and path."""
+def detect_on(entry: HostEntry, method: str, host: str, path: str, table: HostTable) -> Endpoint:
+    """Classify a request on a known LLM host entry by method and path. The entry covers the
+    whole host: a path it has no route for is a free read (GET, HEAD, OPTIONS) or UNMETERED."""
     norm = normalise_path(path)
-    if _under(norm, entry.path_prefix) is None:
-        return None
     method = method.upper()
     if entry.family is not None and method == "POST":
         routes = table.families[entry.family]
