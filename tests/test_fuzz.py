@@ -308,7 +308,8 @@ def free_by_spec(method: str, path: str, providers: set[str]) -> bool:
         return False
     counter = FREE_COUNTERS.get(next(iter(providers)))
     # As a lenient server would route it: decoded, slashes collapsed, dot segments resolved.
-    route = posixpath.normpath("/" + re.sub(r"/+", "/", unquote(path.split("?", 1)[0].split("#", 1)[0])))
+    # (Slashes collapse after the leading one is added: POSIX normpath keeps a leading `//`.)
+    route = posixpath.normpath(re.sub(r"/+", "/", "/" + unquote(path.split("?", 1)[0].split("#", 1)[0])))
     return counter is not None and route.lower().rstrip("/") == counter
 
 
