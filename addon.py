@@ -30,7 +30,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHelloData
 from mitmproxy.utils import asyncio_utils
 
-from governance import DEFAULT_RULES, gate, policy, refusals, shape, tokens, wire
+from governance import DEFAULT_RULES, bodies, gate, policy, refusals, shape, tokens, wire
 from governance.engine import Engine, ReadRequest
 from governance.errors import LedgerUnavailable, PolicyError, RequestParseError
 from governance.gate import HEALTH_HOST, Action, Incoming, Verdict
@@ -207,12 +207,10 @@ def _rules_signature(path: str) -> tuple:
 
 
 def _body_as_sent(req: http.Request) -> bytes | None:
-    """A request's body for the gate's look at it: the bytes as sent, or None when they are
-    compressed (never inflated here: a small compressed body can inflate to gigabytes)."""
-    encodings = [e.strip().lower() for v in req.headers.get_all("content-encoding") for e in v.split(",")]
-    if any(e and e != "identity" for e in encodings):
-        return None
-    return req.raw_content or b""
+    """A request's body for the gate's look at it, as its server would read it (`bodies.as_read`:
+    inflated within a bound; None past it)."""
+    encodings = [e for v in req.headers.get_all("content-encoding") for e in v.split(",")]
+    return bodies.as_read(req.raw_content or b"", encodings)
 
 
 def _reached_upstream(flow: http.HTTPFlow) -> bool:
@@ -822,6 +820,18 @@ class SpendFuse:
         self._fail(flow, endpoint, refusal)
 
     # -- request ------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before any later addon sees the request: the transport guard is still last in the
+        chain. An addon added after it (by a later script's `running`, say) would otherwise act
+        after the guard, and could stream a request body upstream with nothing to undo it. The
+        chain is moved in place, before the hooks after this one run, so this request is covered."""
+        addons = ctx.master.addons
+        guard = addons.get(TransportGuard.name)
+        if guard is not None and addons.chain and addons.chain[-1] is not guard:
+            addons.chain.remove(guard)
+            addons.chain.append(guard)
+            logger.warning("spendfuse: an addon was added after the transport guard; the guard is last again")
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:

@@ -6,9 +6,10 @@ figures are data, in `rules/documents.yaml`), plus the text it really holds. Its
 nothing: a hundred blank pages fit in 9 KB.
 
 The page count is the largest any reader could arrive at: the page tree's declared `/Count`, the
-pages found walking the tree, and every `/Page` object in the file, so a lying `/Count` or pages
-left outside the tree cannot shrink it. Parsing is bounded (bytes, objects, pages, decompressed
-stream size, extracted text); a PDF past a bound, or one pypdf cannot read, is `Unreadable`, and
+pages found walking the tree, its leaves whatever their `/Type`, and every `/Page` object in the
+file, so a lying `/Count`, a misspelt `/Type` or pages left outside the tree cannot shrink it.
+Parsing is bounded (bytes, objects, pages, decompressed stream size, extracted text); a PDF past
+a bound, or one pypdf cannot read, is `Unreadable`, and
 the caller bounds it by the model's context window or refuses it.
 """
 
@@ -141,6 +142,30 @@ def _declared_count(reader: Any) -> int:
     return int(count) if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
+def _tree_leaves(reader: Any, limits: Limits) -> int:
+    """The leaves of the page tree whatever their `/Type`: some readers count every node
+    without `/Kids` as a page, where a `/Type` is missing or misspelt. Each node once (a
+    cycle ends there), and no more than the pages parsed allow."""
+    root = reader.root_object.get("/Pages")
+    stack, seen, leaves = [root], set(), 0
+    while stack and leaves <= limits.max_pages and len(seen) <= 2 * limits.max_pages + 64:
+        ref = stack.pop()
+        key = (ref.idnum, ref.generation) if hasattr(ref, "idnum") else id(ref)
+        if ref is None or key in seen:
+            continue
+        seen.add(key)
+        node = ref.get_object()
+        if not hasattr(node, "get"):
+            continue
+        kids = node.get("/Kids")
+        kids = kids.get_object() if kids is not None else None
+        if isinstance(kids, list):
+            stack.extend(kids)
+        else:
+            leaves += 1
+    return leaves
+
+
 def read_pdf(data: bytes, limits: Limits) -> Pdf | Unreadable:
     """The pages and text of the PDF `data`, or why they cannot be bounded. Never raises."""
     if len(data) > limits.max_bytes:
@@ -174,7 +199,7 @@ def _read(reader: Any, limits: Limits) -> Pdf | Unreadable:
         return scanned
     objects, largest_form = scanned
     walked = len(reader.pages)
-    pages = max(declared, walked, objects)
+    pages = max(declared, walked, objects, _tree_leaves(reader, limits))
     if pages > limits.max_pages:
         return Unreadable(f"a PDF of {pages} pages, more than the {limits.max_pages} parsed")
     if pages == 0:

@@ -319,6 +319,8 @@ def default_path() -> Path:
 
 #: `scheme:` at the start of a ledger value: a URL, never a file path (one letter is a drive).
 _URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):", re.IGNORECASE)
+#: `host=db dbname=spend`: a libpq keyword connection string, never a file path.
+_KEYWORD_DSN = re.compile(r"^\s*[a-z_]+\s*=\s*\S*(\s+[a-z_]+\s*=|$)", re.IGNORECASE)
 
 
 def check_path(path: str | Path) -> None:
@@ -330,6 +332,11 @@ def check_path(path: str | Path) -> None:
         raise LedgerUnavailable(
             f"ledger {text!r} would live in memory (or in a temporary file): spend would be forgotten on "
             f"restart and could not be shared; give a file path"
+        )
+    if _KEYWORD_DSN.match(text):
+        raise LedgerUnavailable(
+            f"ledger {text!r} looks like a database connection string (key=value), which this build "
+            f"cannot open: it keeps its ledger in a SQLite file; give that file's path"
         )
     if scheme := _URL_SCHEME.match(text):
         # Taken as a file name, `postgresql://host/db` would become a SQLite file under the working

@@ -112,7 +112,11 @@ def tool_loop(
         if body.get("mcp_servers"):  # the MCP connector: its calls take no bound
             calls, assumed, enforced, loops = calls + assume, True, False, True
         if not loops and any(model_matches(g, model) for g in looping):
-            return ToolLoop(assume, assumed=True, enforced=False)
+            loops, calls, assumed, enforced = True, assume, True, False
+        if loops and not enforced:
+            # Nothing in the request holds the provider to the assumed calls: its own loop limit
+            # does, so never count fewer (an operator may assume fewer calls than it allows).
+            calls = max(calls, shipped().anthropic_loop_iterations)
         return ToolLoop(calls, assumed, enforced) if loops else None
     return None
 
@@ -144,6 +148,9 @@ class ServerToolTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     looping_models: list[str] = []
+    anthropic_loop_iterations: int = 10
+    """The sampling iterations Anthropic's server-side tool loop runs before it stops with
+    `pause_turn`: the bound on calls of a tool no `max_uses` can limit."""
 
 
 @functools.cache

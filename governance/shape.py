@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,17 +68,30 @@ def method_claims(method: str, headers: Iterable[tuple[str, str]], path: str) ->
             if t and t != own and (known or t in HTTP_METHODS):
                 claims.append(t)
     _, _, query = path.partition("?")
-    if "method" in query.lower():
-        from urllib.parse import parse_qsl
-
-        for name, value in parse_qsl(query.split("#", 1)[0], keep_blank_values=True):
-            lname = name.strip().lower()
-            if "method" not in lname:
-                continue
-            t = value.strip().upper()
-            if t and t != own and (lname in OVERRIDE_PARAMS or t in HTTP_METHODS):
-                claims.append(t)
+    # Every parameter, its name and value percent-decoded as a server would (`_%6Dethod`, `;` as
+    # a separator, as older Rack reads it, and decoded twice, as a proxy in front may have).
+    for part in _QUERY_SEPARATORS.split(query.split("#", 1)[0]) if query else ():
+        name, _, value = part.partition("=")
+        lname, value = _decoded(name).strip().lower(), _decoded(value)
+        if "method" not in lname:
+            continue
+        t = value.strip().upper()
+        if t and t != own and (lname in OVERRIDE_PARAMS or t in HTTP_METHODS):
+            claims.append(t)
     return tuple(dict.fromkeys(claims))
+
+
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+
+
+def _decoded(text: str) -> str:
+    """`text` percent-decoded (with `+` as a space) until it stops changing, at most 3 times."""
+    for _ in range(3):
+        plain = unquote_plus(text)
+        if plain == text:
+            break
+        text = plain
+    return text
 
 
 def asks_to_write(method: str, claims: Iterable[str], has_body: bool) -> bool:
@@ -155,15 +169,15 @@ class LlmShape:
     def match(self, path: str, body: Callable[[], bytes | None]) -> str | None:
         """The error envelope of an LLM-shaped request to an unknown host, or None when it is not
         LLM-shaped. `path` is normalised (lower case, no query); `body()` gives the request body
-        (None: it cannot be read, such as a compressed one). Call only for requests that ask to
-        write."""
+        as its server would read it (`bodies.as_read`; None: it cannot be inspected, and counts as
+        LLM-shaped). Call only for requests that ask to write."""
         envelope = self._route(path, self.routes)
         if envelope is not None:
             return envelope
         soft = self._route(path, self.model_routes)
         data = body()
         if data is None:
-            return soft  # unreadable: the path alone decides
+            return soft or "openai"  # too large to inspect once inflated: it may be anything
         model, prompt = self._keys(data)
         if model and (prompt or soft is not None):
             return soft or "openai"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import tiktoken
+import yaml
 
 from governance import documents, media, overheads
 from governance.matching import lookup_model
@@ -110,6 +111,7 @@ def preload() -> None:
         encoding(name)
     documents.shipped_rules()
     overheads.anthropic()
+    tokenizer_factors()
 
 
 def count_text(text: str, model: str) -> int:
@@ -135,7 +137,12 @@ _SCRIPT_RUNS = re.compile(
 def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> Decimal:
     """Tokens in `text`, each script's share counted on its own and multiplied by its margin
     (`estimate.script_margins`): Claude's tokenizer splits every script finer than cl100k, and
-    emoji, CJK and non-Latin letters far finer, so one margin for all text undercounts them."""
+    emoji, CJK and non-Latin letters far finer, so one margin for all text undercounts them.
+
+    Each share is counted with its runs joined, which can merge characters that never stood
+    side by side (ASCII letters each followed by a no-break space count a quarter of their
+    tokens once joined). So the result is never below the text's own count, in place, times the
+    largest margin of the scripts it holds."""
     runs: dict[str, list[str]] = {"emoji": [], "cjk": [], "other": []}
     ascii_parts, last = [], 0
     for match in _SCRIPT_RUNS.finditer(text):
@@ -143,11 +150,34 @@ def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> D
         runs[match.lastgroup or "other"].append(match.group())
         last = match.end()
     ascii_parts.append(text[last:])
-    total = count_text("".join(ascii_parts), model) * Decimal(str(margins.get("ascii", 1)))
+    ascii_margin = Decimal(str(margins.get("ascii", 1)))
+    total = count_text("".join(ascii_parts), model) * ascii_margin
+    widest = ascii_margin
     for script, parts in runs.items():
         if parts:
-            total += count_text(" ".join(parts), model) * Decimal(str(margins.get(script, 1)))
-    return total
+            margin = Decimal(str(margins.get(script, 1)))
+            total += count_text(" ".join(parts), model) * margin
+            widest = max(widest, margin)
+    return max(total, count_text(text, model) * widest)
+
+
+@functools.cache
+def tokenizer_factors() -> dict[str, Decimal]:
+    """`rules/tokenizers.yaml`: models whose tokenizer splits text finer than the one the script
+    margins are calibrated for, and by how much at most (a model prefix -> a factor >= 1)."""
+    path = Path(__file__).resolve().parent.parent / "rules" / "tokenizers.yaml"
+    table = yaml.safe_load(path.read_text()) or {}
+    factors = {str(k): Decimal(str(v)) for k, v in table.items()}
+    bad = [k for k, v in factors.items() if not v.is_finite() or v < 1]
+    if bad:
+        raise ValueError(f"{path}: factors must be numbers >= 1: {', '.join(bad)}")
+    return factors
+
+
+def tokenizer_factor(model: str) -> Decimal:
+    """How much finer than the calibrated tokenizer `model` may split text (1: no finer)."""
+    found = lookup_model(tokenizer_factors(), model)
+    return found[1] if found is not None else Decimal(1)
 
 
 # Part types whose payload is media, priced by the media's own formula; any other part's strings
@@ -356,6 +386,7 @@ def estimate_input(
             counted = count_text(text, model) * Decimal(str(script_margins.get("ascii", 1)))
         else:
             counted = count_text_by_script(text, model, script_margins)
+        counted *= tokenizer_factor(model)
         text_tokens = int(counted.to_integral_value(rounding="ROUND_CEILING"))
     else:
         text_tokens = count_text(text, model)

@@ -13,6 +13,7 @@ import gzip
 import json
 import socket
 import ssl
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -276,6 +277,14 @@ class TestStreamedRequestBodies:
         assert tls_upstream.total_hits == 0 and tls_upstream.connections == 0
         assert "another addon asked to stream the request body" in proxy.output()
 
+    def test_an_addon_added_after_the_guard_does_not_stream_first(self, start_real, tls_upstream):
+        late = Path(__file__).parent / "support" / "late_addon.py"
+        proxy = start_real("0", scripts=(late,))
+        for _ in range(2):
+            reply = post_chat(proxy)
+            assert reply.status == 429, reply.body
+        assert tls_upstream.total_hits == 0 and tls_upstream.connections == 0
+
     def test_control_an_admitted_request_still_reaches_the_upstream(self, start_real, tls_upstream):
         proxy = start_real("1", scripts=(STREAM_REQUEST_ADDON,))
         reply = post_chat(proxy)
@@ -502,6 +511,12 @@ class TestUnknownHostsAndPaths:
                 gzip.compress(json.dumps(chat_body()).encode()),
                 {"content-encoding": "gzip"},
             ),
+            # By body, whatever coding it claims: inflated as a server that honours it would,
+            # read as sent where a server would ignore the header.
+            ("/api/x", gzip.compress(json.dumps(chat_body()).encode()), {"content-encoding": "gzip"}),
+            ("/api/x", zlib.compress(json.dumps(chat_body()).encode()), {"content-encoding": "deflate"}),
+            ("/api/x", json.dumps(chat_body()).encode(), {"content-encoding": "x-none"}),
+            ("/api/x", json.dumps(chat_body()).encode(), {"content-encoding": "gzip"}),  # not gzip at all
         ],
     )
     def test_llm_shaped_traffic_to_an_unknown_host_is_refused(
@@ -566,6 +581,8 @@ class TestMethodOverrides:
             ("/v1/responses", {"X-Method-Override": "POST"}),
             ("/v1/responses", {"X-Original-Method": "POST"}),
             ("/v1/chat/completions?_method=POST", {}),
+            ("/v1/chat/completions?_%6Dethod=POST", {}),  # a name percent-encoded
+            ("/v1/chat/completions?x=1;%255fmethod=POST", {}),  # `;`-separated, encoded twice
         ],
     )
     def test_a_get_asking_for_post_is_refused(self, start_real, tls_upstream, path, headers):

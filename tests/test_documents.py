@@ -57,6 +57,14 @@ def test_more_pages_than_parsed_behind_a_small_count_stop_early():
     assert time.monotonic() - started < 5
 
 
+def test_leaves_of_the_page_tree_count_whatever_their_type():
+    """A reader that counts every leaf of the tree as a page (as some do when `/Count` is
+    missing) finds 100 pages where only one says `/Type /Page`."""
+    pdf = build_pdf(100, mistyped=99, declared=-1)
+    assert pdf.count(b"/Type /Page ") == 1 and b"/Count" not in pdf
+    assert documents.read_pdf(pdf, LIMITS).pages == 100
+
+
 def test_pages_outside_the_page_tree_are_counted():
     assert documents.read_pdf(build_pdf(2, orphans=5), LIMITS).pages == 7
 

@@ -210,6 +210,14 @@ def test_a_url_is_refused_and_creates_no_file(name, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing was written under the working directory
 
 
+@pytest.mark.parametrize("name", ["host=db dbname=spend", "dbname=spend", " host = db  user=x"])
+def test_a_keyword_connection_string_is_refused(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LedgerUnavailable, match="connection string"):
+        Ledger.open(name)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["ledger:v2.sqlite", "./postgres:5432.sqlite", "C:ledger.sqlite"])
 def test_a_path_with_a_colon_is_still_a_path(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

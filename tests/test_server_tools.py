@@ -144,10 +144,15 @@ def test_no_loop_without_server_tools(make):
 
 
 def test_the_mcp_connector_cannot_take_a_bound():
-    loop = server_tools.tool_loop(
-        "anthropic", "messages", {"mcp_servers": [{"url": "u"}]}, "claude-sonnet-4-5", assume=5, looping=[]
-    )
-    assert loop.calls == 5 and loop.assumed and not loop.enforced
+    """Nothing in the request can hold the provider to an assumed number of calls: Anthropic's
+    own loop limit does (10 sampling iterations, then `pause_turn`), so an operator's smaller
+    assumption is not the bound."""
+    for assume, calls in ((5, 10), (15, 15)):
+        for body in ({"mcp_servers": [{"url": "u"}]}, {"tools": [{"type": "code_execution_20250825"}]}):
+            loop = server_tools.tool_loop(
+                "anthropic", "messages", body, "claude-sonnet-4-5", assume=assume, looping=[]
+            )
+            assert loop.calls == calls and loop.assumed and not loop.enforced, body
 
 
 def test_bound_input_keeps_plain_requests():
@@ -161,7 +166,7 @@ def test_odd_tool_lists_are_left_alone(tools):
     assert server_tools.with_bound("anthropic", "messages", body, 3) is None
     assert (
         server_tools.tool_loop("anthropic", "messages", body, "claude-sonnet-4-5", assume=3, looping=[]).calls
-        == 3
+        == 10  # the MCP connector takes no bound: Anthropic's own loop limit, not the 3 assumed
     )
 
 

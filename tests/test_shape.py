@@ -25,6 +25,10 @@ from governance.hosts import shipped_table
         ("GET", [], "/v1/x?a=1&_Method=patch#f", ("PATCH",)),
         ("GET", [], "/v1/x?sort_method=POST", ("POST",)),  # names a method: counts
         ("GET", [], "/v1/x?method=list", ()),
+        ("GET", [], "/v1/x?_%6Dethod=POST", ("POST",)),  # the name percent-encoded
+        ("GET", [], "/v1/x?%5f%6d%65%74%68%6f%64=post", ("POST",)),
+        ("GET", [], "/v1/x?x=1;_method=POST", ("POST",)),  # `;` separates, as older Rack reads it
+        ("GET", [], "/v1/x?%255Fmethod=%2550OST", ("POST",)),  # encoded twice
         (
             "GET",
             [("X-HTTP-Method-Override", "POST"), ("X-Method-Override", "POST")],

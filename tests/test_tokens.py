@@ -260,3 +260,48 @@ def test_claude_ascii_text_and_code_are_reserved_above_claudes_published_ratios(
             [text], "claude-sonnet-4-5", image_tokens=0, script_margins=shipped
         )
         assert reserved - 8 >= max(len(o200k) * over_gpt4o, len(cl100k) * over_cl100k)  # 8: framing
+
+
+def test_ascii_interleaved_with_other_scripts_is_counted_in_place():
+    """Counting each script's runs joined merges letters that never stood side by side: ASCII
+    letters each followed by a no-break space. Claude splits every script at least as finely
+    as cl100k, so the estimate never falls below the text's own count, in place, times the
+    ASCII margin."""
+    for text in ("a\u00a0" * 10_000, "".join(c + "\u00a0" for c in "function " * 1200), "a你" * 3000):
+        in_place = len(tokens.encoding(tokens.CL100K).encode(text))
+        est = tokens.estimate_input_tokens(
+            [text], "claude-sonnet-4-5", image_tokens=0, script_margins=MARGINS_ALL
+        )
+        assert est - 8 >= in_place * 1.30
+
+
+MARGINS_ALL = {"ascii": 1.30, "emoji": 1.40, "cjk": 1.35, "other": 1.15}
+
+
+def test_claude_opus_4_7s_tokenizer_is_reserved_at_anthropics_stated_excess():
+    """Anthropic: Opus 4.7's tokenizer uses roughly 1.0 to 1.35x the tokens of earlier models."""
+    text = "The ledger settles every reservation to the provider's usage. " * 200
+    cl100k = len(tokens.encoding(tokens.CL100K).encode(text))
+    for model, excess in (("claude-opus-4-6", 1), ("claude-opus-4-7-20260416", 1.35)):
+        est = tokens.estimate_input_tokens([text], model, image_tokens=0, script_margins=MARGINS_ALL)
+        assert est - 8 >= cl100k * 1.30 * excess  # 8: framing
+
+
+def test_claude_opus_4_7s_larger_images_are_reserved():
+    """Opus 4.7 takes images up to 2576 px on the long edge: a 2576 x 1932 image bills up to
+    about 3.75 MP / 750 = 5,000 tokens (earlier models: at most 1568 px, 1,600 tokens)."""
+    from governance.policy import load
+    from tests.test_media import png
+
+    formulas = {
+        k: v.model_dump(exclude_none=True) for k, v in load(DEFAULT_RULES).image_formula_table().items()
+    }
+    data = base64.b64encode(png(2576, 1932)).decode()
+    part = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    prompt = [[{"role": "user", "content": [part]}]]
+    est = tokens.estimate_input_tokens(prompt, "claude-opus-4-7", image_tokens=1600, image_formulas=formulas)
+    assert est >= 3_750_000 // 750
+    earlier = tokens.estimate_input_tokens(
+        prompt, "claude-opus-4-6", image_tokens=1600, image_formulas=formulas
+    )
+    assert earlier < 2000

@@ -18,12 +18,15 @@ def build_pdf(
     orphans: int = 0,
     bomb_bytes: int = 0,
     content: bytes | None = None,
+    mistyped: int = 0,
 ) -> bytes:
     """A PDF with `pages` pages in its page tree, each showing `text` (Helvetica, one line) if
     any. `declared`: the `/Count` the tree claims (default: the truth). `orphans`: more `/Page`
     objects that no `/Kids` array lists. `bomb_bytes`: the first page's content stream also
     inflates to this many zero bytes (a small file that decompresses to a huge one). `content`:
-    every page's content stream, Flate-compressed, instead of the text."""
+    every page's content stream, Flate-compressed, instead of the text. `mistyped`: that many of
+    the tree's pages are typed `/Pagex` (some readers count them all the same); `declared=-1`:
+    the tree has no `/Count`."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -52,16 +55,18 @@ def build_pdf(
         elif shown:
             stream = add(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(shown), shown))
             contents = b" /Contents %d 0 R" % stream
+        kind = b"/Pagex" if pages - mistyped <= i < pages else b"/Page"
         page = add(
-            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792]%s "
-            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (tree, contents, font)
+            b"<< /Type %s /Parent %d 0 R /MediaBox [0 0 612 792]%s "
+            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (kind, tree, contents, font)
         )
         if i < pages:
             kids.append(page)
     objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % tree
     count = pages if declared is None else declared
     refs = b" ".join(b"%d 0 R" % k for k in kids)
-    objects[tree - 1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (refs, count)
+    counted = b"" if count == -1 else b" /Count %d" % count
+    objects[tree - 1] = b"<< /Type /Pages /Kids [%s]%s >>" % (refs, counted)
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
