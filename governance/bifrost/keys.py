@@ -12,7 +12,7 @@ from typing import Any
 
 from governance.bifrost.allow import allow_lists
 from governance.bifrost.schema import _VK
-from governance.bifrost.state import _Scope, _State
+from governance.bifrost.state import _State
 
 
 def key_secret(st: _State, obj: Mapping[str, Any], path: str) -> str | None:
@@ -51,12 +51,8 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
         return
     st.unsupported(obj, "access_profile_id", path, "spendfuse has no access profiles")
     st.unsupported(obj, "mcp_configs", path, "spendfuse does not govern MCP tools")
-    calendar = st.flag(obj, "calendar_aligned", path)
-    st.calendar["key", ident] = calendar
-    scope = st.keys[ident] = _Scope(path, {"id": ident})
+    scope, calendar = st.owner(obj, path, "key", ident, st.keys)
     out = scope.out
-    if (name := st.text(obj, "name", path)) is not None:
-        out["name"] = name
     if secret is not None:
         out["secret_sha256"] = hashlib.sha256(secret.encode("utf-8")).hexdigest()
         st.secrets[path] = secret
@@ -64,14 +60,10 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
     if team is not None and customer is not None:
         st.bad(f"{path}.customer_id", "a virtual key belongs to a team or to a customer, not both")
     elif team is not None:
-        if team not in st.teams:
-            st.bad(f"{path}.team_id", f"unknown team {team!r}")
-        else:
+        if st.link(team, f"{path}.team_id", st.teams, "team"):
             out["team"] = team
     elif customer is not None:
-        if customer not in st.customers:
-            st.bad(f"{path}.customer_id", f"unknown customer {customer!r}")
-        else:
+        if st.link(customer, f"{path}.customer_id", st.customers, "customer"):
             out["customer"] = customer
     out["active"] = st.flag(obj, "is_active", path, default=True)
     expiry(st, obj, path, out)

@@ -8,25 +8,16 @@ from collections.abc import Mapping
 
 from governance.bifrost.limits import define_budget
 from governance.bifrost.schema import _BUDGET_LINE, _CUSTOMER, _TEAM
-from governance.bifrost.state import _Scope, _State
+from governance.bifrost.state import _State
 
 
 def add_customer(st: _State, obj: object, path: str) -> None:
     """Read one customer, its inline `budgets` lines or budget_id, and its rate limit."""
-    if not st.fields(obj, _CUSTOMER, path):
-        return
-    assert isinstance(obj, Mapping)
-    ident = st.ident(obj, "id", path)
+    ident = st.entry(obj, _CUSTOMER, path, st.customers, "customer")
     if ident is None:
         return
-    if ident in st.customers:
-        st.bad(f"{path}.id", f"duplicate customer id {ident!r}")
-        return
-    calendar = st.flag(obj, "calendar_aligned", path)
-    st.calendar["customer", ident] = calendar
-    scope = st.customers[ident] = _Scope(path, {"id": ident})
-    if (name := st.text(obj, "name", path)) is not None:
-        scope.out["name"] = name
+    assert isinstance(obj, Mapping)
+    scope, calendar = st.owner(obj, path, "customer", ident, st.customers)
     inline = obj.get("budgets")
     if inline is not None:
         if obj.get("budget_id") is not None:
@@ -43,29 +34,17 @@ def add_customer(st: _State, obj: object, path: str) -> None:
 
 def add_team(st: _State, obj: object, path: str) -> None:
     """Read one team, its customer, and the budget and rate limit it names."""
-    if not st.fields(obj, _TEAM, path):
-        return
-    assert isinstance(obj, Mapping)
-    ident = st.ident(obj, "id", path)
+    ident = st.entry(obj, _TEAM, path, st.teams, "team")
     if ident is None:
         return
-    if ident in st.teams:
-        st.bad(f"{path}.id", f"duplicate team id {ident!r}")
-        return
+    assert isinstance(obj, Mapping)
     st.unsupported(obj, "business_unit_id", path, "spendfuse has no business units")
     for key in ("profile", "config", "claims"):
         st.unsupported(obj, key, path, "free-form team data spendfuse cannot interpret")
-    calendar = st.flag(obj, "calendar_aligned", path)
-    st.calendar["team", ident] = calendar
-    scope = st.teams[ident] = _Scope(path, {"id": ident})
-    if (name := st.text(obj, "name", path)) is not None:
-        scope.out["name"] = name
+    scope, calendar = st.owner(obj, path, "team", ident, st.teams)
     customer = obj.get("customer_id")
-    if customer is not None:
-        if customer not in st.customers:
-            st.bad(f"{path}.customer_id", f"unknown customer {customer!r}")
-        else:
-            scope.out["customer"] = customer
+    if customer is not None and st.link(customer, f"{path}.customer_id", st.customers, "customer"):
+        scope.out["customer"] = customer
     if obj.get("budget_id") is not None:
         st.notes.append(
             f"{path}.budget_id: attached to the team, as the schema describes it; Bifrost's docs now "

@@ -119,6 +119,20 @@ class _State:
             return None
         return value
 
+    def entry(
+        self, obj: object, allowed: set[str], path: str, table: Mapping[str, Any], what: str
+    ) -> str | None:
+        """The id of `obj`, a new entry of `table` (a customer, a team) with only `allowed` fields
+        and an `id` that is a spendfuse id not yet in `table`; None after a problem."""
+        if not self.fields(obj, allowed, path):
+            return None
+        assert isinstance(obj, Mapping)
+        ident = self.ident(obj, "id", path)
+        if ident is not None and ident in table:
+            self.bad(f"{path}.id", f"duplicate {what} id {ident!r}")
+            return None
+        return ident
+
     def text(self, obj: Mapping[str, Any], key: str, path: str) -> str | None:
         value = obj.get(key)
         if value is None:
@@ -162,6 +176,25 @@ class _State:
             )
         elif value not in (None, False):
             self.bad(f"{path}.calendar_aligned", "must be true or false")
+
+    def owner(
+        self, obj: Mapping[str, Any], path: str, kind: str, ident: str, table: dict[str, _Scope]
+    ) -> tuple[_Scope, bool]:
+        """Add key, team or customer (`kind`) `ident` to `table`, named as `obj` names it; its
+        scope, and whether its windows are calendar-aligned (also kept for the limits it owns)."""
+        calendar = self.flag(obj, "calendar_aligned", path)
+        self.calendar[kind, ident] = calendar
+        scope = table[ident] = _Scope(path, {"id": ident})
+        if (name := self.text(obj, "name", path)) is not None:
+            scope.out["name"] = name
+        return scope, calendar
+
+    def link(self, value: object, path: str, table: Mapping[str, Any], what: str) -> bool:
+        """Whether `value` names an entry of `table` (a team, a customer); a problem if not."""
+        if value not in table:
+            self.bad(path, f"unknown {what} {value!r}")
+            return False
+        return True
 
     def attach(self, kind: str, ident: object, scope: _Scope, calendar: bool, path: str) -> None:
         """Attach budget / rate limit `ident` to `scope`, whose windows are calendar-aligned or not."""
