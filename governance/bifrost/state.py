@@ -133,23 +133,24 @@ class _State:
             return None
         return ident
 
-    def text(self, obj: Mapping[str, Any], key: str, path: str) -> str | None:
+    def optional[T](self, obj: Mapping[str, Any], key: str, path: str, kind: type[T], what: str) -> T | None:
+        """`obj[key]` when it is a `kind`; None when unset, or after a problem ("must be `what`")."""
         value = obj.get(key)
         if value is None:
             return None
-        if not isinstance(value, str):
-            self.bad(f"{path}.{key}", "must be text")
+        if not isinstance(value, kind):
+            self.bad(f"{path}.{key}", f"must be {what}")
             return None
         return value
 
+    def text(self, obj: Mapping[str, Any], key: str, path: str) -> str | None:
+        """An optional text field; None when unset, or after a problem."""
+        return self.optional(obj, key, path, str, "text")
+
     def flag(self, obj: Mapping[str, Any], key: str, path: str, default: bool = False) -> bool:
-        value = obj.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.bad(f"{path}.{key}", "must be true or false")
-            return default
-        return value
+        """An optional true/false field; `default` when unset, or after a problem."""
+        value = self.optional(obj, key, path, bool, "true or false")
+        return default if value is None else value
 
     def unsupported(self, obj: Mapping[str, Any], key: str, path: str, why: str) -> None:
         """A field spendfuse has no equivalent for: fine when unset or empty, else a problem."""
