@@ -1,9 +1,10 @@
 """The state of one Bifrost conversion, and the checks every section shares. `_State` holds the
 located section (`_Source`), every problem and note found so far, and the budgets, rate limits
-and scopes built so far; its methods check one field (`fields`, `ident`, `text`, `flag`,
-`unsupported`, ...) and report what is wrong with `bad`, or attach a budget or rate limit to a
-scope (`attach`, `attach_all`). The section modules (`limits`, `orgs`, `keys`, `allow`,
-`models`) fill it in; `convert` runs them."""
+and scopes built so far. Its methods read one field each (`fields`, `ident`, `text`, `flag`,
+`unsupported`, ...) and report what is wrong with `bad`; `entry` and `owner` add a customer, team
+or key, `link` checks a reference to one, and `attach` / `attach_all` attach a budget or rate
+limit to a scope. The section modules (`limits`, `orgs`, `keys`, `allow`, `models`) fill it in;
+`convert` runs them and builds the rules."""
 
 from __future__ import annotations
 
@@ -83,12 +84,12 @@ class _State:
         self.model_configs: dict[str, tuple[_Scope, bool] | None] = {}
         self.secrets: dict[str, str] = {}  # virtual key path -> its value, to prove none is printed
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def bad(self, path: str, message: str) -> None:
+        """Report a problem at `path`; the conversion goes on, to find every other one."""
         self.problems.append(f"{path}: {message}")
 
     def section(self, name: str) -> tuple[str, list[Any]]:
+        """A governance section's path and entries; none when unset, or after a problem."""
         path = self.src.paths.get(name, f"{self.src.root}.{name}")
         value = self.src.governance.get(name)
         if value is None:
@@ -99,6 +100,7 @@ class _State:
         return path, value
 
     def fields(self, obj: object, allowed: set[str], path: str, why: str = "not in Bifrost's schema") -> bool:
+        """Whether `obj` is an object; each field it has outside `allowed` is a problem."""
         if not isinstance(obj, Mapping):
             self.bad(path, "must be an object")
             return False
@@ -108,6 +110,7 @@ class _State:
         return True
 
     def ident(self, obj: Mapping[str, Any], key: str, path: str) -> str | None:
+        """The required spendfuse id in `obj[key]`; None after a problem."""
         value = obj.get(key)
         if not isinstance(value, str) or not value:
             self.bad(f"{path}.{key}", "required, and must be text")
@@ -122,8 +125,9 @@ class _State:
     def entry(
         self, obj: object, allowed: set[str], path: str, table: Mapping[str, Any], what: str
     ) -> str | None:
-        """The id of `obj`, a new entry of `table` (a customer, a team) with only `allowed` fields
-        and an `id` that is a spendfuse id not yet in `table`; None after a problem."""
+        """The id of `obj`, a new entry of `table` (a customer, a team): its fields checked against
+        `allowed`, its `id` a spendfuse id not yet in `table`. None when `obj` is not an object or
+        its id is wrong; an unknown field is a problem but the entry is still read."""
         if not self.fields(obj, allowed, path):
             return None
         assert isinstance(obj, Mapping)
