@@ -9,12 +9,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from governance.errors import PolicyError
 from governance.matching import model_matches
-from governance.policy import parse_yaml
+from governance.tables import load_table
 
 THOUSAND = Decimal(1000)
 
@@ -70,11 +68,7 @@ class FeeTable(BaseModel):
 @functools.cache
 def load(path: Path) -> FeeTable:
     """The fee table at `path`. Raises `PolicyError`: a proxy without its fees must not start."""
-    try:
-        data = parse_yaml(path.read_text(encoding="utf-8"))
-        return FeeTable.model_validate(data or {})
-    except (OSError, ValueError, ValidationError, yaml.YAMLError) as e:
-        raise PolicyError(f"cannot read the fee table {str(path)!r}: {e}") from e
+    return load_table(path, FeeTable, "fee table")
 
 
 def shipped() -> FeeTable:

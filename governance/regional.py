@@ -14,13 +14,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from governance.errors import PolicyError, RequestParseError
+from governance.errors import RequestParseError
 from governance.fees import Fee
 from governance.matching import glob_match, model_matches
-from governance.policy import parse_yaml
+from governance.tables import load_table
 from governance.types import Priced
 
 
@@ -84,11 +83,7 @@ class RegionalPrices(BaseModel):
 @functools.cache
 def load(path: Path) -> RegionalPrices:
     """The table at `path`. Raises `PolicyError`: a proxy without it must not start."""
-    try:
-        data = parse_yaml(path.read_text(encoding="utf-8"))
-        return RegionalPrices.model_validate(data or {})
-    except (OSError, ValueError, ValidationError, yaml.YAMLError) as e:
-        raise PolicyError(f"cannot read the regional price table {str(path)!r}: {e}") from e
+    return load_table(path, RegionalPrices, "regional price table")
 
 
 def shipped() -> RegionalPrices:

@@ -19,14 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from governance import refusals
-from governance.errors import PolicyError
 from governance.matching import model_matches
-from governance.policy import parse_yaml
 from governance.pricing import context_window
+from governance.tables import load_table
 from governance.types import UNBOUNDED, Refusal, RequestInfo
 
 #: The context window Anthropic's `context-1m` beta opens, whatever genai-prices says.
@@ -156,10 +154,7 @@ class ServerToolTable(BaseModel):
 @functools.cache
 def load(path: Path) -> ServerToolTable:
     """The table at `path`. Raises `PolicyError`: a proxy without it must not start."""
-    try:
-        return ServerToolTable.model_validate(parse_yaml(path.read_text(encoding="utf-8")) or {})
-    except (OSError, ValueError, ValidationError, yaml.YAMLError) as e:
-        raise PolicyError(f"cannot read the server tool table {str(path)!r}: {e}") from e
+    return load_table(path, ServerToolTable, "server tool table")
 
 
 def shipped() -> ServerToolTable:

@@ -6,9 +6,13 @@ format, checked against the sha256 of OpenAI's file, and placed in tiktoken's ca
 name tiktoken looks for; tiktoken then checks the sha256 again as if it had downloaded it.
 Nothing here touches the network.
 
-Text is tokenized as text, whatever it starts with. Only parts whose type says media are priced
-as media: images by their formula, PDFs by their pages (governance/documents.py), audio by a
-bound from its size.
+Text is tokenized as text, whatever it starts with. OpenAI's own models are counted exactly
+(`is_exact`); every other model is counted with cl100k times the rules' margin for each script
+(`estimate.script_margins`: its tokenizer splits some scripts finer), rounded up. A request adds
+a fixed framing overhead, and each JSON object in the prompt a few tokens more. Only parts whose
+type says media are priced as media: images by their formula, PDFs by their pages
+(governance/documents.py), audio by a bound from its size; a document that cannot be read is
+listed as unbounded, for the caller to bound or refuse.
 """
 
 from __future__ import annotations

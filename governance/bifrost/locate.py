@@ -7,7 +7,7 @@ public view of it. Raises BifrostImportError when there is no section to read.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,72 +31,88 @@ class _Source:
 
 
 def _locate(data: object) -> _Source:
-    problems: list[str] = []
-    flags: list[str] = []
+    """The governance section of a config.json or Helm values file, and what its file says about
+    it. Raises BifrostImportError when there is no section, or it is not a mapping."""
     if not isinstance(data, Mapping):
         raise BifrostImportError(
             ["(top level): expected a Bifrost config.json object or Helm values mapping"]
         )
     bifrost = data.get("bifrost")
     if isinstance(bifrost, Mapping) and "governance" in bifrost:
-        raw = bifrost.get("governance")
-        root = "bifrost.governance"
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise BifrostImportError([f"{root}: must be a mapping"])
-        governance: dict[str, Any] = {}
-        paths: dict[str, str] = {}
-        for key, value in raw.items():
-            name = _HELM_SECTIONS.get(key)
-            if name is None:
-                # The chart reads only the keys above: anything else never reaches Bifrost.
-                problems.append(
-                    f"{root}.{key}: unknown key; the Bifrost chart reads only {_list(_HELM_SECTIONS)}"
-                )
-                continue
-            governance[name] = value
-            paths[name] = f"{root}.{key}"
-        return _Source(
-            helm=True,
-            governance=governance,
-            paths=paths,
-            root=root,
-            vk_mandatory=_helm_vk_mandatory(bifrost, governance, flags),
-            empty_allows_all=False,  # the chart renders no `version`, so v1.5 semantics apply
-            problems=problems + flags,
-            flag_problems=flags,
-        )
+        return _helm_source(bifrost)
     if "governance" in data:
-        raw = data.get("governance")
-        root = "governance"
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise BifrostImportError([f"{root}: must be an object"])
-        governance = dict(raw)
-        for key in governance:
-            if key not in _GOVERNANCE:
-                problems.append(f"{root}.{key}: unknown key; Bifrost's governance has {_list(_GOVERNANCE)}")
-        governance = {k: v for k, v in governance.items() if k in _GOVERNANCE}
-        version = data.get("version", 2)
-        if version not in (1, 2) or isinstance(version, bool):
-            problems.append(f"version: {version!r} is not a Bifrost config version (1 or 2)")
-        return _Source(
-            helm=False,
-            governance=governance,
-            paths={k: f"{root}.{k}" for k in governance},
-            root=root,
-            vk_mandatory=_config_vk_mandatory(data, governance, flags),
-            empty_allows_all=version == 1,
-            problems=problems + flags,
-            flag_problems=flags,
-        )
+        return _config_source(data)
     raise BifrostImportError(
         [
             "(top level): no governance section: expected `governance` (config.json) "
             "or `bifrost.governance` (Helm values)"
         ]
+    )
+
+
+def _section(container: Mapping[str, Any], root: str, what: str) -> Mapping[str, Any]:
+    """`container["governance"]`, which must be `what` (a mapping) or empty."""
+    raw = container.get("governance")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise BifrostImportError([f"{root}: must be {what}"])
+    return raw
+
+
+def _helm_source(bifrost: Mapping[str, Any]) -> _Source:
+    """`bifrost.governance` of a Helm values file, its camelCase sections renamed as config.json's."""
+    root = "bifrost.governance"
+    raw = _section(bifrost, root, "a mapping")
+    problems: list[str] = []
+    flags: list[str] = []
+    governance: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+    for key, value in raw.items():
+        name = _HELM_SECTIONS.get(key)
+        if name is None:
+            # The chart reads only the keys above: anything else never reaches Bifrost.
+            problems.append(
+                f"{root}.{key}: unknown key; the Bifrost chart reads only {_list(_HELM_SECTIONS)}"
+            )
+            continue
+        governance[name] = value
+        paths[name] = f"{root}.{key}"
+    return _Source(
+        helm=True,
+        governance=governance,
+        paths=paths,
+        root=root,
+        vk_mandatory=_helm_vk_mandatory(bifrost, governance, flags),
+        empty_allows_all=False,  # the chart renders no `version`, so v1.5 semantics apply
+        problems=problems + flags,
+        flag_problems=flags,
+    )
+
+
+def _config_source(data: Mapping[str, Any]) -> _Source:
+    """`governance` of a config.json, and the allow-list meaning of its `version`."""
+    root = "governance"
+    raw = _section(data, root, "an object")
+    problems: list[str] = []
+    flags: list[str] = []
+    governance = dict(raw)
+    for key in governance:
+        if key not in _GOVERNANCE:
+            problems.append(f"{root}.{key}: unknown key; Bifrost's governance has {_list(_GOVERNANCE)}")
+    governance = {k: v for k, v in governance.items() if k in _GOVERNANCE}
+    version = data.get("version", 2)
+    if version not in (1, 2) or isinstance(version, bool):
+        problems.append(f"version: {version!r} is not a Bifrost config version (1 or 2)")
+    return _Source(
+        helm=False,
+        governance=governance,
+        paths={k: f"{root}.{k}" for k in governance},
+        root=root,
+        vk_mandatory=_config_vk_mandatory(data, governance, flags),
+        empty_allows_all=version == 1,
+        problems=problems + flags,
+        flag_problems=flags,
     )
 
 
@@ -110,13 +126,23 @@ def _flag(container: object, key: str, path: str, problems: list[str]) -> bool |
     return value
 
 
-def _any_required(flags: Iterable[bool | None], disabled: bool | None) -> bool | None:
-    """Bifrost requires a key when any of its switches says so; `disable_auth_on_inference: true`
+def _key_required(
+    plugin: bool | None,
+    client: object,
+    client_root: str,
+    client_keys: tuple[str, str],
+    auth_config: object,
+    disable_path: str,
+    problems: list[str],
+) -> bool | None:
+    """Bifrost requires a key when any of its switches says so (the plugin's, then the client's
+    `client_keys` under `client_root`); the auth config's disable flag (`disable_path`) set true
     overrides the client switches (its docs call it the more specific flag)."""
-    plugin, *client = flags
-    client_set = [f for f in client if f is not None]
+    client_set = [
+        f for k in client_keys if (f := _flag(client, k, f"{client_root}.{k}", problems)) is not None
+    ]
     client_value: bool | None = any(client_set) if client_set else None
-    if disabled:
+    if _flag(auth_config, disable_path.rsplit(".", 1)[1], disable_path, problems):
         client_value = False
     present = [f for f in (plugin, client_value) if f is not None]
     return any(present) if present else None
@@ -139,19 +165,14 @@ def _config_vk_mandatory(
                 )
                 if value is not None:
                     plugin = value if plugin is None else plugin or value
-    client = data.get("client")
-    return _any_required(
-        (
-            plugin,
-            _flag(client, "enforce_auth_on_inference", "client.enforce_auth_on_inference", problems),
-            _flag(client, "enforce_governance_header", "client.enforce_governance_header", problems),
-        ),
-        _flag(
-            governance.get("auth_config"),
-            "disable_auth_on_inference",
-            "governance.auth_config.disable_auth_on_inference",
-            problems,
-        ),
+    return _key_required(
+        plugin,
+        data.get("client"),
+        "client",
+        ("enforce_auth_on_inference", "enforce_governance_header"),
+        governance.get("auth_config"),
+        "governance.auth_config.disable_auth_on_inference",
+        problems,
     )
 
 
@@ -169,19 +190,14 @@ def _helm_vk_mandatory(
             "bifrost.plugins.governance.config.is_vk_mandatory",
             problems,
         )
-    client = bifrost.get("client")
-    return _any_required(
-        (
-            plugin,
-            _flag(client, "enforceAuthOnInference", "bifrost.client.enforceAuthOnInference", problems),
-            _flag(client, "enforceGovernanceHeader", "bifrost.client.enforceGovernanceHeader", problems),
-        ),
-        _flag(
-            governance.get("auth_config"),
-            "disableAuthOnInference",
-            "bifrost.governance.authConfig.disableAuthOnInference",
-            problems,
-        ),
+    return _key_required(
+        plugin,
+        bifrost.get("client"),
+        "bifrost.client",
+        ("enforceAuthOnInference", "enforceGovernanceHeader"),
+        governance.get("auth_config"),
+        "bifrost.governance.authConfig.disableAuthOnInference",
+        problems,
     )
 
 
