@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from governance.units import Unit
+
 MICRO = Decimal("0.000001")
 
 
@@ -218,18 +220,13 @@ class Refusal:
     unit: str = "usd"  # what limit/spent/reserved/requested count: usd, tokens, requests, in_flight
 
 
-#: Units a claim counts in. USD amounts are micro-USD; token claims say which tokens they count.
-UNITS = ("usd", "tokens:input", "tokens:output", "tokens:total", "requests", "in_flight")
+#: Units a claim counts in (`governance.units.Unit`, as text).
+UNITS = tuple(u.value for u in Unit)
 
 
 def claim_tokens(unit: str, input_tokens: int, output_tokens: int) -> int:
     """What a token claim (`tokens:input`, `tokens:output`, `tokens:total`) counts of a request."""
-    which = unit.split(":", 1)[1]
-    if which == "input":
-        return input_tokens
-    if which == "output":
-        return output_tokens
-    return input_tokens + output_tokens
+    return Unit(unit).tokens(input_tokens, output_tokens)
 
 
 @dataclass(frozen=True)
@@ -248,7 +245,7 @@ class Claim:
     limit_micro: int
     amount_micro: int
     rule: str  # the rule name shown to the client: "budget:daily@key=a"
-    unit: str = "usd"
+    unit: Unit = Unit.USD
     reset: str = "never"  # the window's length ("never", "1h", "1M")
     calendar: bool = False
     timezone: str = "UTC"
