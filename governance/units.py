@@ -112,6 +112,17 @@ class Unit(StrEnum):
 _TOKEN_UNITS = frozenset({Unit.TOKENS_INPUT, Unit.TOKENS_OUTPUT, Unit.TOKENS_TOTAL})
 
 
+_BY_TEXT: dict[str, Unit] = {u.value: u for u in Unit}
+
+
+def unit_of(text: str) -> Unit:
+    """The unit a stored text names (a dict lookup: this runs for every claim settled)."""
+    try:
+        return _BY_TEXT[text]
+    except KeyError:
+        raise ValueError(f"unknown unit {text!r}") from None
+
+
 def token_unit(counts: str) -> Unit:
     """The token unit of a rate limit counting `input`, `output` or `total` tokens."""
     return Unit(f"tokens:{counts}")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from governance import windows
 from governance.store import iso
 from governance.types import Claim
-from governance.units import Unit
+from governance.units import unit_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def in_window(claim: Claim, window_start: str, resets: str, limit_micro: int) ->
         limit_micro,
         claim.amount_micro,
         claim.rule,
-        Unit(claim.unit),
+        unit_of(claim.unit),
         claim.reset,
         claim.calendar,
         claim.timezone,

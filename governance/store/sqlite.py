@@ -28,8 +28,9 @@ from governance.store import (
 )
 from governance.store.sqlite_counters import resolve_windows, totals_of
 from governance.store.sqlite_file import SqliteFile
+from governance.store.sqlite_reports import SqliteReports
 from governance.types import Claim, Usage
-from governance.units import Unit
+from governance.units import Unit, unit_of
 
 _NO_TOTALS = WindowTotals(0, 0)
 
@@ -156,7 +157,7 @@ def _finished_claims(
     for _, _, scope, window_start, amount, unit_text in rows:
         if scope is None:
             continue  # a hold with no claims (no limit applied)
-        unit = Unit(unit_text)
+        unit = unit_of(unit_text)
         final = unit.final_amount(amount, cost_micro, used, released=state == "released")
         # An expired hold was already charged by the reaper: correct it to the real amount.
         held_back = 0 if was_expired else amount
@@ -175,7 +176,7 @@ _SETTLE_REQUEST = (
 )
 
 
-class SqliteStore(SqliteFile):
+class SqliteStore(SqliteReports, SqliteFile):
     """The ledger in a SQLite file (`SqliteStore.open(path)`): a `LedgerStore`."""
 
     def reserve(
@@ -356,7 +357,7 @@ class SqliteStore(SqliteFile):
                     conn.execute(
                         "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
                         "WHERE scope = ? AND window_start = ?",
-                        (amount, Unit(unit).at_expiry(amount), scope, window_start),
+                        (amount, unit_of(unit).at_expiry(amount), scope, window_start),
                     )
                 conn.execute(
                     "UPDATE claims SET state = 'settled', "
@@ -449,10 +450,3 @@ class SqliteStore(SqliteFile):
         except sqlite3.Error as e:
             raise LedgerUnavailable(f"ledger read failed: {e}") from e
         return rows[0] if rows else None
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows as dicts, for the operator CLI and tests."""
-        try:
-            return list(self.db.query(sql, list(params)))
-        except sqlite3.Error as e:
-            raise LedgerUnavailable(f"ledger read failed: {e}") from e
