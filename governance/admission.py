@@ -85,11 +85,11 @@ def _decide(
     if result.blocking is not None:
         budget = checks.quota_refusal(
             result.blocking,
-            result.settled_micro,
-            result.held_micro,
+            result.settled,
+            result.held,
             now,
             smallest_micro=smallest_claim(engine, info, result.blocking, now),
-            settled_submicro=result.settled_submicro,
+            settled_submicro=result.settled_rest,
         )
         if not result.granted:
             if count_may_help:
@@ -170,9 +170,9 @@ def _refitted(claim: Claim, refit: Refit) -> Claim:
     """A claim of a request made to fit: USD at the refit's amount, tokens at its worst case."""
     r = refit.rec
     amount = Unit(claim.unit).refitted(
-        claim.amount_micro, refit.amount_micro, r.est_input_tokens or 0, r.max_output_tokens or 0
+        claim.amount, refit.amount_micro, r.est_input_tokens or 0, r.max_output_tokens or 0
     )
-    return replace(claim, amount_micro=amount)
+    return replace(claim, amount=amount)
 
 
 def _cap_range(engine: Engine, info: RequestInfo, output_room: int | None) -> tuple[int, int]:

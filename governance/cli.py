@@ -86,10 +86,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             c = ledger.resolve_window(claim, now)
             t = ledger.window_totals(c.scope, c.window_start)
             # Exact spend, in micro-units: whole micro-dollars plus the rest (governance.money).
-            spent = Decimal(t.settled_micro)
-            if t.settled_submicro:
-                spent += Decimal(t.settled_submicro) / money.SUBMICRO_PER_MICRO
-            left = max(c.limit_micro - spent - t.held_micro, Decimal(0))
+            spent = Decimal(t.settled)
+            if t.settled_rest:
+                spent += Decimal(t.settled_rest) / money.SUBMICRO_PER_MICRO
+            left = max(c.limit - spent - t.held, Decimal(0))
             name = rule_parts(c.rule)[0]
             unit = Unit(c.unit).status_label
             window = c.reset + (" (calendar)" if c.calendar and c.reset != "never" else "")
@@ -99,9 +99,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                     name,
                     unit,
                     window,
-                    _amount(c, Decimal(c.limit_micro)),
+                    _amount(c, Decimal(c.limit)),
                     _amount(c, spent),
-                    _amount(c, Decimal(t.held_micro)),
+                    _amount(c, Decimal(t.held)),
                     _amount(c, left),
                     c.resets,
                 ]

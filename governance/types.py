@@ -231,19 +231,19 @@ def claim_tokens(unit: str, input_tokens: int, output_tokens: int) -> int:
 
 @dataclass(frozen=True)
 class Claim:
-    """One limit a request must fit under: `amount_micro` against `limit_micro` in the current
-    window of counter `scope`, both in the claim's `unit` (micro-USD for money; tokens, requests
-    or requests in flight otherwise: the names say micro for history's sake).
+    """One limit a request must fit under: `amount` against `limit` in the current window of
+    counter `scope`, both in the claim's `unit` (micro-USD for money; tokens, requests or
+    requests in flight otherwise).
 
-    The engine fills the window's rule (`reset`, `calendar`, `timezone`); the ledger resolves the
-    window itself (`window_start`, `resets`) inside the reserving transaction, because a rolling
-    window's anchor and an operator's reset live in the ledger."""
+    The engine fills the window's rule (`reset`, `calendar`, `timezone`); the store resolves the
+    window itself (`window_start`, `resets`, by `governance.store.counters`) inside the reserving
+    transaction, because a rolling window's anchor and an operator's reset live in the ledger."""
 
     scope: str  # the counter: "global", "key=a|daily", "team=t|rl|requests"
     window_start: str  # ISO time, or "" for a window that never resets (and was never reset)
     resets: str  # ISO time, or "never"
-    limit_micro: int
-    amount_micro: int
+    limit: int  # in `unit`: micro-USD, tokens, requests or requests in flight
+    amount: int  # in `unit`
     rule: str  # the rule name shown to the client: "budget:daily@key=a"
     unit: Unit = Unit.USD
     reset: str = "never"  # the window's length ("never", "1h", "1M")

@@ -54,7 +54,7 @@ def test_reserve_holds_every_claim_or_none(store):
         RequestRecord("r2", "p"), [budget(1, scope="b"), budget(400_001, scope="a")], 400_001, NOW
     )
     assert not r.granted and r.blocking is not None and r.blocking.scope == "a" and r.recorded
-    assert store.window_totals("b", "").held_micro == 600_000  # b's claim was not held either
+    assert store.window_totals("b", "").held == 600_000  # b's claim was not held either
     assert store.request("r2")["state"] == "refused"
     assert store.reserve(RequestRecord("r3", "p"), [budget(400_000, scope="a")], 400_000, NOW).granted
 
@@ -68,7 +68,7 @@ def test_a_refusal_reports_its_numbers_and_the_room_left(store):
     assert r.granted and r.remaining_micro == 0 and r.binding == "budget:global"
     store.release("r3", NOW, outcome="x")
     r = store.reserve(RequestRecord("r4", "p"), [budget(450_000)], 450_000, NOW)
-    assert not r.granted and (r.settled_micro, r.held_micro, r.settled_submicro) == (250_000, 300_000, 5)
+    assert not r.granted and (r.settled, r.held, r.settled_rest) == (250_000, 300_000, 5)
     assert r.room == 449_999 and r.output_room is None
 
 
@@ -98,7 +98,7 @@ def test_dry_run_holds_regardless_and_reports(store):
     store.reserve(RequestRecord("r1", "p"), [budget(900_000)], 900_000, NOW)
     r = store.reserve(RequestRecord("r2", "p"), [budget(200_000)], 200_000, NOW, enforce=False)
     assert r.granted and r.blocking is not None and store.request("r2")["decision"] == "dry_run"
-    assert store.window_totals("global", "").held_micro == 1_100_000
+    assert store.window_totals("global", "").held == 1_100_000
 
 
 def test_settlement_is_exact_idempotent_and_per_unit(store):
@@ -112,10 +112,10 @@ def test_settlement_is_exact_idempotent_and_per_unit(store):
     assert store.settle("r", 123_456, NOW, outcome="usage", usage=Usage(70, 30), cost_submicro=7 * 10**11)
     assert not store.settle("r", 1, NOW, outcome="usage") and not store.release("r", NOW, outcome="x")
     got = {c.scope: store.window_totals(c.scope, "") for c in claims}
-    assert (got["pace|requests"].settled_micro, got["pace|tokens"].settled_micro) == (1, 100)
-    assert got["fl|in_flight"].settled_micro == 0 and all(t.held_micro == 0 for t in got.values())
+    assert (got["pace|requests"].settled, got["pace|tokens"].settled) == (1, 100)
+    assert got["fl|in_flight"].settled == 0 and all(t.held == 0 for t in got.values())
     g = got["global"]
-    assert money.to_usd(g.settled_micro, g.settled_submicro) == money.to_usd(123_456, 7 * 10**11)
+    assert money.to_usd(g.settled, g.settled_rest) == money.to_usd(123_456, 7 * 10**11)
     row = store.request("r")
     assert row["state"] == "settled" and row["cost_micro"] == 123_456 and row["input_tokens"] == 70
 
@@ -125,8 +125,8 @@ def test_release_charges_nothing_and_charge_takes_the_reservation(store):
     store.reserve(RequestRecord("b", "p"), [budget(200_000)], 200_000, NOW)
     assert store.release("a", NOW, outcome="upstream_error")
     assert store.charge_reservation("b", NOW, outcome="no_usage")
-    assert store.window_totals("global", "").settled_micro == 200_000
-    assert store.window_totals("pace|requests", "").settled_micro == 0  # a released request never ran
+    assert store.window_totals("global", "").settled == 200_000
+    assert store.window_totals("pace|requests", "").settled == 0  # a released request never ran
     assert store.request("b")["cost_micro"] == 200_000
 
 
@@ -137,10 +137,10 @@ def test_reap_charges_lost_holds_and_a_late_settle_corrects_them(store):
     assert store.reap(NOW + timedelta(seconds=100), 60) == 1
     assert store.request("old")["state"] == "expired" and store.request("new")["state"] == "held"
     t = store.window_totals("global", "")
-    assert (t.settled_micro, t.held_micro) == (500_000, 100_000)
-    assert store.window_totals("fl|in_flight", "").used_micro == 0  # nothing is in flight any more
+    assert (t.settled, t.held) == (500_000, 100_000)
+    assert store.window_totals("fl|in_flight", "").used == 0  # nothing is in flight any more
     assert store.settle("old", 80_000, NOW + timedelta(seconds=200), outcome="usage", usage=Usage(1, 1))
-    assert store.window_totals("global", "").settled_micro == 80_000
+    assert store.window_totals("global", "").settled == 80_000
 
 
 def test_windows_anchors_resets_and_topups(store):
@@ -151,9 +151,9 @@ def test_windows_anchors_resets_and_topups(store):
     store.reset(["d"], NOW + timedelta(days=1, hours=1), who="ops")
     now = NOW + timedelta(days=1, hours=2)
     resolved = store.resolve_window(daily, now)
-    assert resolved.window_start > "" and store.window_totals("d", resolved.window_start).used_micro == 0
+    assert resolved.window_start > "" and store.window_totals("d", resolved.window_start).used == 0
     store.topup("global", 1, NOW, who="ops")
-    assert store.resolve_window(budget(0), NOW).limit_micro == 1_000_001
+    assert store.resolve_window(budget(0), NOW).limit == 1_000_001
 
 
 def test_contexts_keep_the_larger_size(store):
@@ -213,5 +213,5 @@ def test_a_fit_whose_room_is_taken_is_fitted_again_never_overspent(store):
     # 0.05 USD less the competitor's 0.02: under 3,000 output tokens at $10/M, not the ~5,000 first fitted
     assert d.allowed and 2_000 < d.output_cap < 3_000 and raced.calls == 3
     t = store.window_totals("global", "")
-    assert t.held_micro <= 50_000 and t.held_micro == 20_000 + store.request("r")["reserved_micro"]
+    assert t.held <= 50_000 and t.held == 20_000 + store.request("r")["reserved_micro"]
     assert store.request("r")["injected_output_tokens"] == d.output_cap

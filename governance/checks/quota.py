@@ -67,8 +67,8 @@ def rate_claims(scope: str, rule: RateLimitRule, req: RequestInfo | None) -> lis
                 scope=rate_counter(scope, rule.id, unit),
                 window_start="",
                 resets="",
-                limit_micro=limit,
-                amount_micro=amount,
+                limit=limit,
+                amount=amount,
                 rule=_rule_name(RATE_PREFIX, scope, f"{rule.id}:{unit.part}"),
                 unit=unit,
                 reset=reset,
@@ -84,8 +84,8 @@ def budget_claim(scope: str, rule: BudgetRule, amount_micro: int) -> Claim:
         scope=budget_counter(scope, rule.id),
         window_start="",
         resets="never",
-        limit_micro=limit_to_micro(rule.max_usd),
-        amount_micro=amount_micro,
+        limit=limit_to_micro(rule.max_usd),
+        amount=amount_micro,
         rule=_rule_name(BUDGET_PREFIX, scope, rule.id),
         reset=rule.reset,
         calendar=rule.calendar,
@@ -114,7 +114,7 @@ def _retry(claim: Claim, unit: Unit, smallest: int, now: datetime) -> tuple[int 
         None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
     )
     retry = windows.retry_after_seconds(end, now) if end is not None else None
-    if smallest > claim.limit_micro and (retry is not None or unit is Unit.IN_FLIGHT):
+    if smallest > claim.limit and (retry is not None or unit is Unit.IN_FLIGHT):
         # Not even an empty window could take it: coming back later would not help.
         return None, "is smaller than this one request: lower its max_tokens, or raise the limit"
     if unit is Unit.IN_FLIGHT:
@@ -140,11 +140,11 @@ def quota_refusal(
     `settled_submicro` is the spend's rest below a micro-dollar (money), so spend shows exactly."""
     name, scope = rule_parts(claim.rule)
     unit = Unit(claim.unit)
-    retry, when = _retry(claim, unit, claim.amount_micro if smallest_micro is None else smallest_micro, now)
+    retry, when = _retry(claim, unit, claim.amount if smallest_micro is None else smallest_micro, now)
     if unit.is_money:
-        limit, reserved = from_micro(claim.limit_micro), from_micro(held)
+        limit, reserved = from_micro(claim.limit), from_micro(held)
         spent = money.to_usd(settled, settled_submicro)
-        requested = from_micro(claim.amount_micro)
+        requested = from_micro(claim.amount)
         remaining = max(limit - spent - reserved, from_micro(0))
         message = (
             f"spendfuse: budget '{name}' of scope {scope} exhausted: limit {usd(limit)}, spent {usd(spent)}, "
@@ -153,8 +153,8 @@ def quota_refusal(
         )
         code = "budget_exceeded"
     else:
-        limit, spent, reserved = Decimal(claim.limit_micro), Decimal(settled), Decimal(held)
-        requested = Decimal(claim.amount_micro)
+        limit, spent, reserved = Decimal(claim.limit), Decimal(settled), Decimal(held)
+        requested = Decimal(claim.amount)
         remaining = max(limit - spent - reserved, Decimal(0))
         message = (
             f"spendfuse: rate limit '{name}' of scope {scope} reached: limit {limit} {unit.label}, "

@@ -70,13 +70,13 @@ class Room:
 @dataclass(frozen=True)
 class ReserveResult:
     """Whether the holds were written, and the first claim that did not fit (with its window's
-    spend and holds) when one did not: refused, or in dry run held regardless."""
+    spend and holds, in the claim's unit) when one did not: refused, or in dry run held regardless."""
 
     granted: bool
     blocking: Claim | None = None
-    settled_micro: int = 0
-    held_micro: int = 0
-    settled_submicro: int = 0  # the spend's rest below a micro-dollar (governance.money)
+    settled: int = 0  # the blocking window's spend, in its unit (whole micro-USD for money)
+    held: int = 0  # its holds, in its unit
+    settled_rest: int = 0  # money: the spend's rest below a micro-dollar, in atto-USD (governance.money)
     refit: Refit | None = None  # set by the admission when the request was made to fit
     room: int | None = None  # the least room left in the claims' USD windows, when refused
     remaining_micro: int | None = None  # granted: USD left in the tightest budget after the hold
@@ -84,19 +84,31 @@ class ReserveResult:
     output_room: int | None = None  # refused: the fewest output tokens left (see `Room`)
     recorded: bool = True  # refused: whether the refusal was written
 
+    # The names these fields had when every amount was called micro (tests and older callers).
+    settled_micro = property(lambda self: self.settled)
+    held_micro = property(lambda self: self.held)
+    settled_submicro = property(lambda self: self.settled_rest)
+
 
 @dataclass(frozen=True)
 class WindowTotals:
-    """A window's spend (whole units, plus for money its rest in atto-USD) and holds."""
+    """A window's spend and holds, in its counter's unit (whole micro-USD for money, plus the
+    spend's rest below a micro-dollar in atto-USD)."""
 
-    settled_micro: int
-    held_micro: int
-    settled_submicro: int = 0
+    settled: int
+    held: int
+    settled_rest: int = 0
 
     @property
-    def used_micro(self) -> int:
+    def used(self) -> int:
         """Spend plus holds, rounded up: what a whole amount must fit beside (money.used_micro)."""
-        return money.used_micro(self.settled_micro, self.settled_submicro, self.held_micro)
+        return money.used_micro(self.settled, self.settled_rest, self.held)
+
+    # The names these fields had when every amount was called micro (tests and older callers).
+    settled_micro = property(lambda self: self.settled)
+    held_micro = property(lambda self: self.held)
+    settled_submicro = property(lambda self: self.settled_rest)
+    used_micro = used
 
 
 #: Decides, inside a reservation that a claim did not fit, whether to write the refusal now

@@ -51,15 +51,15 @@ def _parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
 
 
-def in_window(claim: Claim, window_start: str, resets: str, limit_micro: int) -> Claim:
+def in_window(claim: Claim, window_start: str, resets: str, limit: int) -> Claim:
     """`claim` in its resolved window. Built directly: `dataclasses.replace` costs several times
     more, and this runs for every claim of every request."""
     return Claim(
         claim.scope,
         window_start,
         resets,
-        limit_micro,
-        claim.amount_micro,
+        limit,
+        claim.amount,
         claim.rule,
         unit_of(claim.unit),
         claim.reset,
@@ -90,7 +90,7 @@ def window_key(claim: Claim, anchor_text: str | None, now: datetime) -> tuple[st
 def resolve(claim: Claim, anchor_text: str | None, topup_micro: int, now: datetime) -> Claim:
     """`claim` with its current window and its effective limit (the rules' plus top-ups)."""
     window_start, resets = window_key(claim, anchor_text, now)
-    return in_window(claim, window_start, resets, claim.limit_micro + topup_micro)
+    return in_window(claim, window_start, resets, claim.limit + topup_micro)
 
 
 def reshaped(claim: Claim, was: str, anchor_text: str | None, now: datetime) -> tuple[str, str, str | None]:

@@ -91,15 +91,15 @@ def _check(claims: Sequence[Claim], found: dict[tuple[str, str], WindowTotals], 
     lefts = []
     for claim in claims:
         t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
-        left = claim.limit_micro - t.used_micro  # exact spend + holds against the limit
+        left = claim.limit - t.used  # exact spend + holds against the limit
         lefts.append(left)
         if claim.unit is Unit.USD:
             usd_room = left if usd_room is None else min(usd_room, left)
         spare = claim.unit.output_room(left, input_tokens)  # output tokens a token limit leaves room for
         if spare is not None:
             output_room = spare if output_room is None else min(output_room, spare)
-        if blocking is None and claim.amount_micro > left:
-            blocking = ReserveResult(False, claim, t.settled_micro, t.held_micro, t.settled_submicro)
+        if blocking is None and claim.amount > left:
+            blocking = ReserveResult(False, claim, t.settled, t.held, t.settled_rest)
     return _Check(blocking, Room(usd_room, output_room), lefts)
 
 
@@ -107,8 +107,8 @@ def _granted(claims: Sequence[Claim], lefts: Sequence[int]) -> ReserveResult:
     """A granted reservation, with the USD left in its tightest budget after the hold."""
     tightest: tuple[int, str] | None = None
     for claim, left in zip(claims, lefts, strict=True):
-        if claim.unit is Unit.USD and (tightest is None or left - claim.amount_micro < tightest[0]):
-            tightest = (left - claim.amount_micro, claim.rule)
+        if claim.unit is Unit.USD and (tightest is None or left - claim.amount < tightest[0]):
+            tightest = (left - claim.amount, claim.rule)
     return ReserveResult(
         True, remaining_micro=tightest[0] if tightest else None, binding=tightest[1] if tightest else None
     )
@@ -118,13 +118,13 @@ def _hold(conn: sqlite3.Connection, request_id: str, claims: Sequence[Claim]) ->
     conn.executemany(
         "INSERT INTO claims (request_id, scope, window_start, amount_micro, state, unit) "
         "VALUES (?, ?, ?, ?, 'held', ?)",
-        [(request_id, c.scope, c.window_start, c.amount_micro, c.unit.value) for c in claims],
+        [(request_id, c.scope, c.window_start, c.amount, c.unit.value) for c in claims],
     )
     conn.executemany(
         "INSERT INTO totals (scope, window_start, settled_micro, held_micro) "
         "VALUES (?, ?, 0, ?) ON CONFLICT (scope, window_start) "
         "DO UPDATE SET held_micro = held_micro + excluded.held_micro",
-        [(c.scope, c.window_start, c.amount_micro) for c in claims],
+        [(c.scope, c.window_start, c.amount) for c in claims],
     )
 
 
@@ -250,8 +250,8 @@ class SqliteStore(SqliteReports, SqliteFile):
         state: str,
         outcome: str,
         now: datetime,
-        usage: Usage | None,
-        price_source: str | None,
+        usage: Usage | None = None,
+        price_source: str | None = None,
     ) -> bool:
         """Replace a hold by `cost_micro` (plus its rest `cost_submicro`, in atto-USD), or by its
         own reserved amount when that is None."""
@@ -319,27 +319,11 @@ class SqliteStore(SqliteReports, SqliteFile):
 
     def release(self, request_id: str, now: datetime, *, outcome: str) -> bool:
         """Drop a hold, charging nothing (the upstream never ran the request). Idempotent."""
-        return self._finish(
-            request_id,
-            cost_micro=0,
-            state="released",
-            outcome=outcome,
-            now=now,
-            usage=None,
-            price_source=None,
-        )
+        return self._finish(request_id, cost_micro=0, state="released", outcome=outcome, now=now)
 
     def charge_reservation(self, request_id: str, now: datetime, *, outcome: str) -> bool:
         """Settle a hold at its full reserved amount, when real usage cannot be known."""
-        return self._finish(
-            request_id,
-            cost_micro=None,
-            state="settled",
-            outcome=outcome,
-            now=now,
-            usage=None,
-            price_source=None,
-        )
+        return self._finish(request_id, cost_micro=None, state="settled", outcome=outcome, now=now)
 
     def reap(self, now: datetime, ttl_seconds: int) -> int:
         """Charge holds older than `ttl_seconds` at their reserved amount (state `expired`): a
