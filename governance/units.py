@@ -112,13 +112,14 @@ class Unit(StrEnum):
 _TOKEN_UNITS = frozenset({Unit.TOKENS_INPUT, Unit.TOKENS_OUTPUT, Unit.TOKENS_TOTAL})
 
 
-_BY_TEXT: dict[str, Unit] = {u.value: u for u in Unit}
+#: Each unit by its text: a dict lookup, for the paths that run for every claim.
+BY_TEXT: dict[str, Unit] = {u.value: u for u in Unit}
 
 
 def unit_of(text: str) -> Unit:
-    """The unit a stored text names (a dict lookup: this runs for every claim settled)."""
+    """The unit a stored text names."""
     try:
-        return _BY_TEXT[text]
+        return BY_TEXT[text]
     except KeyError:
         raise ValueError(f"unknown unit {text!r}") from None
 

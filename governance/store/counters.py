@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from governance import windows
 from governance.store import iso
 from governance.types import Claim
-from governance.units import unit_of
+from governance.units import Unit, unit_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def in_window(claim: Claim, window_start: str, resets: str, limit: int) -> Claim
         limit,
         claim.amount,
         claim.rule,
-        unit_of(claim.unit),
+        claim.unit if claim.unit.__class__ is Unit else unit_of(claim.unit),
         claim.reset,
         claim.calendar,
         claim.timezone,
@@ -89,7 +89,10 @@ def window_key(claim: Claim, anchor_text: str | None, now: datetime) -> tuple[st
 
 def resolve(claim: Claim, anchor_text: str | None, topup_micro: int, now: datetime) -> Claim:
     """`claim` with its current window and its effective limit (the rules' plus top-ups)."""
-    window_start, resets = window_key(claim, anchor_text, now)
+    reset = parse_reset(claim.reset)  # window_key inlined: this runs for every claim of every request
+    window_start, resets = (
+        ("", "never") if reset is None and anchor_text is None else _window(claim, reset, anchor_text, now)
+    )
     return in_window(claim, window_start, resets, claim.limit + topup_micro)
 
 

@@ -30,7 +30,7 @@ from governance.store.sqlite_counters import resolve_windows, totals_of
 from governance.store.sqlite_file import SqliteFile
 from governance.store.sqlite_reports import SqliteReports
 from governance.types import Claim, Usage
-from governance.units import Unit, unit_of
+from governance.units import BY_TEXT, Unit, unit_of
 
 _NO_TOTALS = WindowTotals(0, 0)
 
@@ -95,8 +95,7 @@ def _check(claims: Sequence[Claim], found: dict[tuple[str, str], WindowTotals], 
         lefts.append(left)
         if claim.unit is Unit.USD:
             usd_room = left if usd_room is None else min(usd_room, left)
-        spare = claim.unit.output_room(left, input_tokens)  # output tokens a token limit leaves room for
-        if spare is not None:
+        elif (spare := claim.unit.output_room(left, input_tokens)) is not None:  # a token limit on output
             output_room = spare if output_room is None else min(output_room, spare)
         if blocking is None and claim.amount > left:
             blocking = ReserveResult(False, claim, t.settled, t.held, t.settled_rest)
@@ -157,7 +156,7 @@ def _finished_claims(
     for _, _, scope, window_start, amount, unit_text in rows:
         if scope is None:
             continue  # a hold with no claims (no limit applied)
-        unit = unit_of(unit_text)
+        unit = BY_TEXT[unit_text]  # an unknown unit raises: the hold stays until reaped
         final = unit.final_amount(amount, cost_micro, used, released=state == "released")
         # An expired hold was already charged by the reaper: correct it to the real amount.
         held_back = 0 if was_expired else amount
