@@ -62,6 +62,11 @@ class Unit(StrEnum):
         """The unit as a header name ends: `usd`, `tokens-input`, `in-flight`."""
         return self.value.replace(":", "-").replace("_", "-")
 
+    @property
+    def field_suffix(self) -> str:
+        """The unit as a JSON field name ends: `usd`, `tokens_input`, `in_flight`."""
+        return self.value.replace(":", "_")
+
     def tokens(self, input_tokens: int, output_tokens: int) -> int:
         """What a token claim counts of a request with these input and output tokens."""
         if self is Unit.TOKENS_INPUT:
