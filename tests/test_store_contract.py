@@ -7,6 +7,7 @@ or fails the same suite. Amounts are chosen so that one more unit would change t
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +28,8 @@ def sqlite_store(tmp_path: Path) -> LedgerStore:
     return SqliteStore.open(tmp_path / "contract.sqlite")
 
 
-#: One factory per store: `factory(tmp_path) -> LedgerStore`.
+#: One factory per store: `factory(tmp_path) -> LedgerStore`, the same store for the same
+#: `tmp_path` from any process (module-level functions, so spawned processes can call them).
 STORES: dict[str, Callable[[Path], LedgerStore]] = {"sqlite": sqlite_store}
 
 
@@ -175,6 +177,40 @@ def test_salt_is_stable_and_reports_count_every_request(store):
     assert money.summed(model, "cost") == money.to_usd(7, 0)
     assert [(r["rule"], r["n"]) for r in store.refusals_by_rule()] == [("budget:global", 1)]
     assert store.spend_by_model(since="2099-01-01") == [] and len(store.spend_by_day()) == 1
+
+
+def _race(kind: str, tmp_path: Path, start, worker: int, results) -> None:
+    start.wait()
+    s = STORES[kind](tmp_path)  # every process opens the store, new at first
+    granted = 0
+    for i in range(20):
+        rid = f"w{worker}-{i}"
+        claims = [budget(10_000, limit=500_000), rate(Unit.IN_FLIGHT, 1, 4)]  # 4 processes: never full
+        if s.reserve(RequestRecord(rid, "p"), claims, 10_000, NOW).granted:
+            granted += 1
+            s.settle(rid, 10_000, NOW, outcome="usage", usage=Usage(1, 1))
+    s.close()
+    results.put(granted)
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_processes_sharing_a_store_never_pass_a_limit(kind, tmp_path: Path):
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(kind, tmp_path, start, w, results)) for w in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    # 4 x 20 attempts of $0.01 against $0.50: exactly 50 fit, whatever the interleaving.
+    assert sum(results.get(timeout=5) for _ in procs) == 50
+    s = STORES[kind](tmp_path)
+    t = s.window_totals("global", "")
+    assert (t.settled, t.held) == (500_000, 0) and s.window_totals("pace|in_flight", "").used == 0
+    assert {r["state"]: r["n"] for r in s.requests_by_state()} == {"refused": 30, "settled": 50}
+    s.close()
 
 
 class _RacedStore:
