@@ -133,8 +133,13 @@ def reserve(
     tried: Room | None = None  # the room the fit being reserved was computed for
 
     def record_now(blocking: Claim, room: Room) -> bool:
-        # Leave the refusal unwritten when a (new) fit may still admit the request.
-        return record and not (fit is not None and room != tried and may_fit(engine, info, blocking, room))
+        if not record:
+            return False
+        if tried is None:  # the request as sent: final unless a fit may still admit it
+            return fit is None or not may_fit(engine, info, blocking, room)
+        # A fitted request refused in the room it was fitted for is final (recorded as fitted);
+        # in another room, the room moved under it: fit again, or record the request as sent.
+        return room == tried
 
     result = engine.ledger.reserve(
         rec,

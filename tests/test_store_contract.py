@@ -232,19 +232,37 @@ class _RacedStore:
         return getattr(self.inner, name)
 
 
+CLAMPED = {
+    "budgets": [{"limit_usd": "0.05"}],
+    "prices": {"gpt-4o": {"input_mtok": 1, "output_mtok": 10}},
+    "model_limits": {"gpt-4o": 16384},
+    "estimate": {"input_margin": 1},
+    "clamp_output": {"floor_tokens": 100},
+}
+CHAT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
+ASKS_16000 = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16000}
+
+
+def test_a_fit_whose_room_is_then_gone_is_refused_as_sent(store):
+    # the competitor takes the whole budget between the fit and its reservation
+    raced = _RacedStore(store, lambda: store.reserve(RequestRecord("x", "p"), [budget(50_000)], 50_000, NOW))
+    e = Engine(policy.parse(CLAMPED, Path(".")), raced)  # type: ignore[arg-type]
+    read = e.read_request(CHAT, ASKS_16000, principal="p", request_id="r")
+    d = e.admit(read.info, NOW)
+    assert not d.allowed and d.refusal.rule == "budget:global" and raced.calls == 2
+    row = store.request("r")
+    assert (
+        row["state"] == "refused"
+        and row["max_output_tokens"] == 16000
+        and row["injected_output_tokens"] is None
+    )
+    assert store.window_totals("global", "").held == 50_000
+
+
 def test_a_fit_whose_room_is_taken_is_fitted_again_never_overspent(store):
-    rules = {
-        "budgets": [{"limit_usd": "0.05"}],
-        "prices": {"gpt-4o": {"input_mtok": 1, "output_mtok": 10}},
-        "model_limits": {"gpt-4o": 16384},
-        "estimate": {"input_margin": 1},
-        "clamp_output": {"floor_tokens": 100},
-    }
     raced = _RacedStore(store, lambda: store.reserve(RequestRecord("x", "p"), [budget(20_000)], 20_000, NOW))
-    e = Engine(policy.parse(rules, Path(".")), raced)  # type: ignore[arg-type]
-    chat = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16000}
-    read = e.read_request(chat, body, principal="p", request_id="r")
+    e = Engine(policy.parse(CLAMPED, Path(".")), raced)  # type: ignore[arg-type]
+    read = e.read_request(CHAT, ASKS_16000, principal="p", request_id="r")
     d = e.admit(read.info, NOW)
     # 0.05 USD less the competitor's 0.02: under 3,000 output tokens at $10/M, not the ~5,000 first fitted
     assert d.allowed and 2_000 < d.output_cap < 3_000 and raced.calls == 3
