@@ -217,7 +217,7 @@ class Refusal:
     resets: str | None = None  # ISO time, or "never"
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: int | None = None  # seconds until the window resets (RATE refusals)
-    unit: str = "usd"  # what limit/spent/reserved/requested count: usd, tokens, requests, in_flight
+    unit: Unit = Unit.USD  # what limit/spent/reserved/requested count (governance.units)
 
 
 #: Units a claim counts in (`governance.units.Unit`, as text).
