@@ -7,7 +7,6 @@ or fails the same suite. Amounts are chosen so that one more unit would change t
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from governance.store import LedgerStore, RequestRecord, Room
 from governance.store.sqlite import SqliteStore
 from governance.types import Claim, Endpoint, Metering, Usage
 from governance.units import Unit
+from tests.support.racing import race
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -195,17 +195,9 @@ def _race(kind: str, tmp_path: Path, start, worker: int, results) -> None:
 
 @pytest.mark.parametrize("kind", sorted(STORES))
 def test_processes_sharing_a_store_never_pass_a_limit(kind, tmp_path: Path):
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(kind, tmp_path, start, w, results)) for w in range(4)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    granted = race(_race, (kind, tmp_path), 4)
     # 4 x 20 attempts of $0.01 against $0.50: exactly 50 fit, whatever the interleaving.
-    assert sum(results.get(timeout=5) for _ in procs) == 50
+    assert sum(granted) == 50
     s = STORES[kind](tmp_path)
     t = s.window_totals("global", "")
     assert (t.settled, t.held) == (500_000, 0) and s.window_totals("pace|in_flight", "").used == 0
