@@ -30,6 +30,7 @@ from governance.ledger import Ledger
 from governance.ledger import default_path as default_ledger_path
 from governance.scopes import Scope, Scopes, secret_hash
 from governance.types import Claim, from_micro, usd
+from governance.units import Unit
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,7 +73,7 @@ def _scope_claims(scope: Scope) -> list[Claim]:
 
 def _amount(claim: Claim, amount: Decimal) -> str:
     """An amount in the claim's unit (USD for money: `amount` is then in micro-USD)."""
-    return usd(amount.scaleb(-6)) if claim.unit == "usd" else f"{amount:,}"
+    return usd(amount.scaleb(-6)) if Unit(claim.unit).is_money else f"{amount:,}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -85,12 +86,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             c = ledger.resolve_window(claim, now)
             t = ledger.window_totals(c.scope, c.window_start)
             # Exact spend, in micro-units: whole micro-dollars plus the rest (governance.money).
-            spent = Decimal(t.settled_micro)
-            if t.settled_submicro:
-                spent += Decimal(t.settled_submicro) / money.SUBMICRO_PER_MICRO
-            left = max(c.limit_micro - spent - t.held_micro, Decimal(0))
+            spent = Decimal(t.settled)
+            if t.settled_rest:
+                spent += Decimal(t.settled_rest) / money.SUBMICRO_PER_MICRO
+            left = max(c.limit - spent - t.held, Decimal(0))
             name = rule_parts(c.rule)[0]
-            unit = "USD" if c.unit == "usd" else c.unit.replace("_", " ")
+            unit = Unit(c.unit).status_label
             window = c.reset + (" (calendar)" if c.calendar and c.reset != "never" else "")
             rows.append(
                 [
@@ -98,9 +99,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                     name,
                     unit,
                     window,
-                    _amount(c, Decimal(c.limit_micro)),
+                    _amount(c, Decimal(c.limit)),
                     _amount(c, spent),
-                    _amount(c, Decimal(t.held_micro)),
+                    _amount(c, Decimal(t.held)),
                     _amount(c, left),
                     c.resets,
                 ]
@@ -111,10 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(_table(rows, header))
     else:
         print("no budgets or rate limits configured")
-    counts = ledger.query(
-        f"SELECT state, count(*) AS n, {money.sum_sql('cost_micro', 'cost_submicro', 'cost')} FROM requests "
-        "GROUP BY state ORDER BY state"
-    )
+    counts = ledger.requests_by_state()
     if counts:
         print()
         print(
@@ -153,7 +151,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     ledger = Ledger.open(args.db)
     now = datetime.now(UTC)
     # Requests in flight are not a window: their holds end when they finish, wherever reset.
-    counters = sorted({c.scope for c in claims if c.unit != "in_flight"})
+    counters = sorted({c.scope for c in claims if c.unit is not Unit.IN_FLIGHT})
     ledger.reset(counters, now, who=_who(args), note=args.note)
     print(f"reset {len(counters)} counter(s) of {args.scope} at {now.isoformat()}: {', '.join(counters)}")
     return 0
@@ -162,7 +160,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_topup(args: argparse.Namespace) -> int:
     rules = _rules(args)
     _, claims = _counters_of(rules, args.scope)
-    budgets = [c for c in claims if c.unit == "usd" and c.reset == "never"]
+    budgets = [c for c in claims if c.unit is Unit.USD and c.reset == "never"]
     if len(budgets) != 1:
         what = "no budget that never resets" if not budgets else "several budgets that never reset"
         raise PolicyError(f"{args.scope} has {what}; name one as SCOPE|BUDGET_ID")
@@ -223,27 +221,10 @@ def cmd_hash_secret(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     ledger = _open_ledger(args.db)
-    where = "WHERE cost_micro IS NOT NULL" + (" AND created_at >= ?" if args.since else "")
-    params = [args.since] if args.since else []
-    by_model = ledger.query(
-        f"SELECT coalesce(model, '?') AS model, count(*) AS n, sum(coalesce(input_tokens, 0)) AS tin, "
-        f"sum(coalesce(output_tokens, 0)) AS tout, {money.sum_sql('cost_micro', 'cost_submicro', 'cost')} "
-        f"FROM requests {where} GROUP BY model",
-        params,
-    )
+    by_model = ledger.spend_by_model(args.since)
     by_model.sort(key=lambda r: money.summed(r, "cost"), reverse=True)
-    by_day = ledger.query(
-        f"SELECT substr(created_at, 1, 10) AS day, count(*) AS n, "
-        f"{money.sum_sql('cost_micro', 'cost_submicro', 'cost')} FROM requests {where} "
-        "GROUP BY day ORDER BY day",
-        params,
-    )
-    refused = ledger.query(
-        "SELECT coalesce(rule, '?') AS rule, count(*) AS n FROM requests WHERE decision = 'refused' "
-        + ("AND created_at >= ? " if args.since else "")
-        + "GROUP BY rule ORDER BY n DESC",
-        params,
-    )
+    by_day = ledger.spend_by_day(args.since)
+    refused = ledger.refusals_by_rule(args.since)
     print("spend by model")
     print(
         _table(
@@ -267,12 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     print("\nrefusals by rule")
     print(_table([[r["rule"], str(r["n"])] for r in refused], ["rule", "count"]) if refused else "  (none)")
-    surcharged = ledger.query(
-        f"SELECT price_source AS source, coalesce(model, '?') AS model, count(*) AS n, "
-        f"sum(cost_micro) AS cost FROM requests {where} AND (price_source LIKE '%fees.yaml:%' "
-        f"OR price_source LIKE '%regional:%') GROUP BY price_source, model ORDER BY cost DESC",
-        params,
-    )
+    surcharged = ledger.spend_by_rules_table(args.since)
     print("\nprices from the rules' fee and regional tables (rules/fees.yaml, rules/regional_prices.yaml)")
     print(
         _table(
@@ -282,12 +258,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if surcharged
         else "  (none)"
     )
-    measured = ledger.query(
-        "SELECT coalesce(model, '?') AS model, est_input_tokens AS est, input_tokens AS real FROM requests "
-        "WHERE state = 'settled' AND est_input_tokens > 0 AND input_tokens IS NOT NULL"
-        + (" AND created_at >= ?" if args.since else ""),
-        params,
-    )
+    measured = ledger.input_estimates(args.since)
     print("\ninput estimate against the real input (real / estimated: above 1 is an undercount)")
     rows = estimator_errors(measured)
     print(_table(rows, ["model", "requests", "median", "p99", "max", "undercounts"]) if rows else "  (none)")

@@ -7,34 +7,41 @@ thread. Nothing here knows mitmproxy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from governance import checks, fees, gate, identity, money, refusals, regional, server_tools, tokens, wire
+from governance import (
+    admission,
+    fees,
+    gate,
+    identity,
+    money,
+    regional,
+    server_tools,
+    tokens,
+    wire,
+)
 from governance import policy as policies
 from governance.errors import PricingError, RequestParseError
 from governance.gate import Incoming, Verdict
 from governance.hosts import UNKNOWN_ENTRY
 from governance.identity import Credentials, Identity
-from governance.ledger import Ledger, Refit, RequestRecord
+from governance.ledger import RequestRecord
 from governance.matching import lookup_model
 from governance.policy import Policy
-from governance.pricing import Pricer, context_window, tier_thresholds
+from governance.pricing import Pricer, context_window
 from governance.scopes import Scopes
+from governance.store import LedgerStore
 from governance.types import (
     UNBOUNDED,
-    Claim,
     Decision,
     Endpoint,
     Priced,
     Refusal,
     RequestInfo,
     Usage,
-    claim_tokens,
-    from_micro,
-    to_micro,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,7 +59,7 @@ class ReadRequest:
 class Engine:
     """Decides on requests under one policy and records them in one ledger."""
 
-    def __init__(self, policy: Policy, ledger: Ledger, *, dry_run: bool = False, salt: str = "") -> None:
+    def __init__(self, policy: Policy, ledger: LedgerStore, *, dry_run: bool = False, salt: str = "") -> None:
         self.policy = policy
         self.ledger = ledger
         self.dry_run = dry_run
@@ -270,158 +277,21 @@ class Engine:
             return None
         return wire.FAMILIES[family].count_request(read.info.api, read.body)
 
-    def _fits_at_lower_end(self, info: RequestInfo, room: int | None, now: datetime) -> bool:
-        """Whether `info` would fit `room` at its estimate's lower end (the estimate without its
-        margins): then a refusal hinges on the provider's own count, which is worth asking for."""
-        if room is None:
-            return False
-        estimate = self.policy.estimate
-        widest = estimate.input_margin * max(estimate.script_margins.values(), default=1)
-        low = replace(info, input_tokens=int(info.input_tokens / widest))
-        return to_micro(self._worst_case(low, info.max_output_tokens, now).cost) <= room
-
     def with_counted_input(self, info: RequestInfo, counted: int) -> RequestInfo:
         """`info` with the provider's own count of its input. The count is itself an estimate
         ("may differ by a small amount"), so it is reserved with `estimate.counter_margin`."""
         margin = self.policy.estimate.counter_margin
         return replace(info, input_tokens=int((counted * margin).to_integral_value(rounding="ROUND_CEILING")))
 
-    def _straddles_tier(self, info: RequestInfo) -> bool:
-        """Whether the input estimate's range (without its margins, to with them) straddles a
-        long-context tier threshold: the request's price then hinges on the exact count."""
-        estimate = self.policy.estimate
-        widest = estimate.input_margin * max(estimate.script_margins.values(), default=1)
-        low, high = int(info.input_tokens / widest), info.input_tokens
-        return any(low < t <= high for t in tier_thresholds(info.provider, info.model))
-
     def admit(self, info: RequestInfo, now: datetime, *, count_may_help: bool = False) -> Decision:
-        """Check the rules, price the worst case and reserve it against every budget, atomically.
+        """Check the rules, price the worst case and reserve it against every budget, atomically
+        (`governance.admission`; pricing runs outside the ledger's transactions).
 
         `count_may_help`: the provider has a free input counter for this request. A budget
         refusal that the exact count could turn around (the request fits at the estimate's lower
         end) is then returned unrecorded, with `hinges_on_count`, for the caller to ask the
         counter and admit again."""
-        key = self.scopes.keys.get(info.key_id) if info.key_id else None
-        refusal = checks.stateless_checks(info, self.policy, key, now)
-        if refusal is not None and not self.dry_run:
-            return self.refuse(self._record(info), refusal, now)
-        if info.unpriced_fees and self.policy.estimate.unpriced_tool_fees == "refuse":
-            return self.refuse(self._record(info), refusals.unpriced_tool_fees(info.unpriced_fees), now)
-        known = self.ledger.context_tokens(info.server_context) if info.server_context else {}
-        bounded = server_tools.bound_input(info, known, refuse=self.policy.estimate.server_input == "refuse")
-        if isinstance(bounded, Refusal):
-            return self.refuse(self._record(info), bounded, now)
-        info = bounded
-        if count_may_help and self._straddles_tier(info):
-            # Near a long-context tier the price hinges on the exact count: ask for it first.
-            return Decision(allowed=False, hinges_on_count=True)
-        try:
-            worst = self._worst_case(info, info.max_output_tokens, now)
-        except PricingError as e:
-            return self.refuse(self._record(info), refusals.unpriced_model(e), now)
-        amount = to_micro(worst.cost)
-        every_round = replace(info, max_output_tokens=info.max_output_tokens * info.tool_rounds)
-        claims = checks.claims(self.scopes.applicable(key, info.provider, info.model), every_round, amount)
-        clamp = self.policy.clamp_output
-        # With output-cap injection, a request that set no cap gets the cap it is reserved for.
-        inject = (
-            info.max_output_tokens // info.choices if clamp and info.requested_output_tokens is None else None
-        )
-        rec = self._record(info, worst.source, injected=inject)
-        result = self.ledger.reserve(
-            rec,
-            claims,
-            amount,
-            now,
-            enforce=not self.dry_run,
-            decision="dry_run" if refusal is not None else "allowed",
-            rule=refusal.rule if refusal else None,
-            reason=refusal.message if refusal else None,
-            fit=self._fitter(info, rec, now) if clamp is not None and not self.dry_run else None,
-            record_refusal=not count_may_help,
-        )
-        if result.refit is not None:
-            amount = result.refit.amount_micro
-            inject = result.refit.rec.injected_output_tokens
-        if result.blocking is not None:
-            budget = checks.quota_refusal(
-                result.blocking,
-                result.settled_micro,
-                result.held_micro,
-                now,
-                smallest_micro=self._smallest_claim(info, result.blocking, now),
-                settled_submicro=result.settled_submicro,
-            )
-            if not result.granted:
-                if count_may_help:
-                    # Only money hinges on the input estimate's margins; a request count does not.
-                    if result.blocking.unit == "usd" and self._fits_at_lower_end(info, result.room, now):
-                        return Decision(allowed=False, refusal=budget, hinges_on_count=True)
-                    self.ledger.record_refusal(rec, now, rule=budget.rule, reason=None)
-                return Decision(allowed=False, refusal=budget)
-            logger.warning("dry run: would refuse %s: %s", info.request_id, budget.message)
-            refusal = refusal or budget
-        elif refusal is not None:
-            logger.warning(
-                "dry run: would refuse %s (%s): %s", info.request_id, refusal.rule, refusal.message
-            )
-        return Decision(
-            allowed=True,
-            reserved=from_micro(amount),
-            refusal=refusal,
-            output_cap=inject,
-            remaining=from_micro(result.remaining_micro) if result.remaining_micro is not None else None,
-            binding=result.binding,
-        )
-
-    def _smallest_claim(self, info: RequestInfo, claim: Claim, now: datetime) -> int | None:
-        """What `claim` would be with the output cap injection may write at its smallest (the
-        rules' floor): a request that fits an empty window at the floor is worth retrying."""
-        clamp = self.policy.clamp_output
-        if clamp is None or self.dry_run or claim.unit not in ("usd", "tokens:output", "tokens:total"):
-            return None
-        cap = min(clamp.floor_tokens, info.max_output_tokens // info.choices) * info.choices
-        if claim.unit == "usd":
-            return to_micro(self._worst_case(info, cap, now).cost)
-        return claim_tokens(claim.unit, info.input_tokens, cap * info.tool_rounds)
-
-    def _fitter(
-        self, info: RequestInfo, rec: RequestRecord, now: datetime
-    ) -> Callable[[int | None, int | None], Refit | None]:
-        """For `Ledger.reserve(fit=...)`: the largest output cap per choice, down to the rules'
-        floor, whose worst case fits the USD room left and whose output fits the output tokens
-        left under token limits; None when not even the floor fits."""
-        assert self.policy.clamp_output is not None
-        floor = self.policy.clamp_output.floor_tokens
-
-        def cost(cap: int) -> Priced:  # every modifier the full worst case has: tier, fees, audio
-            return self._worst_case(info, cap * info.choices, now)
-
-        def fits(cap: int, room: int | None) -> bool:
-            return room is None or to_micro(cost(cap).cost) <= room
-
-        def fit(room: int | None, output_room: int | None) -> Refit | None:
-            low, high = floor, info.max_output_tokens // info.choices - 1
-            if output_room is not None:
-                high = min(high, output_room // (info.choices * info.tool_rounds))
-            if high < low or not fits(low, room):
-                return None
-            while low < high:  # the largest cap whose worst case fits: cost is monotone in it
-                mid = (low + high + 1) // 2
-                if fits(mid, room):
-                    low = mid
-                else:
-                    high = mid - 1
-            priced = cost(low)
-            fitted = replace(
-                rec,
-                max_output_tokens=low * info.choices,
-                injected_output_tokens=low,
-                price_source=priced.source,
-            )
-            return Refit(to_micro(priced.cost), fitted)
-
-        return fit
+        return admission.admit(self, info, now, count_may_help=count_may_help)
 
     # -- finishing (ledger thread) ------------------------------------------------------------
 

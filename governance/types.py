@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from governance.units import Unit
+
 MICRO = Decimal("0.000001")
 
 
@@ -215,40 +217,35 @@ class Refusal:
     resets: str | None = None  # ISO time, or "never"
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: int | None = None  # seconds until the window resets (RATE refusals)
-    unit: str = "usd"  # what limit/spent/reserved/requested count: usd, tokens, requests, in_flight
+    unit: Unit = Unit.USD  # what limit/spent/reserved/requested count (governance.units)
 
 
-#: Units a claim counts in. USD amounts are micro-USD; token claims say which tokens they count.
-UNITS = ("usd", "tokens:input", "tokens:output", "tokens:total", "requests", "in_flight")
+#: Units a claim counts in (`governance.units.Unit`, as text).
+UNITS = tuple(u.value for u in Unit)
 
 
 def claim_tokens(unit: str, input_tokens: int, output_tokens: int) -> int:
     """What a token claim (`tokens:input`, `tokens:output`, `tokens:total`) counts of a request."""
-    which = unit.split(":", 1)[1]
-    if which == "input":
-        return input_tokens
-    if which == "output":
-        return output_tokens
-    return input_tokens + output_tokens
+    return Unit(unit).tokens(input_tokens, output_tokens)
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One limit a request must fit under: `amount_micro` against `limit_micro` in the current
-    window of counter `scope`, both in the claim's `unit` (micro-USD for money; tokens, requests
-    or requests in flight otherwise: the names say micro for history's sake).
+    """One limit a request must fit under: `amount` against `limit` in the current window of
+    counter `scope`, both in the claim's `unit` (micro-USD for money; tokens, requests or
+    requests in flight otherwise).
 
-    The engine fills the window's rule (`reset`, `calendar`, `timezone`); the ledger resolves the
-    window itself (`window_start`, `resets`) inside the reserving transaction, because a rolling
-    window's anchor and an operator's reset live in the ledger."""
+    The engine fills the window's rule (`reset`, `calendar`, `timezone`); the store resolves the
+    window itself (`window_start`, `resets`, by `governance.store.counters`) inside the reserving
+    transaction, because a rolling window's anchor and an operator's reset live in the ledger."""
 
     scope: str  # the counter: "global", "key=a|daily", "team=t|rl|requests"
     window_start: str  # ISO time, or "" for a window that never resets (and was never reset)
     resets: str  # ISO time, or "never"
-    limit_micro: int
-    amount_micro: int
+    limit: int  # in `unit`: micro-USD, tokens, requests or requests in flight
+    amount: int  # in `unit`
     rule: str  # the rule name shown to the client: "budget:daily@key=a"
-    unit: str = "usd"
+    unit: Unit = Unit.USD
     reset: str = "never"  # the window's length ("never", "1h", "1M")
     calendar: bool = False
     timezone: str = "UTC"

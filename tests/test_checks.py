@@ -46,7 +46,7 @@ class TestBudget:
     def test_claims_for_every_budget(self):
         p = make(budgets=[{"name": "global", "limit_usd": 1}, {"name": "ci-run", "limit_usd": "0.5"}])
         claims = quota_claims(Scopes(p).applicable(None, "openai", "gpt-4o"), info(), 1234)
-        assert [(c.scope, c.limit_micro, c.amount_micro, c.reset) for c in claims] == [
+        assert [(c.scope, c.limit, c.amount, c.reset) for c in claims] == [
             ("global", 1_000_000, 1234, "never"),
             ("global:ci-run", 500_000, 1234, "never"),
         ]

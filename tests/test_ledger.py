@@ -14,6 +14,7 @@ from governance import money
 from governance.errors import LedgerUnavailable
 from governance.ledger import Ledger, RequestRecord
 from governance.types import Claim, Usage, to_micro
+from tests.support.racing import race
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -126,16 +127,7 @@ def _race(path: str, start: multiprocessing.synchronize.Event, worker: int, resu
 
 def test_processes_racing_on_a_new_file_never_pass_the_cap(tmp_path: Path):
     path = str(tmp_path / "race.sqlite")
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(path, start, w, results)) for w in range(6)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    granted = sum(results.get(timeout=5) for _ in procs)
+    granted = sum(race(_race, (path,), 6))
     # 6 x 25 attempts of $0.01 against a $1 cap: exactly 100 fit, whatever the interleaving.
     assert granted == 100
     led = Ledger.open(path)
@@ -366,7 +358,7 @@ def test_recorded_spend_is_the_exact_sum_of_costs(tmp_path_factory, costs):
         led.close()
 
 
-def _race_tiny(path: str, start: multiprocessing.synchronize.Event, worker: int) -> None:
+def _race_tiny(path: str, start: multiprocessing.synchronize.Event, worker: int, results) -> None:
     start.wait()
     led = Ledger.open(path)
     for i in range(50):
@@ -374,19 +366,12 @@ def _race_tiny(path: str, start: multiprocessing.synchronize.Event, worker: int)
         micro, rest = money.split(TINY)
         led.settle(f"w{worker}-{i}", micro, NOW, outcome="usage", cost_submicro=rest)
     led.close()
+    results.put(worker)
 
 
 def test_processes_settling_tiny_costs_on_one_ledger_add_up_exactly(tmp_path: Path):
     path = str(tmp_path / "race.sqlite")
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_race_tiny, args=(path, start, w)) for w in range(3)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    race(_race_tiny, (path,), 3)
     led = Ledger.open(path)
     try:
         assert recorded(led) == 3 * 50 * TINY

@@ -20,11 +20,11 @@ from governance.types import (
     Refusal,
     RefusalKind,
     RequestInfo,
-    claim_tokens,
     from_micro,
     limit_to_micro,
     usd,
 )
+from governance.units import Unit, token_unit
 
 BUDGET_PREFIX = "budget:"
 RATE_PREFIX = "rate_limit:"
@@ -37,43 +37,42 @@ def budget_counter(scope: str, budget_id: str) -> str:
     return f"{scope}|{budget_id}"
 
 
-def rate_counter(scope: str, limit_id: str, unit: str) -> str:
+def rate_counter(scope: str, limit_id: str, unit: Unit) -> str:
     """The ledger counter of one part (requests, tokens, in flight) of a rate limit on a scope."""
-    return f"{scope}|{limit_id}|{unit.split(':')[0]}"
+    return f"{scope}|{limit_id}|{unit.part}"
 
 
 def _rule_name(prefix: str, scope: str, rule_id: str) -> str:
     return f"{prefix}{rule_id}" if scope == "global" else f"{prefix}{rule_id}@{scope}"
 
 
-def _tokens(unit: str, req: RequestInfo | None) -> int:
-    return claim_tokens(unit, req.input_tokens, req.max_output_tokens) if req is not None else 0
+def _tokens(unit: Unit, req: RequestInfo | None) -> int:
+    return unit.tokens(req.input_tokens, req.max_output_tokens) if req is not None else 0
 
 
 def rate_claims(scope: str, rule: RateLimitRule, req: RequestInfo | None) -> list[Claim]:
     """A rate limit's claims: each part it limits is a claim of its own, with its own window."""
-    token_unit = f"tokens:{rule.count_tokens}"
+    tokens = token_unit(rule.count_tokens)
     parts = (  # (limit, unit, amount, reset): each part of the rate limit that is set
-        (rule.max_requests, "requests", 1, rule.requests_reset),
-        (rule.max_tokens, token_unit, _tokens(token_unit, req), rule.tokens_reset),
-        (rule.max_in_flight, "in_flight", 1, "never"),  # not a window: a hold while in flight
+        (rule.max_requests, Unit.REQUESTS, 1, rule.requests_reset),
+        (rule.max_tokens, tokens, _tokens(tokens, req), rule.tokens_reset),
+        (rule.max_in_flight, Unit.IN_FLIGHT, 1, "never"),  # not a window: a hold while in flight
     )
     out = []
     for limit, unit, amount, reset in parts:
         if limit is None:
             continue
-        part = unit.split(":")[0]
         out.append(
             Claim(
                 scope=rate_counter(scope, rule.id, unit),
                 window_start="",
                 resets="",
-                limit_micro=limit,
-                amount_micro=amount,
-                rule=_rule_name(RATE_PREFIX, scope, f"{rule.id}:{part}"),
+                limit=limit,
+                amount=amount,
+                rule=_rule_name(RATE_PREFIX, scope, f"{rule.id}:{unit.part}"),
                 unit=unit,
                 reset=reset,
-                calendar=rule.calendar and unit != "in_flight",
+                calendar=rule.calendar and unit is not Unit.IN_FLIGHT,
                 timezone=rule.timezone,
             )
         )
@@ -85,8 +84,8 @@ def budget_claim(scope: str, rule: BudgetRule, amount_micro: int) -> Claim:
         scope=budget_counter(scope, rule.id),
         window_start="",
         resets="never",
-        limit_micro=limit_to_micro(rule.max_usd),
-        amount_micro=amount_micro,
+        limit=limit_to_micro(rule.max_usd),
+        amount=amount_micro,
         rule=_rule_name(BUDGET_PREFIX, scope, rule.id),
         reset=rule.reset,
         calendar=rule.calendar,
@@ -109,6 +108,21 @@ def rule_parts(rule: str) -> tuple[str, str]:
     return name, scope or "global"
 
 
+def _retry(claim: Claim, unit: Unit, smallest: int, now: datetime) -> tuple[int | None, str]:
+    """`(Retry-After seconds or None, when the limit frees)` of a claim that did not fit."""
+    end = (
+        None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
+    )
+    retry = windows.retry_after_seconds(end, now) if end is not None else None
+    if smallest > claim.limit and (retry is not None or unit is Unit.IN_FLIGHT):
+        # Not even an empty window could take it: coming back later would not help.
+        return None, "is smaller than this one request: lower its max_tokens, or raise the limit"
+    if unit is Unit.IN_FLIGHT:
+        # Frees as soon as another request of the scope finishes: come back in a moment.
+        return 1, "frees as requests in flight finish"
+    return retry, "never resets" if retry is None else f"resets at {claim.resets} (in {retry} s)"
+
+
 def quota_refusal(
     claim: Claim,
     settled: int,
@@ -124,24 +138,13 @@ def quota_refusal(
     and so is a request that not even an empty window could take. `smallest_micro` is what the
     request would claim at its smallest (output-cap injection at the floor); default: its amount.
     `settled_submicro` is the spend's rest below a micro-dollar (money), so spend shows exactly."""
-    end = (
-        None if claim.resets in ("", "never") else datetime.fromisoformat(claim.resets.replace("Z", "+00:00"))
-    )
-    retry = windows.retry_after_seconds(end, now) if end is not None else None
     name, scope = rule_parts(claim.rule)
-    smallest = claim.amount_micro if smallest_micro is None else smallest_micro
-    if smallest > claim.limit_micro and (retry is not None or claim.unit == "in_flight"):
-        # Not even an empty window could take it: coming back later would not help.
-        retry, when = None, "is smaller than this one request: lower its max_tokens, or raise the limit"
-    elif claim.unit == "in_flight":
-        # Frees as soon as another request of the scope finishes: come back in a moment.
-        retry, when = 1, "frees as requests in flight finish"
-    else:
-        when = "never resets" if retry is None else f"resets at {claim.resets} (in {retry} s)"
-    if claim.unit == "usd":
-        limit, reserved = from_micro(claim.limit_micro), from_micro(held)
+    unit = Unit(claim.unit)
+    retry, when = _retry(claim, unit, claim.amount if smallest_micro is None else smallest_micro, now)
+    if unit.is_money:
+        limit, reserved = from_micro(claim.limit), from_micro(held)
         spent = money.to_usd(settled, settled_submicro)
-        requested = from_micro(claim.amount_micro)
+        requested = from_micro(claim.amount)
         remaining = max(limit - spent - reserved, from_micro(0))
         message = (
             f"spendfuse: budget '{name}' of scope {scope} exhausted: limit {usd(limit)}, spent {usd(spent)}, "
@@ -150,15 +153,13 @@ def quota_refusal(
         )
         code = "budget_exceeded"
     else:
-        limit, spent, reserved = Decimal(claim.limit_micro), Decimal(settled), Decimal(held)
-        requested = Decimal(claim.amount_micro)
+        limit, spent, reserved = Decimal(claim.limit), Decimal(settled), Decimal(held)
+        requested = Decimal(claim.amount)
         remaining = max(limit - spent - reserved, Decimal(0))
-        what = {"requests": "requests", "in_flight": "requests in flight"}.get(
-            claim.unit, claim.unit.replace(":", " ")
-        )
         message = (
-            f"spendfuse: rate limit '{name}' of scope {scope} reached: limit {limit} {what}, used {spent}, "
-            f"held by requests in flight {reserved}; this request needs {requested}. The limit {when}."
+            f"spendfuse: rate limit '{name}' of scope {scope} reached: limit {limit} {unit.label}, "
+            f"used {spent}, held by requests in flight {reserved}; this request needs {requested}. "
+            f"The limit {when}."
         )
         code = "rate_limit_exceeded"
     return Refusal(
@@ -173,5 +174,5 @@ def quota_refusal(
         requested=requested,
         resets=claim.resets or "never",
         retry_after=retry,
-        unit=claim.unit,
+        unit=unit,
     )

@@ -1,0 +1,115 @@
+"""Window resolution, outside any store: which window of its counter a claim falls in at `now`,
+given the counter's anchor and top-ups, and where a reshaped counter's spend carries to.
+
+Pure functions over the rules (`governance.windows`): a store reads and writes the anchors,
+this module says what they mean."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from governance import windows
+from governance.store import iso
+from governance.types import Claim
+from governance.units import Unit, unit_of
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=64)
+def parse_reset(text: str) -> windows.Reset | None:
+    return windows.parse_reset(text)
+
+
+# Windows last computed, by (reset, calendar, zone, anchor): a window holds for every request
+# until it ends, so most requests skip the calendar and zone arithmetic.
+_WINDOW_CACHE: dict[tuple[str, bool, str, str | None], tuple[datetime | None, datetime | None, str, str]] = {}
+
+
+def _window(
+    claim: Claim, reset: windows.Reset | None, anchor_text: str | None, now: datetime
+) -> tuple[str, str]:
+    """`(window_start key, resets)` of the claim's window at `now`."""
+    key = (claim.reset, claim.calendar, claim.timezone, anchor_text)
+    hit = _WINDOW_CACHE.get(key)
+    if hit is not None and (hit[0] is None or hit[0] <= now) and (hit[1] is None or now < hit[1]):
+        return hit[2], hit[3]
+    anchor = _parse_iso(anchor_text) if anchor_text else None
+    start, end = windows.window_at(reset, now, anchor=anchor, calendar=claim.calendar, tz=claim.timezone)
+    result = (start, end, windows.window_key(start), iso(end) if end is not None else "never")
+    if len(_WINDOW_CACHE) > 4096:
+        _WINDOW_CACHE.clear()
+    _WINDOW_CACHE[key] = result
+    return result[2], result[3]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def in_window(claim: Claim, window_start: str, resets: str, limit: int) -> Claim:
+    """`claim` in its resolved window. Built directly: `dataclasses.replace` costs several times
+    more, and this runs for every claim of every request."""
+    return Claim(
+        claim.scope,
+        window_start,
+        resets,
+        limit,
+        claim.amount,
+        claim.rule,
+        claim.unit if claim.unit.__class__ is Unit else unit_of(claim.unit),
+        claim.reset,
+        claim.calendar,
+        claim.timezone,
+    )
+
+
+def shape(claim: Claim) -> str:
+    """A counter's window shape as the rules define it: reset, alignment and zone."""
+    return f"{claim.reset}|{'calendar' if claim.calendar else 'rolling'}|{claim.timezone}"
+
+
+def first_anchor(claim: Claim, now: datetime) -> str | None:
+    """The anchor a counter gets at first use: now for a rolling window, none otherwise."""
+    return iso(now) if parse_reset(claim.reset) is not None and not claim.calendar else None
+
+
+def window_key(claim: Claim, anchor_text: str | None, now: datetime) -> tuple[str, str]:
+    """`(window_start key, resets)` of the claim's window at `now`: ("", "never") for a counter
+    that never resets and was never reset."""
+    reset = parse_reset(claim.reset)
+    if reset is None and anchor_text is None:
+        return "", "never"
+    return _window(claim, reset, anchor_text, now)
+
+
+def resolve(claim: Claim, anchor_text: str | None, topup_micro: int, now: datetime) -> Claim:
+    """`claim` with its current window and its effective limit (the rules' plus top-ups)."""
+    reset = parse_reset(claim.reset)  # window_key inlined: this runs for every claim of every request
+    window_start, resets = (
+        ("", "never") if reset is None and anchor_text is None else _window(claim, reset, anchor_text, now)
+    )
+    return in_window(claim, window_start, resets, claim.limit + topup_micro)
+
+
+def reshaped(claim: Claim, was: str, anchor_text: str | None, now: datetime) -> tuple[str, str, str | None]:
+    """The rules changed a counter's window from shape `was` to `claim`'s: `(old window key, new
+    window key, the counter's anchor)`. The spend of the old key's window carries into the new."""
+    old_reset, kind, old_tz = was.split("|")
+    old = replace(claim, reset=old_reset, calendar=kind == "calendar", timezone=old_tz)
+    old_key = window_key(old, anchor_text, now)[0]
+    if anchor_text is None:
+        anchor_text = first_anchor(claim, now)
+    new_key = window_key(claim, anchor_text, now)[0]
+    logger.warning(
+        "counter %s changed its window from %s to %s: its spend since %s carries into the new window",
+        claim.scope,
+        was,
+        shape(claim),
+        old_key or "the start",
+    )
+    return old_key, new_key, anchor_text
