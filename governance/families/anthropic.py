@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from governance import overheads
@@ -12,8 +13,9 @@ from governance.families import shapes
 from governance.families.common import (
     any_mapping,
     counted_input_tokens,
-    counter_path,
+    counter_request_of,
     header_list,
+    json_object,
     optional_bool,
     optional_int,
     require_model,
@@ -21,7 +23,7 @@ from governance.families.common import (
 )
 from governance.families.envelope import refusal_details, refusal_headers
 from governance.families.sse import Event
-from governance.families.tap import SseStream
+from governance.families.tap import sse_reader_of
 from governance.types import UNBOUNDED, ParsedRequest, Refusal, Usage
 
 NAME = ENVELOPE = PROVIDER = "anthropic"
@@ -157,26 +159,12 @@ def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, An
     return {**body, "max_tokens": cap}
 
 
-def price_flags(headers: Callable[[str], list[str]]) -> list[str]:
-    """The betas the request asks for (`anthropic-beta`, comma-separated): `context-1m` bills
-    long-context rates."""
-    return header_list(headers, "anthropic-beta")
-
-
-def counter_request(api: str, path: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """`(path, body)` of the counter's request for a request to `path`, or None."""
-    found = count_request(api, body)
-    return None if found is None else (counter_path(path, found[0]), found[1])
-
-
-def read_counter_response(status: int, body: Any) -> int | None:
-    """The counter answers `{"input_tokens": N}`."""
-    return counted_input_tokens(status, body)
-
-
-def stream_reader(api: str) -> SseStream:
-    """Streams are SSE."""
-    return SseStream(StreamUsage(api))
+# The betas the request asks for (`anthropic-beta`, comma-separated): `context-1m` bills
+# long-context rates.
+price_flags = functools.partial(header_list, name="anthropic-beta")
+counter_request = counter_request_of(count_request)
+# The counter answers `{"input_tokens": N}`.
+read_counter_response = counted_input_tokens
 
 
 def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) -> dict[str, Any] | None:
@@ -234,11 +222,8 @@ class StreamUsage:
     def on_event(self, event: Event) -> None:
         if event.event not in ("message_start", "message_delta", "") or '"usage"' not in event.data:
             return
-        try:
-            obj = json.loads(event.data)
-        except ValueError:
-            return
-        if not isinstance(obj, Mapping):
+        obj = json_object(event.data)
+        if obj is None:
             return
         if obj.get("type") == "message_start" and isinstance(obj.get("message"), Mapping):
             message = obj["message"]
@@ -248,6 +233,10 @@ class StreamUsage:
         elif obj.get("type") == "message_delta" and isinstance(obj.get("usage"), Mapping):
             self._raw = _merge_usage(self._raw, obj["usage"])
             self.usage = _to_usage(self._raw, self._model)
+
+
+#: Streams are SSE.
+stream_reader = sse_reader_of(StreamUsage)
 
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:

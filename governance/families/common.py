@@ -156,3 +156,28 @@ def counted_input_tokens(status: int, body: Any) -> int | None:
 def header_list(values: Callable[[str], list[str]], name: str) -> list[str]:
     """The comma-separated items of every `name` header (`values` is a `get_all`)."""
     return [item for value in values(name) for item in value.split(",")]
+
+
+CountRequest = Callable[[str, Mapping[str, Any]], "tuple[str, dict[str, Any]] | None"]
+
+
+def counter_request_of(
+    count_request: CountRequest,
+) -> Callable[[str, str, Mapping[str, Any]], tuple[str, dict[str, Any]] | None]:
+    """A family's `counter_request` from its `count_request`: the counter's path is the
+    request's route with the counter's suffix after it."""
+
+    def counter_request(api: str, path: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        found = count_request(api, body)
+        return None if found is None else (counter_path(path, found[0]), found[1])
+
+    return counter_request
+
+
+def json_object(text: str) -> Mapping[str, Any] | None:
+    """`text` (an event's data) as a JSON object, or None when it is not one."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, Mapping) else None

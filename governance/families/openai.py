@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -13,8 +14,9 @@ from governance.families import shapes
 from governance.families.common import (
     any_mapping,
     counted_input_tokens,
-    counter_path,
+    counter_request_of,
     header_list,
+    json_object,
     largest,
     optional_bool,
     optional_int,
@@ -23,7 +25,7 @@ from governance.families.common import (
 )
 from governance.families.envelope import refusal_details, refusal_headers
 from governance.families.sse import Event
-from governance.families.tap import SseStream
+from governance.families.tap import sse_reader_of
 from governance.types import UNBOUNDED, ParsedRequest, Refusal, Usage
 
 NAME = ENVELOPE = PROVIDER = "openai"
@@ -230,25 +232,11 @@ def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, An
     return new
 
 
-def price_flags(headers: Callable[[str], list[str]]) -> list[str]:
-    """The Anthropic betas the request passes on (see `PRICE_HEADERS`)."""
-    return header_list(headers, "anthropic-beta")
-
-
-def counter_request(api: str, path: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """`(path, body)` of the counter's request for a request to `path`, or None."""
-    found = count_request(api, body)
-    return None if found is None else (counter_path(path, found[0]), found[1])
-
-
-def read_counter_response(status: int, body: Any) -> int | None:
-    """The counter answers `{"object": "response.input_tokens", "input_tokens": N}`."""
-    return counted_input_tokens(status, body)
-
-
-def stream_reader(api: str) -> SseStream:
-    """Streams are SSE."""
-    return SseStream(StreamUsage(api))
+# The Anthropic betas the request passes on (see `PRICE_HEADERS`).
+price_flags = functools.partial(header_list, name="anthropic-beta")
+counter_request = counter_request_of(count_request)
+# The counter answers `{"input_tokens": N}`.
+read_counter_response = counted_input_tokens
 
 
 def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) -> dict[str, Any] | None:
@@ -352,11 +340,8 @@ class StreamUsage:
         # Cheap filter first: content deltas are the bulk of a stream and never carry usage.
         if '"usage"' not in event.data or event.data == "[DONE]":
             return
-        try:
-            obj = json.loads(event.data)
-        except ValueError:
-            return
-        if not isinstance(obj, Mapping):
+        obj = json_object(event.data)
+        if obj is None:
             return
         if self.api == "responses":
             if obj.get("type") in _TERMINAL_RESPONSE_EVENTS and isinstance(obj.get("response"), Mapping):
@@ -368,6 +353,10 @@ class StreamUsage:
             found = _with_response_facts(_chat_usage(obj.get("usage"), obj.get("model")), obj)
             if found is not None:
                 self.usage = found
+
+
+#: Streams are SSE.
+stream_reader = sse_reader_of(StreamUsage)
 
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:

@@ -172,6 +172,11 @@ class StreamTap:
             self.reader.close()
 
 
+def sse_reader_of(events: Callable[[str], UsageReader]) -> Callable[[str], SseStream]:
+    """A family's `stream_reader` when its streams are SSE read by `events(api)`."""
+    return lambda api: SseStream(events(api))
+
+
 def read_sse_body(reader: StreamReader | UsageReader, body: bytes) -> Usage | None:
     """Usage from a whole streamed body (a replayed or buffered stream)."""
     framed = reader if isinstance(reader, StreamReader) else SseStream(reader)
