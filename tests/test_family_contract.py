@@ -220,6 +220,7 @@ def test_a_cut_stream_has_no_usage(name, api):
 def test_every_envelope_renders_every_kind_in_its_shape(envelope, kind):
     family = ENVELOPES[envelope]
     assert isinstance(family, ErrorEnvelope) and family.NAME == envelope
+    assert family.API_KEY_HEADERS and all(h == h.lower() for h in family.API_KEY_HEADERS)
     refusal = Refusal(rule="r", code="c", kind=kind, message="spendfuse: no", retry_after=3)
     status, headers, body = family.render_error(refusal, "req_1")
     assert status == shapes.shape(envelope, kind).status

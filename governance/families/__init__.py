@@ -23,6 +23,8 @@ class ErrorEnvelope(Protocol):
 
     NAME: str
     """The envelope's name in `hosts.yaml` (`envelope:`) and `rules/refusal_shapes.yaml`."""
+    API_KEY_HEADERS: tuple[str, ...]
+    """Request headers carrying the client's API key, in the order they identify it."""
 
     def render_error(self, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
         """`(status, headers, body)` of `refusal` as the provider sends errors."""
@@ -38,8 +40,6 @@ class ApiFamily(ErrorEnvelope, Protocol):
     PRICE_HEADERS: tuple[str, ...]
     """Request headers whose values change what the provider bills (a request re-priced when
     one changes after the decision is refused)."""
-    API_KEY_HEADERS: tuple[str, ...]
-    """Request headers carrying the client's API key, in the order they identify it."""
     COUNTER_HEADERS: frozenset[str]
     """Request headers sent on to the provider's token counter (credentials, API versions)."""
 

@@ -1,4 +1,5 @@
-"""AWS Bedrock: not metered yet (and its requests are SigV4-signed), so only its error envelope."""
+"""AWS Bedrock: not metered yet (and its requests are SigV4-signed), so an `ErrorEnvelope` only:
+its error body and where its clients put their keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from governance.families.envelope import refusal_details, refusal_headers
 from governance.types import Refusal
 
 NAME = ENVELOPE = "bedrock"
+#: A Bedrock API key is a bearer token; a SigV4 signature is in the same header.
+API_KEY_HEADERS = ("authorization",)
 
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:

@@ -1,4 +1,5 @@
-"""Google (Gemini API, Vertex, Code Assist): not metered yet, so only its error envelope."""
+"""Google (Gemini API, Vertex, Code Assist): not metered yet, so an `ErrorEnvelope` only: its error
+body and where its clients put their keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from governance.families.envelope import refusal_details, refusal_headers
 from governance.types import Refusal, RefusalKind
 
 NAME = ENVELOPE = "google"
+#: An API key header, or an OAuth bearer token (Vertex, Code Assist).
+API_KEY_HEADERS = ("x-goog-api-key", "authorization")
 
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
