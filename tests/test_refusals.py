@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from governance import RULES_DIR, refusals, wire
 from governance.errors import PricingError
 from governance.families import ENVELOPES, shapes
-from governance.rulefile import parse_yaml
+from governance.rulefile import RulesInvalid, parse_yaml
 from governance.types import Endpoint, Metering, Refusal, RefusalKind
 
 ENDPOINT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
@@ -147,3 +147,9 @@ def test_the_shapes_reach_the_client():
                 assert doc["error"]["code"] == want.get("code", "spendfuse_code")
             if envelope == "anthropic":
                 assert doc["error"]["details"]["error_code"] == want.get("code", "spendfuse_code")
+
+
+def test_an_envelope_without_shapes_stops_the_start():
+    with pytest.raises(RulesInvalid, match="nowhere: no refusal shapes for this envelope"):
+        shapes.require([*ENVELOPES, "nowhere"])
+    shapes.require(ENVELOPES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from governance.families import anthropic, bedrock, google, openai
+from governance.families import anthropic, bedrock, google, openai, shapes
 from governance.families.tap import StreamReader, UsageReader
 from governance.types import ParsedRequest, Refusal, Usage
 
@@ -84,5 +84,8 @@ FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic}  # t
 #: Error envelopes, by name (the rules' `envelope:` values): every metered family's, and those
 #: of providers known but not metered.
 ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES, "google": google, "bedrock": bedrock}  # type: ignore[dict-item]
+
+# Refusal shapes are data: checked on import, so a proxy whose refusals it cannot shape never starts.
+shapes.require(ENVELOPES)
 
 __all__ = ["ENVELOPES", "FAMILIES", "ApiFamily", "ErrorEnvelope", "StreamReader", "UsageReader"]

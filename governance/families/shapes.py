@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
-from governance.rulefile import RulesInvalid, read_yaml, validation_problems
+from governance.rulefile import Problem, RulesInvalid, read_yaml, validation_problems
 from governance.types import RefusalKind
 
 _KINDS = tuple(k.value for k in RefusalKind)
@@ -60,6 +61,19 @@ def shipped() -> RefusalShapes:
         return RefusalShapes.model_validate(read_yaml(path, "refusal shapes"))
     except ValidationError as e:
         raise RulesInvalid(str(path), validation_problems(e)) from e
+
+
+def require(envelopes: Iterable[str]) -> None:
+    """Load the shipped shapes now and check they shape every one of `envelopes`. Raises
+    `PolicyError` (`RulesInvalid`), so that a proxy that could not shape a refusal never starts."""
+    from governance import RULES_DIR
+
+    missing = sorted(set(envelopes) - set(shipped().root))
+    if missing:
+        path = str(RULES_DIR / "refusal_shapes.yaml")
+        raise RulesInvalid(
+            path, [Problem((name,), "no refusal shapes for this envelope") for name in missing]
+        )
 
 
 def shape(envelope: str, kind: RefusalKind) -> Shape:
