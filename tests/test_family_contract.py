@@ -149,20 +149,21 @@ def test_the_counter_request_targets_a_free_route(name, api):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 @pytest.mark.parametrize(
-    ("status", "body", "want"),
+    ("status", "count", "want"),
     [
-        (200, {"input_tokens": 4321}, 4321),
-        (200, {"input_tokens": 0}, 0),
-        (200, {"input_tokens": -1}, None),
-        (200, {"input_tokens": True}, None),
-        (200, {"input_tokens": "12"}, None),
-        (200, ["input_tokens"], None),
-        (200, None, None),
-        (401, {"input_tokens": 4321}, None),
+        (200, 4321, 4321),
+        (200, 0, 0),
+        (200, -1, None),
+        (200, True, None),
+        (200, "12", None),
+        (401, 4321, None),
     ],
 )
-def test_a_counter_answer_is_a_count_or_nothing(name, status, body, want):
-    assert FAMILIES[name].read_counter_response(status, body) == want
+def test_a_counter_answer_is_a_count_or_nothing(name, status, count, want):
+    family, field = FAMILIES[name], contract(name)["counter_count"]
+    assert family.read_counter_response(status, {field: count}) == want
+    for not_an_answer in ([field], None, "4321", {}):
+        assert family.read_counter_response(status, not_an_answer) is None
 
 
 # -- usage ----------------------------------------------------------------------------------
