@@ -1,10 +1,11 @@
 """Which hosts are LLM APIs, and which one a request really targets.
 
 The table is data: `rules/hosts.yaml` (always loaded) plus the operator's own `hosts:` entries,
-which are checked first. A request carries several names for its target: the CONNECT target,
-the TLS SNI, the Host header (or HTTP/2 `:authority`) and the absolute-form URL. The client
-controls all but the socket it opened, so a request is LLM traffic when ANY of them names an LLM
-host, and names that disagree are refused rather than trusted (`resolve`).
+which are checked first (`governance.hostrules` validates them and builds the table). A request
+carries several names for its target: the CONNECT target, the TLS SNI, the Host header (or
+HTTP/2 `:authority`) and the absolute-form URL. The client controls all but the socket it
+opened, so a request is LLM traffic when ANY of them names an LLM host, and names that disagree
+are refused rather than trusted (`resolve`).
 
 Names are compared in canonical form (`canonical_host`): lower case, no port, brackets or
 trailing dots, and IP literals in the one spelling the resolver would turn any of their
@@ -13,7 +14,6 @@ spellings into (`127.1`, `0x7f.0.0.1`, `2130706433` and `::ffff:127.0.0.1` are a
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import socket
@@ -162,17 +162,9 @@ class HostTable:
         return [name for entry in self.entries for name in entry.examples()]
 
 
-@functools.cache
-def shipped_table() -> HostTable:
-    """The table of `rules/hosts.yaml` alone, without any operator's entries."""
-    from governance import policy
-
-    return policy.host_table(())
-
-
 def build_table(shipped: Mapping[str, Any], operator: Iterable[Mapping[str, Any]] = ()) -> HostTable:
     """A table from the shipped `hosts.yaml` data and the operator's `hosts:` entries (already
-    validated by `governance.policy`)."""
+    validated by `governance.hostrules`)."""
     families = {
         name: Routes(metered=dict(spec.get("metered", {})), free=dict(spec.get("free", {})))
         for name, spec in shipped["families"].items()

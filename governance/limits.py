@@ -1,7 +1,7 @@
 """Governance rules (rules format version 2): budgets and rate limits defined once with ids, and
 the scopes they attach to (global, providers, models, customers, teams, keys).
 
-Pydantic models only, validated strictly (`extra="forbid"`); `governance.policy` embeds them in
+Pydantic models only, validated strictly (`extra="forbid"`); `governance.policymodel` embeds them in
 the rules file's one model, and `governance.scopes` resolves which limits apply to a request.
 """
 

@@ -1,13 +1,15 @@
 """Every refusal spendfuse makes, but the budget's and the multiplier cap's (they carry numbers
-and live with their checks): the rule it names, its machine-readable code, its kind (which each
-wire module maps to its provider's status) and the message the client sees. One place, so a
-rule's name and wording never drift between the modules that refuse."""
+and live with their checks): the rule it names, its machine-readable code, its kind (which
+`rules/refusal_shapes.yaml` maps to each provider's status and error type) and the message the
+client sees. One place, so a rule's name and wording never drift between the modules that
+refuse."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from governance.errors import PricingError
+from governance.families import FAMILIES
 from governance.types import Endpoint, Refusal, RefusalKind
 
 
@@ -165,7 +167,7 @@ def unknown_llm_host(method: str, host: str, path: str, *, metering: bool = Fals
         f"hosts:\n"
         f"  - name: {slug}\n"
         f'    match: ["{host}"]\n'
-        f"    family: openai    # openai | anthropic (null: known, refused)\n"
+        f"    family: openai    # {' | '.join(FAMILIES)} (null: known, refused)\n"
         f"    base_path: /v1\n"
         f"    default_price: {{input_mtok: 1.0, output_mtok: 4.0}}\n"
         f"or set `unknown_llm_hosts: meter` (OpenAI-compatible, at `default_price`) or `pass`.",

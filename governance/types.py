@@ -189,7 +189,7 @@ class Priced:
 
 
 class RefusalKind(enum.Enum):
-    """The family of a refusal; each wire module maps it to its provider's status and type."""
+    """The family of a refusal; `rules/refusal_shapes.yaml` maps it to each provider's status and type."""
 
     QUOTA = "quota"  # a budget: terminal until raised or reset
     INVALID = "invalid"  # the request itself is unacceptable (parse, model, multiplier)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from governance import policy
-from governance.hosts import canonical_host, is_ip_literal, resolve, shipped_table
+from governance.hostrules import shipped_table
+from governance.hosts import canonical_host, is_ip_literal, resolve
 
 
 @pytest.mark.parametrize(

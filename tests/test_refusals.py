@@ -6,9 +6,12 @@ import json
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
-from governance import refusals, wire
+from governance import RULES_DIR, refusals, wire
 from governance.errors import PricingError
+from governance.families import ENVELOPES, shapes
+from governance.rulefile import RulesInvalid, parse_yaml
 from governance.types import Endpoint, Metering, Refusal, RefusalKind
 
 ENDPOINT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
@@ -93,3 +96,60 @@ def test_identity_refusals_use_each_providers_auth_error(kind, envelope, status,
     assert got == status and marker in body.decode() + json.dumps(headers)
     assert headers["x-should-retry"] == "false"
     assert (headers.get("proxy-authenticate") is not None) == (kind is RefusalKind.PROXY_AUTH)
+
+
+def test_committed_refusal_shapes_schema_is_fresh():
+    assert (RULES_DIR / "refusal_shapes.schema.json").read_text() == shapes.json_schema()
+
+
+def test_every_envelope_has_a_shape_for_every_kind():
+    table = shapes.shipped()
+    assert set(table.root) == set(ENVELOPES)
+    for envelope in ENVELOPES:
+        for kind in RefusalKind:
+            assert 400 <= table.shape(envelope, kind).status <= 599
+
+
+def test_a_shapes_file_missing_a_kind_is_refused():
+    data = parse_yaml((RULES_DIR / "refusal_shapes.yaml").read_text())
+    del data["openai"]["rate"]
+    with pytest.raises(ValidationError, match="envelope 'openai': missing kinds \\['rate'\\]"):
+        shapes.RefusalShapes.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"status": 200, "type": "x"}, {"status": 429}, {"status": 429, "type": "x", "y": 1}]
+)
+def test_a_malformed_shape_is_refused(bad):
+    data = parse_yaml((RULES_DIR / "refusal_shapes.yaml").read_text())
+    data["google"]["quota"] = bad
+    with pytest.raises(ValidationError):
+        shapes.RefusalShapes.model_validate(data)
+
+
+def test_the_shapes_reach_the_client():
+    """What the data says is what each envelope's client gets: status and type, and the
+    provider's own code where the data names one."""
+    refusal = refusals.egress("blocked.example", 443)
+    for envelope, kinds in parse_yaml((RULES_DIR / "refusal_shapes.yaml").read_text()).items():
+        for kind, want in kinds.items():
+            r = Refusal(rule=refusal.rule, code="spendfuse_code", kind=RefusalKind(kind), message="m")
+            ep = Endpoint("x", "chat", Metering.METERED, "h", "/p", envelope)
+            status, headers, body = wire.render_error(ep, r, "req_1")
+            doc = json.loads(body)
+            assert status == want["status"]
+            if envelope == "bedrock":
+                seen_type = headers["x-amzn-errortype"]
+            else:
+                seen_type = doc["error"]["status" if envelope == "google" else "type"]
+            assert seen_type == want["type"]
+            if envelope == "openai":
+                assert doc["error"]["code"] == want.get("code", "spendfuse_code")
+            if envelope == "anthropic":
+                assert doc["error"]["details"]["error_code"] == want.get("code", "spendfuse_code")
+
+
+def test_an_envelope_without_shapes_stops_the_start():
+    with pytest.raises(RulesInvalid, match="nowhere: no refusal shapes for this envelope"):
+        shapes.require([*ENVELOPES, "nowhere"])
+    shapes.require(ENVELOPES)

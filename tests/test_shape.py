@@ -8,7 +8,7 @@ import time
 import pytest
 
 from governance import shape
-from governance.hosts import shipped_table
+from governance.hostrules import shipped_table
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
-"""Wire formats. `detect` classifies a request on a known LLM host (the table is data, see
-`governance.hosts`) by its path; each family module parses requests, reads usage (JSON body and
-SSE stream) and renders error envelopes.
+"""Routing on the wire: `detect` classifies a request on a known LLM host (the table is data,
+see `governance.hosts`) by its path, and `render_error` writes a refusal in the envelope of the
+host's clients. What each API family knows of its provider (parsing, usage, counters, error
+bodies) is in `governance.families`; `governance.wire.<family>` names stay importable as the
+same modules.
 
 Classification fails closed: on a known LLM host, a billable endpoint that this version does
 not meter is UNMETERED (refused unless the rules allow it), never silently passed.
@@ -8,14 +10,14 @@ not meter is UNMETERED (refused unless the rules allow it), never silently passe
 
 from __future__ import annotations
 
-from types import ModuleType
 from urllib.parse import unquote
 
 from governance import shape
-from governance.hosts import HostEntry, HostTable, canonical_host, shipped_table
+from governance.families import ENVELOPES, FAMILIES
+from governance.families.common import decode_json_body, encode_json_body
+from governance.hostrules import shipped_table
+from governance.hosts import HostEntry, HostTable, canonical_host
 from governance.types import Endpoint, Metering, Refusal
-from governance.wire import anthropic, bedrock, google, openai
-from governance.wire.common import decode_json_body, encode_json_body
 
 __all__ = [
     "FAMILIES",
@@ -26,17 +28,6 @@ __all__ = [
     "normalise_path",
     "render_error",
 ]
-
-#: Metered API families, by name: each has parse_request, prepare_request, usage_from_body,
-#: StreamUsage and render_error.
-FAMILIES: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic}
-
-_ENVELOPES: dict[str, ModuleType] = {
-    "openai": openai,
-    "anthropic": anthropic,
-    "google": google,
-    "bedrock": bedrock,
-}
 
 SAFE_METHODS = shape.SAFE_METHODS
 
@@ -104,4 +95,4 @@ def detect_on(entry: HostEntry, method: str, host: str, path: str, table: HostTa
 
 def render_error(endpoint: Endpoint, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """`(status, headers, body)` of a refusal in the envelope the endpoint's clients understand."""
-    return _ENVELOPES[endpoint.envelope].render_error(refusal, request_id)
+    return ENVELOPES[endpoint.envelope].render_error(refusal, request_id)

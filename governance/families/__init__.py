@@ -1,0 +1,91 @@
+"""API families: what spendfuse knows of each provider's wire format, behind one protocol.
+
+`ApiFamily` is the contract of a metered family; `FAMILIES` registers each one explicitly, and
+the rules' family names (`hosts.yaml`, `hosts:`) derive from it. `ErrorEnvelope` is the part
+every known provider has, metered or not: its refusal body (shapes are data in
+`rules/refusal_shapes.yaml`). A new family is one module satisfying `ApiFamily`, its fixtures
+under `tests/fixtures/<name>/`, an entry in `FAMILIES` and its routes and hosts in `hosts.yaml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from governance.families import anthropic, bedrock, google, openai, shapes
+from governance.families.tap import StreamReader, UsageReader
+from governance.types import ParsedRequest, Refusal, Usage
+
+
+@runtime_checkable
+class ErrorEnvelope(Protocol):
+    """How a provider's clients read an error."""
+
+    NAME: str
+    """The envelope's name in `hosts.yaml` (`envelope:`) and `rules/refusal_shapes.yaml`."""
+    API_KEY_HEADERS: tuple[str, ...]
+    """Request headers carrying the client's API key, in the order they identify it."""
+
+    def render_error(self, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
+        """`(status, headers, body)` of `refusal` as the provider sends errors."""
+
+
+@runtime_checkable
+class ApiFamily(ErrorEnvelope, Protocol):
+    """A metered API family. Every `api` argument is one of `APIS` (the API names its routes in
+    `hosts.yaml` map to); every body is a decoded JSON object."""
+
+    APIS: tuple[str, ...]
+    """The metered APIs; `hosts.yaml` routes each to one of them."""
+    PRICE_HEADERS: tuple[str, ...]
+    """Request headers whose values change what the provider bills (a request re-priced when
+    one changes after the decision is refused)."""
+    COUNTER_HEADERS: frozenset[str]
+    """Request headers sent on to the provider's token counter (credentials, API versions)."""
+
+    def parse_request(self, api: str, body: Mapping[str, Any]) -> ParsedRequest:
+        """The request's priced facts. Raises `RequestParseError` on a body it cannot meter."""
+
+    def price_flags(self, headers: Callable[[str], list[str]]) -> list[str]:
+        """The items of `PRICE_HEADERS` that change the price (betas); `headers` is a `get_all`."""
+
+    def prepare_request(
+        self, api: str, body: Mapping[str, Any], parsed: ParsedRequest
+    ) -> dict[str, Any] | None:
+        """The body to forward instead (so its usage can be read), or None to forward it as is."""
+
+    def with_output_cap(self, api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
+        """`body` with its output cap set to `cap` in the field the API reads."""
+
+    def count_request(self, api: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """`(path suffix, body)` of the provider's free input-token counter, or None."""
+
+    def counter_request(
+        self, api: str, path: str, body: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """`(path, body)` of the counter's request for a request to `path`, or None."""
+
+    def read_counter_response(self, status: int, body: Any) -> int | None:
+        """The input tokens of the counter's answer, or None when it gave none."""
+
+    def usage_from_body(self, api: str, body: Any) -> Usage | None:
+        """Usage from a whole JSON response, or None when it carries none."""
+
+    def stream_reader(self, api: str) -> StreamReader:
+        """A reader of a streamed response's usage that frames the bytes itself."""
+
+    def StreamUsage(self, api: str) -> UsageReader:  # noqa: N802 - a class on the modules
+        """A reader of usage off a streamed response's SSE events."""
+
+
+#: Metered API families, by name (the rules' `family:` values).
+FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic}  # type: ignore[dict-item]
+
+#: Error envelopes, by name (the rules' `envelope:` values): every metered family's, and those
+#: of providers known but not metered.
+ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES, "google": google, "bedrock": bedrock}  # type: ignore[dict-item]
+
+# Refusal shapes are data: checked on import, so a proxy whose refusals it cannot shape never starts.
+shapes.require(ENVELOPES)
+
+__all__ = ["ENVELOPES", "FAMILIES", "ApiFamily", "ErrorEnvelope", "StreamReader", "UsageReader"]

@@ -1,0 +1,185 @@
+"""A pass-through stream tap: every chunk goes on unchanged, usage is read on the side by the
+family's stream reader, which owns its framing."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from governance.families.sse import Event, SSEParser
+from governance.types import Usage
+
+logger = logging.getLogger(__name__)
+
+
+class UsageReader(Protocol):
+    """Reads usage off a stream's SSE events."""
+
+    usage: Usage | None
+
+    def on_event(self, event: Event) -> None: ...
+
+
+@runtime_checkable
+class StreamReader(Protocol):
+    """Reads usage off a stream's decoded bytes, owning its framing (SSE, AWS event stream)."""
+
+    usage: Usage | None
+
+    def feed(self, chunk: bytes) -> None:
+        """The next decoded bytes of the body, split anywhere."""
+
+    def close(self) -> None:
+        """The body has ended."""
+
+
+class SseStream:
+    """The `StreamReader` of a family whose streams are Server-Sent Events: frames the bytes
+    into events for its `UsageReader`."""
+
+    def __init__(self, events: UsageReader) -> None:
+        self.events = events
+        self._parser = SSEParser()
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.events.usage
+
+    def feed(self, chunk: bytes) -> None:
+        for event in self._parser.feed(chunk):
+            self.events.on_event(event)
+
+    def close(self) -> None:
+        for event in self._parser.close():
+            self.events.on_event(event)
+
+
+class _Frames(Protocol):
+    """A one-frame decompressor (zlib's and zstd's share this shape)."""
+
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+class _FrameDecoder:
+    """Decodes a body of concatenated frames (gzip members, zstd frames) chunk by chunk: when a
+    frame ends, the bytes after it start the next one."""
+
+    def __init__(self, new_frame: Callable[[], _Frames]) -> None:
+        self._new_frame = new_frame
+        self._frame = new_frame()
+
+    def __call__(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                break
+            data = self._frame.unused_data
+            self._frame = self._new_frame()
+        return b"".join(out)
+
+
+class _DeflateDecoder:
+    """HTTP `deflate` is zlib-wrapped by the spec, but some servers send raw deflate: the first
+    bytes tell which (mitmproxy's own decoder accepts both)."""
+
+    def __init__(self) -> None:
+        self._decoder: _FrameDecoder | None = None
+        self._head = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._decoder is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            zlib_header = (self._head[0] & 0x0F) == 8 and int.from_bytes(self._head[:2]) % 31 == 0
+            wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+            self._decoder = _FrameDecoder(lambda: zlib.decompressobj(wbits=wbits))
+            data, self._head = self._head, b""
+        return self._decoder(data)
+
+
+def _zstd_decompressor() -> _Frames:
+    # The zstd that mitmproxy itself decodes with: the standard library's from Python 3.14,
+    # its backport before.
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd  # type: ignore[no-redef]
+    return zstd.ZstdDecompressor()  # type: ignore[no-any-return]
+
+
+def make_decoder(content_encoding: str) -> Callable[[bytes], bytes] | None:
+    """An incremental decoder for a response's content-encoding, identity -> None. Raises
+    ValueError for an encoding it cannot decode.
+
+    spendfuse asks for `accept-encoding: identity`, but an upstream may compress anyway; the
+    client still gets the compressed bytes, and the tap reads a decoded copy."""
+    enc = content_encoding.strip().lower()
+    if enc in ("", "identity"):
+        return None
+    if enc in ("gzip", "x-gzip"):
+        return _FrameDecoder(lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS))
+    if enc == "deflate":
+        return _DeflateDecoder()
+    if enc == "br":
+        import brotli  # the brotli mitmproxy depends on
+
+        return brotli.Decompressor().process  # type: ignore[no-any-return]
+    if enc == "zstd":
+        return _FrameDecoder(_zstd_decompressor)
+    raise ValueError(f"unsupported content-encoding {content_encoding!r}")
+
+
+class StreamTap:
+    """Install as `flow.response.stream`. Returns each chunk exactly as received.
+
+    Parse problems never touch the bytes the client gets: they are logged and the flow is then
+    settled without usage (its reservation is charged)."""
+
+    def __init__(self, reader: StreamReader | UsageReader, content_encoding: str = "") -> None:
+        # An event reader (a family's `StreamUsage`) reads SSE; a `StreamReader` frames its own.
+        self.reader = reader if isinstance(reader, StreamReader) else SseStream(reader)
+        self.decode = make_decoder(content_encoding)
+        self.chunks = 0
+        self.ended = False
+        self.broken: str | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.reader.usage
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.broken is None:
+            try:
+                self._read(data)
+            except Exception as e:  # noqa: BLE001 - a parser bug must never cut a stream; logged
+                self.broken = f"{type(e).__name__}: {e}"
+                logger.error("stream tap stopped reading usage: %s", self.broken)
+        return data
+
+    def _read(self, data: bytes) -> None:
+        if data:
+            self.chunks += 1
+            self.reader.feed(self.decode(data) if self.decode else data)
+        else:  # b"" marks the end of the message
+            self.ended = True
+            self.reader.close()
+
+
+def sse_reader_of(events: Callable[[str], UsageReader]) -> Callable[[str], SseStream]:
+    """A family's `stream_reader` when its streams are SSE read by `events(api)`."""
+    return lambda api: SseStream(events(api))
+
+
+def read_sse_body(reader: StreamReader | UsageReader, body: bytes) -> Usage | None:
+    """Usage from a whole streamed body (a replayed or buffered stream)."""
+    framed = reader if isinstance(reader, StreamReader) else SseStream(reader)
+    framed.feed(body)
+    framed.close()
+    return framed.usage
