@@ -256,7 +256,10 @@ class TestUnknownHosts:
     def test_ordinary_json_apis_still_pass(self, rules, host, path, method, body):
         assert verdict(rules, host=host, path=path, method=method, body=body).action is Action.PASS
 
-    def test_a_compressed_body_is_judged_by_its_path(self, rules):
+    def test_a_body_too_large_to_inspect_counts_as_llm_shaped(self, rules):
+        """`body()` is None when the body inflates past the bound (`bodies.as_read`): what it
+        holds cannot be known, so a write to an unknown host with one is refused."""
+
         def unreadable(**kw):
             return screen(
                 Incoming("POST", kw["path"], 443, (("url", "x.example"),), has_body=True, body=lambda: None),
@@ -266,7 +269,7 @@ class TestUnknownHosts:
 
         assert unreadable(path="/v1/chat/completions").action is Action.REFUSE
         assert unreadable(path="/v1/messages").action is Action.REFUSE  # a model route, unreadable
-        assert unreadable(path="/upload").action is Action.PASS
+        assert unreadable(path="/upload").action is Action.REFUSE
 
     def test_a_read_that_asks_to_write_is_looked_at(self, rules):
         v = verdict(rules, host="x.example", method="GET", headers=[("X-HTTP-Method-Override", "POST")])
