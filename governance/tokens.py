@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tiktoken
-import yaml
+from pydantic import Field, RootModel
 
 from governance import documents, media, overheads
 from governance.matching import lookup_model
@@ -165,17 +165,20 @@ def count_text_by_script(text: str, model: str, margins: Mapping[str, Any]) -> D
     return max(total, count_text(text, model) * widest)
 
 
+class TokenizerFactors(RootModel[dict[str, Annotated[Decimal, Field(ge=1, allow_inf_nan=False)]]]):
+    """`rules/tokenizers.yaml`: model (or prefix) -> the most its tokenizer splits text finer
+    than the one the script margins are calibrated for."""
+
+
 @functools.cache
 def tokenizer_factors() -> dict[str, Decimal]:
     """`rules/tokenizers.yaml`: models whose tokenizer splits text finer than the one the script
-    margins are calibrated for, and by how much at most (a model prefix -> a factor >= 1)."""
-    path = Path(__file__).resolve().parent.parent / "rules" / "tokenizers.yaml"
-    table = yaml.safe_load(path.read_text()) or {}
-    factors = {str(k): Decimal(str(v)) for k, v in table.items()}
-    bad = [k for k, v in factors.items() if not v.is_finite() or v < 1]
-    if bad:
-        raise ValueError(f"{path}: factors must be numbers >= 1: {', '.join(bad)}")
-    return factors
+    margins are calibrated for, and by how much at most (a model prefix -> a factor >= 1).
+    Raises `PolicyError` for a missing or bad table: the proxy does not start without it."""
+    from governance import RULES_DIR
+    from governance.tables import load_table
+
+    return load_table(RULES_DIR / "tokenizers.yaml", TokenizerFactors, "tokenizer table").root
 
 
 def tokenizer_factor(model: str) -> Decimal:
