@@ -324,3 +324,11 @@ class Engine:
     def reap(self, now: datetime) -> int:
         """Charge holds older than the rules' `hold_ttl_seconds` (left by a crash); how many."""
         return self.ledger.reap(now, self.policy.ledger.hold_ttl_seconds)
+
+    def housekeep(self) -> None:
+        """Idle housekeeping (ledger thread): checkpoint the ledger's log when it is due."""
+        self.ledger.checkpoint_if_due()
+
+    def close(self) -> None:
+        """Close the ledger (ledger thread); the engine is not used after."""
+        self.ledger.close()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from governance import money, regional, wire
 from governance.errors import LedgerUnavailable, PricingError
 from governance.types import Priced, RequestInfo, Usage
-from governance.wire.tap import read_sse_body
+from governance.wire.tap import StreamTap, read_sse_body
 
 if TYPE_CHECKING:
     from governance.engine import Engine
@@ -59,6 +59,14 @@ class Settlement:
 def is_event_stream(content_type: str) -> bool:
     """Whether a response is a server-sent event stream (where usage comes in an event)."""
     return content_type.lower().startswith(SSE)
+
+
+def stream_tap(info: RequestInfo, family: str, content_type: str, content_encoding: str) -> StreamTap | None:
+    """The tap that reads usage from an event stream as it passes (None: not a stream; the
+    whole body is read when it has arrived)."""
+    if not is_event_stream(content_type):
+        return None
+    return StreamTap(wire.FAMILIES[family].StreamUsage(info.api), content_encoding)
 
 
 def response_usage(info: RequestInfo, family: str, facts: ResponseFacts) -> Usage | None:
