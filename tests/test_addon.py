@@ -20,6 +20,8 @@ import addon as addon_module
 from governance.errors import LedgerUnavailable
 from governance.identity import api_key_principal
 from governance.ledger import Ledger
+from governance.mitm import guard as guard_module
+from governance.mitm import translate
 from tests.conftest import write_rules
 
 
@@ -574,13 +576,13 @@ class TestTransportGuard:
         a, _ = fuse
         nl = next_layer_for((name, 443), raw)
         a.guard.next_layer(nl)
-        assert isinstance(nl.layer, addon_module._Refused) and "LLM API" in nl.layer.reason
+        assert isinstance(nl.layer, guard_module._Refused) and "LLM API" in nl.layer.reason
 
     def test_a_raw_layer_named_by_its_client_hello_is_refused(self, fuse):
         a, _ = fuse
         nl = next_layer_for(("alias.example", 443), layers.TCPLayer, data=client_hello("api.anthropic.com"))
         a.guard.next_layer(nl)
-        assert isinstance(nl.layer, addon_module._Refused)
+        assert isinstance(nl.layer, guard_module._Refused)
 
     def test_raw_layers_elsewhere_are_left_alone_in_open_mode(self, fuse):
         a, _ = fuse
@@ -647,10 +649,8 @@ def test_proxy_user_parsing():
     import base64
 
     token = base64.b64encode(b"team-a:secret").decode()
-    assert addon_module._proxy_credentials(f"Basic {token}")[0] == "team-a"
-    assert (
-        addon_module._proxy_credentials("Basic !!!") is None and addon_module._proxy_credentials(None) is None
-    )
+    assert translate.proxy_credentials(f"Basic {token}")[0] == "team-a"
+    assert translate.proxy_credentials("Basic !!!") is None and translate.proxy_credentials(None) is None
 
 
 @pytest.mark.parametrize(

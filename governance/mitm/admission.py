@@ -1,0 +1,116 @@
+"""Carrying out an admission: a metered request is read, admitted (asking the provider's token
+counter when a refusal hinges on it), and forwarded with the body the engine prepared, or
+answered with the engine's refusal."""
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+from governance import refusals, wire
+from governance.engine import Engine
+from governance.errors import RequestParseError
+from governance.identity import Identity
+from governance.ledger import RequestRecord
+from governance.mitm import translate
+from governance.mitm.state import Decided, Pending, decided_endpoint
+from governance.reading import ReadRequest
+from governance.types import Endpoint
+
+if TYPE_CHECKING:
+    from governance.mitm.fuse import SpendFuse
+
+logger = logging.getLogger("spendfuse")
+
+# Bodies larger than this are parsed and tokenized off the event loop.
+_OFFLOAD_BYTES = 64 * 1024
+# So are bodies that carry a PDF (base64 of `%PDF-`): a small one can take pypdf a second to read.
+_PDF_BASE64 = b"JVBERi0"
+
+
+class Admission:
+    """The metered path of `SpendFuse.request`. From an allowed decision on, the reservation is
+    settled by the fuse's `response` or `error`, or released here if the flow cannot be forwarded."""
+
+    def __init__(self, fuse: "SpendFuse") -> None:
+        self.fuse = fuse
+
+    async def _read(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity
+    ) -> ReadRequest:
+        """The request understood by the engine; large bodies (and PDFs) off the event loop."""
+        request_id = translate.request_id(flow, self.fuse.state)
+        key_id = who.key.id if who.key else None
+
+        def read() -> ReadRequest:
+            body, betas = translate.request_body(flow)
+            return engine.read_request(
+                endpoint, body, principal=who.principal, request_id=request_id, betas=betas, key_id=key_id
+            )
+
+        raw = flow.request.raw_content or b""
+        # A compressed body's decoded size is not known until it is decoded.
+        if len(raw) > _OFFLOAD_BYTES or _PDF_BASE64 in raw or "content-encoding" in flow.request.headers:
+            return await asyncio.to_thread(read)
+        return read()
+
+    async def admit(self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity) -> None:
+        """Read, admit and forward (or answer) a metered request sent by `who`."""
+        try:
+            read = await self._read(flow, endpoint, engine, who)
+            # Everything that can fail about the forwarded bytes fails before reserving.
+            forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
+        except RequestParseError as e:
+            rec = RequestRecord(
+                translate.request_id(flow, self.fuse.state),
+                who.principal,
+                provider=endpoint.family,
+                api=endpoint.api,
+            )
+            await self.fuse.refuse_early(flow, endpoint, rec, refusals.parse(str(e)))
+            return
+        counter = engine.counter_request(read, endpoint.family)
+        decision = await self.fuse.on_ledger(
+            lambda: engine.admit(read.info, translate.now(), count_may_help=counter is not None)
+        )
+        if decision.hinges_on_count:
+            assert counter is not None
+            read = await self.fuse.counter.count_input(flow, engine, read, counter, who)
+            decision = await self.fuse.on_ledger(engine.admit, read.info, translate.now())
+        if not decision.allowed:
+            assert decision.refusal is not None
+            self.fuse.answer(flow, endpoint, decision.refusal)
+            return
+        # Allowed: from here on the reservation must be settled by `response` or `error`, or
+        # released here if the flow cannot be forwarded after all.
+        try:
+            if decision.output_cap is not None:  # output-cap injection: the body changes again
+                forward = wire.encode_json_body(engine.forward_body(read, decision, endpoint.family))
+            if forward is not None:
+                flow.request.content = forward
+            # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
+            flow.request.headers["accept-encoding"] = "identity"
+            flow.metadata["spendfuse"] = {
+                "decision": "dry_run" if decision.refusal else "allowed",
+                "model": read.info.model,
+                "principal": who.principal,
+                "reserved_usd": f"{decision.reserved:.6f}",
+                **(
+                    {"injected_output_tokens": decision.output_cap} if decision.output_cap is not None else {}
+                ),
+                **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
+            }
+            fs = self.fuse.state.flow(flow.id)
+            fs.pending = Pending(read.info, endpoint, flow, engine, decision=decision)
+            fs.decided = Decided(
+                decided_endpoint(endpoint), translate.priced_fingerprint(flow), who.principal
+            )
+        except Exception as e:
+            request_id = read.info.request_id
+            logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
+            what = type(e).__name__
+            await self.fuse.on_ledger(
+                lambda: engine.release(request_id, translate.now(), outcome=f"not forwarded: {what}")
+            )
+            self.fuse.fail(flow, endpoint, refusals.internal(what))

@@ -1,0 +1,334 @@
+"""The fuse hooks: every HTTP flow in, the engine's verdict carried out.
+
+Fail closed: a hook that cannot decide answers the client with a refusal in its provider's
+envelope. mitmproxy's own `safecall` would log an exception and forward the request, so no
+exception is allowed to escape a request hook.
+"""
+
+import json
+import logging
+
+from mitmproxy import command, ctx, http
+
+from governance import refusals, verdicts
+from governance.engine import Engine
+from governance.errors import LedgerUnavailable
+from governance.gate import HEALTH_HOST, Action, Verdict
+from governance.hosts import canonical_host
+from governance.identity import KEY_HEADERS, Credentials, Identity
+from governance.ledger import RequestRecord
+from governance.mitm import options, translate
+from governance.mitm.admission import Admission
+from governance.mitm.counter import INTERNAL_HEADER, CounterClient
+from governance.mitm.guard import TransportGuard
+from governance.mitm.runtime import Runtime
+from governance.mitm.state import Decided, Pending, State, decided_endpoint
+from governance.settlement import Settlement, stream_tap
+from governance.types import Endpoint, Refusal, RefusalKind
+
+logger = logging.getLogger("spendfuse")
+
+# Meant for spendfuse alone: never forwarded to anyone.
+_OWN_HEADERS = ("proxy-authorization", INTERNAL_HEADER, *KEY_HEADERS)
+
+
+class SpendFuse:
+    """The addon. `__init__` does no I/O: the ledger opens in `configure`. Its transport guard
+    joins the end of the addon chain once mitmproxy runs."""
+
+    def __init__(self) -> None:
+        self.runtime = Runtime()
+        self.state = State()
+        self.counter = CounterClient(self.state)
+        self.guard = TransportGuard(self)
+        self.admission = Admission(self)
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.runtime.engine
+
+    def _ledger_thread(self):  # type: ignore[no-untyped-def]
+        return self.runtime.ledger_thread()
+
+    async def on_ledger(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await self.runtime.on_ledger(fn, *args)
+
+    # -- lifecycle (sync, as mitmproxy requires) -----------------------------------------------
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        options.add_options(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        self.runtime.configure(updated)
+
+    def running(self) -> None:
+        # The guard must run after mitmproxy's NextLayer, TlsConfig and every script: last in the chain.
+        existing = ctx.master.addons.get(TransportGuard.name)
+        if existing is None:
+            ctx.master.addons.add(self.guard)
+        else:
+            existing.fuse = self  # a reloaded script: the guard serves the new instance
+        self.runtime.running()
+
+    @command.command("spendfuse.reload")
+    def reload_rules(self) -> None:
+        """Load the rules file again. A good file takes effect at once, for every request not yet
+        admitted; a bad one is refused with every problem logged, and the old rules stay."""
+        self.runtime.reload_rules()
+
+    def done(self) -> None:
+        in_flight = self.state.take_pending()
+        self.state.flows.clear()
+        self.state.conns.clear()
+        self.runtime.done(in_flight)
+
+    # -- connections ------------------------------------------------------------------------------
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        try:
+            creds = translate.proxy_credentials(flow.request.headers.get("proxy-authorization"))
+            conn = self.state.conn(flow.client_conn.id)
+            if creds:
+                conn.proxy_user = creds
+            conn.connect_target = flow.request.host
+            engine = self.engine
+            if engine is None:
+                self.answer(flow, None, refusals.internal(f"not configured: {self.runtime.config_error}"))
+                return
+            refusal: Refusal | None = None
+            if creds:
+                who = engine.identify(Credentials(proxy_user=creds[0], proxy_secret=creds[1]))
+                if isinstance(who, Refusal) and who.kind is RefusalKind.PROXY_AUTH:
+                    refusal = who
+            if refusal is None:
+                refusal = engine.screen_connect(
+                    [flow.request.host, *flow.request.headers.get_all("host")], flow.request.port
+                )
+            if refusal is not None:
+                await self.refuse_early(flow, None, None, refusal)
+                # A CONNECT's answer fires no `response`: forget what the refusal kept for one.
+                self.state.end(flow.id)
+        except Exception as e:
+            logger.exception("spendfuse: CONNECT hook failed")
+            self.answer(flow, None, refusals.internal(type(e).__name__))
+
+    def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.state.conns.pop(client.id, None)
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def answer(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
+        """Answer the flow with `refusal` in its endpoint's envelope (whatever dry run says)."""
+        req = flow.request
+        ans = verdicts.answer(endpoint, req.host, req.path, refusal, f"req_spendfuse_{flow.id}")
+        flow.response = http.Response.make(ans.status, ans.body, ans.headers)
+        self.state.flow(flow.id).answered = ans
+        flow.metadata["spendfuse"] = {
+            "decision": "refused",
+            "rule": refusal.rule,
+            "code": refusal.code,
+            "message": refusal.message,
+        }
+        host, path = (endpoint.host, endpoint.path) if endpoint else (req.host, req.path)
+        logger.info("spendfuse: refused %s %s%s: %s", req.method, host, path, refusal.message)
+
+    async def refuse_early(
+        self, flow: http.HTTPFlow, endpoint: Endpoint | None, rec: RequestRecord | None, refusal: Refusal
+    ) -> None:
+        """Record a refusal made before any reservation, then answer it (or, in dry run, let the
+        flow pass). Recording is best effort: the refusal is sent even when the ledger is down."""
+        engine = self.engine
+        if rec is None:
+            provider = endpoint.family if endpoint else None
+            rec = RequestRecord(
+                translate.request_id(flow, self.state), self._principal(flow), provider=provider
+            )
+        if engine is not None:
+            try:
+                await self.on_ledger(engine.record_refusal, rec, refusal, translate.now())
+            except Exception as e:  # noqa: BLE001 - the refusal is sent whether or not it is recorded
+                logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
+        self.fail(flow, endpoint, refusal)
+
+    def fail(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
+        fs = self.state.flows.get(flow.id)
+        if fs is not None:
+            fs.pending = None
+        engine = self.engine
+        if (
+            verdicts.enforced(refusal, dry_run=engine is not None and engine.dry_run, what=flow.id)
+            is not None
+        ):
+            self.answer(flow, endpoint, refusal)
+
+    def _principal(self, flow: http.HTTPFlow) -> str:
+        """The principal a request is recorded under (`unidentified` when its claim failed)."""
+        if self.engine is None:
+            return "default"
+        who = self.engine.identify(translate.credentials(flow, self.state))
+        return who.principal if isinstance(who, Identity) else "unidentified"
+
+    def _health(self, flow: http.HTTPFlow) -> None:
+        ok = self.engine is not None
+        body = {
+            "status": "ok" if ok else "unconfigured",
+            "dry_run": bool(self.engine and self.engine.dry_run),
+        }
+        if not ok:
+            body["error"] = self.runtime.config_error
+        flow.response = http.Response.make(
+            200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
+        )
+
+    # -- request ------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before any later addon sees the request: the transport guard is still last in the
+        chain. An addon added after it (by a later script's `running`, say) would otherwise act
+        after the guard, and could stream a request body upstream with nothing to undo it. The
+        chain is moved in place, before the hooks after this one run, so this request is covered."""
+        addons = ctx.master.addons
+        guard = addons.get(TransportGuard.name)
+        if guard is not None and addons.chain and addons.chain[-1] is not guard:
+            addons.chain.remove(guard)
+            addons.chain.append(guard)
+            logger.warning("spendfuse: an addon was added after the transport guard; the guard is last again")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        verdict: Verdict | None = None
+        try:
+            engine = self.engine
+            if engine is None:
+                if canonical_host(flow.request.host) == HEALTH_HOST:
+                    self._health(flow)
+                else:
+                    self.answer(flow, None, refusals.internal(f"not configured: {self.runtime.config_error}"))
+                return
+            verdict = engine.screen(translate.incoming(flow, self.state))
+            await self._act(flow, verdict, engine)
+        except LedgerUnavailable as e:
+            logger.error("spendfuse: ledger unavailable: %s", e)
+            await self.refuse_early(
+                flow, verdict.endpoint if verdict else None, None, refusals.ledger_unavailable(e)
+            )
+        except Exception as e:
+            logger.exception("spendfuse: request hook failed")
+            refusal = refusals.internal(type(e).__name__)
+            await self.refuse_early(flow, verdict.endpoint if verdict else None, None, refusal)
+
+    async def _act(self, flow: http.HTTPFlow, verdict: Verdict, engine: Engine) -> None:
+        """Carry out the gate's verdict."""
+        if verdict.action is Action.HEALTH:
+            self._health(flow)
+            return
+        who = self.counter.caller(flow) or engine.identify(translate.credentials(flow, self.state))
+        for name in _OWN_HEADERS:  # ours: never sent to anyone
+            flow.request.headers.pop(name, None)
+        endpoint = verdict.endpoint
+        refused = who if isinstance(who, Refusal) else None
+        if refused is not None and verdicts.enforced(refused, dry_run=engine.dry_run, what=flow.id) is None:
+            # Dry run refuses nothing, and meters everything: the caller counts as unidentified.
+            who, refused = Identity("unidentified"), None
+        principal = who.principal if isinstance(who, Identity) else "unidentified"
+        fs = self.state.flow(flow.id)
+        if verdict.action is Action.PASS:
+            # Wrong proxy credentials are refused on every host; a key header only matters to LLM hosts.
+            if refused is not None and refused.kind is RefusalKind.PROXY_AUTH:
+                rec = RequestRecord(translate.request_id(flow, self.state), "unidentified")
+                await self.refuse_early(flow, None, rec, refused)
+                return
+            fs.decided = Decided(None, None, principal)
+            return
+        if verdict.action is Action.REFUSE or refused is not None:
+            refusal = refused or verdict.refusal
+            assert refusal is not None
+            provider = endpoint.family if endpoint else None
+            rec = RequestRecord(translate.request_id(flow, self.state), principal, provider=provider)
+            await self.refuse_early(flow, endpoint, rec, refusal)
+            return
+        assert endpoint is not None
+        if verdict.action is Action.FREE:
+            fs.decided = Decided(decided_endpoint(endpoint), None, principal)
+            if "allow_unmetered" in verdict.notes:
+                logger.info(
+                    "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
+                    flow.request.method,
+                    endpoint.host,
+                    endpoint.path,
+                )
+            return
+        assert isinstance(who, Identity)
+        await self.admission.admit(flow, endpoint, engine, who)
+
+    # -- response -----------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        pending = self.state.pending(flow.id)
+        if pending is None or flow.response is None:
+            return
+        decision = pending.decision
+        if decision is not None and decision.remaining is not None:
+            # The agent's headroom, as it stood once this request was reserved at its worst case.
+            flow.response.headers["x-spendfuse-remaining-usd"] = f"{decision.remaining:.6f}"
+            flow.response.headers["x-spendfuse-budget"] = decision.binding or ""
+        try:
+            headers = flow.response.headers
+            tap = stream_tap(
+                pending.info,
+                pending.endpoint.family,
+                headers.get("content-type", ""),
+                headers.get("content-encoding", ""),
+            )
+            if tap is not None:
+                pending.tap = tap
+                flow.response.stream = tap
+        except Exception:
+            # Not streaming means buffering: `response` then reads usage from the whole body.
+            logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        fs = self.state.end(flow.id)
+        answered = fs.answered
+        if answered is not None:
+            if (
+                flow.is_replay == "response"
+                and flow.response is not None
+                and flow.response.status_code != answered.status
+            ):
+                # Server replay overwrites a refusal with the recorded answer; put the refusal back.
+                flow.response = http.Response.make(answered.status, answered.body, answered.headers)
+            return
+        pending = fs.pending
+        if pending is None:
+            return
+        try:
+            facts = translate.response_facts(flow, pending.tap)
+            s = pending.engine.read_response(pending.info, pending.endpoint.family, facts)
+        except Exception:
+            logger.exception("spendfuse: settling %s failed", flow.id)
+            s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
+        await self._settle(pending, s)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        pending = self.state.end(flow.id).pending
+        if pending is None:
+            return
+        try:
+            tapped = pending.tap.usage if pending.tap is not None else None
+            reached = translate.reached_upstream(flow)
+            error = flow.error.msg if flow.error else "error"
+            s = pending.engine.read_error(pending.info, tapped, reached=reached, error=error)
+        except Exception:
+            logger.exception("spendfuse: settling failed flow %s failed", flow.id)
+            s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
+        await self._settle(pending, s)
+
+    async def _settle(self, pending: Pending, s: Settlement) -> None:
+        try:
+            await self.on_ledger(pending.engine.settle, s, translate.now())
+        except LedgerUnavailable as e:
+            logger.error(
+                "spendfuse: %s stays held until the reaper charges it: %s", pending.info.request_id, e
+            )

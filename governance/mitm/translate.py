@@ -1,0 +1,156 @@
+"""Flows into plain facts for the engine: who sends a request, every name it carries for its
+target, its body, what the upstream answered and whether it was reached. No decisions here."""
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import mode_specs
+
+from governance import bodies, provider_headers, shape, wire
+from governance.errors import RequestParseError
+from governance.gate import Incoming
+from governance.identity import KEY_HEADERS, Credentials
+from governance.mitm.state import State
+from governance.settlement import ResponseFacts
+from governance.wire.tap import StreamTap
+
+# Modes where the destination is an address the client's own resolver chose (no CONNECT names
+# it), so the SNI or Host says which host it is for.
+_RESOLVED_DESTINATION_MODES = (mode_specs.TransparentMode, mode_specs.WireGuardMode, mode_specs.LocalMode)
+_PRINCIPAL_HEADERS = frozenset({"proxy-authorization", *KEY_HEADERS, *provider_headers.API_KEY_HEADERS})
+
+
+def now() -> datetime:
+    """The one place real time is read; everything below takes `now` as an argument."""
+    return datetime.now(UTC)
+
+
+def proxy_credentials(header: str | None) -> tuple[str, str | None] | None:
+    """`(user, secret)` of a `Proxy-Authorization: Basic` header, or None when there is none."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        text = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, secret = text.partition(":")
+    return (user, secret if sep else None) if user else None
+
+
+def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
+    """What the request presents about who sends it (see `governance.identity`)."""
+    # One pass over the headers: each `headers.get` is a scan of its own.
+    found: dict[str, str] = {}
+    for name, value in flow.request.headers.items():
+        name = name.lower()
+        if name in _PRINCIPAL_HEADERS and value and name not in found:
+            found[name] = value
+    conn = state.conns.get(flow.client_conn.id)
+    proxy = (conn.proxy_user if conn else None) or proxy_credentials(found.get("proxy-authorization"))
+    api_key = next((found[n] for n in provider_headers.API_KEY_HEADERS if n in found), None)
+    mode = flow.client_conn.proxy_mode
+    # The port the proxy listens on for this mode: in transparent modes the connection's own
+    # address is the destination the client dialled, which says nothing about who it is.
+    port = mode.listen_port(getattr(ctx.options, "listen_port", None))
+    listeners = (str(port), mode.full_spec) if port else (mode.full_spec,)
+    header = next((n for n in KEY_HEADERS if n in found), None)
+    return Credentials(
+        proxy_user=proxy[0] if proxy else None,
+        proxy_secret=proxy[1] if proxy else None,
+        key_header=found[header] if header else None,
+        key_header_name=header,
+        listeners=listeners,
+        api_key=provider_headers.api_key(api_key) if api_key else None,
+    )
+
+
+def incoming(flow: http.HTTPFlow, state: State) -> Incoming:
+    """The request's facts for the gate: every name it carries for its target."""
+    req = flow.request
+    mode = flow.client_conn.proxy_mode
+    names: list[tuple[str, str]] = [("url", req.host)]
+    if isinstance(mode, mode_specs.ReverseMode):
+        # The destination is the operator's reverse target; the client's Host names the proxy
+        # and is replaced upstream, unless keep_host_header sends it on.
+        if getattr(ctx.options, "keep_host_header", False):
+            names += [("host", v) for v in req.headers.get_all("host")]
+    else:
+        if connect := state.connect_target(flow.client_conn.id):
+            names.append(("connect", connect))
+        if flow.client_conn.sni:
+            names.append(("sni", flow.client_conn.sni))
+        names += [("host", v) for v in req.headers.get_all("host")]
+        if req.authority:
+            names.append(("authority", req.authority))
+    return Incoming(
+        method=req.method,
+        path=req.path,
+        port=req.port,
+        names=tuple(names),
+        upgrade=tuple(req.headers.get_all("upgrade")),
+        destination_is_resolved=isinstance(mode, _RESOLVED_DESTINATION_MODES),
+        claims=shape.method_claims(req.method, req.headers.items(multi=True), req.path),
+        has_body=bool(req.raw_content),
+        body=lambda: body_as_sent(req),
+    )
+
+
+def body_as_sent(req: http.Request) -> bytes | None:
+    """A request's body for the gate's look at it, as its server would read it (`bodies.as_read`:
+    inflated within a bound; None past it)."""
+    encodings = [e for v in req.headers.get_all("content-encoding") for e in v.split(",")]
+    return bodies.as_read(req.raw_content or b"", encodings)
+
+
+def request_body(flow: http.HTTPFlow) -> tuple[object, list[str]]:
+    """The request's decoded JSON body and its Anthropic betas. Raises `RequestParseError`."""
+    try:
+        text = flow.request.get_content(strict=True)
+    except ValueError as e:
+        raise RequestParseError(f"cannot decode the request body: {e}") from e
+    body = wire.decode_json_body(text or b"")
+    return body, provider_headers.betas(flow.request.headers.get_all("anthropic-beta"))
+
+
+def priced_fingerprint(flow: http.HTTPFlow) -> int:
+    """What a metered request was priced from: its body, and the headers that change what the
+    provider bills (Anthropic's betas, such as the 1M-token context)."""
+    headers = flow.request.headers
+    priced = tuple(v for name in provider_headers.PRICED_HEADERS for v in headers.get_all(name))
+    return hash((flow.request.raw_content, priced))
+
+
+def request_id(flow: http.HTTPFlow, state: State) -> str:
+    """The ledger's id for this request. A flow's id, except that a client replay re-sends a
+    recorded flow under its old id, and each sending is a request of its own."""
+    fs = state.flow(flow.id)
+    if fs.request_id is None:
+        fs.request_id = flow.id if flow.is_replay != "request" else f"{flow.id}~{uuid.uuid4().hex[:12]}"
+    return fs.request_id
+
+
+def reached_upstream(flow: http.HTTPFlow) -> bool:
+    """Whether the request can have reached the upstream: a response came, or the connection to
+    it came up (TLS included). When it cannot have, nothing was billed."""
+    server = flow.server_conn
+    return flow.response is not None or (
+        server is not None
+        and server.timestamp_tcp_setup is not None
+        and (flow.request.scheme == "http" or server.timestamp_tls_setup is not None)
+    )
+
+
+def response_facts(flow: http.HTTPFlow, tap: StreamTap | None) -> ResponseFacts:
+    """What the upstream answered: the tap's usage when it read the stream, else the body."""
+    resp = flow.response
+    assert resp is not None
+    content_type = resp.headers.get("content-type", "")
+    if flow.is_replay == "response":
+        return ResponseFacts(resp.status_code, content_type, replayed=True)
+    if tap is not None and tap.chunks > 0:
+        return ResponseFacts(resp.status_code, content_type, streamed=True, tapped=tap.usage)
+    body = (resp.get_content(strict=False) or b"") if resp.raw_content else b""
+    return ResponseFacts(resp.status_code, content_type, body)

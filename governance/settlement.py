@@ -1,0 +1,195 @@
+"""Settling a reservation: what an answered, failed or abandoned request is charged.
+
+The proxy side hands over plain facts (status, content type, body or the stream tap's usage,
+whether the upstream was reached, replay); this module decides what they mean for the ledger:
+
+- `read_response` / `read_error` / `read_shutdown` (pure) turn facts into a `Settlement`;
+- `settle` (ledger thread) carries it out: real usage is priced and charged; without usage the
+  hold is released if the upstream never ran the request and charged in full otherwise; when
+  settling itself fails, the hold (an upper bound of the bill) is charged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from governance import money, regional, wire
+from governance.errors import LedgerUnavailable, PricingError
+from governance.types import Priced, RequestInfo, Usage
+from governance.wire.tap import StreamTap, read_sse_body
+
+if TYPE_CHECKING:
+    from governance.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+SSE = "text/event-stream"
+
+
+@dataclass(frozen=True)
+class ResponseFacts:
+    """What the upstream answered, as plain values. `streamed`: the stream tap read the body as
+    it passed (then `tapped` is its usage, and `body` is not needed); otherwise `body` is the
+    whole decoded body. `replayed`: mitmproxy's server replay answered, not the upstream."""
+
+    status: int
+    content_type: str
+    body: bytes = b""
+    streamed: bool = False
+    tapped: Usage | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What to do with a reservation: settle `usage` (or, without it, charge the hold when the
+    upstream ran and release it when not); `charge`: charge the whole hold, as settling failed."""
+
+    info: RequestInfo
+    usage: Usage | None
+    outcome: str
+    upstream_ran: bool
+    charge: bool = False
+
+
+def is_event_stream(content_type: str) -> bool:
+    """Whether a response is a server-sent event stream (where usage comes in an event)."""
+    return content_type.lower().startswith(SSE)
+
+
+def stream_tap(info: RequestInfo, family: str, content_type: str, content_encoding: str) -> StreamTap | None:
+    """The tap that reads usage from an event stream as it passes (None: not a stream; the
+    whole body is read when it has arrived)."""
+    if not is_event_stream(content_type):
+        return None
+    return StreamTap(wire.FAMILIES[family].StreamUsage(info.api), content_encoding)
+
+
+def response_usage(info: RequestInfo, family: str, facts: ResponseFacts) -> Usage | None:
+    """The usage an answer reports: the tap's for a streamed one, else read from its body."""
+    if facts.streamed:
+        return facts.tapped
+    if not facts.body:
+        return None
+    reader = wire.FAMILIES[family]
+    if is_event_stream(facts.content_type):
+        return read_sse_body(reader.StreamUsage(info.api), facts.body)
+    try:
+        body = json.loads(facts.body)
+    except ValueError:
+        body = None
+    return reader.usage_from_body(info.api, body)
+
+
+def read_response(info: RequestInfo, family: str, facts: ResponseFacts) -> Settlement:
+    """How an answered request settles. A replayed answer cost no real money: released. An
+    answer without usage was billed in full unless it is an error status (then it was not run)."""
+    if facts.replayed:
+        return Settlement(info, None, "replayed", upstream_ran=False)
+    try:
+        usage = response_usage(info, family, facts)
+    except Exception:  # a reader's bug must not leave the hold to the reaper: charged below
+        logger.exception("settling %s failed", info.request_id)
+        return Settlement(info, None, "settle failed", upstream_ran=True, charge=True)
+    if usage is not None:
+        outcome = "usage"
+    elif facts.status >= 400:
+        outcome = f"upstream_error_{facts.status}"
+    else:
+        outcome = "no_usage"
+    return Settlement(info, usage, outcome, upstream_ran=usage is not None or facts.status < 400)
+
+
+def read_error(info: RequestInfo, tapped: Usage | None, *, reached: bool, error: str) -> Settlement:
+    """How a request that failed (connection lost, killed) settles: the usage a stream showed,
+    else its hold if the upstream was reached (it may have billed), else nothing."""
+    msg = (error or "error").split("\n")[0][:80]
+    outcome = f"usage; then {msg}" if tapped is not None else f"error: {msg}"
+    return Settlement(info, tapped, outcome, upstream_ran=reached)
+
+
+def read_shutdown(info: RequestInfo, tapped: Usage | None, *, reached: bool) -> Settlement:
+    """How a request still in flight at a clean shutdown settles (rather than leave a hold for
+    the next run to charge in full): as a failed one, under its own outcome."""
+    outcome = "proxy shut down" + ("; usage seen" if tapped is not None else "")
+    return Settlement(info, tapped, outcome, upstream_ran=reached)
+
+
+def settle(engine: Engine, s: Settlement, now: datetime) -> None:
+    """Carry out `s` in the engine's ledger (ledger thread). When settling fails for a reason
+    other than the ledger, the reservation, an upper bound of the bill, is charged instead."""
+    if not s.charge:
+        try:
+            engine.finish(s.info, s.usage, now, outcome=s.outcome, upstream_ran=s.upstream_ran)
+            return
+        except Exception:
+            logger.exception("settling %s failed", s.info.request_id)
+    try:
+        engine.ledger.charge_reservation(s.info.request_id, now, outcome="settle failed")
+    except LedgerUnavailable as e:
+        logger.error("%s stays held until the reaper charges it: %s", s.info.request_id, e)
+
+
+def finish(
+    engine: Engine,
+    info: RequestInfo,
+    usage: Usage | None,
+    now: datetime,
+    *,
+    outcome: str,
+    upstream_ran: bool = True,
+) -> None:
+    """Settle a reservation. Real usage is priced and charged; without usage, the hold is
+    released if the upstream never ran the request, and charged in full otherwise (a
+    provider bills a stream that was cut before its usage event)."""
+    ledger = engine.ledger
+    if usage is None:
+        if upstream_ran:
+            ledger.charge_reservation(info.request_id, now, outcome=outcome)
+        else:
+            ledger.release(info.request_id, now, outcome=outcome)
+        return
+    try:
+        priced = _price_usage(engine, info, usage, now)
+    except PricingError:
+        logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
+        ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")
+        return
+    micro, rest = money.split(priced.cost)  # exact: see governance.money
+    ledger.settle(
+        info.request_id,
+        micro,
+        now,
+        outcome=outcome,
+        usage=usage,
+        price_source=priced.source,
+        cost_submicro=rest,
+    )
+
+
+def _price_usage(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> Priced:
+    # Price by the model the upstream says it ran (a dated id, or what a router picked),
+    # falling back to the requested model when that name is unknown.
+    if usage.model and usage.model != info.model:
+        try:
+            return _settled_price(engine, info, usage.model, usage, now)
+        except PricingError:
+            pass
+    return _settled_price(engine, info, info.model, usage, now)
+
+
+def _settled_price(engine: Engine, info: RequestInfo, model: str, usage: Usage, now: datetime) -> Priced:
+    """`usage` on `model` at the geo the response reports (else the one the request named),
+    with the fee table's per-call fee."""
+    pricer = engine.pricer_for(info)
+
+    def price(searches: int) -> Priced:
+        return pricer.price(info.provider, model, replace(usage, web_searches=searches), now)
+
+    geo = usage.inference_geo or info.inference_geo
+    uplift = engine.regional.uplift(info.provider, model, info.host, geo, reserving=False)
+    return regional.surcharged(price, usage.web_searches, uplift, engine.fees.fee_for(info.provider, model))

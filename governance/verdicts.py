@@ -1,0 +1,44 @@
+"""What the proxy side is told to do: answer a request with a refusal, or let it pass.
+
+Dry run is decided here, once: a refusal in dry run is logged and not carried out. An answer is
+a refusal rendered in the envelope its endpoint's clients understand. Pure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from governance import wire
+from governance.types import Endpoint, Metering, Refusal
+
+logger = logging.getLogger("spendfuse")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response to send instead of forwarding: the refusal in its provider's envelope."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def enforced(refusal: Refusal | None, *, dry_run: bool, what: str) -> Refusal | None:
+    """The refusal to carry out: `refusal`, or None in dry run (which logs what it would do)."""
+    if refusal is not None and dry_run:
+        logger.warning("spendfuse: dry run: would refuse %s: %s", what, refusal.message)
+        return None
+    return refusal
+
+
+def answer(endpoint: Endpoint | None, host: str, path: str, refusal: Refusal, reference: str) -> Answer:
+    """The answer to a refused request; `endpoint` None: not LLM traffic (a generic envelope)."""
+    ep = endpoint or unknown_endpoint(host, path)
+    status, headers, body = wire.render_error(ep, refusal, reference)
+    return Answer(status, headers, body)
+
+
+def unknown_endpoint(host: str, path: str) -> Endpoint:
+    """The endpoint a refusal of traffic that is not a known LLM API is rendered for."""
+    return Endpoint("unknown", "", Metering.UNMETERED, host, path)
