@@ -35,6 +35,7 @@ def _duplicate_ids(p: Policy) -> list[Problem]:
         ("customers", p.customers),
         ("teams", p.teams),
         ("keys", p.keys),
+        ("credentials", p.credentials),
     ):
         first: dict[str, int] = {}
         for i, item in enumerate(items):
@@ -146,8 +147,14 @@ def _keys(p: Policy) -> list[Problem]:
     teams = {t.id for t in p.teams}
     listeners: dict[str, str] = {}  # listener -> the key it is given to
     out: list[Problem] = []
+    credentials = {c.id for c in p.credentials}
     for i, k in enumerate(p.keys):
         out += _key_problems(i, k, teams, customers, listeners)
+        out += [
+            Problem(("keys", i, "credentials", j), f"unknown credential {c!r}")
+            for j, c in enumerate(k.credentials or ())
+            if c not in credentials
+        ]
     return out
 
 

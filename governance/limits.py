@@ -182,6 +182,9 @@ class Key(_Attached):
     """Providers (genai-prices ids) the key may use. Unset: any; empty: none."""
     max_multiplier: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
     """The key's own multiplier cap; the rules' `max_multiplier` still applies."""
+    credentials: list[Id] | None = None
+    """Custody credentials (ids in `credentials:`) this key's requests may be sent with. Unset: any
+    credential of the request's provider."""
 
     @field_validator("secret_sha256")
     @classmethod

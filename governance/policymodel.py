@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from governance.custody import Credential
 from governance.hostrules import HostRule
 from governance.limits import (
     BudgetRule,
@@ -61,6 +62,11 @@ class Policy(Strict):
     """Keys agents authenticate as. Once there is one, a claimed key must prove itself."""
     require_key: bool = False
     """Refuse requests from clients that authenticate as no key."""
+    credentials: list[Credential] = []
+    """Provider keys spendfuse holds (custody): injected into admitted requests, so agents need none."""
+    custody: Literal["optional", "required"] = "optional"
+    """`required`: refuse any request whose provider credential is not a virtual key (a key's secret)
+    or absent, so that an agent holding a stray real key cannot spend through the fuse either."""
     max_multiplier: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
     """Refuse models whose multiplier is above this. Unset: no multiplier cap."""
     multipliers: dict[str, Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]] | str = "multipliers.yaml"
