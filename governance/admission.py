@@ -89,7 +89,7 @@ def _decide(
             result.held,
             now,
             smallest_micro=smallest_claim(engine, info, result.blocking, now),
-            settled_submicro=result.settled_rest,
+            settled_rest=result.settled_rest,
         )
         if not result.granted:
             if count_may_help:

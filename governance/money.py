@@ -4,8 +4,9 @@ Limits, holds and top-ups are whole micro-USD (a limit rounds down, a hold round
 `types.limit_to_micro` and `types.to_micro`). A settled cost is rarely whole: at $0.075 per
 million tokens a token costs 0.075 µ$, and rounding every cost up recorded 2,000 requests of
 1.3 µ$ as $0.004000 against a bill of $0.002600. So a settled amount is kept exactly, as a pair
-of integer columns: its whole micro-dollars in `*_micro`, and the rest in `*_submicro`, counted
-in atto-USD (10^-18 $; `SUBMICRO_PER_MICRO` of them to the micro-dollar; 0 <= rest < that).
+of integer columns: its whole micro-dollars in one, and the rest in another (`*_rest`, or
+`cost_submicro` on requests), counted in atto-USD (10^-18 $; `SUBMICRO_PER_MICRO` of them to
+the micro-dollar; 0 <= rest < that).
 A counter's spend adds each cost's rest and carries whole micro-dollars over in the same
 UPDATE, inside the settling transaction, so the recorded sum of any number of costs is exact.
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-#: Atto-USD to the micro-dollar: the unit of the `*_submicro` columns.
+#: Atto-USD to the micro-dollar: the unit of the rest columns.
 SUBMICRO_PER_MICRO = 10**12
 # Sums of rests over many rows are taken in two parts, each a bounded integer, so that SQLite's
 # 64-bit sum() cannot overflow (it raises rather than lose precision, and a report would fail).

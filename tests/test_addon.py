@@ -380,7 +380,7 @@ class TestEveryExitPath:
         assert f.response.status_code == 503
         [row] = rows(a)
         assert row["state"] == "released" and row["outcome"] == "not forwarded: ValueError"
-        assert a._ledger_thread().call_blocking(a.engine.ledger.window_totals, "global", "").held_micro == 0
+        assert a._ledger_thread().call_blocking(a.engine.ledger.window_totals, "global", "").held == 0
 
     @pytest.mark.expect_errors("settling .* failed")
     async def test_a_settlement_that_fails_charges_the_reservation(self, fuse, monkeypatch):
@@ -420,7 +420,7 @@ class TestEveryExitPath:
         assert by_id[at_upstream.id]["cost_micro"] == by_id[at_upstream.id]["reserved_micro"]
         assert by_id[not_sent.id]["state"] == "released"
         assert by_id[streaming.id]["state"] == "settled" and by_id[streaming.id]["output_tokens"] == 2
-        assert led.window_totals("global", "").held_micro == 0
+        assert led.window_totals("global", "").held == 0
         led.close()
 
 

@@ -269,11 +269,11 @@ def test_sixty_four_requests_from_four_keys_of_one_team_through_two_proxies_neve
     led = Ledger.open(db)
     try:
         team = led.window_totals("team=research|team-cap", "")
-        per_key = [led.window_totals(f"key=k{i}|roomy", "").settled_micro for i in range(4)]
+        per_key = [led.window_totals(f"key=k{i}|roomy", "").settled for i in range(4)]
         principals = {r["principal"] for r in led.query("SELECT principal FROM requests")}
     finally:
         led.close()
-    assert team.held_micro == 0 and team.settled_micro == admitted * cost == cap - (cost - 1)
+    assert team.held == 0 and team.settled == admitted * cost == cap - (cost - 1)
     assert sum(per_key) == admitted * cost
     assert principals == {f"key:k{i}" for i in range(4)}
 

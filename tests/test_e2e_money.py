@@ -65,8 +65,8 @@ def test_many_small_requests_record_the_providers_bill(start, client_env, upstre
         [by_rows] = led.query(f"SELECT {money.sum_sql('cost_micro', 'cost_submicro', 'c')} FROM requests")
     finally:
         led.close()
-    assert t.held_micro == 0
-    counter = money.to_usd(t.settled_micro, t.settled_submicro)
+    assert t.held == 0
+    counter = money.to_usd(t.settled, t.settled_rest)
     assert abs(counter - expected) <= Decimal("0.000001") and counter == expected
     assert money.summed(by_rows, "c") == expected
     # What the operator sees: the spend as billed (to the micro-dollar shown).

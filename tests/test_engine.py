@@ -590,7 +590,7 @@ def test_tiny_requests_record_their_exact_bill_and_a_budget_of_that_size_admits_
     bill = 2000 * (10 * Decimal("0.1") + 3 * Decimal("0.1")) / 1_000_000
     assert bill == Decimal("0.0026")
     t = e.ledger.window_totals("global", "")
-    assert money.to_usd(t.settled_micro, t.settled_submicro) == bill
+    assert money.to_usd(t.settled, t.settled_rest) == bill
     # A budget of exactly the bill plus one more request's reservation admits that request,
     # and the refusal of the next one shows the spend as billed.
     sized = Engine(

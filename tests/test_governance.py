@@ -118,9 +118,9 @@ def test_each_level_trips_in_turn_and_names_itself(make):
     ]
     for counter, cap in caps:
         t = e.ledger.window_totals(counter, "")
-        assert t.held_micro == 0 and 0 < t.settled_micro <= cap
-        rows = e.ledger.query("SELECT sum(amount_micro) AS s FROM claims WHERE scope = ?", [counter])
-        assert rows[0]["s"] == t.settled_micro
+        assert t.held == 0 and 0 < t.settled <= cap
+        rows = e.ledger.query("SELECT sum(amount) AS s FROM claims WHERE scope = ?", [counter])
+        assert rows[0]["s"] == t.settled
 
 
 def test_the_same_counters_are_checked_charged_and_recorded(make):
@@ -139,9 +139,9 @@ def test_the_same_counters_are_checked_charged_and_recorded(make):
         "global:g",
     ]
     e.finish(info, Usage(10, 100), T0, outcome="usage")
-    charged = e.ledger.query("SELECT scope, amount_micro FROM claims WHERE request_id = 'r1'")
+    charged = e.ledger.query("SELECT scope, amount FROM claims WHERE request_id = 'r1'")
     assert sorted(c["scope"] for c in charged) == sorted(counters)
-    assert {c["amount_micro"] for c in charged} == {e.ledger.request("r1")["cost_micro"]}
+    assert {c["amount"] for c in charged} == {e.ledger.request("r1")["cost_micro"]}
 
 
 def test_remaining_is_the_tightest_budget_after_the_hold(make):
@@ -191,12 +191,11 @@ def test_tokens_settle_to_the_real_count(make):
         0
     ]
     assert (
-        e.ledger.window_totals("global|pace|tokens", window["window_start"]).held_micro
-        == info.input_tokens + 4000
+        e.ledger.window_totals("global|pace|tokens", window["window_start"]).held == info.input_tokens + 4000
     )
     e.finish(info, Usage(7, 20), T0, outcome="usage")
     t = e.ledger.window_totals("global|pace|tokens", window["window_start"])
-    assert (t.settled_micro, t.held_micro) == (27, 0)
+    assert (t.settled, t.held) == (27, 0)
 
 
 IN_FLIGHT = {
@@ -228,7 +227,7 @@ def test_in_flight_returns_to_zero_on_every_exit(make, finish):
     for info in infos[:2]:
         finish(e, info)
     t = e.ledger.window_totals("key=a|par|in_flight", "")
-    assert (t.settled_micro, t.held_micro) == (0, 0)
+    assert (t.settled, t.held) == (0, 0)
     assert e.admit(ask(e, "r9", key="a"), T0).allowed
 
 
@@ -357,7 +356,7 @@ def test_reset_starts_a_new_window_and_topup_adds_for_good(make):
         ("reset", "ops", 0),
     ]
     # History is kept: the first window's totals are still there.
-    assert e.ledger.window_totals("global:run", "").settled_micro == 10_005
+    assert e.ledger.window_totals("global:run", "").settled == 10_005
 
 
 def test_a_dated_snapshot_is_the_model_its_exact_rules_name(make):
@@ -432,7 +431,7 @@ def test_reshaping_a_window_in_the_rules_carries_its_spend(make, tmp_path, befor
     reshaped.finish(held, Usage(5, 10), later, outcome="usage")  # the hold moved with it, and settles there
     start = e.ledger.query("SELECT window_start FROM claims WHERE request_id = 'r2'")[0]["window_start"]
     t = e.ledger.window_totals("global:b", start)
-    assert t.held_micro == 0 and t.settled_micro == 10_005 + 105
+    assert t.held == 0 and t.settled == 10_005 + 105
 
 
 def test_reaped_in_flight_claims_match_their_totals(make):
@@ -440,10 +439,10 @@ def test_reaped_in_flight_claims_match_their_totals(make):
     info = ask(e, "r1", key="a")
     assert e.admit(info, T0).allowed
     assert e.ledger.reap(T0 + timedelta(hours=3), 7200) == 1
-    claims = e.ledger.query("SELECT scope, amount_micro FROM claims WHERE request_id = 'r1'")
+    claims = e.ledger.query("SELECT scope, amount FROM claims WHERE request_id = 'r1'")
     for c in claims:
         t = e.ledger.window_totals(c["scope"], "")
-        assert t.settled_micro + t.held_micro == c["amount_micro"]
+        assert t.settled + t.held == c["amount"]
 
 
 def test_output_cap_injection_fits_a_request_to_a_token_limit(make):
@@ -461,8 +460,8 @@ def test_output_cap_injection_fits_a_request_to_a_token_limit(make):
     assert info.max_output_tokens == 16384 and info.requested_output_tokens is None
     d = e.admit(info, T0)
     assert d.allowed and d.output_cap == 5000 - info.input_tokens
-    held = e.ledger.query("SELECT amount_micro FROM claims WHERE request_id = 'r1' AND unit = 'tokens:total'")
-    assert held[0]["amount_micro"] == 5000
+    held = e.ledger.query("SELECT amount FROM claims WHERE request_id = 'r1' AND unit = 'tokens:total'")
+    assert held[0]["amount"] == 5000
     e.finish(info, Usage(info.input_tokens, 3000), T0, outcome="usage")
     again = e.read_request(CHAT, body, principal="default", request_id="r2").info
     d2 = e.admit(again, T0)

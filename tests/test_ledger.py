@@ -33,9 +33,9 @@ def ledger(tmp_path: Path):
 def test_reserve_refuses_what_does_not_fit_and_records_it(ledger):
     assert ledger.reserve(RequestRecord("a", "p"), claim(600_000), 600_000, NOW).granted
     r = ledger.reserve(RequestRecord("b", "p"), claim(600_000), 600_000, NOW)
-    assert not r.granted and (r.settled_micro, r.held_micro) == (0, 600_000)
+    assert not r.granted and (r.settled, r.held) == (0, 600_000)
     assert ledger.request("b")["state"] == "refused" and ledger.request("b")["rule"] == "budget:global"
-    assert ledger.window_totals("global", "").held_micro == 600_000
+    assert ledger.window_totals("global", "").held == 600_000
 
 
 def test_settle_is_idempotent_and_frees_room(ledger):
@@ -44,7 +44,7 @@ def test_settle_is_idempotent_and_frees_room(ledger):
     assert not ledger.settle("a", 100_000, NOW, outcome="usage")
     assert not ledger.release("a", NOW, outcome="x")
     t = ledger.window_totals("global", "")
-    assert (t.settled_micro, t.held_micro) == (100_000, 0)
+    assert (t.settled, t.held) == (100_000, 0)
     assert ledger.reserve(RequestRecord("b", "p"), claim(900_000), 900_000, NOW).granted
 
 
@@ -54,7 +54,7 @@ def test_release_and_charge_reservation(ledger):
     ledger.release("a", NOW, outcome="upstream_error")
     ledger.charge_reservation("b", NOW, outcome="no_usage")
     assert ledger.request("a")["cost_micro"] == 0 and ledger.request("b")["cost_micro"] == 200_000
-    assert ledger.window_totals("global", "").settled_micro == 200_000
+    assert ledger.window_totals("global", "").settled == 200_000
 
 
 def test_dry_run_holds_anyway_and_reports(ledger):
@@ -69,13 +69,13 @@ def test_stale_holds_expire_charged_and_a_late_settle_corrects_once(ledger):
     ledger.reserve(RequestRecord("new", "p"), claim(100_000), 100_000, NOW + timedelta(hours=3))
     assert ledger.reap(NOW + timedelta(hours=3), ttl_seconds=7200) == 1
     assert ledger.request("old")["state"] == "expired" and ledger.request("new")["state"] == "held"
-    assert ledger.window_totals("global", "").settled_micro == 500_000
+    assert ledger.window_totals("global", "").settled == 500_000
     assert ledger.reap(NOW + timedelta(hours=3), ttl_seconds=7200) == 0
     # The process was alive after all: its real usage replaces the expiry charge, once.
     assert ledger.settle("old", 50_000, NOW + timedelta(hours=4), outcome="usage")
     assert not ledger.settle("old", 50_000, NOW + timedelta(hours=4), outcome="usage")
     t = ledger.window_totals("global", "")
-    assert (t.settled_micro, t.held_micro) == (50_000, 100_000)
+    assert (t.settled, t.held) == (50_000, 100_000)
 
 
 def test_totals_reconcile_with_claims(ledger):
@@ -85,12 +85,10 @@ def test_totals_reconcile_with_claims(ledger):
             ledger.settle(f"r{i}", 1_000 * i, NOW, outcome="usage")
         elif i % 3 == 1:
             ledger.release(f"r{i}", NOW, outcome="x")
-    held = ledger.query("SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'held'")[0]["s"]
-    settled = ledger.query("SELECT coalesce(sum(amount_micro), 0) AS s FROM claims WHERE state = 'settled'")[
-        0
-    ]["s"]
+    held = ledger.query("SELECT coalesce(sum(amount), 0) AS s FROM claims WHERE state = 'held'")[0]["s"]
+    settled = ledger.query("SELECT coalesce(sum(amount), 0) AS s FROM claims WHERE state = 'settled'")[0]["s"]
     t = ledger.window_totals("global", "")
-    assert (t.held_micro, t.settled_micro) == (held, settled)
+    assert (t.held, t.settled) == (held, settled)
 
 
 def test_naive_time_is_rejected(ledger):
@@ -132,7 +130,7 @@ def test_processes_racing_on_a_new_file_never_pass_the_cap(tmp_path: Path):
     assert granted == 100
     led = Ledger.open(path)
     t = led.window_totals("global", "")
-    assert t.settled_micro + t.held_micro == 1_000_000
+    assert t.settled + t.held == 1_000_000
     assert len(led.query("SELECT id FROM requests")) == 150
     led.close()
 
@@ -173,7 +171,7 @@ def test_the_wal_is_checkpointed_when_idle_after_enough_commits(tmp_path: Path):
     reopened = Ledger.open(path)
     try:
         t = reopened.window_totals("global", "")
-        assert (t.settled_micro, t.held_micro) == (5, 10 * (IDLE_CHECKPOINT_COMMITS - 2 - opening))
+        assert (t.settled, t.held) == (5, 10 * (IDLE_CHECKPOINT_COMMITS - 2 - opening))
     finally:
         reopened.close()
 
@@ -255,7 +253,7 @@ def test_a_ledger_deleted_or_replaced_underneath_is_refused_until_it_is_back(tmp
         f.unlink(missing_ok=True)
         (aside / f.name).rename(f)
     assert led.reserve(RequestRecord("c", "p"), claim(100), 100, NOW).granted
-    assert led.window_totals("global", "").held_micro == 200
+    assert led.window_totals("global", "").held == 200
     led.close()
 
 
@@ -273,12 +271,12 @@ def recorded(led: Ledger, scope: str = "global", window_start: str = "") -> Deci
     """What the ledger says was spent: the counter's total, its claims', and its requests'."""
     t = led.window_totals(scope, window_start)
     claims = led.query(
-        f"SELECT {money.sum_sql('amount_micro', 'amount_submicro', 'c')} FROM claims "
+        f"SELECT {money.sum_sql('amount', 'amount_rest', 'c')} FROM claims "
         "WHERE state = 'settled' AND unit = 'usd' AND scope = ? AND window_start = ?",
         [scope, window_start],
     )[0]
     requests = led.query(f"SELECT {money.sum_sql('cost_micro', 'cost_submicro', 'c')} FROM requests")[0]
-    total = money.to_usd(t.settled_micro, t.settled_submicro)
+    total = money.to_usd(t.settled, t.settled_rest)
     assert money.summed(claims, "c") == total == money.summed(requests, "c")
     return total
 
@@ -299,9 +297,9 @@ def test_a_rest_below_a_micro_dollar_counts_against_the_limit(ledger):
         assert ledger.reserve(RequestRecord(f"r{i}", "p"), claim(2, limit=6), 2, NOW).granted
         settle_exact(ledger, f"r{i}", TINY)
     t = ledger.window_totals("global", "")
-    assert (t.settled_micro, t.settled_submicro, t.used_micro) == (3, 9 * 10**11, 4)
+    assert (t.settled, t.settled_rest, t.used) == (3, 9 * 10**11, 4)
     r = ledger.reserve(RequestRecord("x", "p"), claim(3, limit=6), 3, NOW)  # 6.9 µ$ > 6 µ$
-    assert not r.granted and (r.settled_micro, r.settled_submicro) == (3, 9 * 10**11)
+    assert not r.granted and (r.settled, r.settled_rest) == (3, 9 * 10**11)
     ok = ledger.reserve(RequestRecord("y", "p"), claim(2, limit=6), 2, NOW)  # 5.9 µ$ <= 6 µ$
     assert ok.granted and ok.remaining_micro == 0  # floor of the 0.1 µ$ left
 
@@ -353,7 +351,7 @@ def test_recorded_spend_is_the_exact_sum_of_costs(tmp_path_factory, costs):
                 settle_exact(led, f"r{i}", cost, NOW + timedelta(hours=3))
                 expected += cost
         assert recorded(led) == expected
-        assert led.window_totals("global", "").held_micro == 0
+        assert led.window_totals("global", "").held == 0
     finally:
         led.close()
 
@@ -425,7 +423,7 @@ def test_a_ledger_of_the_old_schema_opens_with_its_amounts_unchanged(tmp_path: P
     led = Ledger.open(path)
     try:
         t = led.window_totals("global", "")
-        assert (t.settled_micro, t.settled_submicro, t.held_micro) == (6, 0, 0)
+        assert (t.settled, t.settled_rest, t.held) == (6, 0, 0)
         assert recorded(led) == Decimal("0.000006")
         assert led.reserve(RequestRecord("new", "p"), claim(2, limit=10), 2, NOW).granted
         settle_exact(led, "new", TINY)
@@ -444,4 +442,35 @@ def test_a_window_reshaped_in_the_rules_carries_the_exact_spend(ledger):
     [row] = ledger.query("SELECT window_start FROM totals WHERE window_start != ''")
     settle_exact(ledger, "d1", TINY)
     t = ledger.window_totals("global", row["window_start"])
-    assert (money.to_usd(t.settled_micro, t.settled_submicro), t.held_micro) == (4 * TINY, 0)
+    assert (money.to_usd(t.settled, t.settled_rest), t.held) == (4 * TINY, 0)
+
+
+def test_a_ledger_before_unit_neutral_names_keeps_its_amounts(tmp_path: Path):
+    """Columns that held token counts under `*_micro` names are renamed in place: a token claim
+    and a money window read the same after the upgrade."""
+    from sqlite_utils import Database
+
+    from governance.ledger import migrations
+
+    path = tmp_path / "m006.sqlite"
+    db = Database(path)
+    migrations.apply(db, stop_before="m007_unit_neutral_amounts")
+    db["claims"].insert(
+        {"request_id": "t", "scope": "k|pace|tokens", "window_start": "", "amount_micro": 5000}
+        | {"state": "held", "unit": "tokens:total"}
+    )
+    db["totals"].insert(
+        {"scope": "global", "window_start": "", "settled_micro": 6, "held_micro": 3, "settled_submicro": 7}
+    )
+    db.conn.commit()
+    db.conn.close()
+
+    led = Ledger.open(path)
+    try:
+        assert led.query("SELECT amount, amount_rest FROM claims WHERE request_id = 't'") == [
+            {"amount": 5000, "amount_rest": 0}
+        ]
+        t = led.window_totals("global", "")
+        assert (t.settled, t.held, t.settled_rest) == (6, 3, 7)
+    finally:
+        led.close()

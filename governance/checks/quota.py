@@ -130,20 +130,20 @@ def quota_refusal(
     now: datetime,
     *,
     smallest_micro: int | None = None,
-    settled_submicro: int = 0,
+    settled_rest: int = 0,
 ) -> Refusal:
     """The refusal for a claim that did not fit its window, with every number the client needs:
     the scope and rule, the limit, what was used and reserved, and when the window resets. A
     window that resets is a retryable 429 with Retry-After; a budget that never resets is final,
     and so is a request that not even an empty window could take. `smallest_micro` is what the
     request would claim at its smallest (output-cap injection at the floor); default: its amount.
-    `settled_submicro` is the spend's rest below a micro-dollar (money), so spend shows exactly."""
+    `settled_rest` is the spend's rest below a micro-dollar (money), so spend shows exactly."""
     name, scope = rule_parts(claim.rule)
     unit = Unit(claim.unit)
     retry, when = _retry(claim, unit, claim.amount if smallest_micro is None else smallest_micro, now)
     if unit.is_money:
         limit, reserved = from_micro(claim.limit), from_micro(held)
-        spent = money.to_usd(settled, settled_submicro)
+        spent = money.to_usd(settled, settled_rest)
         requested = from_micro(claim.amount)
         remaining = max(limit - spent - reserved, from_micro(0))
         message = (

@@ -84,11 +84,6 @@ class ReserveResult:
     output_room: int | None = None  # refused: the fewest output tokens left (see `Room`)
     recorded: bool = True  # refused: whether the refusal was written
 
-    # The names these fields had when every amount was called micro (tests and older callers).
-    settled_micro = property(lambda self: self.settled)
-    held_micro = property(lambda self: self.held)
-    settled_submicro = property(lambda self: self.settled_rest)
-
 
 @dataclass(frozen=True)
 class WindowTotals:
@@ -103,12 +98,6 @@ class WindowTotals:
     def used(self) -> int:
         """Spend plus holds, rounded up: what a whole amount must fit beside (money.used_micro)."""
         return money.used_micro(self.settled, self.settled_rest, self.held)
-
-    # The names these fields had when every amount was called micro (tests and older callers).
-    settled_micro = property(lambda self: self.settled)
-    held_micro = property(lambda self: self.held)
-    settled_submicro = property(lambda self: self.settled_rest)
-    used_micro = used
 
 
 #: Decides, inside a reservation that a claim did not fit, whether to write the refusal now

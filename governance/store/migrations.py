@@ -114,3 +114,19 @@ def m005_window_shapes(db: Database) -> None:
 def m006_exact_costs(db: Database) -> None:
     # The part of a micro-dollar below each settled amount (see governance.money).
     money.add_columns(db)
+
+
+@migrations()
+def m007_unit_neutral_amounts(db: Database) -> None:
+    # A claim's amount and a window's totals are in the claim's unit (micro-USD for money, tokens
+    # or requests for the others), so their columns no longer say "micro"; the rest below a
+    # micro-dollar is called what it is. `requests.cost_micro` and `adjustments.amount_micro`
+    # stay: they only ever hold money.
+    for table, old, new in (
+        ("claims", "amount_micro", "amount"),
+        ("claims", "amount_submicro", "amount_rest"),
+        ("totals", "settled_micro", "settled"),
+        ("totals", "held_micro", "held"),
+        ("totals", "settled_submicro", "settled_rest"),
+    ):
+        db.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")

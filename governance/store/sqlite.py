@@ -115,14 +115,14 @@ def _granted(claims: Sequence[Claim], lefts: Sequence[int]) -> ReserveResult:
 
 def _hold(conn: sqlite3.Connection, request_id: str, claims: Sequence[Claim]) -> None:
     conn.executemany(
-        "INSERT INTO claims (request_id, scope, window_start, amount_micro, state, unit) "
+        "INSERT INTO claims (request_id, scope, window_start, amount, state, unit) "
         "VALUES (?, ?, ?, ?, 'held', ?)",
         [(request_id, c.scope, c.window_start, c.amount, c.unit.value) for c in claims],
     )
     conn.executemany(
-        "INSERT INTO totals (scope, window_start, settled_micro, held_micro) "
+        "INSERT INTO totals (scope, window_start, settled, held) "
         "VALUES (?, ?, 0, ?) ON CONFLICT (scope, window_start) "
-        "DO UPDATE SET held_micro = held_micro + excluded.held_micro",
+        "DO UPDATE SET held = held + excluded.held",
         [(c.scope, c.window_start, c.amount) for c in claims],
     )
 
@@ -258,7 +258,7 @@ class SqliteStore(SqliteReports, SqliteFile):
             raise ValueError(f"a cost's rest below a micro-dollar must be in [0, 10^12), not {cost_submicro}")
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount_micro, c.unit "
+                "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount, c.unit "
                 "FROM requests r LEFT JOIN claims c ON c.request_id = r.id WHERE r.id = ?",
                 (request_id,),
             ).fetchall()
@@ -267,14 +267,13 @@ class SqliteStore(SqliteReports, SqliteFile):
             if cost_micro is None:
                 cost_micro = rows[0][1]
             totals, finals = _finished_claims(rows, request_id, cost_micro, cost_submicro, usage, state)
-            settle_sql = money.add_sql("settled_micro", "settled_submicro")
+            settle_sql = money.add_sql("settled", "settled_rest")
             conn.executemany(
-                f"UPDATE totals SET held_micro = held_micro - ?, {settle_sql} "
-                "WHERE scope = ? AND window_start = ?",
+                f"UPDATE totals SET held = held - ?, {settle_sql} WHERE scope = ? AND window_start = ?",
                 totals,
             )
             conn.executemany(
-                "UPDATE claims SET amount_micro = ?, amount_submicro = ?, state = 'settled' "
+                "UPDATE claims SET amount = ?, amount_rest = ?, state = 'settled' "
                 "WHERE request_id = ? AND scope = ? AND window_start = ?",
                 finals,
             )
@@ -334,17 +333,17 @@ class SqliteStore(SqliteReports, SqliteFile):
             ).fetchall()
             for (request_id,) in stale:
                 for scope, window_start, amount, unit in conn.execute(
-                    "SELECT scope, window_start, amount_micro, unit FROM claims WHERE request_id = ?",
+                    "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = ?",
                     (request_id,),
                 ).fetchall():
                     conn.execute(
-                        "UPDATE totals SET held_micro = held_micro - ?, settled_micro = settled_micro + ? "
+                        "UPDATE totals SET held = held - ?, settled = settled + ? "
                         "WHERE scope = ? AND window_start = ?",
                         (amount, unit_of(unit).at_expiry(amount), scope, window_start),
                     )
                 conn.execute(
                     "UPDATE claims SET state = 'settled', "
-                    "amount_micro = CASE WHEN unit = 'in_flight' THEN 0 ELSE amount_micro END "
+                    "amount = CASE WHEN unit = 'in_flight' THEN 0 ELSE amount END "
                     "WHERE request_id = ?",
                     (request_id,),
                 )
@@ -420,8 +419,7 @@ class SqliteStore(SqliteReports, SqliteFile):
     def window_totals(self, scope: str, window_start: str) -> WindowTotals:
         """A window's spend and holds (nothing for a window never used)."""
         rows = self._read(
-            "SELECT settled_micro, held_micro, settled_submicro FROM totals "
-            "WHERE scope = ? AND window_start = ?",
+            "SELECT settled, held, settled_rest FROM totals WHERE scope = ? AND window_start = ?",
             (scope, window_start),
         )
         return WindowTotals(rows[0][0], rows[0][1], rows[0][2]) if rows else WindowTotals(0, 0)

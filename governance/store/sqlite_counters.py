@@ -63,7 +63,7 @@ def _change_shape(
     if old_key == new_key:
         return anchor_text
     row = conn.execute(
-        "SELECT settled_micro, held_micro, settled_submicro FROM totals WHERE scope = ? AND window_start = ?",
+        "SELECT settled, held, settled_rest FROM totals WHERE scope = ? AND window_start = ?",
         (claim.scope, old_key),
     ).fetchone()
     if row is None:
@@ -72,14 +72,12 @@ def _change_shape(
         "INSERT INTO totals (scope, window_start) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (claim.scope, new_key),
     )
-    carry = money.add_sql("settled_micro", "settled_submicro")  # the rest carried exactly
+    carry = money.add_sql("settled", "settled_rest")  # the rest carried exactly
     conn.execute(
-        f"UPDATE totals SET held_micro = held_micro + ?, {carry} WHERE scope = ? AND window_start = ?",
+        f"UPDATE totals SET held = held + ?, {carry} WHERE scope = ? AND window_start = ?",
         (row[1], row[0], row[2], row[2], claim.scope, new_key),
     )
-    conn.execute(
-        "UPDATE totals SET held_micro = 0 WHERE scope = ? AND window_start = ?", (claim.scope, old_key)
-    )
+    conn.execute("UPDATE totals SET held = 0 WHERE scope = ? AND window_start = ?", (claim.scope, old_key))
     # Holds in flight settle where they now are: in the new window.
     conn.execute(
         "UPDATE claims SET window_start = ? WHERE scope = ? AND window_start = ? AND state = 'held'",
@@ -94,7 +92,7 @@ def totals_of(conn: sqlite3.Connection, claims: Sequence[Claim]) -> dict[tuple[s
     starts = list({c.window_start for c in claims})
     scope_marks, start_marks = ", ".join("?" * len(scopes)), ", ".join("?" * len(starts))
     rows = conn.execute(
-        f"SELECT scope, window_start, settled_micro, held_micro, settled_submicro FROM totals "
+        f"SELECT scope, window_start, settled, held, settled_rest FROM totals "
         f"WHERE scope IN ({scope_marks}) AND window_start IN ({start_marks})",
         [*scopes, *starts],
     ).fetchall()

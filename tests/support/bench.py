@@ -126,7 +126,7 @@ def prefill(led, rows: int, n_claims: int) -> None:
                 [(i, ",".join(scopes)) for i in ids],
             )
             conn.executemany(
-                "INSERT INTO claims (request_id, scope, window_start, amount_micro, state, unit) "
+                "INSERT INTO claims (request_id, scope, window_start, amount, state, unit) "
                 "VALUES (?, ?, '2026-01-01T00:00:00.000000Z', 80, 'settled', 'usd')",
                 [(i, sc) for i in ids for sc in scopes],
             )
