@@ -89,6 +89,8 @@ class Engine:
     # Understanding a request (pure): see `governance.reading`.
     read_request = reading.read_request
     forward_body = staticmethod(reading.forward_body)
+    encoded_forward_body = staticmethod(reading.encoded_forward_body)
+    forward_bytes = staticmethod(reading.forward_bytes)
 
     def pricer_for(self, info: RequestInfo) -> Pricer:
         """Operator hosts with prices of their own (a self-hosted model) price with them first."""

@@ -170,6 +170,21 @@ def forward_body(read: ReadRequest, decision: Decision, family: str) -> dict[str
     return wire.FAMILIES[family].with_output_cap(read.info.api, base, decision.output_cap)
 
 
+def encoded_forward_body(read: ReadRequest) -> bytes | None:
+    """The bytes of the body the family prepared, before any output cap; None: forward the
+    original bytes. Raises `RequestParseError` if it cannot be written, so that the request fails
+    before anything is reserved."""
+    return wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
+
+
+def forward_bytes(read: ReadRequest, decision: Decision, family: str, prepared: bytes | None) -> bytes | None:
+    """The bytes to forward for an admitted request, given `prepared` (`encoded_forward_body`):
+    re-encoded only when the decision injects an output cap. None: the original bytes."""
+    if decision.output_cap is None:
+        return prepared
+    return wire.encode_json_body(forward_body(read, decision, family) or {})
+
+
 def counter_request(read: ReadRequest, family: str, *, dry_run: bool) -> tuple[str, dict[str, Any]] | None:
     """`(path suffix, body)` of the provider's free input-token counter for `read`, or None
     (dry run never asks: it refuses nothing, so no refusal can hinge on the count)."""

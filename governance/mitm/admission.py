@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from governance import refusals, wire
+from governance import refusals
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.identity import Identity
-from governance.ledger import RequestRecord
 from governance.mitm import translate
 from governance.mitm.state import Decided, Pending, decided_endpoint
 from governance.reading import ReadRequest
+from governance.store import RequestRecord
 from governance.types import Endpoint
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Admission:
         try:
             read = await self._read(flow, endpoint, engine, who)
             # Everything that can fail about the forwarded bytes fails before reserving.
-            forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
+            prepared = engine.encoded_forward_body(read)
         except RequestParseError as e:
             rec = RequestRecord(
                 translate.request_id(flow, self.fuse.state),
@@ -85,8 +85,7 @@ class Admission:
         # Allowed: from here on the reservation must be settled by `response` or `error`, or
         # released here if the flow cannot be forwarded after all.
         try:
-            if decision.output_cap is not None:  # output-cap injection: the body changes again
-                forward = wire.encode_json_body(engine.forward_body(read, decision, endpoint.family))
+            forward = engine.forward_bytes(read, decision, endpoint.family, prepared)
             if forward is not None:
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.

@@ -16,7 +16,6 @@ from governance.errors import LedgerUnavailable
 from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
-from governance.ledger import RequestRecord
 from governance.mitm import options, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
@@ -24,6 +23,7 @@ from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
 from governance.settlement import Settlement, stream_tap
+from governance.store import RequestRecord
 from governance.types import Endpoint, Refusal, RefusalKind
 
 logger = logging.getLogger("spendfuse")

@@ -10,8 +10,8 @@ from mitmproxy.tls import ClientHelloData
 
 from governance import refusals, verdicts
 from governance.errors import LedgerUnavailable
-from governance.ledger import RequestRecord
 from governance.mitm import translate
+from governance.store import RequestRecord
 from governance.types import Refusal
 
 if TYPE_CHECKING:
