@@ -15,7 +15,7 @@ from governance import regional, server_tools, tokens, wire
 from governance.errors import RequestParseError
 from governance.matching import lookup_model
 from governance.pricing import context_window
-from governance.types import UNBOUNDED, Decision, Endpoint, ParsedRequest, RequestInfo
+from governance.types import NO_LINE, UNBOUNDED, Decision, Endpoint, ParsedRequest, RequestInfo, RequestLine
 
 if TYPE_CHECKING:
     from governance.engine import Engine
@@ -62,10 +62,12 @@ def read_request(
     request_id: str,
     betas: Sequence[str] = (),
     key_id: str | None = None,
+    line: RequestLine = NO_LINE,
 ) -> ReadRequest:
-    """Understand a metered request. Raises `RequestParseError` when it cannot be metered."""
+    """Understand a metered request from its body and its path and headers (`line`). Raises
+    `RequestParseError` when it cannot be metered."""
     family = wire.FAMILIES[endpoint.family]
-    parsed = family.parse_request(endpoint.api, body)
+    parsed = family.parse_request(endpoint.api, body, line)
     provider = engine.providers.get(endpoint.entry) or family.PROVIDER
     input_tokens, server_input = _input_tokens(engine, parsed)
     cap, source = output_cap(

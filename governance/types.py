@@ -59,6 +59,24 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class RequestLine:
+    """What a family may read besides the body: the request's path (with its query) and its
+    headers, names lower-cased, in the order sent. Google names the model in the path."""
+
+    path: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header `name` (any case), in the order sent."""
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+
+#: A request known only by its body (tests, and families that read nothing else).
+NO_LINE = RequestLine()
+
+
+@dataclass(frozen=True)
 class ParsedRequest:
     """The facts a wire parser reads from a request body."""
 

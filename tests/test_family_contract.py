@@ -18,7 +18,7 @@ from governance.families import ENVELOPES, FAMILIES, ApiFamily, ErrorEnvelope, s
 from governance.families.tap import StreamReader, StreamTap
 from governance.hostrules import shipped_table
 from governance.rulefile import parse_yaml
-from governance.types import ParsedRequest, Refusal, RefusalKind, Usage
+from governance.types import ParsedRequest, Refusal, RefusalKind, RequestLine, Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -79,6 +79,18 @@ def test_parse_reads_the_model_and_refuses_a_body_without_one(name, api):
     assert (parsed.model, parsed.stream, parsed.max_output_tokens) == (request["model"], True, 50)
     with pytest.raises(RequestParseError):
         family.parse_request(api, {k: v for k, v in request.items() if k != "model"})
+
+
+@pytest.mark.parametrize(("name", "api"), cases())
+def test_parse_reads_the_request_as_its_client_sends_it(name, api):
+    """With its path and headers (`line:` in the fixture, e.g. a model named in the path), a
+    request's facts are the ones its provider bills for."""
+    family = FAMILIES[name]
+    case = fixture(name, api)
+    wire_line = case.get("line", {})
+    line = RequestLine(wire_line.get("path", ""), tuple(wire_line.get("headers", {}).items()))
+    parsed = family.parse_request(api, case.get("wire_request", case["request"]), line)
+    assert (parsed.model, parsed.max_output_tokens) == (case.get("model", case["request"]["model"]), 50)
 
 
 @pytest.mark.parametrize(("name", "api"), cases())

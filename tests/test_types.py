@@ -17,3 +17,12 @@ def test_usage_is_validated():
         Usage(input_tokens=-1)
     with pytest.raises(ValueError):
         Usage(input_tokens=10, cache_read_tokens=8, cache_write_tokens=5)
+
+
+def test_a_request_line_gives_every_value_of_a_header_in_any_case():
+    from governance.types import RequestLine
+
+    line = RequestLine(
+        "/v1beta/models/gemini-2.5-pro:generateContent", (("x-a", "1"), ("x-b", "2"), ("x-a", "3"))
+    )
+    assert line.get_all("X-A") == ["1", "3"] and line.get_all("x-c") == []

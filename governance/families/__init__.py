@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from governance.families import anthropic, bedrock, google, openai, shapes
 from governance.families.tap import StreamReader, UsageReader
-from governance.types import ParsedRequest, Refusal, Usage
+from governance.types import NO_LINE, ParsedRequest, Refusal, RequestLine, Usage
 
 
 @runtime_checkable
@@ -43,8 +43,9 @@ class ApiFamily(ErrorEnvelope, Protocol):
     COUNTER_HEADERS: frozenset[str]
     """Request headers sent on to the provider's token counter (credentials, API versions)."""
 
-    def parse_request(self, api: str, body: Mapping[str, Any]) -> ParsedRequest:
-        """The request's priced facts. Raises `RequestParseError` on a body it cannot meter."""
+    def parse_request(self, api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
+        """The request's priced facts, from its body and, where the API puts them there, its path
+        and headers (`line`). Raises `RequestParseError` on a request it cannot meter."""
 
     def price_flags(self, headers: Callable[[str], list[str]]) -> list[str]:
         """The items of `PRICE_HEADERS` that change the price (betas); `headers` is a `get_all`."""

@@ -24,7 +24,7 @@ from governance.families.common import (
 from governance.families.envelope import refusal_details, refusal_headers
 from governance.families.sse import Event
 from governance.families.tap import sse_reader_of
-from governance.types import UNBOUNDED, ParsedRequest, Refusal, Usage
+from governance.types import NO_LINE, UNBOUNDED, ParsedRequest, Refusal, RequestLine, Usage
 
 NAME = ENVELOPE = PROVIDER = "anthropic"
 APIS = ("messages",)
@@ -58,8 +58,9 @@ def _cache_write_hint(body: Mapping[str, Any]) -> str | None:
     return "1h" if '"ttl":"1h"' in text else "5m"
 
 
-def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
-    """Read model, max_tokens and the stream flag. Raises `RequestParseError`."""
+def parse_request(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
+    """Read model, max_tokens and the stream flag. Everything it reads is in the body
+    (`line` is unused). Raises `RequestParseError`."""
     if api != "messages":
         raise ValueError(f"not an Anthropic API: {api}")
     model = require_model(body)

@@ -26,7 +26,7 @@ from governance.families.common import (
 from governance.families.envelope import refusal_details, refusal_headers
 from governance.families.sse import Event
 from governance.families.tap import sse_reader_of
-from governance.types import UNBOUNDED, ParsedRequest, Refusal, Usage
+from governance.types import NO_LINE, UNBOUNDED, ParsedRequest, Refusal, RequestLine, Usage
 
 NAME = ENVELOPE = PROVIDER = "openai"
 APIS = ("chat", "responses", "completions")
@@ -67,8 +67,9 @@ def completions_prompt_count(prompt: Any) -> int:
     return 1
 
 
-def parse_request(api: str, body: Mapping[str, Any]) -> ParsedRequest:
-    """Read model, output cap, choices and stream flag. Raises `RequestParseError`."""
+def parse_request(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
+    """Read model, output cap, choices and stream flag. Everything it reads is in the body
+    (`line` is unused). Raises `RequestParseError`."""
     model = require_model(body)
     stream = optional_bool(body, "stream")
     if api == "chat":

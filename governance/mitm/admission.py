@@ -46,7 +46,13 @@ class Admission:
         def read() -> ReadRequest:
             body, betas = translate.request_body(flow)
             return engine.read_request(
-                endpoint, body, principal=who.principal, request_id=request_id, betas=betas, key_id=key_id
+                endpoint,
+                body,
+                principal=who.principal,
+                request_id=request_id,
+                betas=betas,
+                key_id=key_id,
+                line=translate.request_line(flow),
             )
 
         raw = flow.request.raw_content or b""

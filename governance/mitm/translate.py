@@ -15,6 +15,7 @@ from governance.gate import Incoming
 from governance.identity import KEY_HEADERS, Credentials
 from governance.mitm.state import State
 from governance.settlement import ResponseFacts
+from governance.types import RequestLine
 from governance.wire.tap import StreamTap
 
 # Modes where the destination is an address the client's own resolver chose (no CONNECT names
@@ -113,6 +114,13 @@ def request_body(flow: http.HTTPFlow) -> tuple[object, list[str]]:
         raise RequestParseError(f"cannot decode the request body: {e}") from e
     body = wire.decode_json_body(text or b"")
     return body, provider_headers.betas(flow.request.headers.get_all("anthropic-beta"))
+
+
+def request_line(flow: http.HTTPFlow) -> RequestLine:
+    """The request's path and headers as the engine reads them (names lower-cased)."""
+    return RequestLine(
+        flow.request.path, tuple((k.lower(), v) for k, v in flow.request.headers.items(multi=True))
+    )
 
 
 def priced_fingerprint(flow: http.HTTPFlow) -> int:
