@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # An event larger than this is dropped rather than buffered without bound; usage events are small.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -19,33 +22,41 @@ class SSEParser:
 
     Follows the WHATWG rules that matter here: lines end in CRLF, LF or CR; a blank line ends
     an event; `:` starts a comment; one optional space after the colon is dropped.
+
+    Linear in the stream's size: a chunk's bytes are scanned once, and an incomplete line is
+    kept as a growing buffer that is joined once, when its end arrives (a 4 MiB event fed in
+    small chunks is not re-joined on every chunk).
     """
 
     def __init__(self) -> None:
-        self._partial = b""  # an incomplete line
+        self._partial = bytearray()  # the incomplete line so far
+        self._skip_lf = False  # the previous chunk ended in CR: a leading LF is that CRLF's end
+        self._drop_line = False  # the incomplete line grew past the bound: discard it to its end
         self._event = ""
         self._data: list[str] = []
         self._size = 0
         self._oversized = False
 
     def feed(self, chunk: bytes) -> list[Event]:
-        buf = self._partial + chunk
-        if not buf:
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        if not chunk:
             return []
-        # A CR at the very end may be the first half of a CRLF split across chunks: wait for more.
-        hold_cr = buf.endswith(b"\r")
-        if hold_cr:
-            buf = buf[:-1]
-        lines = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._partial = lines.pop() + (b"\r" if hold_cr else b"")
-        if len(self._partial) > MAX_EVENT_BYTES:
-            self._partial = b""
-            self._oversized = True
+        self._skip_lf = chunk.endswith(b"\r")
+        *complete, rest = _LINE_END.split(chunk)
         events: list[Event] = []
-        for line in lines:
+        for piece in complete:
+            line = bytes(self._partial) + piece if self._partial else piece
+            dropped, self._partial, self._drop_line = self._drop_line, bytearray(), False
+            if dropped:
+                continue
             ev = self._line(line)
             if ev is not None:
                 events.append(ev)
+        if not self._drop_line:
+            self._partial += rest
+            if len(self._partial) > MAX_EVENT_BYTES:
+                self._partial, self._drop_line, self._oversized = bytearray(), True, True
         return events
 
     def close(self) -> list[Event]:
