@@ -8,8 +8,10 @@ import zlib
 
 import brotli
 import pytest
+from backports import zstd
 
 from governance import bodies
+from governance.errors import RequestParseError
 
 BODY = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -26,6 +28,9 @@ BODY = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "
         (["br"], brotli.compress(BODY)),
         (["gzip", "br"], brotli.compress(gzip.compress(BODY))),  # applied in order: undone in reverse
         ([" GZIP "], gzip.compress(BODY)),
+        (["zstd"], zstd.compress(BODY)),
+        (["zstd"], zstd.compress(BODY[:20]) + zstd.compress(BODY[20:])),  # two frames
+        (["zstd", "gzip"], gzip.compress(zstd.compress(BODY))),
     ],
 )
 def test_codings_are_undone(encodings, encoded):
@@ -46,5 +51,37 @@ def test_a_bomb_cannot_be_inspected():
     assert len(bomb) < 100_000
     assert bodies.as_read(bomb, ["gzip"]) is None
     assert bodies.as_read(brotli.compress(b" " * (bodies.INFLATE_LIMIT + 1)), ["br"]) is None
+    assert bodies.as_read(zstd.compress(b" " * (bodies.INFLATE_LIMIT + 1)), ["zstd"]) is None
+    half = zstd.compress(b" " * (bodies.INFLATE_LIMIT // 2 + 1))
+    assert bodies.as_read(half + half, ["zstd"]) is None  # the bound is on all frames together
     fits = gzip.compress(b" " * bodies.INFLATE_LIMIT)
     assert bodies.as_read(fits, ["gzip"]) == b" " * bodies.INFLATE_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("encodings", "encoded"),
+    [
+        ([], BODY),
+        (["gzip"], gzip.compress(BODY)),
+        (["br"], brotli.compress(BODY)),
+        (["zstd"], zstd.compress(BODY)),
+        (["gzip", "zstd"], zstd.compress(gzip.compress(BODY))),
+    ],
+)
+def test_a_metered_body_is_read_as_its_provider_reads_it(encodings, encoded):
+    assert bodies.as_metered(encoded, encodings) == BODY
+
+
+@pytest.mark.parametrize(
+    ("encodings", "encoded", "fragment"),
+    [
+        (["x-none"], BODY, "not supported"),
+        (["zstd"], BODY, "not valid zstd"),
+        (["zstd"], zstd.compress(BODY)[:-3], "not valid zstd"),  # truncated
+        (["gzip"], BODY, "not valid gzip"),
+        (["zstd"], zstd.compress(b" " * (bodies.INFLATE_LIMIT + 1)), "inflates past 32 MiB"),
+    ],
+)
+def test_a_metered_body_that_cannot_be_read_as_sent_is_refused(encodings, encoded, fragment):
+    with pytest.raises(RequestParseError, match=fragment):
+        bodies.as_metered(encoded, encodings)

@@ -661,3 +661,54 @@ def test_the_shipped_firewall_rules_load():
     rules = policy.load(RULES_DIR / "firewall.yaml")
     assert rules.egress.mode == "allowlist" and rules.budgets
     assert yaml.safe_load((RULES_DIR / "firewall.yaml").read_text())["egress"]["allow"]
+
+
+class TestCompressedRequestBodies:
+    """A metered request's body is read as its provider reads it, whatever coding it is sent in."""
+
+    @pytest.mark.parametrize("coding", ["gzip", "br", "zstd", "zstd, gzip"])
+    def test_a_compressed_request_is_metered_and_served(self, start_real, tls_upstream, coding):
+        import brotli
+        from backports import zstd
+
+        encode = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress}
+        raw = json.dumps(chat_body()).encode()
+        for c in coding.split(","):
+            raw = encode[c.strip()](raw)
+        proxy = start_real(budget="1")
+        reply = send(
+            proxy,
+            "api.openai.com",
+            "POST",
+            "/v1/chat/completions",
+            headers={"content-encoding": coding},
+            raw=raw,
+        )
+        assert reply.status == 200, reply
+        assert tls_upstream.bodies[-1]["model"] == chat_body()["model"]  # the provider read it
+        [row] = ledger_rows(proxy)
+        assert row["state"] == "settled" and row["model"] == chat_body()["model"] and row["cost_micro"] > 0
+
+    @pytest.mark.parametrize(
+        ("coding", "fragment"),
+        [("zstd", "inflates past 32 MiB"), ("x-custom", "not supported"), ("gzip", "not valid gzip")],
+    )
+    def test_a_body_the_meter_cannot_read_as_sent_is_refused(
+        self, start_real, tls_upstream, coding, fragment
+    ):
+        from backports import zstd
+
+        raw = (
+            zstd.compress(b" " * (33 * 1024 * 1024)) if coding == "zstd" else json.dumps(chat_body()).encode()
+        )
+        proxy = start_real(budget="1")
+        reply = send(
+            proxy,
+            "api.openai.com",
+            "POST",
+            "/v1/chat/completions",
+            headers={"content-encoding": coding},
+            raw=raw,
+        )
+        assert reply.status == 400 and fragment in reply.json()["error"]["message"], reply
+        assert tls_upstream.connections == 0

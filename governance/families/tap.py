@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from governance.bodies import zstd_decompressor
 from governance.families.sse import Event, SSEParser
 from governance.types import Usage
 
@@ -104,16 +105,6 @@ class _DeflateDecoder:
         return self._decoder(data)
 
 
-def _zstd_decompressor() -> _Frames:
-    # The zstd that mitmproxy itself decodes with: the standard library's from Python 3.14,
-    # its backport before.
-    try:
-        from compression import zstd  # type: ignore[import-not-found]
-    except ImportError:
-        from backports import zstd  # type: ignore[no-redef]
-    return zstd.ZstdDecompressor()  # type: ignore[no-any-return]
-
-
 def make_decoder(content_encoding: str) -> Callable[[bytes], bytes] | None:
     """An incremental decoder for a response's content-encoding, identity -> None. Raises
     ValueError for an encoding it cannot decode.
@@ -132,7 +123,7 @@ def make_decoder(content_encoding: str) -> Callable[[bytes], bytes] | None:
 
         return brotli.Decompressor().process  # type: ignore[no-any-return]
     if enc == "zstd":
-        return _FrameDecoder(_zstd_decompressor)
+        return _FrameDecoder(zstd_decompressor)
     raise ValueError(f"unsupported content-encoding {content_encoding!r}")
 
 

@@ -10,7 +10,6 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
 from governance import bodies, provider_headers, shape, wire
-from governance.errors import RequestParseError
 from governance.gate import Incoming
 from governance.identity import KEY_HEADERS, Credentials
 from governance.mitm.state import State
@@ -108,11 +107,8 @@ def body_as_sent(req: http.Request) -> bytes | None:
 
 def request_body(flow: http.HTTPFlow) -> tuple[object, list[str]]:
     """The request's decoded JSON body and its Anthropic betas. Raises `RequestParseError`."""
-    try:
-        text = flow.request.get_content(strict=True)
-    except ValueError as e:
-        raise RequestParseError(f"cannot decode the request body: {e}") from e
-    body = wire.decode_json_body(text or b"")
+    codings = flow.request.headers.get("content-encoding", "").split(",")
+    body = wire.decode_json_body(bodies.as_metered(flow.request.raw_content or b"", codings))
     return body, provider_headers.betas(flow.request.headers.get_all("anthropic-beta"))
 
 

@@ -25,6 +25,19 @@ from typing import Any
 from tests.support.provider_bill import UnreadableDocument, provider_input_tokens
 
 
+def _decoded(raw: bytes, content_encoding: str) -> bytes:
+    """The request body as a provider's server reads it: its codings undone, last applied first."""
+    import gzip
+
+    import brotli
+    from backports import zstd
+
+    undo = {"gzip": gzip.decompress, "br": brotli.decompress, "zstd": zstd.decompress}
+    for coding in reversed([c.strip().lower() for c in content_encoding.split(",") if c.strip()]):
+        raw = undo[coding](raw) if coding in undo else raw
+    return raw
+
+
 @dataclass
 class Knobs:
     """What the upstream does; tests change these between requests."""
@@ -255,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         k = up.knobs
         path = self.path.split("?", 1)[0]
         length = int(self.headers.get("content-length", "0"))
-        raw = self.rfile.read(length)
+        raw = _decoded(self.rfile.read(length), self.headers.get("content-encoding", ""))
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
