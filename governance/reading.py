@@ -104,6 +104,7 @@ def read_request(
         host=endpoint.host,
         # Anthropic's 1M-token context is a beta the client turns on with a header.
         long_context=any(b.strip().lower().startswith("context-1m") for b in betas),
+        hides_added_events=family.adds_stream_events(endpoint.api, body, forward),
     )
     return ReadRequest(info, forward, body)
 

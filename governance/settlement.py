@@ -11,6 +11,7 @@ whether the upstream was reached, replay); this module decides what they mean fo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -61,12 +62,20 @@ def is_event_stream(content_type: str) -> bool:
     return content_type.lower().startswith(SSE)
 
 
-def stream_tap(info: RequestInfo, family: str, content_type: str, content_encoding: str) -> StreamTap | None:
+def stream_tap(
+    info: RequestInfo, family: str, content_type: str, content_encoding: str, *, sized: bool = False
+) -> StreamTap | None:
     """The tap that reads usage from an event stream as it passes (None: not a stream; the
-    whole body is read when it has arrived)."""
+    whole body is read when it has arrived). Events that preparing the request added are taken
+    out of what the client receives, unless the stream's bytes cannot change: compressed, or
+    `sized` (a Content-Length the client holds the body to)."""
     if not is_event_stream(content_type):
         return None
-    return StreamTap(wire.FAMILIES[family].StreamUsage(info.api), content_encoding)
+    fam = wire.FAMILIES[family]
+    drop = None
+    if info.hides_added_events and not sized:
+        drop = functools.partial(fam.added_event, info.api)
+    return StreamTap(fam.StreamUsage(info.api), content_encoding, drop=drop)
 
 
 def response_usage(info: RequestInfo, family: str, facts: ResponseFacts) -> Usage | None:

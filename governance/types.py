@@ -130,6 +130,7 @@ class RequestInfo:
     host: str = ""  # the host it went to (regional prices key on it)
     long_context: bool = False  # the client asked for a context window beyond the model's default
     key_id: str | None = None  # the key the client proved (governance.identity), if any
+    hides_added_events: bool = False  # the stream carries events spendfuse asked for, not the client
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,33 @@ class TestAllowed:
         assert row["state"] == "settled" and row["outcome"].startswith("usage")
         assert row["cost_micro"] == 81
 
+    @pytest.mark.parametrize("legacy", [False, True])
+    def test_a_client_sees_exactly_the_stream_it_asked_for(
+        self, start, client_env, upstream, tmp_path, legacy
+    ):
+        """spendfuse switches include_usage on to read usage; the usage-only chunk that adds
+        (`choices: []`) is taken out of what a client that did not ask for it receives, and left
+        in for one that did."""
+        proxy = start()
+        client_env(proxy)
+        upstream.knobs.chunks = 3
+        client = openai.OpenAI()
+
+        def stream(**kw):
+            if legacy:
+                return client.completions.create(
+                    model="gpt-3.5-turbo-instruct", prompt="hi", max_tokens=100, stream=True, **kw
+                )
+            return chat(client, max_tokens=100, stream=True, **kw)
+
+        plain = list(stream())
+        assert len(plain) == 3 and all(c.choices for c in plain)  # every chunk has choices[0]
+        asked = list(stream(stream_options={"include_usage": True}))
+        assert len(asked) == 4 and asked[-1].choices == [] and asked[-1].usage.completion_tokens == 7
+        # Both were settled to the usage the provider reported.
+        got = rows(tmp_path / "ledger.sqlite")
+        assert [r["output_tokens"] for r in got] == [7, 7], [(r["state"], r["outcome"], r["rule"], r["reason"], r["api"]) for r in got]
+
     @pytest.mark.parametrize("streamed_with", ["true", "callable"])
     def test_a_stream_another_addon_takes_over_still_settles_to_its_usage(
         self, start, client_env, upstream, tmp_path, streamed_with

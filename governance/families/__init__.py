@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from governance.families import anthropic, bedrock, google, openai, shapes
+from governance.families.sse import Event
 from governance.families.tap import StreamReader, UsageReader
 from governance.types import NO_LINE, ParsedRequest, Refusal, RequestLine, Usage
 
@@ -54,6 +55,16 @@ class ApiFamily(ErrorEnvelope, Protocol):
         self, api: str, body: Mapping[str, Any], parsed: ParsedRequest
     ) -> dict[str, Any] | None:
         """The body to forward instead (so its usage can be read), or None to forward it as is."""
+
+    def adds_stream_events(
+        self, api: str, sent: Mapping[str, Any], forwarded: Mapping[str, Any] | None
+    ) -> bool:
+        """Whether forwarding `forwarded` (`prepare_request`'s body, None: `sent` as is) makes the
+        response stream carry events the client did not ask for (see `added_event`)."""
+
+    def added_event(self, api: str, event: Event) -> bool:
+        """Whether a streamed `event` is one that preparing the request added; such events are
+        taken out of the stream the client receives."""
 
     def with_output_cap(self, api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
         """`body` with its output cap set to `cap` in the field the API reads."""

@@ -11,11 +11,13 @@ from governance import overheads
 from governance.errors import RequestParseError
 from governance.families import shapes
 from governance.families.common import (
+    adds_no_stream_events,
     any_mapping,
     counted_input_tokens,
     counter_request_of,
     header_list,
     json_object,
+    no_added_event,
     optional_bool,
     optional_int,
     require_model,
@@ -164,6 +166,8 @@ def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, An
 # long-context rates.
 price_flags = functools.partial(header_list, name="anthropic-beta")
 counter_request = counter_request_of(count_request)
+# Its preparation adds nothing to a stream.
+adds_stream_events, added_event = adds_no_stream_events, no_added_event
 # The counter answers `{"input_tokens": N}`.
 read_counter_response = counted_input_tokens
 

@@ -181,3 +181,13 @@ def json_object(text: str) -> Mapping[str, Any] | None:
     except ValueError:
         return None
     return obj if isinstance(obj, Mapping) else None
+
+
+def adds_no_stream_events(api: str, sent: Mapping[str, Any], forwarded: Mapping[str, Any] | None) -> bool:
+    """`ApiFamily.adds_stream_events` of a family whose preparation adds nothing to its streams."""
+    return False
+
+
+def no_added_event(api: str, event: object) -> bool:
+    """`ApiFamily.added_event` of a family whose preparation adds nothing to its streams."""
+    return False

@@ -256,6 +256,53 @@ def prepare_request(api: str, body: Mapping[str, Any], parsed: ParsedRequest) ->
     return new
 
 
+def adds_stream_events(api: str, sent: Mapping[str, Any], forwarded: Mapping[str, Any] | None) -> bool:
+    """Whether forwarding `forwarded` instead of `sent` makes the stream carry events the client
+    did not ask for: the usage-only chunk that `include_usage` adds."""
+    if api not in ("chat", "completions") or forwarded is None:
+        return False
+    return _include_usage(forwarded) and not _include_usage(sent)
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
+def added_event(api: str, event: Event) -> bool:
+    """Whether `event` is the usage-only chunk (`choices: []` and a `usage`) that `include_usage`
+    adds before `[DONE]`. Some clients index `choices[0]` on every chunk, so a client that did not
+    ask for it must not see it. (Azure's content-filter chunks also have no choices, but no usage.)"""
+    if api not in ("chat", "completions") or '"usage"' not in event.data:
+        return False
+    try:
+        chunk = json.loads(event.data)
+    except ValueError:
+        return False
+    return (
+        isinstance(chunk, dict)
+        and chunk.get("choices") == []
+        and isinstance(chunk.get("usage"), Mapping)
+        and set(chunk) <= _USAGE_CHUNK_KEYS
+    )
+
+
+# The fields a usage-only chunk carries; a chunk with any other is the provider's own, and passes.
+_USAGE_CHUNK_KEYS = frozenset(
+    {
+        "id",
+        "object",
+        "created",
+        "model",
+        "system_fingerprint",
+        "service_tier",
+        "choices",
+        "usage",
+        "obfuscation",
+    }
+)
+
+
 def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, out: str) -> Usage | None:
     """OpenAI usage, whichever API's field names: total input (cached tokens included), its
     cache details, and output (reasoning included). None unless both counts are present."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # An event larger than this is dropped rather than buffered without bound; usage events are small.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class SSEParser:
         if not chunk:
             return []
         self._skip_lf = chunk.endswith(b"\r")
-        *complete, rest = _LINE_END.split(chunk)
+        *complete, rest = LINE_END.split(chunk)
         events: list[Event] = []
         for piece in complete:
             line = bytes(self._partial) + piece if self._partial else piece

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 from governance.bodies import zstd_decompressor
-from governance.families.sse import Event, SSEParser
+from governance.families.sse import LINE_END, MAX_EVENT_BYTES, Event, SSEParser
 from governance.types import Usage
 
 logger = logging.getLogger(__name__)
@@ -127,16 +127,80 @@ def make_decoder(content_encoding: str) -> Callable[[bytes], bytes] | None:
     raise ValueError(f"unsupported content-encoding {content_encoding!r}")
 
 
+class EventFilter:
+    """Passes an event stream's bytes on event by event, exactly as received, but for the events
+    `drop` picks. An event's bytes are held until the blank line that ends it; what the client
+    receives is the stream it would have had without them. Linear: each byte is scanned once.
+    An event larger than `MAX_EVENT_BYTES` is passed on as it comes, never dropped or held."""
+
+    def __init__(self, drop: Callable[[Event], bool]) -> None:
+        self.drop = drop
+        self.dropped = 0
+        self._held = bytearray()  # the bytes of the event so far
+        self._passing = False  # the event is too large to hold: its bytes go on as they come
+        self._line = 0  # the length of the current line so far (a blank line ends an event)
+        self._skip_lf = False  # the last chunk ended in CR: an LF first completes that CRLF
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:  # the end: an event without its blank line goes as it came
+            return self.flush()
+        out = bytearray()
+        start = 0
+        if self._skip_lf and data[:1] == b"\n":  # the rest of a CRLF: not a line of its own
+            self._held += b"\n"
+            start = 1
+        self._skip_lf = data.endswith(b"\r")
+        for end in LINE_END.finditer(data, start):
+            blank = self._line == 0 and end.start() == start
+            self._held += data[start : end.end()]
+            self._line, start = 0, end.end()
+            if blank:  # the event (or a run of comments) ends here
+                out += self._held if self._passing else self._pass(bytes(self._held))
+                self._held, self._passing = bytearray(), False
+        self._held += data[start:]
+        self._line += len(data) - start
+        if self._passing or len(self._held) > MAX_EVENT_BYTES:
+            out += self._held
+            self._held, self._passing = bytearray(), True
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """Whatever is held, as received."""
+        held, self._held = bytes(self._held), bytearray()
+        return held
+
+    def _pass(self, event_bytes: bytes) -> bytes:
+        """The event's bytes, or nothing when it is one `drop` picks. Never raises: a bug in
+        reading an event leaves it in the stream (logged)."""
+        try:
+            parser = SSEParser()
+            events = parser.feed(event_bytes) + parser.close()
+            if len(events) == 1 and self.drop(events[0]):
+                self.dropped += 1
+                return b""
+        except Exception as e:  # noqa: BLE001 - never cut a stream over a filter bug; logged
+            logger.error("stream filter passed an event it could not read: %s: %s", type(e).__name__, e)
+        return event_bytes
+
+
 class StreamTap:
-    """Install as `flow.response.stream`. Returns each chunk exactly as received.
+    """Install as `flow.response.stream`. Returns each chunk exactly as received, but for events
+    `drop` picks (see `EventFilter`; only a stream it can read as sent is filtered).
 
     Parse problems never touch the bytes the client gets: they are logged and the flow is then
     settled without usage (its reservation is charged)."""
 
-    def __init__(self, reader: StreamReader | UsageReader, content_encoding: str = "") -> None:
+    def __init__(
+        self,
+        reader: StreamReader | UsageReader,
+        content_encoding: str = "",
+        *,
+        drop: Callable[[Event], bool] | None = None,
+    ) -> None:
         # An event reader (a family's `StreamUsage`) reads SSE; a `StreamReader` frames its own.
         self.reader = reader if isinstance(reader, StreamReader) else SseStream(reader)
         self.decode = make_decoder(content_encoding)
+        self.filter = EventFilter(drop) if drop is not None and self.decode is None else None
         self.chunks = 0
         self.ended = False
         self.broken: str | None = None
@@ -145,14 +209,36 @@ class StreamTap:
     def usage(self) -> Usage | None:
         return self.reader.usage
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
         if self.broken is None:
             try:
                 self._read(data)
             except Exception as e:  # noqa: BLE001 - a parser bug must never cut a stream; logged
                 self.broken = f"{type(e).__name__}: {e}"
                 logger.error("stream tap stopped reading usage: %s", self.broken)
-        return data
+        if self.filter is None:
+            return data
+        out = self.filter(data)
+        # Nothing to send yet is no chunks, never an empty one: mitmproxy frames each chunk it is
+        # given, and an empty HTTP/1 chunk is the chunked body's terminator.
+        return out if out or not data else []
+
+    def then(self, other: Callable[[bytes], bytes | Iterable[bytes]]) -> Callable[[bytes], list[bytes]]:
+        """A stream function that passes what this tap passes on to `other` (another addon's
+        own stream function), keeping mitmproxy's contract for both: `other` sees every byte,
+        each chunk once, and `b""` exactly once, at the end."""
+
+        def chained(data: bytes) -> list[bytes]:
+            passed = self(data)
+            chunk = passed if isinstance(passed, bytes) else b"".join(passed)
+            out: list[bytes] = []
+            if chunk or not data:
+                out += _chunks(other(chunk))
+            if not data and chunk:  # the tap let held bytes go at the end: then the end itself
+                out += _chunks(other(b""))
+            return [c for c in out if c]
+
+        return chained
 
     def _read(self, data: bytes) -> None:
         if data:
@@ -161,6 +247,10 @@ class StreamTap:
         else:  # b"" marks the end of the message
             self.ended = True
             self.reader.close()
+
+
+def _chunks(result: bytes | Iterable[bytes]) -> list[bytes]:
+    return [result] if isinstance(result, bytes) else list(result)
 
 
 def sse_reader_of(events: Callable[[str], UsageReader]) -> Callable[[str], SseStream]:

@@ -280,6 +280,7 @@ class SpendFuse:
                 pending.endpoint.family,
                 headers.get("content-type", ""),
                 headers.get("content-encoding", ""),
+                sized="content-length" in headers,
             )
             if tap is not None:
                 pending.tap = tap

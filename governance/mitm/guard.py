@@ -141,7 +141,7 @@ class TransportGuard:
             return
         other = flow.response.stream
         if callable(other):
-            flow.response.stream = lambda data: other(tap(data))
+            flow.response.stream = tap.then(other)
         elif other:
             flow.response.stream = tap
         # Buffered after all (stream False): `response` reads usage from the whole body.
