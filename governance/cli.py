@@ -200,8 +200,18 @@ def cmd_import_bifrost(args: argparse.Namespace) -> int:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise PolicyError(f"{args.file} is neither JSON nor YAML: {e}") from e
+    price = None
+    if args.self_hosted_price:
+        try:
+            inp, out = (Decimal(v) for v in args.self_hosted_price.split(":"))
+        except (ValueError, ArithmeticError) as e:
+            raise PolicyError(f"--self-hosted-price {args.self_hosted_price!r}: expected INPUT:OUTPUT") from e
+        price = {"input_mtok": inp, "output_mtok": out}
     try:
-        rules, notes = bifrost.convert_with_notes(data, environ=os.environ)
+        rules, notes = bifrost.convert_with_notes(data, environ=os.environ, self_hosted_price=price)
+        for note in notes:
+            if note.startswith("warning: "):
+                print(f"spendfuse: {note}", file=sys.stderr)
         sys.stdout.write(bifrost.to_yaml(rules, source=Path(args.file).name, notes=notes))
     except bifrost.BifrostImportError as e:
         print(f"spendfuse: {args.file} cannot be imported exactly:", file=sys.stderr)
@@ -366,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         "import-bifrost", help="print spendfuse rules for a Bifrost config.json or Helm values"
     )
     p.add_argument("file")
+    p.add_argument(
+        "--self-hosted-price",
+        metavar="INPUT:OUTPUT",
+        help="USD per 1M input:output tokens for models on self-hosted providers (ollama, vllm, "
+        "sgl, custom) that no pricing override prices; without it such providers are refused",
+    )
     p.set_defaults(fn=cmd_import_bifrost)
     p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
     p.add_argument("secret", nargs="?", help="the secret (default: read one line from stdin)")

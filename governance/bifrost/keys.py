@@ -26,11 +26,7 @@ def key_secret(st: _State, obj: Mapping[str, Any], path: str) -> str | None:
         st.bad(where, "must be text")
         return None
     if value.startswith("env."):
-        var = value[4:]
-        if st.environ is None or not st.environ.get(var):
-            st.bad(where, f"names environment variable {var}, which is not set here; set it and run again")
-            return None
-        return st.environ[var]
+        return st.env(value, where, "")
     if value.startswith("vault."):
         st.bad(where, "is a vault reference; spendfuse needs the key itself to hash it")
         return None
