@@ -209,6 +209,8 @@ def cmd_import_bifrost(args: argparse.Namespace) -> int:
         price = {"input_mtok": inp, "output_mtok": out}
     try:
         rules, notes = bifrost.convert_with_notes(data, environ=os.environ, self_hosted_price=price)
+        if args.bifrost_codes:
+            rules["refusal_codes"] = "bifrost"
         for note in notes:
             if note.startswith("warning: "):
                 print(f"spendfuse: {note}", file=sys.stderr)
@@ -381,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT:OUTPUT",
         help="USD per 1M input:output tokens for models on self-hosted providers (ollama, vllm, "
         "sgl, custom) that no pricing override prices; without it such providers are refused",
+    )
+    p.add_argument(
+        "--bifrost-codes",
+        action="store_true",
+        help="answer refusals with Bifrost's statuses (402 budget, 403 blocked, 429 rate limit) "
+        "instead of each provider's own, which make its clients stop at once",
     )
     p.set_defaults(fn=cmd_import_bifrost)
     p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
