@@ -277,3 +277,30 @@ def test_each_bifrost_config_imports_or_is_refused_naming_each_field(name: str):
     assert len(found) == len(entry["problems"]), found
     for got, want in zip(found, entry["problems"], strict=True):
         assert got.startswith(want), (got, want)
+
+
+# -- provider configs as key × provider entries -------------------------------------------------
+
+
+def test_models_per_provider_and_limits_on_one_provider_config_become_key_provider_entries():
+    data = cfg(
+        rate_limits=[{"id": "r", "request_max_limit": 3, "request_reset_duration": "1h"}],
+        virtual_keys=[
+            vk(
+                {"provider": "openai", "allowed_models": ["gpt-4o"], "budget_id": "b"},
+                {"provider": "anthropic", "allowed_models": ["*"], "rate_limit_id": "r"},
+            )
+        ],
+    )
+    rules = bifrost.convert(data)
+    key = rules["keys"][0]
+    assert key["allowed_providers"] == ["anthropic", "openai"] and "allowed_models" not in key
+    assert key["providers"] == [
+        {"provider": "anthropic", "rate_limits": ["r"]},
+        {"provider": "openai", "allowed_models": ["gpt-4o"], "budgets": ["b"]},
+    ]
+    p = load_rules(bifrost.to_yaml(rules))
+    assert [(kp.provider, kp.allowed_models, kp.budgets) for kp in p.keys[0].providers] == [
+        ("anthropic", None, []),
+        ("openai", ["gpt-4o"], ["b"]),
+    ]

@@ -1,8 +1,9 @@
-"""A virtual key's allow-lists: `allow_lists` turns its `provider_configs` into spendfuse's
-per-key `allowed_providers`, `allowed_models` and `denied_models` when they say exactly the same,
-and reports a problem when they cannot (models allowed differently per provider, providers that
-share a genai-prices id allowed differently, limits on one provider of one key, API key choice).
-`white_list` reads one Bifrost WhiteList; `model_rule` what one provider config lets through."""
+"""A virtual key's provider configs: `allow_lists` turns them into spendfuse's per-key
+`allowed_providers`, `allowed_models`, `denied_models` and `credentials`, and, where models differ
+per provider or a provider config carries a budget or rate limit, a `providers:` entry per
+provider (key × provider). Problems: providers that share a genai-prices id allowed differently,
+key lists naming provider keys the file does not define. `white_list` reads one Bifrost WhiteList;
+`model_rule` what one provider config lets through."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from governance.bifrost.providers import _MEMBERS
 from governance.bifrost.schema import _PROVIDER_CONFIG
-from governance.bifrost.state import _State
+from governance.bifrost.state import _Scope, _State
 
 # What one provider config of a virtual key lets through: None (nothing), or
 # (kind, allowed, denied) with names case-folded: ("all", {}, denied) or ("some", allowed, {}).
@@ -131,18 +132,23 @@ def model_rule(
     return ("some", left, frozenset()) if left else None
 
 
-def allow_lists(st: _State, vk: Mapping[str, Any], path: str, out: dict[str, Any]) -> None:
-    """allowed_providers / allowed_models / denied_models equal to the key's provider_configs,
-    or a problem when spendfuse's per-key (not per-provider) lists cannot say the same."""
+def allow_lists(st: _State, vk: Mapping[str, Any], path: str, scope: _Scope, calendar: bool) -> None:
+    """allowed_providers / allowed_models / denied_models / credentials of key `scope` equal to
+    its provider_configs; where the models differ per provider, or a provider config carries a
+    budget or rate limit, a `providers:` entry per provider (`scope.nested`), whose limits follow
+    the key's calendar alignment."""
+    out = scope.out
     configs = vk.get("provider_configs")
     if not _has_configs(st, configs, path, out):
         return
     assert isinstance(configs, list)
     names: dict[str, str] = {}
     creds: dict[str, list[str] | None] = {}
-    rules = _provider_rules(st, configs, path, names, creds)
+    limited: dict[str, tuple[Mapping[str, Any], str]] = {}
+    rules = _provider_rules(st, configs, path, names, creds, limited)
     if rules is None:
         return
+    nested = per_provider_limits(st, limited, path, calendar)
     by_id: dict[str, _Rule] = {}
     for provider, rule in rules.items():
         if rule is None:
@@ -159,24 +165,45 @@ def allow_lists(st: _State, vk: Mapping[str, Any], path: str, out: dict[str, Any
             return
         by_id[gid] = rule
     distinct = set(by_id.values())
-    if len(distinct) > 1:
-        st.bad(
-            f"{path}.provider_configs",
-            f"allows different models per provider ({_describe(rules, names)}); spendfuse's allow-lists "
-            "are per key, not per provider, so any union would let a model through on a provider that "
-            "Bifrost refuses it on (give each provider its own virtual key)",
-        )
-        return
     out["allowed_providers"] = sorted(by_id)
     _key_credentials(st, rules, creds, out)
-    if not distinct:
+    if len(distinct) > 1:  # models differ per provider: each allowed provider gets its own lists
+        for gid, rule in by_id.items():
+            _models_out(nested.setdefault(gid, _Scope(path, {"provider": gid})).out, rule, names)
+    elif distinct:
+        _models_out(out, distinct.pop(), names)
+    else:
         st.notes.append(f"{path}: its provider_configs allow no model, so the key may use nothing")
-        return
-    kind, models, denied = distinct.pop()
+    scope.nested = [nested[g] for g in sorted(nested)]
+
+
+def _models_out(out: dict[str, Any], rule: _Rule, names: Mapping[str, str]) -> None:
+    """`allowed_models` / `denied_models` of one rule into `out` (a key or a key's provider)."""
+    kind, models, denied = rule
     if kind == "some":
         out["allowed_models"] = sorted(names[m] for m in models)
     elif denied:
         out["denied_models"] = sorted(names[m] for m in denied)
+
+
+def per_provider_limits(
+    st: _State, limited: Mapping[str, tuple[Mapping[str, Any], str]], path: str, calendar: bool
+) -> dict[str, _Scope]:
+    """A key × provider scope per provider whose config carries a budget or rate limit, by
+    provider id; two Bifrost providers of one id (gemini, vertex) cannot both carry limits."""
+    nested: dict[str, _Scope] = {}
+    for provider, (pc, where) in limited.items():
+        gid = st.provider(provider, where)
+        assert gid is not None  # _provider_rules checked it
+        if gid in nested:
+            st.bad(
+                where,
+                f"a second provider config with limits on {gid!r}: spendfuse counts them as one provider",
+            )
+            continue
+        nested[gid] = _Scope(where, {"provider": gid})
+        st.attach_all(pc, where, nested[gid], calendar, calendar)
+    return nested
 
 
 def _has_configs(st: _State, configs: object, path: str, out: dict[str, Any]) -> bool:
@@ -230,10 +257,16 @@ def _key_credentials(
 
 
 def _provider_rules(
-    st: _State, configs: list[Any], path: str, names: dict[str, str], creds: dict[str, list[str] | None]
+    st: _State,
+    configs: list[Any],
+    path: str,
+    names: dict[str, str],
+    creds: dict[str, list[str] | None],
+    limited: dict[str, tuple[Mapping[str, Any], str]],
 ) -> dict[str, _Rule | None] | None:
     """What each provider config of a key lets through, by Bifrost provider name (see _Rule);
-    None when any of them is a problem (all are checked, so all problems are reported)."""
+    None when any of them is a problem (all are checked, so all problems are reported). Configs
+    carrying a budget or rate limit go into `limited`, with their paths."""
     rules: dict[str, _Rule | None] = {}
     ok = True
     for j, pc in enumerate(configs):
@@ -242,14 +275,6 @@ def _provider_rules(
             ok = False
             continue
         assert isinstance(pc, Mapping)
-        for key in ("budget_id", "rate_limit_id"):
-            if pc.get(key) is not None:
-                st.bad(
-                    f"{where}.{key}",
-                    "a limit on one provider of one key: spendfuse attaches limits to a key or to a "
-                    "provider, not to the pair, and either would widen or narrow it",
-                )
-                ok = False
         provider = pc.get("provider")
         if st.provider(provider, f"{where}.provider") is None:
             ok = False
@@ -260,6 +285,8 @@ def _provider_rules(
             ok = False
             continue
         rules[provider] = model_rule(st, pc, where, names, creds)
+        if pc.get("budget_id") is not None or pc.get("rate_limit_id") is not None:
+            limited[provider] = (pc, where)
         ok = ok and rules[provider] != _ERROR
     return rules if ok else None
 

@@ -89,6 +89,8 @@ def build(st: _State, hosts: list[dict[str, Any]] | None = None) -> dict[str, An
             ids = [i for i in dict.fromkeys(ids) if i in kept[key]]
             if ids:
                 out[key] = ids
+        if scope.nested:
+            out["providers"] = [scope_out(n) for n in scope.nested]
         return out
 
     rules: dict[str, Any] = {"version": 2}

@@ -69,7 +69,7 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
             "chart ignore a virtual key's budget_id (they attach budgets by budgets[].virtual_key_id)"
         )
     st.attach_all(obj, path, scope, calendar, calendar)
-    allow_lists(st, obj, path, out)
+    allow_lists(st, obj, path, scope, calendar)
 
 
 def expiry(st: _State, obj: Mapping[str, Any], path: str, out: dict[str, Any]) -> None:

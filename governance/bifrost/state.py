@@ -52,6 +52,7 @@ class _Scope:
     out: dict[str, Any]
     budgets: list[str] = field(default_factory=list)
     rate_limits: list[str] = field(default_factory=list)
+    nested: list[_Scope] = field(default_factory=list)  # a key's per-provider entries (`providers:`)
 
 
 @dataclass
