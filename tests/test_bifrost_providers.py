@@ -304,3 +304,12 @@ def test_models_per_provider_and_limits_on_one_provider_config_become_key_provid
         ("anthropic", None, []),
         ("openai", ["gpt-4o"], ["b"]),
     ]
+
+
+def test_a_key_whose_id_is_its_value_is_renamed_and_the_value_printed_nowhere():
+    secret = "sk-bf-vk-its-own-id-0001"
+    data = cfg(virtual_keys=[{"id": secret, "value": secret, "provider_configs": [{"provider": "openai"}]}])
+    rules, notes = bifrost.convert_with_notes(data)
+    text = bifrost.to_yaml(rules, notes=notes)
+    assert secret not in text
+    assert load_rules(text).keys[0].id.startswith("vk-")

@@ -60,10 +60,10 @@ def test_each_imported_bifrost_config_is_enforced(name, start, upstream, tmp_pat
     rules = import_bifrost(FIXTURES / name, tmp_path / "imported.yaml")
     dummy_provider_env(rules, monkeypatch)
     proxy = start(rules=rules)
-    allowed = post(proxy, check["key"], check["allowed"])
+    allowed = post(proxy, check["allowed"]["key"], check["allowed"]["model"])
     assert allowed.status_code == 200, allowed.text
     assert upstream.hits["/v1/chat/completions"] == 1
-    blocked = post(proxy, check["key"], check["blocked"])
+    blocked = post(proxy, check["blocked"]["key"], check["blocked"]["model"])
     assert blocked.status_code == 400
     assert blocked.headers["x-spendfuse-refused"].startswith("model_access@key=")
     assert upstream.hits["/v1/chat/completions"] == 1
@@ -134,3 +134,32 @@ def test_refusal_codes_switch(flags, expected, start, upstream, tmp_path):
     assert model.status_code == expected["model"]
     assert model.headers["x-spendfuse-refused"] == "model_access@key=vk-rate"
     assert upstream.hits["/v1/chat/completions"] == 2
+
+
+def test_a_budget_on_one_provider_config_caps_that_key_on_that_provider(start, upstream, tmp_path):
+    """Bifrost's per-provider-config budget becomes a key × provider scope: it refuses the key's
+    second OpenAI request, and names that scope."""
+    config = {
+        "governance": {
+            "budgets": [{"id": "openai-only", "max_limit": "0.0011", "reset_duration": "1d"}],
+            "virtual_keys": [
+                {
+                    "id": "vk-split",
+                    "value": "vk-split-secret-token",
+                    "provider_configs": [
+                        {"provider": "openai", "allowed_models": ["gpt-4o"], "budget_id": "openai-only"},
+                        {"provider": "anthropic", "allowed_models": ["*"]},
+                    ],
+                }
+            ],
+            "pricing_overrides": CODES_CONFIG["governance"]["pricing_overrides"],
+        }
+    }
+    source = tmp_path / "config.json"
+    source.write_text(json.dumps(config))
+    proxy = start(rules=import_bifrost(source, tmp_path / "imported.yaml"))
+    assert post(proxy, "vk-split-secret-token", "gpt-4o").status_code == 200
+    second = post(proxy, "vk-split-secret-token", "gpt-4o")
+    assert second.status_code == 429
+    assert second.headers["x-spendfuse-refused"] == "budget:openai-only@key=vk-split/provider=openai"
+    assert upstream.hits["/v1/chat/completions"] == 1

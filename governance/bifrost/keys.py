@@ -52,6 +52,7 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
     if secret is not None:
         out["secret_sha256"] = hashlib.sha256(secret.encode("utf-8")).hexdigest()
         st.secrets[path] = secret
+        _hide_secret(st, out, path, secret)
     team, customer = obj.get("team_id"), obj.get("customer_id")
     if team is not None and customer is not None:
         st.bad(f"{path}.customer_id", "a virtual key belongs to a team or to a customer, not both")
@@ -70,6 +71,16 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
         )
     st.attach_all(obj, path, scope, calendar, calendar)
     allow_lists(st, obj, path, scope, calendar)
+
+
+def _hide_secret(st: _State, out: dict[str, Any], path: str, secret: str) -> None:
+    """A key whose id contains its own value (Bifrost's example config does this) would print the
+    secret in the rules, logs and the ledger: its id becomes `vk-` + the hash's first 12 digits,
+    with a note. References by the Bifrost id still resolve. (A name or any other field holding
+    the value is still refused by `convert.check_secrets`.)"""
+    if secret in out["id"]:
+        out["id"] = f"vk-{out['secret_sha256'][:12]}"
+        st.notes.append(f"{path}.id: contains the key's own value, so the key is named {out['id']} instead")
 
 
 def expiry(st: _State, obj: Mapping[str, Any], path: str, out: dict[str, Any]) -> None:

@@ -141,6 +141,11 @@ def _credential(
             st.bad(f"{where}.models", 'must be a list of model names, or ["*"]')
             return
         cred["models"] = list(models)
+    for field in sorted(f for f in key if f.endswith("_key_config")):
+        st.notes.append(
+            f"{where}.{field}: left out: Bifrost's endpoint, deployment and region settings; clients "
+            "call the provider's endpoint themselves"
+        )
     if key.get("aliases") not in (None, {}):
         st.notes.append(
             f"{where}.aliases: left out: Bifrost renames models for this key; with spendfuse the "
