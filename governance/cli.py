@@ -208,7 +208,11 @@ def cmd_import_bifrost(args: argparse.Namespace) -> int:
             raise PolicyError(f"--self-hosted-price {args.self_hosted_price!r}: expected INPUT:OUTPUT") from e
         price = {"input_mtok": inp, "output_mtok": out}
     try:
-        rules, notes = bifrost.convert_with_notes(data, environ=os.environ, self_hosted_price=price)
+        secrets_dir = str(Path(args.secrets_dir).resolve()) if args.secrets_dir else None
+        rules, notes, files = bifrost.convert_with_files(
+            data, environ=os.environ, self_hosted_price=price, secrets_dir=secrets_dir
+        )
+        _write_secret_files(files)
         if args.bifrost_codes:
             rules["refusal_codes"] = "bifrost"
         for note in notes:
@@ -221,6 +225,22 @@ def cmd_import_bifrost(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_secret_files(files: dict[str, str]) -> None:
+    """Write each secret file, mode 0600, in a directory made 0700; never over an existing file
+    (checked for all of them first, so a refused import writes none)."""
+    for path in files:
+        if Path(path).exists():
+            raise PolicyError(f"{path} exists; refusing to overwrite a secret (move it away first)")
+    for path, content in files.items():
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as e:
+            raise PolicyError(f"{path} exists; refusing to overwrite a secret (move it away first)") from e
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content + "\n")
 
 
 def cmd_hash_secret(args: argparse.Namespace) -> int:
@@ -383,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT:OUTPUT",
         help="USD per 1M input:output tokens for models on self-hosted providers (ollama, vllm, "
         "sgl, custom) that no pricing override prices; without it such providers are refused",
+    )
+    p.add_argument(
+        "--secrets-dir",
+        metavar="DIR",
+        help="write provider keys found written into the file, and generated values for virtual "
+        "keys that have none, to files in DIR (mode 0600) that the rules read; without it both "
+        "stop the import",
     )
     p.add_argument(
         "--bifrost-codes",

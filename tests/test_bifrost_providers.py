@@ -5,6 +5,7 @@ every config collected from Bifrost's repository imports or is refused naming ea
 
 from __future__ import annotations
 
+import hashlib
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -102,8 +103,9 @@ def test_a_literal_provider_key_is_refused_and_printed_nowhere():
     found = problems(cfg(providers))
     assert found == [
         "providers.openai.keys[0].value: a provider key written into the file: spendfuse reads provider "
-        "keys from the environment, never from its rules; put the key in an environment variable, "
-        "write env.NAME here, and import again"
+        "keys from the environment or a file, never from its rules; put the key in an environment "
+        "variable and write env.NAME here, or import with --secrets-dir DIR to have it written to a "
+        "file there"
     ]
     assert not any(LITERAL in p for p in found)
 
@@ -313,3 +315,36 @@ def test_a_key_whose_id_is_its_value_is_renamed_and_the_value_printed_nowhere():
     text = bifrost.to_yaml(rules, notes=notes)
     assert secret not in text
     assert load_rules(text).keys[0].id.startswith("vk-")
+
+
+def test_secrets_dir_takes_literal_provider_keys_and_generates_missing_values(tmp_path: Path):
+    import contextlib
+    import io
+    import os
+    import stat
+
+    from governance import cli
+
+    providers = {"openai": {"keys": [{"name": "k", "value": LITERAL, "weight": 1}]}}
+    source = tmp_path / "config.json"
+    source.write_text(json.dumps(cfg(providers, virtual_keys=[{"id": "vk-new", "provider_configs": []}])))
+    secrets = tmp_path / "secrets"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["import-bifrost", str(source), "--secrets-dir", str(secrets)]) == 0
+    text = out.getvalue()
+    assert LITERAL not in text
+    p = load_rules(text)
+    key_file, vk_file = secrets / "k.key", secrets / "vk-new.vk"
+    assert p.credentials[0].file == key_file and p.credentials[0].env is None
+    assert key_file.read_text().strip() == LITERAL
+    generated = vk_file.read_text().strip()
+    assert p.keys[0].secret_sha256 == hashlib.sha256(generated.encode()).hexdigest()
+    for f in (key_file, vk_file):
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    # A second import never overwrites a secret.
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["import-bifrost", str(source), "--secrets-dir", str(secrets)]) == 1
+    assert "refusing to overwrite" in err.getvalue()
+    assert key_file.read_text().strip() == LITERAL and vk_file.read_text().strip() == generated

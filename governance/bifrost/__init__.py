@@ -78,10 +78,18 @@ and ids, team `source_id`/`virtual_key_count`, the transport settings under `gov
 
 from __future__ import annotations
 
-from governance.bifrost.convert import convert, convert_with_notes
+from governance.bifrost.convert import convert, convert_with_files, convert_with_notes
 from governance.bifrost.dump import to_yaml
 from governance.bifrost.errors import BifrostImportError
 from governance.bifrost.locate import find_governance
 from governance.bifrost.providers import PROVIDERS
 
-__all__ = ["BifrostImportError", "PROVIDERS", "convert", "convert_with_notes", "find_governance", "to_yaml"]
+__all__ = [
+    "BifrostImportError",
+    "PROVIDERS",
+    "convert",
+    "convert_with_files",
+    "convert_with_notes",
+    "find_governance",
+    "to_yaml",
+]

@@ -145,6 +145,25 @@ def _strings(value: object) -> Iterable[str]:
             yield from _strings(v)
 
 
+def convert_with_files(
+    data: object,
+    *,
+    environ: Mapping[str, str] | None = None,
+    self_hosted_price: Mapping[str, Decimal] | None = None,
+    secrets_dir: str | None = None,
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """`convert_with_notes`, where `secrets_dir` (a directory path) takes the secrets the rules
+    must not hold: a literal provider key becomes a credential reading `DIR/<id>.key`, and a
+    virtual key without a value gets a generated one in `DIR/<id>.vk`. Returns the files to write
+    (path -> content) besides the rules and notes; the caller writes them, mode 0600."""
+    st = _State(_locate(data), environ, self_hosted_price)
+    st.secrets_dir = None if secrets_dir is None else secrets_dir.rstrip("/") or "/"
+    rules = run(st)
+    if st.problems:
+        raise BifrostImportError(st.problems)
+    return rules, st.notes, st.files
+
+
 def convert_with_notes(
     data: object,
     *,
@@ -156,11 +175,8 @@ def convert_with_notes(
     with "warning: " name a path where Bifrost's code and its docs disagree (the docs are
     followed). `self_hosted_price` ({input_mtok, output_mtok}) prices the models of self-hosted
     providers that no pricing override prices."""
-    st = _State(_locate(data), environ, self_hosted_price)
-    rules = run(st)
-    if st.problems:
-        raise BifrostImportError(st.problems)
-    return rules, st.notes
+    rules, notes, _ = convert_with_files(data, environ=environ, self_hosted_price=self_hosted_price)
+    return rules, notes
 
 
 def convert(

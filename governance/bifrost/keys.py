@@ -6,6 +6,7 @@ provider_configs (`governance.bifrost.allow`)."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -15,12 +16,23 @@ from governance.bifrost.schema import _VK
 from governance.bifrost.state import _State
 
 
-def key_secret(st: _State, obj: Mapping[str, Any], path: str) -> str | None:
-    """The key's value (read from `environ` for `env.NAME`); None after a problem."""
+def key_secret(st: _State, obj: Mapping[str, Any], path: str, ident: str | None = None) -> str | None:
+    """The key's value (read from `environ` for `env.NAME`); None after a problem. A missing value
+    is generated, as Bifrost does, when there is a secrets directory to hand it out from."""
     value = obj.get("value")
     where = f"{path}.value"
+    if (value is None or value == "") and st.secrets_dir is not None and ident is not None:
+        value = f"sk-bf-{secrets.token_urlsafe(32)}"
+        file = f"{st.secrets_dir}/{ident}.vk"
+        st.files[file] = value
+        st.notes.append(f"{where}: missing, so one was generated, as Bifrost does: hand out {file}")
+        return value
     if value is None or value == "":
-        st.bad(where, "missing: Bifrost would generate one, and spendfuse needs the value itself to hash it")
+        st.bad(
+            where,
+            "missing: Bifrost would generate one, and spendfuse needs the value itself to hash it "
+            "(--secrets-dir DIR generates one into DIR)",
+        )
         return None
     if not isinstance(value, str):
         st.bad(where, "must be text")
@@ -39,7 +51,7 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
         return
     assert isinstance(obj, Mapping)
     ident = st.ident(obj, "id", path)
-    secret = key_secret(st, obj, path)
+    secret = key_secret(st, obj, path, ident)
     if ident is None:
         return
     if ident in st.keys:

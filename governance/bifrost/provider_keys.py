@@ -96,21 +96,33 @@ def _read_key(st: _State, provider: str, key: object, where: str) -> None:
     if not value.startswith("env."):
         # Remembered so the check that no secret is printed covers provider keys as well.
         st.secrets[where] = value
+        if st.secrets_dir is not None and not value.startswith("vault."):
+            _credential(st, provider, key, where, ident, refs, None, value)
+            return
         what = "a vault reference" if value.startswith("vault.") else "a provider key written into the file"
         st.bad(
             f"{where}.value",
-            f"{what}: spendfuse reads provider keys from the environment, never from its rules; put "
-            f"the key in an environment variable, write env.NAME here, and import again",
+            f"{what}: spendfuse reads provider keys from the environment or a file, never from its "
+            f"rules; put the key in an environment variable and write env.NAME here, or import with "
+            f"--secrets-dir DIR to have it written to a file there",
         )
         return
-    _credential(st, provider, key, where, ident, refs, value[4:])
+    _credential(st, provider, key, where, ident, refs, value[4:], None)
 
 
 def _credential(
-    st: _State, provider: str, key: Mapping[str, Any], where: str, ident: str, refs: list[str], var: str
+    st: _State,
+    provider: str,
+    key: Mapping[str, Any],
+    where: str,
+    ident: str,
+    refs: list[str],
+    var: str | None,
+    literal: str | None,
 ) -> None:
-    """Add the credential of one `env.NAME` provider key."""
-    if not re.fullmatch(_ENV_NAME, var):
+    """Add the credential of one provider key: read from environment variable `var`, or (with
+    `--secrets-dir`) from the file its `literal` value is written to."""
+    if var is not None and not re.fullmatch(_ENV_NAME, var):
         st.bad(f"{where}.value", f"{var!r} is not an environment variable name")
         return
     if not _ID.fullmatch(ident):
@@ -119,9 +131,15 @@ def _credential(
     if ident in st.credentials:
         st.bad(where, f"duplicate provider key name {ident!r}")
         return
-    cred: dict[str, Any] = {"id": ident, "provider": st.provider(provider, where), "env": var}
+    cred: dict[str, Any] = {"id": ident, "provider": st.provider(provider, where)}
     if cred["provider"] is None:
         return
+    if literal is None:
+        cred["env"] = var
+    else:
+        cred["file"] = file = f"{st.secrets_dir}/{ident}.key"
+        st.files[file] = literal
+        st.notes.append(f"{where}.value: a key written into the file: moved to {file} (mode 0600)")
     weight = key.get("weight")
     if weight is not None:
         w = _decimal(weight)

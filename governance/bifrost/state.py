@@ -98,6 +98,10 @@ class _State:
         # model config id -> (the scope its budgets count against, their calendar); None: refused
         self.model_configs: dict[str, tuple[_Scope, bool] | None] = {}
         self.secrets: dict[str, str] = {}  # virtual key path -> its value, to prove none is printed
+        # `--secrets-dir`: where literal provider keys and generated virtual key values go, and
+        # the files to write there (path -> content), which the caller writes 0600
+        self.secrets_dir: str | None = None
+        self.files: dict[str, str] = {}
 
     def bad(self, path: str, message: str) -> None:
         """Report a problem at `path`; the conversion goes on, to find every other one."""
