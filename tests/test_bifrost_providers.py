@@ -348,3 +348,42 @@ def test_secrets_dir_takes_literal_provider_keys_and_generates_missing_values(tm
         assert cli.main(["import-bifrost", str(source), "--secrets-dir", str(secrets)]) == 1
     assert "refusing to overwrite" in err.getvalue()
     assert key_file.read_text().strip() == LITERAL and vk_file.read_text().strip() == generated
+
+
+def test_the_helm_values_example_with_secrets_dir_and_a_price_stops_only_at_google():
+    """Bifrost's full provider example: given a secrets directory (its virtual keys have no
+    value) and a self-hosted price, what remains is the one thing spendfuse cannot say: Vertex
+    allowed where Gemini (configured in the same file) is not, both being `google` here."""
+    name = "helm-values-providers-and-virtual-keys.yaml"
+    price = {"input_mtok": Decimal(1), "output_mtok": Decimal(1)}
+    with pytest.raises(bifrost.BifrostImportError) as e:
+        bifrost.convert_with_files(
+            fixture(name), environ=INDEX[name]["environ"], self_hosted_price=price, secrets_dir="/s"
+        )
+    assert [p.split(":")[0] for p in e.value.problems] == [
+        "bifrost.governance.virtualKeys[3].provider_configs"
+    ]
+    # Without the conflicting key it imports: credentials, hosts and key lists included.
+    data = fixture(name)
+    del data["bifrost"]["governance"]["virtualKeys"][3]
+    rules, _, files = bifrost.convert_with_files(
+        data, environ=INDEX[name]["environ"], self_hosted_price=price, secrets_dir="/s"
+    )
+    assert sorted(files) == sorted(f"/s/{k['id']}.vk" for k in rules["keys"])
+    assert {h["name"] for h in rules["hosts"]} == {
+        "bifrost-huggingface",
+        "bifrost-ollama",
+        "bifrost-sgl",
+        "bifrost-vllm",
+    }
+    scoped = {k["id"]: k.get("credentials") for k in rules["keys"]}
+    assert scoped["vk-openai-scoped"] == ["openai-primary", "openai-secondary"]
+    assert scoped["vk-multi-provider"] == [
+        "anthropic-primary",
+        "groq-primary",
+        "groq-secondary",
+        "openai-batch",
+        "openai-primary",
+        "openai-secondary",
+    ]
+    load_rules(bifrost.to_yaml(rules))

@@ -33,14 +33,14 @@ def import_bifrost(source: Path, out: Path, *flags: str) -> Path:
     return out
 
 
-def post(proxy: Proxy, vk: str | None, model: str) -> httpx.Response:
-    """One chat request to api.openai.com through the proxy, identified by `x-bf-vk`."""
+def post(proxy: Proxy, vk: str | None, model: str, host: str = "api.openai.com") -> httpx.Response:
+    """One chat request to `host` through the proxy, identified by `x-bf-vk`."""
     headers = {"authorization": "Bearer sk-test-not-real"}
     if vk is not None:
         headers["x-bf-vk"] = vk
     with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca))) as c:
         return c.post(
-            "https://api.openai.com/v1/chat/completions",
+            f"https://{host}/v1/chat/completions",
             headers=headers,
             json={"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]},
         )
@@ -162,4 +162,36 @@ def test_a_budget_on_one_provider_config_caps_that_key_on_that_provider(start, u
     second = post(proxy, "vk-split-secret-token", "gpt-4o")
     assert second.status_code == 429
     assert second.headers["x-spendfuse-refused"] == "budget:openai-only@key=vk-split/provider=openai"
+    assert upstream.hits["/v1/chat/completions"] == 1
+
+
+def test_a_self_hosted_provider_is_metered_at_the_price_it_is_given(start, upstream, tmp_path, monkeypatch):
+    """A Bifrost vllm provider becomes an operator host, its URL read from the environment and
+    priced at --self-hosted-price: $1000/M tokens makes 100 output tokens cost $0.10, so a $0.05
+    budget refuses the request by that budget and a $1 budget lets it reach the server."""
+    keys = [{"name": "v", "value": "", "weight": 1, "vllm_key_config": {"url": "env.VLLM_URL"}}]
+    vllm = [{"provider": "vllm", "allowed_models": ["*"]}]
+    config = {
+        "providers": {"vllm": {"keys": keys}},
+        "governance": {
+            "budgets": [
+                {"id": "small", "max_limit": "0.05", "reset_duration": "1d", "virtual_key_id": "vk-small"},
+                {"id": "large", "max_limit": "1", "reset_duration": "1d", "virtual_key_id": "vk-large"},
+            ],
+            "virtual_keys": [
+                {"id": "vk-small", "value": "vk-small-secret-token", "provider_configs": vllm},
+                {"id": "vk-large", "value": "vk-large-secret-token", "provider_configs": vllm},
+            ],
+        },
+    }
+    monkeypatch.setenv("VLLM_URL", "https://vllm.internal:8000")
+    source = tmp_path / "config.json"
+    source.write_text(json.dumps(config))
+    rules = import_bifrost(source, tmp_path / "imported.yaml", "--self-hosted-price", "1000:1000")
+    proxy = start(rules=rules)
+    small = post(proxy, "vk-small-secret-token", "llama-3-70b", host="vllm.internal:8000")
+    assert small.headers["x-spendfuse-refused"] == "budget:small@key=vk-small", small.text
+    assert upstream.hits["/v1/chat/completions"] == 0
+    large = post(proxy, "vk-large-secret-token", "llama-3-70b", host="vllm.internal:8000")
+    assert large.status_code == 200, large.text
     assert upstream.hits["/v1/chat/completions"] == 1
