@@ -369,6 +369,34 @@ def _with_rules(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _import_bifrost_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `import-bifrost` subcommand and its options."""
+    p = sub.add_parser(
+        "import-bifrost", help="print spendfuse rules for a Bifrost config.json or Helm values"
+    )
+    p.add_argument("file")
+    p.add_argument(
+        "--self-hosted-price",
+        metavar="INPUT:OUTPUT",
+        help="USD per 1M input:output tokens for models on self-hosted providers (ollama, vllm, "
+        "sgl, custom) that no pricing override prices; without it such providers are refused",
+    )
+    p.add_argument(
+        "--secrets-dir",
+        metavar="DIR",
+        help="write provider keys found written into the file, and generated values for virtual "
+        "keys that have none, to files in DIR (mode 0600) that the rules read; without it both "
+        "stop the import",
+    )
+    p.add_argument(
+        "--bifrost-codes",
+        action="store_true",
+        help="answer refusals with Bifrost's statuses (402 budget, 403 blocked, 429 rate limit) "
+        "instead of each provider's own, which make its clients stop at once",
+    )
+    p.set_defaults(fn=cmd_import_bifrost)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendfuse", description="LLM spend caps as a mitmproxy addon.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -394,30 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a rules file and print the effective policy")
     p.add_argument("file")
     p.set_defaults(fn=cmd_check)
-    p = sub.add_parser(
-        "import-bifrost", help="print spendfuse rules for a Bifrost config.json or Helm values"
-    )
-    p.add_argument("file")
-    p.add_argument(
-        "--self-hosted-price",
-        metavar="INPUT:OUTPUT",
-        help="USD per 1M input:output tokens for models on self-hosted providers (ollama, vllm, "
-        "sgl, custom) that no pricing override prices; without it such providers are refused",
-    )
-    p.add_argument(
-        "--secrets-dir",
-        metavar="DIR",
-        help="write provider keys found written into the file, and generated values for virtual "
-        "keys that have none, to files in DIR (mode 0600) that the rules read; without it both "
-        "stop the import",
-    )
-    p.add_argument(
-        "--bifrost-codes",
-        action="store_true",
-        help="answer refusals with Bifrost's statuses (402 budget, 403 blocked, 429 rate limit) "
-        "instead of each provider's own, which make its clients stop at once",
-    )
-    p.set_defaults(fn=cmd_import_bifrost)
+    _import_bifrost_parser(sub)
     p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
     p.add_argument("secret", nargs="?", help="the secret (default: read one line from stdin)")
     p.set_defaults(fn=cmd_hash_secret)

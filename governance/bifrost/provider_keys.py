@@ -59,6 +59,20 @@ def read_providers(st: _State) -> None:
             _read_key(st, name, key, f"{where}.keys[{j}]")
 
 
+def _left_out_settings(st: _State, key: Mapping[str, Any], where: str) -> None:
+    """Notes for a provider key's routing settings, which mean nothing to a proxy."""
+    for field in sorted(f for f in key if f.endswith("_key_config")):
+        st.notes.append(
+            f"{where}.{field}: left out: Bifrost's endpoint, deployment and region settings; clients "
+            "call the provider's endpoint themselves"
+        )
+    if key.get("aliases") not in (None, {}):
+        st.notes.append(
+            f"{where}.aliases: left out: Bifrost renames models for this key; with spendfuse the "
+            "client sends the provider's own model name"
+        )
+
+
 def _custom_base_url(settings: Mapping[str, Any]) -> object:
     """The base URL of a custom provider (`custom_provider_config` + `network_config.base_url`)."""
     if settings.get("custom_provider_config") in (None, {}):
@@ -159,16 +173,7 @@ def _credential(
             st.bad(f"{where}.models", 'must be a list of model names, or ["*"]')
             return
         cred["models"] = list(models)
-    for field in sorted(f for f in key if f.endswith("_key_config")):
-        st.notes.append(
-            f"{where}.{field}: left out: Bifrost's endpoint, deployment and region settings; clients "
-            "call the provider's endpoint themselves"
-        )
-    if key.get("aliases") not in (None, {}):
-        st.notes.append(
-            f"{where}.aliases: left out: Bifrost renames models for this key; with spendfuse the "
-            "client sends the provider's own model name"
-        )
+    _left_out_settings(st, key, where)
     st.credentials[ident] = cred
     st.provider_creds.setdefault(provider, []).append(ident)
     for r in refs:
