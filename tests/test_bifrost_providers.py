@@ -387,3 +387,26 @@ def test_the_helm_values_example_with_secrets_dir_and_a_price_stops_only_at_goog
         "openai-secondary",
     ]
     load_rules(bifrost.to_yaml(rules))
+
+
+@pytest.mark.parametrize(
+    "base,expected",
+    [("openai", ("openai", "/v1")), ("anthropic", ("anthropic", "/v1")), ("gemini", None)],
+)
+def test_a_custom_provider_with_a_base_url(base: str, expected: tuple[str, str] | None):
+    custom = {
+        "corp-llm": {
+            "custom_provider_config": {"base_provider_type": base},
+            "network_config": {"base_url": "https://llm.corp.example"},
+            "keys": [{"name": "corp", "value": "env.CORP_KEY", "weight": 1}],
+        }
+    }
+    if expected is None:
+        [found] = problems(cfg(custom), self_hosted_price=PRICE)
+        assert found.startswith("providers.corp-llm.custom_provider_config.base_provider_type:")
+        return
+    rules = bifrost.convert(cfg(custom), self_hosted_price=PRICE)
+    [host] = rules["hosts"]
+    assert (host["family"], host["base_path"], host["match"]) == (*expected, ["llm.corp.example"])
+    assert rules["credentials"] == [{"id": "corp", "provider": "corp-llm", "env": "CORP_KEY"}]
+    load_rules(bifrost.to_yaml(rules))

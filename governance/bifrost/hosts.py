@@ -49,6 +49,12 @@ def add_host(st: _State, name: str, settings: Mapping[str, Any], where: str) -> 
         return False
     prefix = paths.pop()
     family = _family(settings)
+    if family is None:
+        st.bad(
+            f"{where}.custom_provider_config.base_provider_type",
+            "spendfuse meters custom providers that speak the openai or anthropic API only",
+        )
+        return False
     entry: dict[str, Any] = {
         "name": f"bifrost-{name}",
         "match": sorted(hosts),
@@ -63,11 +69,14 @@ def add_host(st: _State, name: str, settings: Mapping[str, Any], where: str) -> 
     return True
 
 
-def _family(settings: Mapping[str, Any]) -> str:
+def _family(settings: Mapping[str, Any]) -> str | None:
+    """The API family a self-hosted provider speaks: a custom provider's `base_provider_type`
+    when it is openai or anthropic (None: another API, not metered), else openai."""
     custom = settings.get("custom_provider_config")
-    if isinstance(custom, Mapping) and custom.get("base_provider_type") == "anthropic":
-        return "anthropic"
-    return "openai"
+    if not isinstance(custom, Mapping):
+        return "openai"
+    base = custom.get("base_provider_type")
+    return base if base in ("openai", "anthropic") else None
 
 
 def _urls(st: _State, name: str, settings: Mapping[str, Any], where: str) -> list[tuple[str, str]] | None:
