@@ -200,8 +200,24 @@ def cmd_import_bifrost(args: argparse.Namespace) -> int:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise PolicyError(f"{args.file} is neither JSON nor YAML: {e}") from e
+    price = None
+    if args.self_hosted_price:
+        try:
+            inp, out = (Decimal(v) for v in args.self_hosted_price.split(":"))
+        except (ValueError, ArithmeticError) as e:
+            raise PolicyError(f"--self-hosted-price {args.self_hosted_price!r}: expected INPUT:OUTPUT") from e
+        price = {"input_mtok": inp, "output_mtok": out}
     try:
-        rules, notes = bifrost.convert_with_notes(data, environ=os.environ)
+        secrets_dir = str(Path(args.secrets_dir).resolve()) if args.secrets_dir else None
+        rules, notes, files = bifrost.convert_with_files(
+            data, environ=os.environ, self_hosted_price=price, secrets_dir=secrets_dir
+        )
+        _write_secret_files(files)
+        if args.bifrost_codes:
+            rules["refusal_codes"] = "bifrost"
+        for note in notes:
+            if note.startswith("warning: "):
+                print(f"spendfuse: {note}", file=sys.stderr)
         sys.stdout.write(bifrost.to_yaml(rules, source=Path(args.file).name, notes=notes))
     except bifrost.BifrostImportError as e:
         print(f"spendfuse: {args.file} cannot be imported exactly:", file=sys.stderr)
@@ -209,6 +225,22 @@ def cmd_import_bifrost(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_secret_files(files: dict[str, str]) -> None:
+    """Write each secret file, mode 0600, in a directory made 0700; never over an existing file
+    (checked for all of them first, so a refused import writes none)."""
+    for path in files:
+        if Path(path).exists():
+            raise PolicyError(f"{path} exists; refusing to overwrite a secret (move it away first)")
+    for path, content in files.items():
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as e:
+            raise PolicyError(f"{path} exists; refusing to overwrite a secret (move it away first)") from e
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content + "\n")
 
 
 def cmd_hash_secret(args: argparse.Namespace) -> int:
@@ -337,6 +369,34 @@ def _with_rules(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _import_bifrost_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `import-bifrost` subcommand and its options."""
+    p = sub.add_parser(
+        "import-bifrost", help="print spendfuse rules for a Bifrost config.json or Helm values"
+    )
+    p.add_argument("file")
+    p.add_argument(
+        "--self-hosted-price",
+        metavar="INPUT:OUTPUT",
+        help="USD per 1M input:output tokens for models on self-hosted providers (ollama, vllm, "
+        "sgl, custom) that no pricing override prices; without it such providers are refused",
+    )
+    p.add_argument(
+        "--secrets-dir",
+        metavar="DIR",
+        help="write provider keys found written into the file, and generated values for virtual "
+        "keys that have none, to files in DIR (mode 0600) that the rules read; without it both "
+        "stop the import",
+    )
+    p.add_argument(
+        "--bifrost-codes",
+        action="store_true",
+        help="answer refusals with Bifrost's statuses (402 budget, 403 blocked, 429 rate limit) "
+        "instead of each provider's own, which make its clients stop at once",
+    )
+    p.set_defaults(fn=cmd_import_bifrost)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendfuse", description="LLM spend caps as a mitmproxy addon.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,11 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a rules file and print the effective policy")
     p.add_argument("file")
     p.set_defaults(fn=cmd_check)
-    p = sub.add_parser(
-        "import-bifrost", help="print spendfuse rules for a Bifrost config.json or Helm values"
-    )
-    p.add_argument("file")
-    p.set_defaults(fn=cmd_import_bifrost)
+    _import_bifrost_parser(sub)
     p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
     p.add_argument("secret", nargs="?", help="the secret (default: read one line from stdin)")
     p.set_defaults(fn=cmd_hash_secret)

@@ -67,6 +67,9 @@ def _scopes(p: Policy) -> list[tuple[tuple[str | int, ...], Any]]:
     scopes: list[tuple[tuple[str | int, ...], Any]] = [(("global",), p.global_scope)]
     for field in ("providers", "models", "customers", "teams", "keys"):
         scopes += [((field, i), s) for i, s in enumerate(getattr(p, field))]
+    scopes += [
+        (("keys", i, "providers", j), kp) for i, k in enumerate(p.keys) for j, kp in enumerate(k.providers)
+    ]
     return scopes
 
 
@@ -154,6 +157,12 @@ def _keys(p: Policy) -> list[Problem]:
             Problem(("keys", i, "credentials", j), f"unknown credential {c!r}")
             for j, c in enumerate(k.credentials or ())
             if c not in credentials
+        ]
+        named = [kp.provider for kp in k.providers]
+        out += [
+            Problem(("keys", i, "providers", j), f"provider {kp.provider!r} has two entries on key {k.id!r}")
+            for j, kp in enumerate(k.providers)
+            if named.index(kp.provider) != j
         ]
     return out
 

@@ -19,6 +19,7 @@ from governance import (
     gate,
     identity,
     reading,
+    refusal_codes,
     regional,
     server_tools,
     settlement,
@@ -72,7 +73,12 @@ class Engine:
 
     def identify(self, creds: Credentials) -> Identity | Refusal:
         """Who sends a request, under the rules' keys: see `governance.identity`."""
-        return identity.identify(creds, self.scopes, salt=self.salt, require_key=self.policy.require_key)
+        who = identity.identify(creds, self.scopes, salt=self.salt, require_key=self.policy.require_key)
+        return self._coded(who) if isinstance(who, Refusal) else who
+
+    def _coded(self, refusal: Refusal) -> Refusal:
+        """The refusal with the status the rules' `refusal_codes` give it (see governance.refusal_codes)."""
+        return refusal_codes.bifrost_status(refusal) if self.policy.refusal_codes == "bifrost" else refusal
 
     def screen(self, incoming: Incoming) -> Verdict:
         """What happens to a request before pricing: see `governance.gate`."""
@@ -150,7 +156,7 @@ class Engine:
             )
             return Decision(allowed=True, refusal=refusal)
         self.ledger.record_refusal(rec, now, rule=refusal.rule, reason=refusal.message)
-        return Decision(allowed=False, refusal=refusal)
+        return Decision(allowed=False, refusal=self._coded(refusal))
 
     def counter_request(self, read: ReadRequest, family: str) -> tuple[str, dict[str, Any]] | None:
         """`(path suffix, body)` of the provider's free input-token counter for `read`, or None."""
@@ -170,7 +176,10 @@ class Engine:
         refusal that the exact count could turn around (the request fits at the estimate's lower
         end) is then returned unrecorded, with `hinges_on_count`, for the caller to ask the
         counter and admit again."""
-        return admission.admit(self, info, now, count_may_help=count_may_help)
+        decision = admission.admit(self, info, now, count_may_help=count_may_help)
+        if decision.refusal is None or self.policy.refusal_codes == "provider":
+            return decision
+        return replace(decision, refusal=self._coded(decision.refusal))
 
     # -- settling (ledger thread) -------------------------------------------------------------
 

@@ -131,6 +131,20 @@ class ModelScope(_Attached):
     """Only this provider's requests for the model. Unset: any provider."""
 
 
+class KeyProvider(_Attached):
+    """A key on one provider (Bifrost's provider config of a virtual key): the models it may use
+    there, and limits that count only its requests to that provider (scope
+    `key=ID/provider=P`), besides the key's own."""
+
+    provider: str = Field(min_length=1, pattern=r"^[^|,=\s]+$")
+    """genai-prices provider id of a metered host: `openai`, `anthropic`, or an operator host's."""
+    allowed_models: list[str] | None = None
+    """Models (exact names or globs) the key may use on this provider, instead of the key's
+    `allowed_models`. Unset: the key's."""
+    denied_models: list[str] = []
+    """Models the key may not use on this provider, besides the key's `denied_models`."""
+
+
 class Customer(_Attached):
     """A customer: teams and keys belong to it, and its limits count all of their requests."""
 
@@ -182,6 +196,8 @@ class Key(_Attached):
     """Providers (genai-prices ids) the key may use. Unset: any; empty: none."""
     max_multiplier: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)] | None = None
     """The key's own multiplier cap; the rules' `max_multiplier` still applies."""
+    providers: list[KeyProvider] = []
+    """The key's models and limits on one provider each (at most one entry per provider)."""
     credentials: list[Id] | None = None
     """Custody credentials (ids in `credentials:`) this key's requests may be sent with. Unset: any
     credential of the request's provider."""

@@ -64,6 +64,10 @@ class Policy(Strict):
     """Refuse requests from clients that authenticate as no key."""
     credentials: list[Credential] = []
     """Provider keys spendfuse holds (custody): injected into admitted requests, so agents need none."""
+    refusal_codes: Literal["provider", "bifrost"] = "provider"
+    """HTTP statuses of refusals. `provider`: each provider's own, chosen so its clients stop at
+    once (`rules/refusal_shapes.yaml`). `bifrost`: Bifrost's, for harnesses that check them: 402
+    for a budget, 403 for a blocked key, model or provider, 429 for a rate limit (same bodies)."""
     custody: Literal["optional", "required"] = "optional"
     """`required`: refuse any request whose provider credential is not a virtual key (a key's secret)
     or absent, so that an agent holding a stray real key cannot spend through the fuse either."""

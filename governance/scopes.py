@@ -1,6 +1,7 @@
 """Which scopes a request counts against, and the keys it may authenticate as. Pure.
 
-A request counts against, in this order: its key, the key's team, the customer above them,
+A request counts against, in this order: its key, the key on the request's provider (a key's
+`providers:` entry), the key's team, the customer above them,
 every model scope its model matches, every provider scope of its provider, and the global scope.
 Model and provider scopes apply whether or not the request carries a key. The order is the
 order claims are checked in, so the limit a refusal names never depends on iteration order.
@@ -91,6 +92,11 @@ class Scopes:
         scopes: list[Scope] = []
         if key is not None:
             scopes.append(self._scope(f"key={key.id}", key.budgets, key.rate_limits))
+            for kp in key.providers:
+                if kp.provider == provider:
+                    scopes.append(
+                        self._scope(f"key={key.id}/provider={provider}", kp.budgets, kp.rate_limits)
+                    )
             customer_id = key.customer
             if key.team is not None:
                 team = self._teams[key.team]
@@ -128,4 +134,9 @@ class Scopes:
         out += [self._scope(f"customer={c.id}", c.budgets, c.rate_limits) for c in p.customers]
         out += [self._scope(f"team={t.id}", t.budgets, t.rate_limits) for t in p.teams]
         out += [self._scope(f"key={k.id}", k.budgets, k.rate_limits) for k in p.keys]
+        out += [
+            self._scope(f"key={k.id}/provider={kp.provider}", kp.budgets, kp.rate_limits)
+            for k in p.keys
+            for kp in k.providers
+        ]
         return tuple(s for s in out if s.budgets or s.rate_limits)

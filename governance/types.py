@@ -237,6 +237,7 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: int | None = None  # seconds until the window resets (RATE refusals)
     unit: Unit = Unit.USD  # what limit/spent/reserved/requested count (governance.units)
+    status: int | None = None  # set: answer with this HTTP status (`refusal_codes: bifrost`)
 
 
 #: Units a claim counts in (`governance.units.Unit`, as text).

@@ -36,7 +36,7 @@ def answer(endpoint: Endpoint | None, host: str, path: str, refusal: Refusal, re
     """The answer to a refused request; `endpoint` None: not LLM traffic (a generic envelope)."""
     ep = endpoint or unknown_endpoint(host, path)
     status, headers, body = wire.render_error(ep, refusal, reference)
-    return Answer(status, headers, body)
+    return Answer(refusal.status or status, headers, body)
 
 
 def unknown_endpoint(host: str, path: str) -> Endpoint:

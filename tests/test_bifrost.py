@@ -378,13 +378,14 @@ def _pc(provider: str, models: list[str] | None = None, **fields: Any) -> dict[s
             {"allowed_providers": ["openai"], "allowed_models": ["gpt-4o"]},
         ),
         (2, [_pc("openai", ["*"], blacklisted_models=[])], {"allowed_providers": ["openai"]}),
-        # Since Bifrost 1.5 an empty or missing list allows nothing...
+        # Since Bifrost 1.5 an empty list allows nothing; a missing one follows the Helm
+        # governance docs (every model, every provider), with a warning...
         (2, [_pc("openai", [])], {"allowed_providers": []}),
-        (2, [_pc("openai")], {"allowed_providers": []}),
+        (2, [_pc("openai")], {"allowed_providers": ["openai"]}),
         (2, [_pc("openai", ["*"], key_ids=[])], {"allowed_providers": []}),
         (2, [_pc("anthropic", []), _pc("openai", ["*"])], {"allowed_providers": ["openai"]}),
         (2, [], {"allowed_providers": []}),
-        (2, None, {"allowed_providers": []}),
+        (2, None, {}),
         # ...and with "version": 1 everything, as in 1.4: spendfuse leaves its list unset.
         (1, [_pc("openai", [])], {"allowed_providers": ["openai"]}),
         (
@@ -550,23 +551,15 @@ def _vk_with_pc(**pc: Any) -> dict[str, Any]:
 
 UNTRANSLATABLE = [
     (
-        _vk_with_pc(budget_id="b1"),
-        "governance.virtual_keys[0].provider_configs[0].budget_id: a limit on one provider of one key",
-    ),
-    (
-        _vk_with_pc(rate_limit_id="r1"),
-        "governance.virtual_keys[0].provider_configs[0].rate_limit_id: a limit on one provider",
-    ),
-    (
         _vk_with_pc(key_ids=["openai-primary"]),
-        "governance.virtual_keys[0].provider_configs[0].key_ids: limits the key",
+        "governance.virtual_keys[0].provider_configs[0].key_ids: names provider key 'openai-primary', "
+        "which this file does not define under providers.openai.keys",
     ),
-    (_vk_with_pc(keys=[{"id": 1}]), "governance.virtual_keys[0].provider_configs[0].keys: limits the key"),
-    (_vk_with_pc(unknown=1), "governance.virtual_keys[0].provider_configs[0].unknown: unknown field"),
     (
-        config(virtual_keys=[vk(provider_configs=[_pc("openai", ["gpt-4o"]), _pc("anthropic", ["*"])])]),
-        "governance.virtual_keys[0].provider_configs: allows different models per provider",
+        _vk_with_pc(key_ids=None, keys=[{"id": 1}]),
+        "governance.virtual_keys[0].provider_configs[0].keys: must be a list of {name: provider key name}",
     ),
+    (_vk_with_pc(unknown=1), "governance.virtual_keys[0].provider_configs[0].unknown: unknown field"),
     (
         config(virtual_keys=[vk(provider_configs=[_pc("openai", ["gpt-*"])])]),
         "governance.virtual_keys[0].provider_configs[0].allowed_models[0]: 'gpt-*': Bifrost matches it",
@@ -796,8 +789,10 @@ UNTRANSLATABLE = [
         "governance.routing_rules: routing rules change",
     ),
     (
-        config(pricing_overrides=[{"id": "p"}]),
-        "governance.pricing_overrides: spendfuse prices with genai-prices",
+        config(
+            pricing_overrides=[{"id": "p", "scope_kind": "user", "pattern": "gpt-4o", "match_type": "exact"}]
+        ),
+        "governance.pricing_overrides[0].scope_kind: 'user': spendfuse prices a model alike",
     ),
     (
         config(business_units=[{"id": "bu", "name": "bu"}]),
@@ -836,7 +831,7 @@ UNTRANSLATABLE = [
                 }
             }
         },
-        "bifrost.governance.virtualKeys[0].provider_configs[0].rate_limit_id: a limit on one provider",
+        "bifrost.governance.virtualKeys[0].provider_configs[0].rate_limit_id: unknown rate limit id 'x'",
     ),
     ({"something": "else"}, "(top level): no governance section"),
     ([1, 2], "(top level): expected a Bifrost config.json object or Helm values mapping"),

@@ -153,3 +153,20 @@ def test_an_envelope_without_shapes_stops_the_start():
     with pytest.raises(RulesInvalid, match="nowhere: no refusal shapes for this envelope"):
         shapes.require([*ENVELOPES, "nowhere"])
     shapes.require(ENVELOPES)
+
+
+def test_bifrost_codes_give_budgets_402_blocked_403_and_rate_limits_429():
+    """`refusal_codes: bifrost` changes the status of exactly Bifrost's three kinds of refusal."""
+    from governance.refusal_codes import bifrost_status
+    from governance.types import Refusal, RefusalKind
+
+    def status(rule: str, kind: RefusalKind = RefusalKind.QUOTA) -> int | None:
+        return bifrost_status(Refusal(rule=rule, code="c", kind=kind, message="m")).status
+
+    assert status("budget:daily@key=a") == 402
+    assert status("budget:global", RefusalKind.RATE) == 402
+    assert status("rate_limit:pace:requests@key=a", RefusalKind.RATE) == 429
+    assert status("model_access@key=a", RefusalKind.INVALID) == 403
+    assert status("key_state@key=a", RefusalKind.AUTH) == 403
+    assert status("model_multiplier_cap", RefusalKind.INVALID) is None
+    assert status("request_parse", RefusalKind.INVALID) is None

@@ -79,3 +79,57 @@ def test_every_scope_lists_what_status_shows():
 def test_secrets_are_found_by_hash_only():
     assert S.key_by_secret("x").id == "a" and S.key_by_secret("X") is None
     assert S.key_with_secret("a", "x").id == "a" and S.key_with_secret("a", "y") is None
+
+
+def test_a_key_on_one_provider_has_its_own_scope_and_model_lists():
+    """A key's `providers:` entry: limits that count only its requests to that provider (after
+    the key's own scope), and model lists that replace the key's there."""
+    from governance.checks.access import access_refusal
+
+    rules = {
+        **RULES,
+        "budgets": [*RULES["budgets"], {"id": "kp", "max_usd": 1}],
+        "keys": [
+            *RULES["keys"],
+            {
+                "id": "split",
+                "secret_sha256": secret_hash("s"),
+                "budgets": ["k"],
+                "allowed_models": ["gpt-4o"],
+                "providers": [
+                    {"provider": "azure", "budgets": ["kp"], "allowed_models": ["gpt-4o-mini"]},
+                    {"provider": "openai", "denied_models": ["gpt-4o"]},
+                ],
+            },
+        ],
+    }
+    scopes = Scopes(policy.parse(rules, Path(".")))
+    key = scopes.keys["split"]
+    names = [s.name for s in scopes.applicable(key, "azure", "gpt-4o-mini")]
+    assert names == ["key=split", "key=split/provider=azure", "model=azure/gpt-4o*", "global"]
+    assert [s.name for s in scopes.applicable(key, "openai", "gpt-4o")][:2] == ["key=split", "model=gpt-4o"]
+    assert "key=split/provider=azure" in [s.name for s in scopes.every_scope()]
+    assert access_refusal(key, "azure", "gpt-4o-mini") is None
+    assert access_refusal(key, "azure", "gpt-4o") is not None  # azure's list replaces the key's
+    assert access_refusal(key, "openai", "gpt-4o") is not None  # denied on openai
+    assert access_refusal(key, "anthropic", "gpt-4o") is None  # the key's own list elsewhere
+
+
+def test_a_key_names_each_provider_once():
+    import pytest
+
+    from governance.policy import PolicyError
+
+    twice = {
+        **RULES,
+        "keys": [
+            {
+                "id": "k2",
+                "secret_sha256": secret_hash("q"),
+                "budgets": ["k"],
+                "providers": [{"provider": "openai"}, {"provider": "openai"}],
+            }
+        ],
+    }
+    with pytest.raises(PolicyError, match="provider 'openai' has two entries on key 'k2'"):
+        policy.parse(twice, Path("."))

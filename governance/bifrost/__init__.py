@@ -37,7 +37,14 @@ Facts about Bifrost relied on, and where they come from (github.com/maximhq/bifr
   since v1.5.0 `[]` (or a missing list) allows nothing and `["*"]` everything, for
   `provider_configs`, `allowed_models` and `key_ids`; a config.json with `"version": 1` keeps the
   v1.4 meaning, `[]` = all. A file without `version` has the v1.5 meaning (the Helm chart renders
-  none). So a provider config without `key_ids` serves nothing since v1.5. Model names compare
+  none). Where the code reads a missing list as nothing, the seed's Helm governance docs say
+  otherwise ("No provider_configs -> all providers allowed"; a provider config without
+  `key_ids`/`keys` may use every key of its provider; their examples omit `allowed_models` for
+  every model): the import follows the docs and prints a warning naming each such path.
+* Provider keys (`providers.<name>.keys`, Helm `bifrost.providers`) become custody credentials
+  reading the same `env.` variables (`provider_keys`); `key_ids` / `keys` name them
+  (`Key.credentials`); self-hosted providers become operator hosts (`hosts`);
+  `pricing_overrides` become prices (`pricing`, docs/providers/custom-pricing.mdx). Model names compare
   case-insensitively (`core/schemas` WhiteList.Contains uses strings.EqualFold); `*` only counts
   alone (WhiteList.Validate rejects it beside other names).
 * Durations (`framework/configstore/tables/utils.go` ParseDuration): Go durations (`30s`, `5m`,
@@ -63,6 +70,7 @@ Facts about Bifrost relied on, and where they come from (github.com/maximhq/bifr
   says nothing here, so `find_governance` reports None for it.
 
 Left out because they do not govern spend: virtual key `description`, provider config `weight`
+(spendfuse does not route between providers; provider key weights become credential weights)
 and ids, team `source_id`/`virtual_key_count`, the transport settings under `governance.providers[]`
 (network, proxy, raw request flags, custom provider config), the dashboard credentials in
 `auth_config`, and `complexity_analyzer_config` when there are no routing rules to use it.
@@ -70,10 +78,18 @@ and ids, team `source_id`/`virtual_key_count`, the transport settings under `gov
 
 from __future__ import annotations
 
-from governance.bifrost.convert import convert, convert_with_notes
+from governance.bifrost.convert import convert, convert_with_files, convert_with_notes
 from governance.bifrost.dump import to_yaml
 from governance.bifrost.errors import BifrostImportError
 from governance.bifrost.locate import find_governance
 from governance.bifrost.providers import PROVIDERS
 
-__all__ = ["BifrostImportError", "PROVIDERS", "convert", "convert_with_notes", "find_governance", "to_yaml"]
+__all__ = [
+    "BifrostImportError",
+    "PROVIDERS",
+    "convert",
+    "convert_with_files",
+    "convert_with_notes",
+    "find_governance",
+    "to_yaml",
+]

@@ -9,14 +9,18 @@ equivalent, and refuse to print a virtual key's value wherever it was copied."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from governance.bifrost.errors import BifrostImportError
+from governance.bifrost.hosts import host_prices
 from governance.bifrost.keys import add_virtual_key
 from governance.bifrost.limits import define_budgets, define_rate_limit, limits_out, own_budget
 from governance.bifrost.locate import _locate
 from governance.bifrost.models import add_model_config, add_provider, groups_out
 from governance.bifrost.orgs import add_customer, add_team
+from governance.bifrost.pricing import add_pricing_override
+from governance.bifrost.provider_keys import read_providers
 from governance.bifrost.state import _Scope, _State
 
 # The sections after budgets and rate limits, in the order they must be read: each names only
@@ -35,10 +39,6 @@ def _left_out(st: _State) -> None:
     g = st.src.governance
     for name, why in (
         ("routing_rules", "routing rules change which provider and model serve a request"),
-        (
-            "pricing_overrides",
-            "spendfuse prices with genai-prices; Bifrost's price overrides change spend",
-        ),
         ("business_units", "spendfuse has no business units"),
         ("roles", "spendfuse has no dashboard roles or access profiles"),
     ):
@@ -57,6 +57,11 @@ def _left_out(st: _State) -> None:
 def run(st: _State) -> dict[str, Any]:
     """Read every section into `st`, then build the rules."""
     _left_out(st)
+    read_providers(st)  # first: virtual keys name their provider keys and self-hosted providers
+    by_host: dict[str, dict[str, Any]] = {}
+    path, items = st.section("pricing_overrides")
+    for i, obj in enumerate(items):
+        add_pricing_override(st, obj, f"{path}[{i}]", by_host)
     owned = define_budgets(st)
     path, items = st.section("rate_limits")
     for i, obj in enumerate(items):
@@ -67,11 +72,12 @@ def run(st: _State) -> dict[str, Any]:
             add(st, obj, f"{path}[{i}]")
     for ident, owner, target, where in owned:
         own_budget(st, ident, owner, target, where)
-    return build(st)
+    return build(st, host_prices(st, by_host))
 
 
-def build(st: _State) -> dict[str, Any]:
-    """The spendfuse rules from what `run` read; problems found on the way go into `st`."""
+def build(st: _State, hosts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The spendfuse rules from what `run` read, with the operator `hosts` of self-hosted
+    providers; problems found on the way go into `st`."""
     budgets = limits_out(st, st.budgets, "budget")
     limits = limits_out(st, st.limits, "rate limit")
     kept = {"budgets": {b["id"] for b in budgets}, "rate_limits": {r["id"] for r in limits}}
@@ -83,6 +89,8 @@ def build(st: _State) -> dict[str, Any]:
             ids = [i for i in dict.fromkeys(ids) if i in kept[key]]
             if ids:
                 out[key] = ids
+        if scope.nested:
+            out["providers"] = [scope_out(n) for n in scope.nested]
         return out
 
     rules: dict[str, Any] = {"version": 2}
@@ -102,6 +110,12 @@ def build(st: _State) -> dict[str, Any]:
     for key, table in (("customers", st.customers), ("teams", st.teams), ("keys", st.keys)):
         if table:
             rules[key] = [scope_out(s) for s in table.values()]
+    if st.credentials:
+        rules["credentials"] = list(st.credentials.values())
+    if st.prices:
+        rules["prices"] = st.prices
+    if hosts:
+        rules["hosts"] = hosts
     if not budgets and not limits:
         # Bifrost with no budget or rate limit caps nothing; spendfuse starts such rules only
         # when they say that is meant.
@@ -131,19 +145,46 @@ def _strings(value: object) -> Iterable[str]:
             yield from _strings(v)
 
 
-def convert_with_notes(
-    data: object, *, environ: Mapping[str, str] | None = None
-) -> tuple[dict[str, Any], list[str]]:
-    """`convert`, plus notes worth a reader's attention (what was left out because it governs
-    nothing, keys that may use nothing); `to_yaml` prints them in the header."""
-    st = _State(_locate(data), environ)
+def convert_with_files(
+    data: object,
+    *,
+    environ: Mapping[str, str] | None = None,
+    self_hosted_price: Mapping[str, Decimal] | None = None,
+    secrets_dir: str | None = None,
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """`convert_with_notes`, where `secrets_dir` (a directory path) takes the secrets the rules
+    must not hold: a literal provider key becomes a credential reading `DIR/<id>.key`, and a
+    virtual key without a value gets a generated one in `DIR/<id>.vk`. Returns the files to write
+    (path -> content) besides the rules and notes; the caller writes them, mode 0600."""
+    st = _State(_locate(data), environ, self_hosted_price)
+    st.secrets_dir = None if secrets_dir is None else secrets_dir.rstrip("/") or "/"
     rules = run(st)
     if st.problems:
         raise BifrostImportError(st.problems)
-    return rules, st.notes
+    return rules, st.notes, st.files
 
 
-def convert(data: object, *, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def convert_with_notes(
+    data: object,
+    *,
+    environ: Mapping[str, str] | None = None,
+    self_hosted_price: Mapping[str, Decimal] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """`convert`, plus notes worth a reader's attention (what was left out because it governs
+    nothing, keys that may use nothing); `to_yaml` prints them in the header. Notes starting
+    with "warning: " name a path where Bifrost's code and its docs disagree (the docs are
+    followed). `self_hosted_price` ({input_mtok, output_mtok}) prices the models of self-hosted
+    providers that no pricing override prices."""
+    rules, notes, _ = convert_with_files(data, environ=environ, self_hosted_price=self_hosted_price)
+    return rules, notes
+
+
+def convert(
+    data: object,
+    *,
+    environ: Mapping[str, str] | None = None,
+    self_hosted_price: Mapping[str, Decimal] | None = None,
+) -> dict[str, Any]:
     """spendfuse version 2 rules equivalent to the Bifrost governance in `data` (a parsed
     config.json or Helm values file), as a plain dict of plain values, except that amounts are
     Decimal as written: print it with `to_yaml` (yaml.safe_dump has no Decimal). Virtual key values
@@ -151,4 +192,4 @@ def convert(data: object, *, environ: Mapping[str, str] | None = None) -> dict[s
     `environ` when given.
 
     Raises BifrostImportError listing every field it cannot translate exactly."""
-    return convert_with_notes(data, environ=environ)[0]
+    return convert_with_notes(data, environ=environ, self_hosted_price=self_hosted_price)[0]

@@ -6,6 +6,7 @@ provider_configs (`governance.bifrost.allow`)."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -15,22 +16,29 @@ from governance.bifrost.schema import _VK
 from governance.bifrost.state import _State
 
 
-def key_secret(st: _State, obj: Mapping[str, Any], path: str) -> str | None:
-    """The key's value (read from `environ` for `env.NAME`); None after a problem."""
+def key_secret(st: _State, obj: Mapping[str, Any], path: str, ident: str | None = None) -> str | None:
+    """The key's value (read from `environ` for `env.NAME`); None after a problem. A missing value
+    is generated, as Bifrost does, when there is a secrets directory to hand it out from."""
     value = obj.get("value")
     where = f"{path}.value"
+    if (value is None or value == "") and st.secrets_dir is not None and ident is not None:
+        value = f"sk-bf-{secrets.token_urlsafe(32)}"
+        file = f"{st.secrets_dir}/{ident}.vk"
+        st.files[file] = value
+        st.notes.append(f"{where}: missing, so one was generated, as Bifrost does: hand out {file}")
+        return value
     if value is None or value == "":
-        st.bad(where, "missing: Bifrost would generate one, and spendfuse needs the value itself to hash it")
+        st.bad(
+            where,
+            "missing: Bifrost would generate one, and spendfuse needs the value itself to hash it "
+            "(--secrets-dir DIR generates one into DIR)",
+        )
         return None
     if not isinstance(value, str):
         st.bad(where, "must be text")
         return None
     if value.startswith("env."):
-        var = value[4:]
-        if st.environ is None or not st.environ.get(var):
-            st.bad(where, f"names environment variable {var}, which is not set here; set it and run again")
-            return None
-        return st.environ[var]
+        return st.env(value, where, "")
     if value.startswith("vault."):
         st.bad(where, "is a vault reference; spendfuse needs the key itself to hash it")
         return None
@@ -43,7 +51,7 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
         return
     assert isinstance(obj, Mapping)
     ident = st.ident(obj, "id", path)
-    secret = key_secret(st, obj, path)
+    secret = key_secret(st, obj, path, ident)
     if ident is None:
         return
     if ident in st.keys:
@@ -56,6 +64,7 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
     if secret is not None:
         out["secret_sha256"] = hashlib.sha256(secret.encode("utf-8")).hexdigest()
         st.secrets[path] = secret
+        _hide_secret(st, out, path, secret)
     team, customer = obj.get("team_id"), obj.get("customer_id")
     if team is not None and customer is not None:
         st.bad(f"{path}.customer_id", "a virtual key belongs to a team or to a customer, not both")
@@ -73,7 +82,17 @@ def add_virtual_key(st: _State, obj: object, path: str) -> None:
             "chart ignore a virtual key's budget_id (they attach budgets by budgets[].virtual_key_id)"
         )
     st.attach_all(obj, path, scope, calendar, calendar)
-    allow_lists(st, obj, path, out)
+    allow_lists(st, obj, path, scope, calendar)
+
+
+def _hide_secret(st: _State, out: dict[str, Any], path: str, secret: str) -> None:
+    """A key whose id contains its own value (Bifrost's example config does this) would print the
+    secret in the rules, logs and the ledger: its id becomes `vk-` + the hash's first 12 digits,
+    with a note. References by the Bifrost id still resolve. (A name or any other field holding
+    the value is still refused by `convert.check_secrets`.)"""
+    if secret in out["id"]:
+        out["id"] = f"vk-{out['secret_sha256'][:12]}"
+        st.notes.append(f"{path}.id: contains the key's own value, so the key is named {out['id']} instead")
 
 
 def expiry(st: _State, obj: Mapping[str, Any], path: str, out: dict[str, Any]) -> None:

@@ -28,6 +28,10 @@ class _Source:
     empty_allows_all: bool  # config.json `version: 1`
     problems: list[str]  # every problem found while locating, flag problems included
     flag_problems: list[str]  # problems with the flags that say whether a key is required
+    # the file's provider settings (config.json `providers`, Helm `bifrost.providers`): their
+    # keys become custody credentials, self-hosted ones operator hosts; None when absent
+    providers: object = None
+    providers_path: str = "providers"
 
 
 def _locate(data: object) -> _Source:
@@ -87,6 +91,8 @@ def _helm_source(bifrost: Mapping[str, Any]) -> _Source:
         empty_allows_all=False,  # the chart renders no `version`, so v1.5 semantics apply
         problems=problems + flags,
         flag_problems=flags,
+        providers=bifrost.get("providers"),
+        providers_path="bifrost.providers",
     )
 
 
@@ -113,6 +119,8 @@ def _config_source(data: Mapping[str, Any]) -> _Source:
         empty_allows_all=version == 1,
         problems=problems + flags,
         flag_problems=flags,
+        providers=data.get("providers"),
+        providers_path="providers",
     )
 
 

@@ -116,12 +116,13 @@ def groups_out(st: _State) -> tuple[list[_Scope], list[_Scope]]:
     for (gid, _), group in st.groups.items():
         members = group.members
         attached = {m: (frozenset(s.budgets), frozenset(s.rate_limits)) for m, s in members.items()}
-        missing = [m for m in _MEMBERS[gid] if m not in members]
+        missing = [m for m in _MEMBERS.get(gid, ()) if m not in members]
         if missing or len(set(attached.values())) > 1:
             what = f"model {group.model!r} of " if group.model is not None else ""
             st.bad(
                 ", ".join(s.path for s in members.values()),
-                f"limits on {what}{', '.join(sorted(members))}: Bifrost's {', '.join(_MEMBERS[gid])} are "
+                f"limits on {what}{', '.join(sorted(members))}: Bifrost's "
+                f"{', '.join(_MEMBERS.get(gid, ()))} are "
                 f"all {gid!r} in spendfuse, so each needs the same limits here",
             )
             continue

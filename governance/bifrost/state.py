@@ -52,6 +52,7 @@ class _Scope:
     out: dict[str, Any]
     budgets: list[str] = field(default_factory=list)
     rate_limits: list[str] = field(default_factory=list)
+    nested: list[_Scope] = field(default_factory=list)  # a key's per-provider entries (`providers:`)
 
 
 @dataclass
@@ -66,11 +67,25 @@ class _ProviderGroup:
 class _State:
     """One conversion in progress: what has been built, and every problem and note found."""
 
-    def __init__(self, src: _Source, environ: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        src: _Source,
+        environ: Mapping[str, str] | None,
+        self_hosted_price: Mapping[str, Decimal] | None = None,
+    ) -> None:
         self.src = src
         self.environ = environ
+        self.self_hosted_price = self_hosted_price
         self.problems: list[str] = list(src.problems)
         self.notes: list[str] = []
+        # custody: credential id -> its rules entry; (Bifrost provider, key name or id) -> the
+        # credential id, or None for a key spendfuse does not hold; provider -> its credentials
+        self.credentials: dict[str, dict[str, Any]] = {}
+        self.key_refs: dict[tuple[str, str], str | None] = {}
+        self.provider_creds: dict[str, list[str]] = {}
+        self.configured: set[str] = set()  # Bifrost providers the file configures
+        self.hosts: dict[str, dict[str, Any]] = {}  # Bifrost provider -> its operator host entry
+        self.prices: dict[str, dict[str, Decimal]] = {}  # model -> price override
         self.budgets: dict[str, _Limit] = {}
         self.limits: dict[str, _Limit] = {}
         self.customers: dict[str, _Scope] = {}
@@ -83,6 +98,10 @@ class _State:
         # model config id -> (the scope its budgets count against, their calendar); None: refused
         self.model_configs: dict[str, tuple[_Scope, bool] | None] = {}
         self.secrets: dict[str, str] = {}  # virtual key path -> its value, to prove none is printed
+        # `--secrets-dir`: where literal provider keys and generated virtual key values go, and
+        # the files to write there (path -> content), which the caller writes 0600
+        self.secrets_dir: str | None = None
+        self.files: dict[str, str] = {}
 
     def bad(self, path: str, message: str) -> None:
         """Report a problem at `path`; the conversion goes on, to find every other one."""
@@ -233,8 +252,39 @@ class _State:
             for j, ident in enumerate(ids):
                 self.attach(kind, ident, scope, cal, f"{path}.{key}[{j}]")
 
+    def env(self, value: str, where: str, what: str) -> str | None:
+        """`value`, or for `env.NAME` the environment's NAME (not a secret: a URL, a virtual key's
+        value to hash); None, a problem naming `where`, when it is unset (`what` to set it to)."""
+        if not value.startswith("env."):
+            return value
+        var = value[4:]
+        if self.environ is None or not self.environ.get(var):
+            self.bad(
+                where, f"names environment variable {var}, which is not set here; set it{what} and run again"
+            )
+            return None
+        return self.environ[var]
+
+    def listed(self, obj: Mapping[str, Any], key: str, path: str) -> list[Any]:
+        """`obj[key]` as a list: [] when unset, or after a problem ("must be a list")."""
+        value = obj.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.bad(f"{path}.{key}", "must be a list")
+            return []
+        return value
+
+    def warn(self, path: str, message: str) -> None:
+        """Where Bifrost's code and its documentation disagree: the docs are followed, and the
+        CLI prints this on stderr as well as in the printed file's header."""
+        self.notes.append(f"warning: {path}: {message}")
+
     def provider(self, value: object, path: str) -> str | None:
-        """The genai-prices id of a Bifrost provider name, or None (a problem)."""
+        """The provider id spendfuse scopes a Bifrost provider name by (genai-prices' id, or the
+        operator host's `provider` for a self-hosted one), or None (a problem)."""
+        if isinstance(value, str) and value in self.hosts:
+            return str(self.hosts[value]["provider"])
         if not isinstance(value, str) or value not in PROVIDERS:
             self.bad(
                 path,

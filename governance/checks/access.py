@@ -32,11 +32,16 @@ def key_state_refusal(key: Key, now: datetime) -> Refusal | None:
 def access_refusal(key: Key, provider: str, model: str) -> Refusal | None:
     """Refuse a model or provider the key may not use. An empty allow-list allows nothing
     (Bifrost's empty list means everything; spendfuse does not copy that)."""
+    allowed, denied = key.allowed_models, key.denied_models
+    for kp in key.providers:  # the key's own lists for this provider, when it has them
+        if kp.provider == provider:
+            allowed = allowed if kp.allowed_models is None else kp.allowed_models
+            denied = [*denied, *kp.denied_models]
     if key.allowed_providers is not None and provider not in key.allowed_providers:
         what = f"provider '{provider}'"
-    elif key.allowed_models is not None and not any(model_matches(p, model) for p in key.allowed_models):
+    elif allowed is not None and not any(model_matches(p, model) for p in allowed):
         what = f"model '{model}'"
-    elif any(model_matches(p, model) for p in key.denied_models):
+    elif any(model_matches(p, model) for p in denied):
         what = f"model '{model}' (denied)"
     else:
         return None
