@@ -15,6 +15,7 @@ from typing import Any
 
 from governance import (
     admission,
+    clients,
     fees,
     gate,
     identity,
@@ -61,6 +62,8 @@ class Engine:
         self.fees = fees.shipped()
         self.regional = regional.shipped()
         self.looping_models = server_tools.shipped().looping_models
+        # Clients that need refusals shaped their own way: the rules' own first.
+        self.refusal_clients = (*policy.refusal_clients, *clients.shipped())
         # LLM-shaped requests to unknown hosts (`unknown_llm_hosts: meter`): a provider genai-prices
         # does not know, so the rules' own prices decide.
         self.providers[UNKNOWN_ENTRY] = UNKNOWN_ENTRY

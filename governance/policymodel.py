@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from governance.clients import ClientShapes
 from governance.custody import Credential
 from governance.hostrules import HostRule
 from governance.limits import (
@@ -64,6 +65,9 @@ class Policy(Strict):
     """Refuse requests from clients that authenticate as no key."""
     credentials: list[Credential] = []
     """Provider keys spendfuse holds (custody): injected into admitted requests, so agents need none."""
+    refusal_clients: list[ClientShapes] = []
+    """Clients that need refusals shaped their own way, tried before the shipped ones
+    (`rules/refusal_clients.yaml`, which says how a client is recognised)."""
     refusal_codes: Literal["provider", "bifrost"] = "provider"
     """HTTP statuses of refusals. `provider`: each provider's own, chosen so its clients stop at
     once (`rules/refusal_shapes.yaml`). `bifrost`: Bifrost's, for harnesses that check them: 402

@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from governance.units import Unit
+
+if TYPE_CHECKING:
+    from governance.families.shapes import Shape
 
 MICRO = Decimal("0.000001")
 
@@ -238,6 +242,8 @@ class Refusal:
     retry_after: int | None = None  # seconds until the window resets (RATE refusals)
     unit: Unit = Unit.USD  # what limit/spent/reserved/requested count (governance.units)
     status: int | None = None  # set: answer with this HTTP status (`refusal_codes: bifrost`)
+    shape: Shape | None = None  # set: the client's own shape, not its envelope's (governance.clients)
+    client: str | None = None  # the client that shape is for
 
 
 #: Units a claim counts in (`governance.units.Unit`, as text).

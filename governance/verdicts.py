@@ -7,9 +7,11 @@ a refusal rendered in the envelope its endpoint's clients understand. Pure.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from governance import wire
+from governance.clients import ClientShapes, client_shape
 from governance.types import Endpoint, Metering, Refusal
 
 logger = logging.getLogger("spendfuse")
@@ -32,11 +34,25 @@ def enforced(refusal: Refusal | None, *, dry_run: bool, what: str) -> Refusal | 
     return refusal
 
 
-def answer(endpoint: Endpoint | None, host: str, path: str, refusal: Refusal, reference: str) -> Answer:
-    """The answer to a refused request; `endpoint` None: not LLM traffic (a generic envelope)."""
+def answer(
+    endpoint: Endpoint | None,
+    host: str,
+    path: str,
+    refusal: Refusal,
+    reference: str,
+    *,
+    headers: Callable[[str], list[str]] | None = None,
+    clients: Sequence[ClientShapes] = (),
+) -> Answer:
+    """The answer to a refused request; `endpoint` None: not LLM traffic (a generic envelope).
+    Given the request's `headers` (a `get_all`), a client in `clients` that needs its own shape
+    gets it (`governance.clients`); a status the rules' `refusal_codes` set still wins."""
     ep = endpoint or unknown_endpoint(host, path)
-    status, headers, body = wire.render_error(ep, refusal, reference)
-    return Answer(refusal.status or status, headers, body)
+    found = client_shape(clients, ep.envelope, refusal.kind, headers) if headers is not None else None
+    if found is not None:
+        refusal = replace(refusal, client=found[0], shape=found[1])
+    status, headers_out, body = wire.render_error(ep, refusal, reference)
+    return Answer(refusal.status or status, headers_out, body)
 
 
 def unknown_endpoint(host: str, path: str) -> Endpoint:

@@ -463,6 +463,22 @@ class TestRefused:
         [row] = rows(tmp_path / "ledger.sqlite")
         assert row["decision"] == "refused" and row["rule"] == "budget:global"
 
+    def test_codex_is_refused_with_the_400_it_shows(self, start, client_env, upstream, tmp_path):
+        """Codex hides the message of any 429; it is recognised by its `originator` header and
+        gets a 400 invalid_request_error, which it prints after one attempt."""
+        proxy = start(spendfuse_budget="0.005")
+        client_env(proxy)
+        codex = openai.OpenAI(default_headers={"originator": "codex_exec"})
+        with pytest.raises(openai.BadRequestError) as exc:
+            chat(codex, max_tokens=1000)
+        err = exc.value
+        assert err.status_code == 400 and err.type == "invalid_request_error"
+        assert err.code == "insufficient_quota" and "limit $0.005" in err.message
+        assert err.response.headers["x-spendfuse-client"] == "codex"
+        assert upstream.total_hits == 0
+        [row] = rows(tmp_path / "ledger.sqlite")
+        assert row["decision"] == "refused" and row["rule"] == "budget:global"
+
     def test_budget_refusal_stops_the_anthropic_sdk_after_one_attempt(
         self, start, client_env, upstream, tmp_path
     ):

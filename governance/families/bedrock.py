@@ -16,7 +16,7 @@ API_KEY_HEADERS = ("authorization",)
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as Bedrock sends errors: `{"message": ...}` plus `x-amzn-ErrorType`."""
-    shape = shapes.shape(ENVELOPE, refusal.kind)
+    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
     headers = refusal_headers(refusal)
     headers["x-amzn-errortype"] = shape.type
     headers["x-amzn-requestid"] = request_id

@@ -34,6 +34,8 @@ def refusal_headers(refusal: Refusal) -> dict[str, str]:
     headers.update({f"x-spendfuse-{name}-{suffix}": value for name, value in _numbers(refusal)})
     if refusal.resets:
         headers["x-spendfuse-resets"] = refusal.resets
+    if refusal.client:
+        headers["x-spendfuse-client"] = refusal.client
     if refusal.kind is RefusalKind.RATE:
         # A window that will reset: the client may come back then. No `x-should-retry: false`,
         # and a Retry-After the SDKs honour (openai-python gives up on one above 120 s).

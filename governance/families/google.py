@@ -16,7 +16,7 @@ API_KEY_HEADERS = ("x-goog-api-key", "authorization")
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as a `google.rpc.Status`: `{"error": {code, message, status, details}}`."""
-    shape = shapes.shape(ENVELOPE, refusal.kind)
+    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
     body = {
         "error": {
             "code": shape.status,

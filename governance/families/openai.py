@@ -409,7 +409,7 @@ stream_reader = sse_reader_of(StreamUsage)
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as OpenAI sends errors: `{"error": {message, type, param, code}}`."""
-    shape = shapes.shape(ENVELOPE, refusal.kind)
+    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
     body = {
         "error": {
             "message": refusal.message,

@@ -10,7 +10,7 @@ import logging
 
 from mitmproxy import command, ctx, http
 
-from governance import refusals, verdicts
+from governance import clients, refusals, verdicts
 from governance.engine import Engine
 from governance.errors import LedgerUnavailable
 from governance.gate import HEALTH_HOST, Action, Verdict
@@ -120,7 +120,15 @@ class SpendFuse:
     def answer(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
         """Answer the flow with `refusal` in its endpoint's envelope (whatever dry run says)."""
         req = flow.request
-        ans = verdicts.answer(endpoint, req.host, req.path, refusal, f"req_spendfuse_{flow.id}")
+        ans = verdicts.answer(
+            endpoint,
+            req.host,
+            req.path,
+            refusal,
+            f"req_spendfuse_{flow.id}",
+            headers=req.headers.get_all,
+            clients=self.engine.refusal_clients if self.engine is not None else clients.shipped(),
+        )
         flow.response = http.Response.make(ans.status, ans.body, ans.headers)
         self.state.flow(flow.id).answered = ans
         flow.metadata["spendfuse"] = {
