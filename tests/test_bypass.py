@@ -666,6 +666,17 @@ def test_the_shipped_firewall_rules_load():
 class TestCompressedRequestBodies:
     """A metered request's body is read as its provider reads it, whatever coding it is sent in."""
 
+    @staticmethod
+    def send_chat(proxy: Proxy, coding: str, raw: bytes):
+        return send(
+            proxy,
+            "api.openai.com",
+            "POST",
+            "/v1/chat/completions",
+            headers={"content-encoding": coding},
+            raw=raw,
+        )
+
     @pytest.mark.parametrize("coding", ["gzip", "br", "zstd", "zstd, gzip"])
     def test_a_compressed_request_is_metered_and_served(self, start_real, tls_upstream, coding):
         import brotli
@@ -675,15 +686,7 @@ class TestCompressedRequestBodies:
         raw = json.dumps(chat_body()).encode()
         for c in coding.split(","):
             raw = encode[c.strip()](raw)
-        proxy = start_real(budget="1")
-        reply = send(
-            proxy,
-            "api.openai.com",
-            "POST",
-            "/v1/chat/completions",
-            headers={"content-encoding": coding},
-            raw=raw,
-        )
+        reply = self.send_chat(start_real(budget="1"), coding, raw)
         assert reply.status == 200, reply
         assert tls_upstream.bodies[-1]["model"] == chat_body()["model"]  # the provider read it
         [row] = ledger_rows(proxy)
@@ -701,14 +704,6 @@ class TestCompressedRequestBodies:
         raw = (
             zstd.compress(b" " * (33 * 1024 * 1024)) if coding == "zstd" else json.dumps(chat_body()).encode()
         )
-        proxy = start_real(budget="1")
-        reply = send(
-            proxy,
-            "api.openai.com",
-            "POST",
-            "/v1/chat/completions",
-            headers={"content-encoding": coding},
-            raw=raw,
-        )
+        reply = self.send_chat(start_real(budget="1"), coding, raw)
         assert reply.status == 400 and fragment in reply.json()["error"]["message"], reply
         assert tls_upstream.connections == 0
