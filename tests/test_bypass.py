@@ -686,7 +686,8 @@ class TestCompressedRequestBodies:
         raw = json.dumps(chat_body()).encode()
         for c in coding.split(","):
             raw = encode[c.strip()](raw)
-        reply = self.send_chat(start_real(budget="1"), coding, raw)
+        proxy = start_real(budget="1")
+        reply = self.send_chat(proxy, coding, raw)
         assert reply.status == 200, reply
         assert tls_upstream.bodies[-1]["model"] == chat_body()["model"]  # the provider read it
         [row] = ledger_rows(proxy)
