@@ -20,6 +20,7 @@ from governance.ledger import RequestRecord
 from governance.mitm import options, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
+from governance.mitm.gateway import Gateway, is_gateway
 from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
@@ -42,6 +43,7 @@ class SpendFuse:
         self.counter = CounterClient(self.state)
         self.guard = TransportGuard(self)
         self.admission = Admission(self)
+        self.gateway = Gateway()
 
     @property
     def engine(self) -> Engine | None:
@@ -60,8 +62,9 @@ class SpendFuse:
 
     def configure(self, updated: set[str]) -> None:
         self.runtime.configure(updated)
+        self.gateway.configure(updated)
 
-    def running(self) -> None:
+    async def running(self) -> None:
         # The guard must run after mitmproxy's NextLayer, TlsConfig and every script: last in the chain.
         existing = ctx.master.addons.get(TransportGuard.name)
         if existing is None:
@@ -69,6 +72,7 @@ class SpendFuse:
         else:
             existing.fuse = self  # a reloaded script: the guard serves the new instance
         self.runtime.running()
+        await self.gateway.running()
 
     @command.command("spendfuse.reload")
     def reload_rules(self) -> None:
@@ -133,10 +137,17 @@ class SpendFuse:
         logger.info("spendfuse: refused %s %s%s: %s", req.method, host, path, refusal.message)
 
     async def refuse_early(
-        self, flow: http.HTTPFlow, endpoint: Endpoint | None, rec: RequestRecord | None, refusal: Refusal
+        self,
+        flow: http.HTTPFlow,
+        endpoint: Endpoint | None,
+        rec: RequestRecord | None,
+        refusal: Refusal,
+        *,
+        always: bool = False,
     ) -> None:
         """Record a refusal made before any reservation, then answer it (or, in dry run, let the
-        flow pass). Recording is best effort: the refusal is sent even when the ledger is down."""
+        flow pass; `always`: answer it even in dry run, for a request that has nowhere to go).
+        Recording is best effort: the refusal is sent even when the ledger is down."""
         engine = self.engine
         if rec is None:
             provider = endpoint.family if endpoint else None
@@ -148,7 +159,10 @@ class SpendFuse:
                 await self.on_ledger(engine.record_refusal, rec, refusal, translate.now())
             except Exception as e:  # noqa: BLE001 - the refusal is sent whether or not it is recorded
                 logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
-        self.fail(flow, endpoint, refusal)
+        if always:
+            self.answer(flow, endpoint, refusal)
+        else:
+            self.fail(flow, endpoint, refusal)
 
     def fail(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
         fs = self.state.flows.get(flow.id)
@@ -206,6 +220,13 @@ class SpendFuse:
                 else:
                     self.answer(flow, None, refusals.internal(f"not configured: {self.runtime.config_error}"))
                 return
+            if is_gateway(flow.client_conn.proxy_mode):
+                # Before anything is decided: the fuse screens the flow the gateway routed.
+                unrouted = self.gateway.route(flow)
+                if unrouted is not None:
+                    rec = RequestRecord(translate.request_id(flow, self.state), self._principal(flow))
+                    await self.refuse_early(flow, unrouted.endpoint, rec, unrouted.refusal, always=True)
+                    return
             verdict = engine.screen(translate.incoming(flow, self.state))
             await self._act(flow, verdict, engine)
         except LedgerUnavailable as e:
