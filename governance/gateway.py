@@ -32,7 +32,7 @@ from governance.types import Endpoint, Metering, Refusal
 DEFAULT_ROUTES = RULES_DIR / "gateway.yaml"
 #: The reverse-mode target that marks a mitmproxy listener as spendfuse's gateway. `.invalid`
 #: never resolves (RFC 2606): a request the gateway did not route has nowhere to go.
-GATEWAY_TARGET = "spendfuse.invalid"
+GATEWAY_TARGET = "gateway.spendfuse.invalid"
 GATEWAY_SCHEME = "http"
 
 # What a path may carry (RFC 3986 pchar and "/"); a `%` must start a valid escape.
@@ -130,12 +130,12 @@ class Unrouted:
     refusal: Refusal
 
 
-@dataclass(frozen=True)
 class Router:
-    """A loaded table, prefixes longest first."""
+    """A loaded table; it tries the prefixes longest first."""
 
-    routes: tuple[GatewayRoute, ...]
-    default_envelope: str
+    def __init__(self, table: GatewayTable) -> None:
+        self.routes = tuple(sorted(table.routes, key=lambda r: len(r.prefix), reverse=True))
+        self.default_envelope = table.default_envelope
 
     def route(self, method: str, target: str) -> Route | Unrouted:
         """Where the request `method target` (an origin-form request target: path and query)
@@ -193,9 +193,7 @@ def _unsafe(path: str, query: str) -> str | None:
 def load(path: Path = DEFAULT_ROUTES) -> Router:
     """The routing table at `path`. Raises `PolicyError` naming the file and what is wrong, so a
     gateway without a valid table does not start."""
-    table = load_table(path, GatewayTable, "gateway routes")
-    ordered = sorted(table.routes, key=lambda r: len(r.prefix), reverse=True)
-    return Router(tuple(ordered), table.default_envelope)
+    return Router(load_table(path, GatewayTable, "gateway routes"))
 
 
 def listener_spec(value: str) -> str:

@@ -222,10 +222,12 @@ class TestAdversary:
         assert reply is None or reply.status >= 400
         assert upstream.total_hits == 0 and upstream.connections == 0
 
+    @pytest.mark.parametrize("keep_host_header", ["false", "true"])
     @pytest.mark.parametrize("host", ["evil.example", "api.anthropic.com", "127.0.0.1:1"])
-    def test_a_spoofed_host_goes_where_the_path_says(self, start, upstream, tmp_path, host):
-        """The Host the client sends names nothing: the table does. Metered as the route's."""
-        proxy = start(**gateway())
+    def test_a_spoofed_host_goes_where_the_path_says(self, start, upstream, tmp_path, host, keep_host_header):
+        """The Host the client sends names nothing (keep_host_header or not): the table does.
+        Metered as the route's."""
+        proxy = start(keep_host_header=keep_host_header, **gateway())
         reply = raw(
             gateway_port(proxy), request_bytes("POST", "/openai/v1/chat/completions", host, chat_body())
         )
@@ -243,3 +245,63 @@ class TestAdversary:
         )
         assert reply is not None and reply.status in (400, 403)
         assert upstream.total_hits == 0
+
+
+class TestStartup:
+    def test_spendfuse_run_gateway_flag(self, start, no_proxy_env, upstream, tmp_path):
+        proxy = start(launcher=True, extra=("--gateway", f"127.0.0.1:{free_port()}"))
+        chat(openai.OpenAI(base_url=proxy.gateway_url + "/openai/v1", max_retries=0))
+        assert upstream.hits["/v1/chat/completions"] == 1
+        assert [r["state"] for r in rows(tmp_path / "ledger.sqlite")] == ["settled"]
+
+    def test_mitmdump_mode_spec(self, start, no_proxy_env, upstream, tmp_path):
+        """`mitmdump -s addon.py --mode regular --mode reverse:http://gateway.spendfuse.invalid@PORT`."""
+        spec = f"reverse:http://gateway.spendfuse.invalid@127.0.0.1:{free_port()}"
+        proxy = start(extra=("--mode", "regular", "--mode", spec))
+        assert set(proxy.ports) == {"regular", spec}
+        anthropic.Anthropic(base_url=proxy.gateway_url + "/anthropic", max_retries=0).messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert upstream.hits["/v1/messages"] == 1
+        assert [r["state"] for r in rows(tmp_path / "ledger.sqlite")] == ["settled"]
+
+    def test_flag_spelling(self):
+        from governance.mitm.launcher import gateway_flag
+
+        assert gateway_flag(["-q", "--gateway", "8081", "--gateway=h:1"]) == [
+            "-q",
+            "--set",
+            "spendfuse_gateway=8081",
+            "--set",
+            "spendfuse_gateway=h:1",
+        ]
+        assert gateway_flag(["--gateway"]) == ["--gateway"]
+
+    @pytest.mark.parametrize(
+        ("how", "words"),
+        [
+            ({"spendfuse_gateway": "not-a-port"}, "PORT or HOST:PORT"),
+            ({"spendfuse_gateway_routes": "/nonexistent/gateway.yaml"}, "cannot read the gateway routes"),
+            (
+                {"mode": "reverse:https://gateway.spendfuse.invalid@127.0.0.1:0"},
+                "the gateway listener is reverse:http",
+            ),
+        ],
+    )
+    def test_a_misconfigured_gateway_does_not_start(self, start, how, words):
+        with pytest.raises(RuntimeError, match=words):
+            start(**how)
+
+    def test_dry_run_still_answers_an_unrouted_path(self, start, upstream, tmp_path):
+        """Dry run refuses nothing, but a path that names no upstream has nowhere to go."""
+        proxy = start(spendfuse_dry_run="true", **gateway())
+        reply = raw(gateway_port(proxy), request_bytes("POST", "/nowhere", "x", chat_body()))
+        assert reply is not None and reply.status == 404
+        assert upstream.total_hits == 0
+
+
+def test_health_probe_on_the_gateway(start, upstream):
+    proxy = start(**gateway())
+    reply = raw(gateway_port(proxy), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply is not None and reply.status == 200 and reply.json()["status"] == "ok"
+    assert upstream.total_hits == 0

@@ -140,8 +140,8 @@ def test_custom_upstream_port_and_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "spec"),
     [
-        ("8081", "reverse:http://spendfuse.invalid@8081"),
-        ("127.0.0.1:0", "reverse:http://spendfuse.invalid@127.0.0.1:0"),
+        ("8081", "reverse:http://gateway.spendfuse.invalid@8081"),
+        ("127.0.0.1:0", "reverse:http://gateway.spendfuse.invalid@127.0.0.1:0"),
     ],
 )
 def test_listener_spec(value: str, spec: str) -> None:

@@ -2,13 +2,14 @@
 upstream by path prefix (`governance.gateway`), for clients that take a base URL and no proxy.
 
 `--set spendfuse_gateway=PORT` (or `spendfuse run --gateway PORT`) adds the listener
-`reverse:http://spendfuse.invalid@PORT` beside the others; giving that `--mode` by hand does the
+`reverse:http://gateway.spendfuse.invalid@PORT` beside the others; giving that `--mode` by hand does the
 same. The fuse calls `route` first thing in its `request` hook, so the flow it screens, meters and
 records is the rewritten one, whatever addons run around it: the same decisions, ledger and
 refusals as proxy mode. A request that names no upstream is answered 404 and never forwarded."""
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
@@ -16,6 +17,11 @@ from mitmproxy.proxy import mode_specs
 from governance import gateway
 from governance.errors import PolicyError
 from governance.gateway import Route, Router
+from governance.ledger import RequestRecord
+from governance.mitm import translate
+
+if TYPE_CHECKING:
+    from governance.mitm.fuse import SpendFuse
 
 logger = logging.getLogger("spendfuse")
 
@@ -77,6 +83,17 @@ class Gateway:
         if any(is_gateway(m) and m not in listening for m in wanted):
             if not await ps.setup_servers():
                 logger.error("spendfuse: the gateway listener could not start")
+
+    async def refused(self, flow: http.HTTPFlow, fuse: "SpendFuse") -> bool:
+        """Route a gateway flow (see `route`), or answer it with its 404, recorded, and say so.
+        Answered in dry run too: a request that names no upstream has nowhere to go."""
+        unrouted = self.route(flow)
+        if unrouted is None:
+            return False
+        rec = RequestRecord(translate.request_id(flow, fuse.state), fuse._principal(flow))
+        await fuse.record_refusal(rec, unrouted.refusal)
+        fuse.answer(flow, unrouted.endpoint, unrouted.refusal)
+        return True
 
     def route(self, flow: http.HTTPFlow) -> gateway.Unrouted | None:
         """Rewrite a gateway flow to its upstream (scheme, host, port, path and Host header), or

@@ -54,7 +54,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "",
         "Gateway (base-URL) mode: PORT or HOST:PORT of a listener that clients use as their base "
         "URL (http://HOST:PORT/openai/v1, /anthropic, /genai, /v1), beside the proxy listener. "
-        "Empty: none. The same as --mode reverse:http://spendfuse.invalid@PORT.",
+        "Empty: none. The same as --mode reverse:http://gateway.spendfuse.invalid@PORT.",
     ),
     OptionSpec(
         "spendfuse_gateway_routes",

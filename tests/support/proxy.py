@@ -101,8 +101,10 @@ def start_proxy(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
     scripts: tuple[Path, ...] = (),
+    extra: list[str] | None = None,
 ) -> Proxy:
-    """Start a proxy and wait until it listens. Raises with its log if it exits first."""
+    """Start a proxy and wait until it listens. Raises with its log if it exits first. `extra`:
+    more command-line arguments, after the rest."""
     workdir.mkdir(parents=True, exist_ok=True)
     portfile = workdir / f"port-{time.monotonic_ns()}.json"
     log = portfile.with_suffix(".log")
@@ -116,6 +118,7 @@ def start_proxy(
         errors=errors,
         bare=bare,
         scripts=scripts,
+        extra=extra,
     )
     full_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     full_env.update(env or {})
