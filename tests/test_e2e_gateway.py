@@ -13,6 +13,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.conftest import write_rules
 from tests.support.rawclient import TIMEOUT, chat_body, read_reply, request_bytes
 from tests.test_e2e import micro, rows
 
@@ -305,3 +306,50 @@ def test_health_probe_on_the_gateway(start, upstream):
     reply = raw(gateway_port(proxy), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert reply is not None and reply.status == 200 and reply.json()["status"] == "ok"
     assert upstream.total_hits == 0
+
+
+class TestTheFuseStillDecides:
+    """A route only names a host: egress, unknown-host handling and upgrades are the fuse's, as in
+    proxy mode."""
+
+    ROUTES = (
+        "routes:\n"
+        "  - {prefix: /openai/v1, upstream: 'https://api.openai.com/v1'}\n"
+        "  - {prefix: /pkg, upstream: 'https://example.org'}\n"
+        "  - {prefix: /llm, upstream: 'https://llm.example.com/v1'}\n"
+    )
+
+    def _start(self, start, tmp_path, **rules):  # type: ignore[no-untyped-def]
+        routes = tmp_path / "gateway.yaml"
+        routes.write_text(self.ROUTES)
+        return start(
+            rules=write_rules(tmp_path / "r.yaml", **rules), spendfuse_gateway_routes=str(routes), **gateway()
+        )
+
+    def test_egress_allowlist_applies(self, start, upstream, tmp_path):
+        proxy = self._start(start, tmp_path, egress={"mode": "allowlist", "allow": [{"host": "pypi.org"}]})
+        reply = raw(gateway_port(proxy), b"GET /pkg/simple/ HTTP/1.1\r\nHost: pypi.org\r\n\r\n")
+        assert reply is not None and reply.status == 403 and reply.json()["error"]["code"] == "egress_denied"
+        assert upstream.total_hits == 0
+        ok = raw(gateway_port(proxy), request_bytes("POST", "/openai/v1/chat/completions", "x", chat_body()))
+        assert ok is not None and ok.status == 200 and upstream.hits["/v1/chat/completions"] == 1
+
+    def test_unknown_llm_host_is_refused(self, start, upstream, tmp_path):
+        proxy = self._start(start, tmp_path)
+        reply = raw(gateway_port(proxy), request_bytes("POST", "/llm/chat/completions", "x", chat_body()))
+        assert reply is not None and reply.status == 403
+        assert (
+            reply.json()["error"]["code"] == "unknown_llm_host" and "llm.example.com" in reply.body.decode()
+        )
+        assert upstream.total_hits == 0
+
+    def test_websocket_upgrade_is_refused(self, start, upstream, tmp_path):
+        """Codex first tries a WebSocket on /v1/responses; refused, it falls back to HTTP."""
+        proxy = self._start(start, tmp_path)
+        reply = raw(
+            gateway_port(proxy),
+            b"GET /openai/v1/responses HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        assert reply is not None and reply.status == 426
+        assert upstream.total_hits == 0
