@@ -353,3 +353,22 @@ class TestTheFuseStillDecides:
         )
         assert reply is not None and reply.status == 426
         assert upstream.total_hits == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "hits"), [("/openai/v1/chat/completions", 200, 1), ("/x", 404, 0)]
+)
+def test_tls_to_the_gateway_with_a_spoofed_sni(start, upstream, target, status, hits):
+    """A client may speak TLS to the gateway (mitmproxy answers with its CA), with any SNI: the
+    path still decides where the request goes."""
+    import ssl
+
+    proxy = start(**gateway())
+    ctx = ssl.create_default_context(cafile=str(proxy.ca))
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", gateway_port(proxy)), timeout=TIMEOUT) as plain:
+        with ctx.wrap_socket(plain, server_hostname="evil.example") as sock:
+            sock.sendall(request_bytes("POST", target, "evil.example", chat_body()))
+            reply = read_reply(sock)
+    assert reply.status == status
+    assert upstream.total_hits == hits and all(h["host"] == "api.openai.com" for h in upstream.headers)
