@@ -293,6 +293,22 @@ class TestStartup:
         with pytest.raises(RuntimeError, match=words):
             start(**how)
 
+    @pytest.mark.expect_errors("gateway listener could not start")
+    @pytest.mark.parametrize("launcher", [False, True])
+    def test_a_gateway_port_in_use_stops_the_proxy(self, start, launcher):
+        """With `-s addon.py` the listener starts late (see `Gateway.running`): the proxy may
+        report its first port, then it exits non-zero."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            try:
+                proxy = start(launcher=launcher, spendfuse_gateway=f"127.0.0.1:{taken.getsockname()[1]}")
+            except RuntimeError as e:
+                assert "address already in use" in str(e)
+            else:
+                assert proxy.process.wait(timeout=20) != 0
+                assert "address already in use" in proxy.output()
+
     def test_dry_run_still_answers_an_unrouted_path(self, start, upstream, tmp_path):
         """Dry run refuses nothing, but a path that names no upstream has nowhere to go."""
         proxy = start(spendfuse_dry_run="true", **gateway())
