@@ -359,6 +359,18 @@ class TestTheFuseStillDecides:
         )
         assert upstream.total_hits == 0
 
+    def test_google_is_refused_as_in_proxy_mode(self, start, upstream, tmp_path):
+        """Gemini is a known host this build does not meter: routed, then refused in Google's
+        envelope, as through the proxy."""
+        proxy = start(**gateway())
+        body = {"contents": [{"parts": [{"text": "hi"}]}]}
+        target = "/genai/v1beta/models/gemini-2.0-flash:generateContent"
+        reply = raw(gateway_port(proxy), request_bytes("POST", target, "x", body))
+        assert reply is not None and reply.status == 403
+        assert reply.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert "generativelanguage.googleapis.com" in reply.json()["error"]["message"]
+        assert upstream.total_hits == 0
+
     def test_websocket_upgrade_is_refused(self, start, upstream, tmp_path):
         """Codex first tries a WebSocket on /v1/responses; refused, it falls back to HTTP."""
         proxy = self._start(start, tmp_path)
