@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import write_rules
 from tests.support.rawclient import TIMEOUT, chat_body, read_reply, request_bytes
 from tests.test_e2e import micro, rows
+from tests.test_e2e_governance import KEYS
+from tests.test_e2e_governance import rules as v2_rules
 
 
 def free_port() -> int:
@@ -162,6 +164,28 @@ class TestOneLedger:
         assert upstream.total_hits == 0
         assert [r["rule"] for r in rows(tmp_path / "ledger.sqlite")] == ["budget:global"] * 2
         assert micro(Decimal("0.01")) == 10_000  # the cap is far below one worst case
+
+
+def test_virtual_keys_in_x_spendfuse_key_get_their_own_budgets(start, no_proxy_env, upstream, tmp_path):
+    """Keys as in proxy mode: each its own budget, a wrong one 401, the header never forwarded."""
+    proxy = start(rules=v2_rules(tmp_path / "r.yaml", **KEYS), **gateway())
+    base = proxy.gateway_url + "/openai/v1"
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=base, max_retries=0, default_headers={"x-spendfuse-key": key})
+
+    chat(client("alice-secret"))  # settles 81 µ$ of alice's 2,500
+    with pytest.raises(openai.RateLimitError) as refused:  # reserves ~2,458 µ$: over alice's rest
+        chat(client("alice-secret"), max_tokens=245)
+    assert refused.value.response.headers["x-spendfuse-refused"] == "budget:agent@key=alice"
+    chat(client("bob-secret"), max_tokens=245)
+    with pytest.raises(openai.AuthenticationError):
+        chat(client("guess"))
+    assert upstream.hits["/v1/chat/completions"] == 2
+    assert all("x-spendfuse-key" not in h for h in upstream.headers)
+    found = [(r["principal"], r["state"]) for r in rows(tmp_path / "ledger.sqlite")]
+    assert found[:3] == [("key:alice", "settled"), ("key:alice", "refused"), ("key:bob", "settled")]
+    assert found[3][1] == "refused" and len(found) == 4
 
 
 def raw(port: int, data: bytes):  # type: ignore[no-untyped-def]
