@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.gateway import free_port
 from tests.support.proxy import REPO, Proxy, start_proxy
 
 HOPS_ADDON = Path(__file__).with_name("hops_addon.py")
@@ -120,14 +121,6 @@ def start_kind(kind: str, tmp: Path, conf: Path, port: int, rules: Path) -> Prox
         scripts=(HOPS_ADDON,) if kind == "hops" else (),
         extra=["--mode", f"reverse:http://127.0.0.1:{port}"] if kind == "bare-reverse" else None,
     )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 #: The scopes of a request under a key, a team, a customer, a model limit, a provider limit and
