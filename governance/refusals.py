@@ -193,3 +193,13 @@ def read_with_body(method: str) -> Refusal:
         f"spendfuse: refused: a {method} request to an LLM API carries a body. A read has no body; send "
         f"a request that runs something as POST.",
     )
+
+
+def gateway_unrouted(method: str, target: str, why: str) -> Refusal:
+    return _refusal(
+        "gateway",
+        "gateway_no_route",
+        RefusalKind.NOT_FOUND,
+        f"spendfuse: {method} {target} was not forwarded: {why}. The gateway serves the path "
+        f"prefixes in rules/gateway.yaml (such as /openai/v1, /anthropic, /genai and /v1).",
+    )

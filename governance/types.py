@@ -222,6 +222,7 @@ class RefusalKind(enum.Enum):
     RATE = "rate"  # a limit whose window will reset: 429 with Retry-After, and the client may retry
     AUTH = "auth"  # a key that is wrong, inactive, expired, or missing where required: 401
     PROXY_AUTH = "proxy_auth"  # proxy credentials whose secret is wrong: 407
+    NOT_FOUND = "not_found"  # a gateway path that names no upstream: 404
 
 
 @dataclass(frozen=True)

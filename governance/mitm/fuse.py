@@ -19,6 +19,7 @@ from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.mitm import options, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
+from governance.mitm.gateway import Gateway, is_gateway
 from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
@@ -42,6 +43,7 @@ class SpendFuse:
         self.counter = CounterClient(self.state)
         self.guard = TransportGuard(self)
         self.admission = Admission(self)
+        self.gateway = Gateway()
 
     @property
     def engine(self) -> Engine | None:
@@ -60,8 +62,9 @@ class SpendFuse:
 
     def configure(self, updated: set[str]) -> None:
         self.runtime.configure(updated)
+        self.gateway.configure(updated)
 
-    def running(self) -> None:
+    async def running(self) -> None:
         # The guard must run after mitmproxy's NextLayer, TlsConfig and every script: last in the chain.
         existing = ctx.master.addons.get(TransportGuard.name)
         if existing is None:
@@ -69,6 +72,7 @@ class SpendFuse:
         else:
             existing.fuse = self  # a reloaded script: the guard serves the new instance
         self.runtime.running()
+        await self.gateway.running()
 
     @command.command("spendfuse.reload")
     def reload_rules(self) -> None:
@@ -144,19 +148,23 @@ class SpendFuse:
         self, flow: http.HTTPFlow, endpoint: Endpoint | None, rec: RequestRecord | None, refusal: Refusal
     ) -> None:
         """Record a refusal made before any reservation, then answer it (or, in dry run, let the
-        flow pass). Recording is best effort: the refusal is sent even when the ledger is down."""
-        engine = self.engine
+        flow pass)."""
         if rec is None:
             provider = endpoint.family if endpoint else None
             rec = RequestRecord(
                 translate.request_id(flow, self.state), self._principal(flow), provider=provider
             )
-        if engine is not None:
+        await self.record_refusal(rec, refusal)
+        self.fail(flow, endpoint, refusal)
+
+    async def record_refusal(self, rec: RequestRecord, refusal: Refusal) -> None:
+        """Record a refusal made before any reservation. Best effort: the refusal is sent even
+        when the ledger is down."""
+        if self.engine is not None:
             try:
-                await self.on_ledger(engine.record_refusal, rec, refusal, translate.now())
+                await self.on_ledger(self.engine.record_refusal, rec, refusal, translate.now())
             except Exception as e:  # noqa: BLE001 - the refusal is sent whether or not it is recorded
                 logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
-        self.fail(flow, endpoint, refusal)
 
     def fail(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
         fs = self.state.flows.get(flow.id)
@@ -175,18 +183,6 @@ class SpendFuse:
             return "default"
         who = self.engine.identify(translate.credentials(flow, self.state))
         return who.principal if isinstance(who, Identity) else "unidentified"
-
-    def _health(self, flow: http.HTTPFlow) -> None:
-        ok = self.engine is not None
-        body = {
-            "status": "ok" if ok else "unconfigured",
-            "dry_run": bool(self.engine and self.engine.dry_run),
-        }
-        if not ok:
-            body["error"] = self.runtime.config_error
-        flow.response = http.Response.make(
-            200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
-        )
 
     # -- request ------------------------------------------------------------------------------
 
@@ -210,9 +206,12 @@ class SpendFuse:
             engine = self.engine
             if engine is None:
                 if canonical_host(flow.request.host) == HEALTH_HOST:
-                    self._health(flow)
+                    _health(flow, self.engine, self.runtime.config_error)
                 else:
                     self.answer(flow, None, refusals.internal(f"not configured: {self.runtime.config_error}"))
+                return
+            # Before anything is decided: the fuse screens the flow the gateway routed.
+            if is_gateway(flow.client_conn.proxy_mode) and await self.gateway.refused(flow, self):
                 return
             verdict = engine.screen(translate.incoming(flow, self.state))
             await self._act(flow, verdict, engine)
@@ -229,7 +228,7 @@ class SpendFuse:
     async def _act(self, flow: http.HTTPFlow, verdict: Verdict, engine: Engine) -> None:
         """Carry out the gate's verdict."""
         if verdict.action is Action.HEALTH:
-            self._health(flow)
+            _health(flow, self.engine, self.runtime.config_error)
             return
         who = self.counter.caller(flow) or engine.identify(translate.credentials(flow, self.state))
         for name in _OWN_HEADERS:  # ours: never sent to anyone
@@ -341,3 +340,14 @@ class SpendFuse:
             logger.error(
                 "spendfuse: %s stays held until the reaper charges it: %s", pending.info.request_id, e
             )
+
+
+def _health(flow: http.HTTPFlow, engine: Engine | None, config_error: str | None) -> None:
+    """Answer a health check: 200 when the engine is configured, else 503 with why."""
+    ok = engine is not None
+    body = {"status": "ok" if ok else "unconfigured", "dry_run": bool(engine and engine.dry_run)}
+    if not ok:
+        body["error"] = config_error
+    flow.response = http.Response.make(
+        200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
+    )

@@ -26,10 +26,31 @@ def ensure_ca_bundle(confdir: Path) -> tuple[Path, Path]:
     return bundle, ca
 
 
+def gateway_flag(argv: list[str]) -> list[str]:
+    """`argv` with `--gateway PORT` (or `--gateway=HOST:PORT`) spelled as the option it stands
+    for, `--set spendfuse_gateway=...`, which mitmdump's own parser knows. A `--gateway` with no
+    value is left as is, for mitmdump to refuse."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--gateway" and i + 1 < len(argv):
+            out += ["--set", f"spendfuse_gateway={argv[i + 1]}"]
+            i += 2
+            continue
+        if arg.startswith("--gateway="):
+            out += ["--set", f"spendfuse_gateway={arg.split('=', 1)[1]}"]
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def launch(argv: list[str]) -> int:
-    """`spendfuse run [mitmdump args]`: mitmdump with spendfuse registered before the arguments
-    are parsed, so a malformed or misspelled `spendfuse_*` option exits non-zero instead of
-    leaving a proxy that forwards without enforcement."""
+    """`spendfuse run [--gateway [HOST:]PORT] [mitmdump args]`: mitmdump with spendfuse
+    registered before the arguments are parsed, so a malformed or misspelled `spendfuse_*`
+    option exits non-zero instead of leaving a proxy that forwards without enforcement.
+    `--gateway` adds the gateway (base-URL) listener beside the proxy's."""
     from mitmproxy.addons.script import ScriptLoader
     from mitmproxy.tools import cmdline
     from mitmproxy.tools import main as mitm_main
@@ -59,7 +80,7 @@ def launch(argv: list[str]) -> int:
         return {}
 
     try:
-        mitm_main.run(SpendfuseMaster, cmdline.mitmdump, argv, extra)
+        mitm_main.run(SpendfuseMaster, cmdline.mitmdump, gateway_flag(argv), extra)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     return 0

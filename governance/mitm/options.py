@@ -49,6 +49,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Refuse models whose multiplier is above this. Empty: use the rules.",
     ),
     OptionSpec(
+        "spendfuse_gateway",
+        "SPENDFUSE_GATEWAY",
+        "",
+        "Gateway (base-URL) mode: PORT or HOST:PORT of a listener that clients use as their base "
+        "URL (http://HOST:PORT/openai/v1, /anthropic, /genai, /v1), beside the proxy listener. "
+        "Empty: none. The same as --mode reverse:http://gateway.spendfuse.invalid@PORT.",
+    ),
+    OptionSpec(
+        "spendfuse_gateway_routes",
+        "SPENDFUSE_GATEWAY_ROUTES",
+        "",
+        "Path of the gateway's routing table (path prefix -> upstream). Empty: the shipped "
+        "rules/gateway.yaml.",
+    ),
+    OptionSpec(
         "spendfuse_dry_run",
         "SPENDFUSE_DRY_RUN",
         "false",

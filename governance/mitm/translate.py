@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from governance import bodies, provider_headers, shape, wire
+from governance import bodies, gateway, provider_headers, shape, wire
 from governance.gate import Incoming
 from governance.identity import KEY_HEADERS, Credentials
 from governance.mitm.state import State
@@ -74,8 +74,11 @@ def incoming(flow: http.HTTPFlow, state: State) -> Incoming:
     names: list[tuple[str, str]] = [("url", req.host)]
     if isinstance(mode, mode_specs.ReverseMode):
         # The destination is the operator's reverse target; the client's Host names the proxy
-        # and is replaced upstream, unless keep_host_header sends it on.
-        if getattr(ctx.options, "keep_host_header", False):
+        # and is replaced upstream, unless keep_host_header sends it on. On spendfuse's gateway
+        # listener the Host is the one the gateway set from its table (governance.gateway).
+        if getattr(ctx.options, "keep_host_header", False) or gateway.is_gateway_target(
+            mode.scheme, mode.address[0]
+        ):
             names += [("host", v) for v in req.headers.get_all("host")]
     else:
         if connect := state.connect_target(flow.client_conn.id):

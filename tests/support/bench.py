@@ -2,6 +2,9 @@
 
 Both proxies forward small non-streamed chat requests to the same fake upstream (a separate
 process, so it does not share the client's GIL); the bare one runs only the redirect script.
+Proxy mode (HTTPS through the proxy, intercepted) is compared with bare mitmdump as a regular
+proxy; gateway mode (plain HTTP to `/openai/v1/...` on the gateway listener) with bare mitmdump
+in reverse mode. Each figure is the median of the rounds, which alternate the proxies.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from tests.support.proxy import REPO, start_proxy
+from tests.support.gateway import free_port
+from tests.support.proxy import REPO, Proxy, start_proxy
 
 HOPS_ADDON = Path(__file__).with_name("hops_addon.py")
 
@@ -32,6 +38,23 @@ BODY = {
 URL = "https://api.openai.com/v1/chat/completions"
 
 
+@dataclass(frozen=True)
+class Target:
+    """How a client reaches the upstream through one proxy: the URL it posts to and the httpx
+    client options (a proxy and the CA in proxy mode, nothing in gateway mode)."""
+
+    url: str
+    options: dict[str, Any]
+
+    @staticmethod
+    def of(kind: str, proxy: Proxy) -> Target:
+        if kind == "gateway":
+            return Target(proxy.gateway_url + "/openai/v1/chat/completions", {})
+        if kind == "bare-reverse":
+            return Target(proxy.url + "/v1/chat/completions", {})
+        return Target(URL, {"proxy": proxy.url, "verify": ssl.create_default_context(cafile=str(proxy.ca))})
+
+
 def start_upstream_process() -> tuple[subprocess.Popen, int]:
     code = (
         "import time, sys; from tests.support.fake_upstream import start_upstream; u = start_upstream(); "
@@ -41,39 +64,63 @@ def start_upstream_process() -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def sequential(proxy_url: str, ca: Path, n: int) -> tuple[float, float]:
+def sequential(target: Target, n: int) -> tuple[float, float]:
     """Requests/s and p50 latency (ms) over one kept-alive connection."""
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with httpx.Client(proxy=proxy_url, verify=ctx, headers={"authorization": "Bearer sk-bench"}) as c:
+    with httpx.Client(headers={"authorization": "Bearer sk-bench"}, trust_env=False, **target.options) as c:
         for _ in range(20):
-            c.post(URL, json=BODY).raise_for_status()
+            c.post(target.url, json=BODY).raise_for_status()
         lat = []
         t0 = time.perf_counter()
         for _ in range(n):
             s = time.perf_counter()
-            c.post(URL, json=BODY).raise_for_status()
+            c.post(target.url, json=BODY).raise_for_status()
             lat.append(time.perf_counter() - s)
         total = time.perf_counter() - t0
     return n / total, statistics.median(lat) * 1000
 
 
-async def concurrent(proxy_url: str, ca: Path, n: int, conc: int) -> float:
+async def concurrent(target: Target, n: int, conc: int) -> float:
     """Requests/s with `conc` clients in flight at once."""
-    ctx = ssl.create_default_context(cafile=str(ca))
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(
-        proxy=proxy_url, verify=ctx, limits=limits, headers={"authorization": "Bearer sk-bench"}, timeout=60
+        limits=limits,
+        headers={"authorization": "Bearer sk-bench"},
+        timeout=60,
+        trust_env=False,
+        **target.options,
     ) as c:
-        await asyncio.gather(*(c.post(URL, json=BODY) for _ in range(conc)))
+        await asyncio.gather(*(c.post(target.url, json=BODY) for _ in range(conc)))
         sem = asyncio.Semaphore(conc)
 
         async def one():
             async with sem:
-                (await c.post(URL, json=BODY)).raise_for_status()
+                (await c.post(target.url, json=BODY)).raise_for_status()
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
         return n / (time.perf_counter() - t0)
+
+
+def start_kind(kind: str, tmp: Path, conf: Path, port: int, rules: Path) -> Proxy:
+    """One proxy of the bench: spendfuse (with its gateway listener for `gateway`), or bare
+    mitmdump as a regular proxy, with the hops addon, or in reverse mode to the upstream."""
+    if kind in ("spendfuse", "gateway"):
+        sets = {
+            "spendfuse_rules": str(rules),
+            "spendfuse_db": str(tmp / f"ledger-{time.monotonic_ns()}.sqlite"),
+        }
+        if kind == "gateway":
+            sets["spendfuse_gateway"] = f"127.0.0.1:{free_port()}"
+        return start_proxy(tmp / kind, confdir=conf, redirect_port=port, sets=sets)
+    return start_proxy(
+        tmp / kind,
+        confdir=conf,
+        sets={"connection_strategy": "lazy"},
+        redirect_port=port,
+        bare=True,
+        scripts=(HOPS_ADDON,) if kind == "hops" else (),
+        extra=["--mode", f"reverse:http://127.0.0.1:{port}"] if kind == "bare-reverse" else None,
+    )
 
 
 #: The scopes of a request under a key, a team, a customer, a model limit, a provider limit and
@@ -173,7 +220,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument(
-        "--rounds", type=int, default=2, help="alternate bare/spendfuse this many times; best kept"
+        "--rounds", type=int, default=2, help="alternate the proxies this many times; medians kept"
     )
     ap.add_argument(
         "--ledger-rows",
@@ -205,57 +252,50 @@ def main() -> int:
         upstream.kill()
         print_ledger(tmp, args.ledger_rows)
         return 0
-    kinds = ("bare", "hops", "spendfuse")
+    kinds = ("bare", "hops", "spendfuse", "bare-reverse", "gateway")
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     try:
         for _ in range(args.rounds):
             for kind in kinds:
-                if kind == "spendfuse":
-                    proxy = start_proxy(
-                        tmp / kind,
-                        confdir=conf,
-                        redirect_port=port,
-                        sets={
-                            "spendfuse_rules": str(rules),
-                            "spendfuse_db": str(tmp / f"ledger-{time.monotonic_ns()}.sqlite"),
-                        },
-                    )
-                else:
-                    proxy = start_proxy(
-                        tmp / kind,
-                        confdir=conf,
-                        sets={"connection_strategy": "lazy"},
-                        redirect_port=port,
-                        bare=True,
-                        scripts=(HOPS_ADDON,) if kind == "hops" else (),
-                    )
+                proxy = start_kind(kind, tmp, conf, port, rules)
                 try:
-                    rps, p50 = sequential(proxy.url, proxy.ca, args.requests)
-                    crps = asyncio.run(concurrent(proxy.url, proxy.ca, args.requests, args.concurrency))
+                    target = Target.of(kind, proxy)
+                    rps, p50 = sequential(target, args.requests)
+                    crps = asyncio.run(concurrent(target, args.requests, args.concurrency))
                     results[kind].append((rps, p50, crps))
                 finally:
                     proxy.stop()
     finally:
         upstream.kill()
-    best = {k: (max(r[0] for r in v), min(r[1] for r in v), max(r[2] for r in v)) for k, v in results.items()}
-    b, h, s = best["bare"], best["hops"], best["spendfuse"]
+    print_proxies(results, args)
+    print_ledger(tmp, args.ledger_rows)
+    return 0
+
+
+def print_proxies(results: dict[str, list[tuple[float, float, float]]], args: argparse.Namespace) -> None:
+    """The medians of the rounds, each mode against bare mitmdump in the same mode."""
+    med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in results.items()}
+    b, h, s, br, g = (med[k] for k in ("bare", "hops", "spendfuse", "bare-reverse", "gateway"))
     print(
-        f"small non-streamed chat requests, {args.requests} per run, best of {args.rounds} alternating runs"
+        f"small non-streamed chat requests, {args.requests} per run, median of {args.rounds} alternating runs"
     )
-    print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'ratio':>9}{'hops only':>12}{'ratio':>9}")
     rows = (
         ("sequential req/s", 0, ".1f"),
         ("sequential p50 ms", 1, ".2f"),
         (f"concurrent({args.concurrency}) req/s", 2, ".1f"),
     )
+    print("proxy mode (HTTPS_PROXY, TLS intercepted):")
+    print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'ratio':>9}{'hops only':>12}{'ratio':>9}")
     for label, i, fmt in rows:
         print(f"{label:24}{b[i]:16{fmt}}{s[i]:14{fmt}}{s[i] / b[i]:9.2f}{h[i]:12{fmt}}{h[i] / b[i]:9.2f}")
     print(
         "hops only: mitmdump plus an addon that makes spendfuse's two ledger-thread round trips "
         "(reserve, settle) with no work in them"
     )
-    print_ledger(tmp, args.ledger_rows)
-    return 0
+    print("gateway mode (base URL http://HOST:PORT/openai/v1, plain HTTP):")
+    print(f"{'':24}{'bare reverse':>16}{'gateway':>14}{'ratio':>9}")
+    for label, i, fmt in rows:
+        print(f"{label:24}{br[i]:16{fmt}}{g[i]:14{fmt}}{g[i] / br[i]:9.2f}")
 
 
 def print_ledger(tmp: Path, rows: int) -> None:

@@ -44,12 +44,11 @@ class Harness:
         if not ctx.options.harness_portfile:
             return
         ps = ctx.master.addons.get("proxyserver")
-        port = None
-        for server in ps.servers:
-            for addr in server.listen_addrs:
-                port = addr[1]
+        # Every listener's port by its mode spec; "port" is the first listener's (the proxy's).
+        ports = {server.mode.full_spec: addr[1] for server in ps.servers for addr in server.listen_addrs}
+        port = next(iter(ports.values()), None)
         with open(ctx.options.harness_portfile + ".tmp", "w") as f:
-            json.dump({"port": port}, f)
+            json.dump({"port": port, "ports": ports}, f)
         import os
 
         os.replace(ctx.options.harness_portfile + ".tmp", ctx.options.harness_portfile)

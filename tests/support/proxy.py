@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +22,7 @@ class Proxy:
     confdir: Path
     log: Path
     errors: Path  # ERROR records spendfuse logged (the harness writes them)
+    ports: dict[str, int] = field(default_factory=dict)  # every listener's port, by mode spec
 
     @property
     def url(self) -> str:
@@ -30,6 +31,12 @@ class Proxy:
     @property
     def ca(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def gateway_url(self) -> str:
+        """The base of the gateway listener (`spendfuse_gateway`, or a `reverse:` mode)."""
+        port = next(p for spec, p in self.ports.items() if spec.startswith("reverse:"))
+        return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -94,8 +101,10 @@ def start_proxy(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
     scripts: tuple[Path, ...] = (),
+    extra: list[str] | None = None,
 ) -> Proxy:
-    """Start a proxy and wait until it listens. Raises with its log if it exits first."""
+    """Start a proxy and wait until it listens. Raises with its log if it exits first. `extra`:
+    more command-line arguments, after the rest."""
     workdir.mkdir(parents=True, exist_ok=True)
     portfile = workdir / f"port-{time.monotonic_ns()}.json"
     log = portfile.with_suffix(".log")
@@ -109,6 +118,7 @@ def start_proxy(
         errors=errors,
         bare=bare,
         scripts=scripts,
+        extra=extra,
     )
     full_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     full_env.update(env or {})
@@ -117,8 +127,8 @@ def start_proxy(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if portfile.exists():
-            port = json.loads(portfile.read_text())["port"]
-            return Proxy(proc, port, confdir, log, errors)
+            found = json.loads(portfile.read_text())
+            return Proxy(proc, found["port"], confdir, log, errors, found.get("ports", {}))
         if proc.poll() is not None:
             raise RuntimeError(f"proxy exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         time.sleep(0.02)
