@@ -123,26 +123,7 @@ class SpendFuse:
 
     def answer(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
         """Answer the flow with `refusal` in its endpoint's envelope (whatever dry run says)."""
-        req = flow.request
-        ans = verdicts.answer(
-            endpoint,
-            req.host,
-            req.path,
-            refusal,
-            f"req_spendfuse_{flow.id}",
-            headers=req.headers.get_all,
-            clients=self.engine.refusal_clients if self.engine is not None else clients.shipped(),
-        )
-        flow.response = http.Response.make(ans.status, ans.body, ans.headers)
-        self.state.flow(flow.id).answered = ans
-        flow.metadata["spendfuse"] = {
-            "decision": "refused",
-            "rule": refusal.rule,
-            "code": refusal.code,
-            "message": refusal.message,
-        }
-        host, path = (endpoint.host, endpoint.path) if endpoint else (req.host, req.path)
-        logger.info("spendfuse: refused %s %s%s: %s", req.method, host, path, refusal.message)
+        self.state.flow(flow.id).answered = answer_flow(flow, endpoint, refusal, self.engine)
 
     async def refuse_early(
         self, flow: http.HTTPFlow, endpoint: Endpoint | None, rec: RequestRecord | None, refusal: Refusal
@@ -351,3 +332,29 @@ def _health(flow: http.HTTPFlow, engine: Engine | None, config_error: str | None
     flow.response = http.Response.make(
         200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
     )
+
+
+def answer_flow(
+    flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal, engine: Engine | None
+) -> verdicts.Answer:
+    """Set the flow's response to `refusal` in its endpoint's envelope, shaped for its client."""
+    req = flow.request
+    ans = verdicts.answer(
+        endpoint,
+        req.host,
+        req.path,
+        refusal,
+        f"req_spendfuse_{flow.id}",
+        headers=req.headers.get_all,
+        clients=engine.refusal_clients if engine is not None else clients.shipped(),
+    )
+    flow.response = http.Response.make(ans.status, ans.body, ans.headers)
+    flow.metadata["spendfuse"] = {
+        "decision": "refused",
+        "rule": refusal.rule,
+        "code": refusal.code,
+        "message": refusal.message,
+    }
+    host, path = (endpoint.host, endpoint.path) if endpoint else (req.host, req.path)
+    logger.info("spendfuse: refused %s %s%s: %s", req.method, host, path, refusal.message)
+    return ans
