@@ -153,6 +153,11 @@ def counted_input_tokens(status: int, body: Any) -> int | None:
     return counted
 
 
+def bearer_key(value: str) -> str:
+    """The key in an API-key header (`Authorization: Bearer <key>` or the bare key)."""
+    return value.removeprefix("Bearer ").strip()
+
+
 def header_list(values: Callable[[str], list[str]], name: str) -> list[str]:
     """The comma-separated items of every `name` header (`values` is a `get_all`)."""
     return [item for value in values(name) for item in value.split(",")]

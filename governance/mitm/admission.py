@@ -44,7 +44,7 @@ class Admission:
         key_id = who.key.id if who.key else None
 
         def read() -> ReadRequest:
-            body, betas = translate.request_body(flow)
+            body, betas = translate.request_body(flow, endpoint.family)
             return engine.read_request(
                 endpoint, body, principal=who.principal, request_id=request_id, betas=betas, key_id=key_id
             )
@@ -76,7 +76,7 @@ class Admission:
         )
         if decision.hinges_on_count:
             assert counter is not None
-            read = await self.fuse.counter.count_input(flow, engine, read, counter, who)
+            read = await self.fuse.counter.count_input(flow, engine, read, counter, who, endpoint.family)
             decision = await self.fuse.on_ledger(engine.admit, read.info, translate.now())
         if not decision.allowed:
             assert decision.refusal is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from governance import provider_headers
+from governance import families
 from governance.engine import Engine
 from governance.identity import Identity
 from governance.mitm.state import State
@@ -34,7 +34,13 @@ class CounterClient:
         return self.state.internal.get(flow.request.headers.get(INTERNAL_HEADER, ""))
 
     async def count_input(
-        self, flow: http.HTTPFlow, engine: Engine, read: ReadRequest, counter: tuple[str, dict], who: Identity
+        self,
+        flow: http.HTTPFlow,
+        engine: Engine,
+        read: ReadRequest,
+        counter: tuple[str, dict],
+        who: Identity,
+        family: str,
     ) -> ReadRequest:
         """`read` with the provider's own count of its input (with the rules' counter margin)
         when the counter answers one; otherwise `read`: never a guess lower than the estimate.
@@ -42,7 +48,7 @@ class CounterClient:
         and routed as usual)."""
         suffix, body = counter
         path = flow.request.path.split("?", 1)[0].rstrip("/") + suffix
-        counted = await self._ask(flow, path, body, who)
+        counted = await self._ask(flow, path, body, who, family)
         if counted is None:
             return read
         logger.info(
@@ -53,7 +59,9 @@ class CounterClient:
         )
         return replace(read, info=engine.with_counted_input(read.info, counted))
 
-    async def _ask(self, flow: http.HTTPFlow, path: str, body: dict, who: Identity) -> int | None:
+    async def _ask(
+        self, flow: http.HTTPFlow, path: str, body: dict, who: Identity, family: str
+    ) -> int | None:
         """POST `body` to `path` on the flow's own target, through this proxy, with the flow's
         credentials. The count, or None on any failure."""
         import httpx
@@ -61,9 +69,7 @@ class CounterClient:
         port = own_port()
         if port is None:
             return None
-        headers = {
-            k: v for k, v in flow.request.headers.items() if k.lower() in provider_headers.COUNTER_HEADERS
-        }
+        headers = {k: v for k, v in flow.request.headers.items() if k.lower() in families.COUNTER_HEADERS}
         # The counter's request is the caller's: it passes identity (require_key, key access)
         # as the caller did, and the token ends with this call.
         token = uuid.uuid4().hex
@@ -77,7 +83,7 @@ class CounterClient:
             ) as client:
                 answer = await client.post(url, json=body, headers=headers)
             answered = answer.json() if answer.status_code == 200 else None
-            counted = provider_headers.counted_tokens(answer.status_code, answered)
+            counted = families.FAMILIES[family].read_counter_response(answer.status_code, answered)
         except (httpx.HTTPError, ValueError, AttributeError) as e:
             logger.warning("spendfuse: the provider's token counter failed (%s); keeping the estimate", e)
             return None
