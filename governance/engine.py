@@ -18,6 +18,7 @@ from governance import (
     fees,
     gate,
     identity,
+    injection,
     reading,
     regional,
     server_tools,
@@ -27,6 +28,7 @@ from governance import policy as policies
 from governance.gate import Incoming, Verdict
 from governance.hosts import UNKNOWN_ENTRY
 from governance.identity import Credentials, Identity
+from governance.keyring import Keyring
 from governance.ledger import RequestRecord
 from governance.policy import Policy
 from governance.pricing import Pricer
@@ -35,6 +37,7 @@ from governance.scopes import Scopes
 from governance.store import LedgerStore
 from governance.types import (
     Decision,
+    Endpoint,
     Priced,
     Refusal,
     RequestInfo,
@@ -46,8 +49,17 @@ logger = logging.getLogger(__name__)
 class Engine:
     """Decides on requests under one policy and records them in one ledger."""
 
-    def __init__(self, policy: Policy, ledger: LedgerStore, *, dry_run: bool = False, salt: str = "") -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        ledger: LedgerStore,
+        *,
+        dry_run: bool = False,
+        salt: str = "",
+        keyring: Keyring | None = None,
+    ) -> None:
         self.policy = policy
+        self.keyring = keyring or Keyring()  # the custody keys, read when the rules loaded
         self.ledger = ledger
         self.dry_run = dry_run
         self.salt = salt  # the ledger's, for hashing upstream API keys into principals
@@ -57,6 +69,10 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self.providers = {e.name: e.provider for e in self.hosts.entries}
+        # Custody keys go only to the shipped hosts of their own provider, never an operator's.
+        self.custody_hosts = {
+            e.name: e.provider for e in self.hosts.entries if e.provider is not None and not e.operator
+        }
         self.fees = fees.shipped()
         self.regional = regional.shipped()
         self.looping_models = server_tools.shipped().looping_models
@@ -73,6 +89,16 @@ class Engine:
     def identify(self, creds: Credentials) -> Identity | Refusal:
         """Who sends a request, under the rules' keys: see `governance.identity`."""
         return identity.identify(creds, self.scopes, salt=self.salt, require_key=self.policy.require_key)
+
+    def custody(
+        self, endpoint: Endpoint, model: str | None, who: Identity, *, has_api_key: bool
+    ) -> injection.Plan | Refusal:
+        """Which custody key a request is sent with, or its refusal: see `governance.injection`."""
+        if not self.keyring and self.policy.custody == "optional" and not who.virtual_api_key:
+            return injection.UNTOUCHED  # no custody in these rules: nothing to decide
+        return injection.plan(
+            self.keyring, self.policy.custody, self.custody_hosts, endpoint, model, who, has_api_key
+        )
 
     def screen(self, incoming: Incoming) -> Verdict:
         """What happens to a request before pricing: see `governance.gate`."""

@@ -147,7 +147,3 @@ class Keyring:
             if point < 0:
                 return h
         return found[-1]  # the rounding edge: rand() is below 1, so only at the last
-
-    def secrets(self) -> list[str]:
-        """Every key's value: for checks that none leaks (redaction of what is shown)."""
-        return [h.secret.reveal() for h in self.held]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from governance.families import anthropic, bedrock, google, openai, shapes
+from governance.families.common import Auth
 from governance.families.tap import StreamReader, UsageReader
 from governance.types import ParsedRequest, Refusal, Usage
 
@@ -28,6 +29,10 @@ class ErrorEnvelope(Protocol):
 
     def render_error(self, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
         """`(status, headers, body)` of `refusal` as the provider sends errors."""
+
+    def auth(self, provider: str) -> Auth | None:
+        """How a custody key is sent to `provider` (a genai-prices id) by clients of this
+        envelope: its header and prefix; None when a key cannot simply be put in a header."""
 
 
 @runtime_checkable
@@ -102,6 +107,7 @@ shapes.require(ENVELOPES)
 
 __all__ = [
     "API_KEY_HEADERS",
+    "Auth",
     "COUNTER_HEADERS",
     "ENVELOPES",
     "FAMILIES",

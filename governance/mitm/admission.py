@@ -16,7 +16,7 @@ from governance.ledger import RequestRecord
 from governance.mitm import translate
 from governance.mitm.state import Decided, Pending, decided_endpoint
 from governance.reading import ReadRequest
-from governance.types import Endpoint
+from governance.types import Endpoint, Refusal
 
 if TYPE_CHECKING:
     from governance.mitm.fuse import SpendFuse
@@ -55,20 +55,26 @@ class Admission:
             return await asyncio.to_thread(read)
         return read()
 
-    async def admit(self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity) -> None:
-        """Read, admit and forward (or answer) a metered request sent by `who`."""
+    async def admit(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity, *, has_api_key: bool
+    ) -> None:
+        """Read, admit and forward (or answer) a metered request sent by `who` (`has_api_key`: it
+        carries a provider credential of its own)."""
         try:
             read = await self._read(flow, endpoint, engine, who)
             # Everything that can fail about the forwarded bytes fails before reserving.
             forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
+            plan = engine.custody(endpoint, read.info.model, who, has_api_key=has_api_key)
         except RequestParseError as e:
+            plan = refusals.parse(str(e))
+        if isinstance(plan, Refusal):
             rec = RequestRecord(
                 translate.request_id(flow, self.fuse.state),
                 who.principal,
                 provider=endpoint.family,
                 api=endpoint.api,
             )
-            await self.fuse.refuse_early(flow, endpoint, rec, refusals.parse(str(e)))
+            await self.fuse.refuse_early(flow, endpoint, rec, plan)
             return
         counter = engine.counter_request(read, endpoint.family)
         decision = await self.fuse.on_ledger(
@@ -76,7 +82,9 @@ class Admission:
         )
         if decision.hinges_on_count:
             assert counter is not None
-            read = await self.fuse.counter.count_input(flow, engine, read, counter, who, endpoint.family)
+            read = await self.fuse.counter.count_input(
+                flow, engine, read, counter, who, endpoint.family, plan
+            )
             decision = await self.fuse.on_ledger(engine.admit, read.info, translate.now())
         if not decision.allowed:
             assert decision.refusal is not None
@@ -102,6 +110,7 @@ class Admission:
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
             fs = self.fuse.state.flow(flow.id)
+            fs.custody = plan
             fs.pending = Pending(read.info, endpoint, flow, engine, decision=decision)
             fs.decided = Decided(
                 decided_endpoint(endpoint), translate.priced_fingerprint(flow), who.principal

@@ -17,7 +17,7 @@ from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.ledger import RequestRecord
-from governance.mitm import options, translate
+from governance.mitm import custody, options, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
 from governance.mitm.guard import TransportGuard
@@ -77,6 +77,9 @@ class SpendFuse:
         self.runtime.reload_rules()
 
     def done(self) -> None:
+        for fs in self.state.flows.values():  # before mitmproxy saves the flows still in flight
+            if fs.flow is not None:
+                self._redact(fs.flow)
         in_flight = self.state.take_pending()
         self.state.flows.clear()
         self.state.conns.clear()
@@ -223,9 +226,13 @@ class SpendFuse:
         if verdict.action is Action.HEALTH:
             self._health(flow)
             return
-        who = self.counter.caller(flow) or engine.identify(translate.credentials(flow, self.state))
+        creds = translate.credentials(flow, self.state)
+        caller = self.counter.caller(flow)
+        who = caller[0] if caller else engine.identify(creds)
         for name in _OWN_HEADERS:  # ours: never sent to anyone
             flow.request.headers.pop(name, None)
+        if isinstance(who, Identity) and who.virtual_api_key:
+            custody.strip_credentials(flow.request)  # a virtual key is ours too, whatever happens next
         endpoint = verdict.endpoint
         refused = who if isinstance(who, Refusal) else None
         if refused is not None and verdicts.enforced(refused, dry_run=engine.dry_run, what=flow.id) is None:
@@ -249,7 +256,20 @@ class SpendFuse:
             await self.refuse_early(flow, endpoint, rec, refusal)
             return
         assert endpoint is not None
+        assert isinstance(who, Identity)
         if verdict.action is Action.FREE:
+            plan = (
+                caller[1]
+                if caller
+                else engine.custody(endpoint, None, who, has_api_key=creds.api_key is not None)
+            )
+            if isinstance(plan, Refusal):
+                rec = RequestRecord(
+                    translate.request_id(flow, self.state), principal, provider=endpoint.family
+                )
+                await self.refuse_early(flow, endpoint, rec, plan)
+                return
+            fs.custody = plan
             fs.decided = Decided(decided_endpoint(endpoint), None, principal)
             if "allow_unmetered" in verdict.notes:
                 logger.info(
@@ -259,12 +279,20 @@ class SpendFuse:
                     endpoint.path,
                 )
             return
-        assert isinstance(who, Identity)
-        await self.admission.admit(flow, endpoint, engine, who)
+        await self.admission.admit(flow, endpoint, engine, who, has_api_key=creds.api_key is not None)
 
     # -- response -----------------------------------------------------------------------------
 
+    def _redact(self, flow: http.HTTPFlow) -> None:
+        """The custody key the request was sent with, replaced in the flow by a placeholder: it
+        is sent, and every hook from here on (saving, display, dumping) sees the flow."""
+        fs = self.state.flows.get(flow.id)
+        if fs is not None and fs.injected is not None:
+            custody.redact(flow.request, fs.injected)
+            fs.injected = fs.flow = None
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._redact(flow)
         pending = self.state.pending(flow.id)
         if pending is None or flow.response is None:
             return
@@ -289,6 +317,7 @@ class SpendFuse:
             logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self._redact(flow)
         fs = self.state.end(flow.id)
         answered = fs.answered
         if answered is not None:
@@ -312,6 +341,7 @@ class SpendFuse:
         await self._settle(pending, s)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        self._redact(flow)
         pending = self.state.end(flow.id).pending
         if pending is None:
             return

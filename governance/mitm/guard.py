@@ -11,7 +11,7 @@ from mitmproxy.tls import ClientHelloData
 from governance import refusals, verdicts
 from governance.errors import LedgerUnavailable
 from governance.ledger import RequestRecord
-from governance.mitm import translate
+from governance.mitm import custody, translate
 from governance.types import Refusal
 
 if TYPE_CHECKING:
@@ -168,6 +168,11 @@ class TransportGuard:
             logger.exception("spendfuse: re-checking %s at the end of the chain failed", flow.id)
             changed = True
         if not changed:
+            plan, fs.custody = fs.custody, None
+            if plan is not None and plan.strip:
+                # Last in the chain: no other addon's request hook sees the custody key.
+                fs.injected = custody.inject(flow.request, plan)
+                fs.flow = flow if fs.injected is not None else None
             return
         refusal = refusals.rewritten()
         logger.warning("spendfuse: %s %s", flow.id, refusal.message)

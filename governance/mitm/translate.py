@@ -12,6 +12,7 @@ from mitmproxy.proxy import mode_specs
 from governance import bodies, families, shape, wire
 from governance.errors import RequestParseError
 from governance.families.common import bearer_key
+from governance.families.google import API_KEY_QUERY
 from governance.gate import Incoming
 from governance.identity import KEY_HEADERS, Credentials
 from governance.mitm.state import State
@@ -52,6 +53,8 @@ def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
     conn = state.conns.get(flow.client_conn.id)
     proxy = (conn.proxy_user if conn else None) or proxy_credentials(found.get("proxy-authorization"))
     api_key = next((found[n] for n in families.API_KEY_HEADERS if n in found), None)
+    if api_key is None and API_KEY_QUERY + "=" in flow.request.path:
+        api_key = flow.request.query.get(API_KEY_QUERY) or None  # Google's `?key=`
     mode = flow.client_conn.proxy_mode
     # The port the proxy listens on for this mode: in transparent modes the connection's own
     # address is the destination the client dialled, which says nothing about who it is.
