@@ -75,6 +75,7 @@ def start(
         rules: Path | None = None,
         db: Path | None = None,
         scripts: tuple[Path, ...] = (),
+        env: dict[str, str] | None = None,
         **sets: str,
     ) -> Proxy:
         opts = {
@@ -89,6 +90,7 @@ def start(
             redirect_port=upstream.port,
             launcher=launcher,
             scripts=scripts,
+            env=env,
         )
         started.append(proxy)
         return proxy

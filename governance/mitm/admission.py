@@ -12,6 +12,7 @@ from governance import refusals, wire
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.identity import Identity
+from governance.injection import Plan
 from governance.ledger import RequestRecord
 from governance.mitm import translate
 from governance.mitm.state import Decided, Pending, decided_endpoint
@@ -55,11 +56,11 @@ class Admission:
             return await asyncio.to_thread(read)
         return read()
 
-    async def admit(
-        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity, *, has_api_key: bool
-    ) -> None:
-        """Read, admit and forward (or answer) a metered request sent by `who` (`has_api_key`: it
-        carries a provider credential of its own)."""
+    async def _understood(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity, has_api_key: bool
+    ) -> tuple[ReadRequest, bytes | None, Plan] | None:
+        """The request read, the body to forward (None: as it is) and the custody plan; or None
+        once it was refused (a body that cannot be read, no custody key for it, a stray key)."""
         try:
             read = await self._read(flow, endpoint, engine, who)
             # Everything that can fail about the forwarded bytes fails before reserving.
@@ -75,7 +76,18 @@ class Admission:
                 api=endpoint.api,
             )
             await self.fuse.refuse_early(flow, endpoint, rec, plan)
+            return None
+        return read, forward, plan
+
+    async def admit(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity, *, has_api_key: bool
+    ) -> None:
+        """Read, admit and forward (or answer) a metered request sent by `who` (`has_api_key`: it
+        carries a provider credential of its own)."""
+        understood = await self._understood(flow, endpoint, engine, who, has_api_key)
+        if understood is None:
             return
+        read, forward, plan = understood
         counter = engine.counter_request(read, endpoint.family)
         decision = await self.fuse.on_ledger(
             lambda: engine.admit(read.info, translate.now(), count_may_help=counter is not None)

@@ -32,6 +32,25 @@ logger = logging.getLogger("spendfuse")
 _OWN_HEADERS = ("proxy-authorization", INTERNAL_HEADER, *KEY_HEADERS)
 
 
+def _principal(engine: Engine | None, flow: http.HTTPFlow, state: State) -> str:
+    """The principal a request is recorded under (`unidentified` when its claim failed)."""
+    if engine is None:
+        return "default"
+    who = engine.identify(translate.credentials(flow, state))
+    return who.principal if isinstance(who, Identity) else "unidentified"
+
+
+def _health(flow: http.HTTPFlow, runtime: Runtime) -> None:
+    """Answer the health probe: configured (and in dry run or not), or why not."""
+    engine = runtime.engine
+    body = {"status": "ok" if engine else "unconfigured", "dry_run": bool(engine and engine.dry_run)}
+    if engine is None:
+        body["error"] = runtime.config_error
+    flow.response = http.Response.make(
+        200 if engine else 503, json.dumps(body), {"content-type": "application/json"}
+    )
+
+
 class SpendFuse:
     """The addon. `__init__` does no I/O: the ledger opens in `configure`. Its transport guard
     joins the end of the addon chain once mitmproxy runs."""
@@ -42,6 +61,8 @@ class SpendFuse:
         self.counter = CounterClient(self.state)
         self.guard = TransportGuard(self)
         self.admission = Admission(self)
+        self.redactor = custody.Redactor()
+        self.addons = [self.redactor]  # its hooks run right after this addon's
 
     @property
     def engine(self) -> Engine | None:
@@ -77,9 +98,6 @@ class SpendFuse:
         self.runtime.reload_rules()
 
     def done(self) -> None:
-        for fs in self.state.flows.values():  # before mitmproxy saves the flows still in flight
-            if fs.flow is not None:
-                self._redact(fs.flow)
         in_flight = self.state.take_pending()
         self.state.flows.clear()
         self.state.conns.clear()
@@ -144,7 +162,9 @@ class SpendFuse:
         if rec is None:
             provider = endpoint.family if endpoint else None
             rec = RequestRecord(
-                translate.request_id(flow, self.state), self._principal(flow), provider=provider
+                translate.request_id(flow, self.state),
+                _principal(self.engine, flow, self.state),
+                provider=provider,
             )
         if engine is not None:
             try:
@@ -163,25 +183,6 @@ class SpendFuse:
             is not None
         ):
             self.answer(flow, endpoint, refusal)
-
-    def _principal(self, flow: http.HTTPFlow) -> str:
-        """The principal a request is recorded under (`unidentified` when its claim failed)."""
-        if self.engine is None:
-            return "default"
-        who = self.engine.identify(translate.credentials(flow, self.state))
-        return who.principal if isinstance(who, Identity) else "unidentified"
-
-    def _health(self, flow: http.HTTPFlow) -> None:
-        ok = self.engine is not None
-        body = {
-            "status": "ok" if ok else "unconfigured",
-            "dry_run": bool(self.engine and self.engine.dry_run),
-        }
-        if not ok:
-            body["error"] = self.runtime.config_error
-        flow.response = http.Response.make(
-            200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
-        )
 
     # -- request ------------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class SpendFuse:
             engine = self.engine
             if engine is None:
                 if canonical_host(flow.request.host) == HEALTH_HOST:
-                    self._health(flow)
+                    _health(flow, self.runtime)
                 else:
                     self.answer(flow, None, refusals.internal(f"not configured: {self.runtime.config_error}"))
                 return
@@ -224,7 +225,7 @@ class SpendFuse:
     async def _act(self, flow: http.HTTPFlow, verdict: Verdict, engine: Engine) -> None:
         """Carry out the gate's verdict."""
         if verdict.action is Action.HEALTH:
-            self._health(flow)
+            _health(flow, self.runtime)
             return
         creds = translate.credentials(flow, self.state)
         caller = self.counter.caller(flow)
@@ -248,6 +249,14 @@ class SpendFuse:
                 return
             fs.decided = Decided(None, None, principal)
             return
+        plan = None
+        if verdict.action is Action.FREE and isinstance(who, Identity) and endpoint is not None:
+            plan = (
+                caller[1]
+                if caller
+                else engine.custody(endpoint, None, who, has_api_key=creds.api_key is not None)
+            )
+            refused = plan if isinstance(plan, Refusal) else refused
         if verdict.action is Action.REFUSE or refused is not None:
             refusal = refused or verdict.refusal
             assert refusal is not None
@@ -258,17 +267,7 @@ class SpendFuse:
         assert endpoint is not None
         assert isinstance(who, Identity)
         if verdict.action is Action.FREE:
-            plan = (
-                caller[1]
-                if caller
-                else engine.custody(endpoint, None, who, has_api_key=creds.api_key is not None)
-            )
-            if isinstance(plan, Refusal):
-                rec = RequestRecord(
-                    translate.request_id(flow, self.state), principal, provider=endpoint.family
-                )
-                await self.refuse_early(flow, endpoint, rec, plan)
-                return
+            assert not isinstance(plan, Refusal)  # refused above
             fs.custody = plan
             fs.decided = Decided(decided_endpoint(endpoint), None, principal)
             if "allow_unmetered" in verdict.notes:
@@ -283,16 +282,7 @@ class SpendFuse:
 
     # -- response -----------------------------------------------------------------------------
 
-    def _redact(self, flow: http.HTTPFlow) -> None:
-        """The custody key the request was sent with, replaced in the flow by a placeholder: it
-        is sent, and every hook from here on (saving, display, dumping) sees the flow."""
-        fs = self.state.flows.get(flow.id)
-        if fs is not None and fs.injected is not None:
-            custody.redact(flow.request, fs.injected)
-            fs.injected = fs.flow = None
-
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._redact(flow)
         pending = self.state.pending(flow.id)
         if pending is None or flow.response is None:
             return
@@ -317,7 +307,6 @@ class SpendFuse:
             logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        self._redact(flow)
         fs = self.state.end(flow.id)
         answered = fs.answered
         if answered is not None:
@@ -341,7 +330,6 @@ class SpendFuse:
         await self._settle(pending, s)
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        self._redact(flow)
         pending = self.state.end(flow.id).pending
         if pending is None:
             return

@@ -171,8 +171,9 @@ class TransportGuard:
             plan, fs.custody = fs.custody, None
             if plan is not None and plan.strip:
                 # Last in the chain: no other addon's request hook sees the custody key.
-                fs.injected = custody.inject(flow.request, plan)
-                fs.flow = flow if fs.injected is not None else None
+                injected = custody.inject(flow.request, plan)
+                if injected is not None:
+                    fuse.redactor.sending(flow, injected)
             return
         refusal = refusals.rewritten()
         logger.warning("spendfuse: %s %s", flow.id, refusal.message)

@@ -4,7 +4,6 @@ connection, shared by the fuse hooks and the transport guard (no table keyed by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
@@ -15,9 +14,6 @@ from governance.injection import Plan
 from governance.types import Decision, Endpoint, Metering, RequestInfo
 from governance.verdicts import Answer
 from governance.wire.tap import StreamTap
-
-if TYPE_CHECKING:
-    from governance.mitm.custody import Injected
 
 
 @dataclass
@@ -67,8 +63,6 @@ class FlowState:
     decided: Decided | None = None  # until the guard re-checks it at the end of the chain
     unadmitted_websocket: bool = False  # a WebSocket to an LLM host, being closed
     custody: Plan | None = None  # what to do with its provider credentials, at the end of the chain
-    injected: Injected | None = None  # where a custody key was put, until it is redacted
-    flow: http.HTTPFlow | None = None  # the flow a custody key was put in (redacted at shutdown)
 
 
 @dataclass
