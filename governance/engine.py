@@ -91,13 +91,13 @@ class Engine:
         return identity.identify(creds, self.scopes, salt=self.salt, require_key=self.policy.require_key)
 
     def custody(
-        self, endpoint: Endpoint, model: str | None, who: Identity, *, has_api_key: bool
+        self, endpoint: Endpoint, model: str | None, who: Identity, *, has_api_key: bool, tls: bool = True
     ) -> injection.Plan | Refusal:
         """Which custody key a request is sent with, or its refusal: see `governance.injection`."""
         if not self.keyring and self.policy.custody == "optional" and not who.virtual_api_key:
             return injection.UNTOUCHED  # no custody in these rules: nothing to decide
         return injection.plan(
-            self.keyring, self.policy.custody, self.custody_hosts, endpoint, model, who, has_api_key
+            self.keyring, self.policy.custody, self.custody_hosts, endpoint, model, who, has_api_key, tls
         )
 
     def screen(self, incoming: Incoming) -> Verdict:

@@ -12,6 +12,7 @@ provider receives exactly the custody key, in its own header (`ErrorEnvelope.aut
   one that carries none gets a custody key, and is refused when none can serve it.
 - `custody: optional` (the default): a request carrying a real key is sent with it; one that
   carries none gets a custody key when one serves it.
+- A key is only sent over TLS: a plain-HTTP request that would get one is refused.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def no_custody_key(endpoint: Endpoint, provider: str | None, model: str | None, 
     )
 
 
+def cleartext(endpoint: Endpoint) -> Refusal:
+    return _refusal(
+        RefusalKind.FORBIDDEN,
+        "custody_needs_tls",
+        f"a custody key is only sent over TLS, and this request to {endpoint.host} is plain HTTP. "
+        "Use https://.",
+    )
+
+
 def plan(
     keyring: Keyring,
     custody: str,
@@ -77,10 +87,12 @@ def plan(
     model: str | None,
     who: Identity,
     has_api_key: bool,
+    tls: bool,
 ) -> Plan | Refusal:
     """What a request for `endpoint` (and `model`, when it names one), sent by `who`, is sent
     with. `providers`: the shipped host entries custody keys may be sent to, by name, with their
-    provider; `has_api_key`: the request carries a provider credential."""
+    provider; `has_api_key`: the request carries a provider credential; `tls`: it goes to its
+    host over TLS (a key is never sent in cleartext)."""
     virtual = who.virtual_api_key
     if has_api_key and not virtual:
         return stray_key() if custody == "required" else UNTOUCHED
@@ -95,4 +107,4 @@ def plan(
         held = keyring.choose(provider, model, allowed)
     if held is None:
         return no_custody_key(endpoint, provider, model, virtual) if need else UNTOUCHED
-    return Plan(held, auth, True)
+    return Plan(held, auth, True) if tls else cleartext(endpoint)

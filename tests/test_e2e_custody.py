@@ -230,6 +230,9 @@ def test_a_custody_key_is_never_sent_to_a_host_the_agent_chose(start, upstream, 
             assert refused.status_code == 403
             assert refused.json()["error"]["code"] == "no_custody_key"
             assert "never sent to a provider" in refused.json()["error"]["message"]
+        # Plain HTTP to the provider's own host: a key would cross the network in cleartext.
+        plain = c.post("http://api.openai.com/v1/chat/completions", json=CHAT, headers=virtual)
+        assert plain.status_code == 403 and plain.json()["error"]["code"] == "custody_needs_tls"
         assert upstream.total_hits == 0
         # Known otherwise, with no key: forwarded (the operator's host), but with no custody key.
         sent = c.post(
@@ -320,3 +323,52 @@ def test_the_providers_token_counter_is_asked_with_the_custody_key(
         ("/v1/messages/count_tokens", {"x-api-key": REAL_AN}),
         ("/v1/messages", {"x-api-key": REAL_AN}),
     ]
+
+
+def test_custody_keys_need_verified_upstreams(start, tmp_path):
+    with pytest.raises(RuntimeError) as failed:
+        start(rules=custody_rules(tmp_path), env=ENV, ssl_insecure="true")
+    assert "refuses ssl_insecure with custody keys" in str(failed.value)
+
+
+@pytest.mark.expect_errors("edited rules were NOT applied")
+def test_a_reload_with_an_unreadable_key_keeps_the_old_rules_and_keys(start, upstream, tmp_path):
+    upstream.knobs.accepted_keys = frozenset(REALS)
+    path = custody_rules(tmp_path)
+    proxy = start(rules=path, env=ENV)
+    url = "https://api.openai.com/v1/chat/completions"
+    with raw_client(proxy) as c:
+        assert c.post(url, json=CHAT, headers={"authorization": f"Bearer {PINNED}"}).status_code == 200
+        # The pinned key's credential now reads a variable that is not set: the edit is refused.
+        path.write_text(path.read_text().replace("env: OA2_REAL", "env: OA2_ROTATED"))
+        deadline = time.monotonic() + 10
+        while "NOT applied" not in proxy.output():
+            assert time.monotonic() < deadline, proxy.output()
+            time.sleep(0.1)
+        assert "credential 'oa2': the environment variable OA2_ROTATED is not set" in proxy.output()
+        assert c.post(url, json=CHAT, headers={"authorization": f"Bearer {PINNED}"}).status_code == 200
+    assert [p for _, p in upstream.auth] == [{"authorization": f"Bearer {REAL_OA2}"}] * 2
+
+
+def test_a_request_abandoned_by_its_client_is_saved_redacted(start, upstream, tmp_path):
+    """The client gives up while the provider is still thinking: mitmproxy reports the flow's
+    error, and Save writes it at once. The key in it is already redacted."""
+    saved = tmp_path / "flows.mitm"
+    upstream.knobs.delay_s = 2
+    proxy = start(rules=custody_rules(tmp_path), env=ENV, save_stream_file=str(saved))
+    with raw_client(proxy) as c, pytest.raises(httpx.ReadTimeout):
+        c.post(
+            "https://api.openai.com/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {VIRTUAL}"},
+            timeout=0.5,
+        )
+    deadline = time.monotonic() + 10
+    while b"spendfuse custody key" not in (saved.read_bytes() if saved.exists() else b""):
+        assert time.monotonic() < deadline, "the abandoned flow was never saved"
+        time.sleep(0.1)
+    assert_nowhere(saved.read_bytes(), "the saved flows")
+    with saved.open("rb") as f:
+        [flow] = list(mitmio.FlowReader(f).stream())
+    assert flow.error is not None and flow.response is None
+    assert upstream.auth[0][1]["authorization"].removeprefix("Bearer ") in (REAL_OA, REAL_OA2)

@@ -154,3 +154,14 @@ def test_rules_without_custody_decide_nothing(tmp_path):
     chat = endpoint(e, "api.openai.com")
     assert e.custody(chat, "gpt-4o", Identity("default"), has_api_key=True) is UNTOUCHED
     assert e.custody(chat, "gpt-4o", Identity("default"), has_api_key=False) is UNTOUCHED
+
+
+def test_a_custody_key_is_never_sent_in_cleartext(tmp_path):
+    e = engine(tmp_path)
+    chat = endpoint(e, "api.openai.com")
+    plain = e.custody(chat, "gpt-4o", key(e, "k", virtual=True), has_api_key=True, tls=False)
+    assert (
+        isinstance(plain, Refusal) and plain.code == "custody_needs_tls" and "api.openai.com" in plain.message
+    )
+    # Nothing of ours to send: plain HTTP goes on as before.
+    assert e.custody(chat, "gpt-4o", Identity("default"), has_api_key=True, tls=False) is UNTOUCHED

@@ -65,7 +65,8 @@ class Admission:
             read = await self._read(flow, endpoint, engine, who)
             # Everything that can fail about the forwarded bytes fails before reserving.
             forward = wire.encode_json_body(read.forward_body) if read.forward_body is not None else None
-            plan = engine.custody(endpoint, read.info.model, who, has_api_key=has_api_key)
+            tls = flow.request.scheme == "https"
+            plan = engine.custody(endpoint, read.info.model, who, has_api_key=has_api_key, tls=tls)
         except RequestParseError as e:
             plan = refusals.parse(str(e))
         if isinstance(plan, Refusal):

@@ -16,6 +16,7 @@ from governance.errors import LedgerUnavailable
 from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
+from governance.injection import Plan
 from governance.ledger import RequestRecord
 from governance.mitm import custody, options, translate
 from governance.mitm.admission import Admission
@@ -49,6 +50,14 @@ def _health(flow: http.HTTPFlow, runtime: Runtime) -> None:
     flow.response = http.Response.make(
         200 if engine else 503, json.dumps(body), {"content-type": "application/json"}
     )
+
+
+def _free_plan(
+    engine: Engine, flow: http.HTTPFlow, endpoint: Endpoint, who: Identity, creds: Credentials
+) -> Plan | Refusal:
+    """The custody plan of a free request (a token count, a model list): it names no model."""
+    tls = flow.request.scheme == "https"
+    return engine.custody(endpoint, None, who, has_api_key=creds.api_key is not None, tls=tls)
 
 
 class SpendFuse:
@@ -251,11 +260,7 @@ class SpendFuse:
             return
         plan = None
         if verdict.action is Action.FREE and isinstance(who, Identity) and endpoint is not None:
-            plan = (
-                caller[1]
-                if caller
-                else engine.custody(endpoint, None, who, has_api_key=creds.api_key is not None)
-            )
+            plan = caller[1] if caller else _free_plan(engine, flow, endpoint, who, creds)
             refused = plan if isinstance(plan, Refusal) else refused
         if verdict.action is Action.REFUSE or refused is not None:
             refusal = refused or verdict.refusal

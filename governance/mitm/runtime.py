@@ -60,6 +60,11 @@ class Runtime:
         if any(name.startswith("spendfuse_") for name in updated) or self.engine is None:
             self._configure_engine()
         assert self.engine is not None
+        if self.engine.keyring and getattr(ctx.options, "ssl_insecure", False):
+            raise exceptions.OptionsError(
+                "spendfuse refuses ssl_insecure with custody keys (credentials:): a key must only "
+                "reach a provider whose certificate was verified. Unset ssl_insecure."
+            )
         problems = gate.exempted_llm_hosts(
             self.engine.hosts,
             ignore_hosts=getattr(ctx.options, "ignore_hosts", ()) or (),
