@@ -19,6 +19,7 @@ from governance import (
     fees,
     gate,
     identity,
+    injection,
     reading,
     refusal_codes,
     regional,
@@ -29,6 +30,7 @@ from governance import policy as policies
 from governance.gate import Incoming, Verdict
 from governance.hosts import UNKNOWN_ENTRY
 from governance.identity import Credentials, Identity
+from governance.keyring import Keyring
 from governance.ledger import RequestRecord
 from governance.policy import Policy
 from governance.pricing import Pricer
@@ -37,6 +39,7 @@ from governance.scopes import Scopes
 from governance.store import LedgerStore
 from governance.types import (
     Decision,
+    Endpoint,
     Priced,
     Refusal,
     RequestInfo,
@@ -48,8 +51,17 @@ logger = logging.getLogger(__name__)
 class Engine:
     """Decides on requests under one policy and records them in one ledger."""
 
-    def __init__(self, policy: Policy, ledger: LedgerStore, *, dry_run: bool = False, salt: str = "") -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        ledger: LedgerStore,
+        *,
+        dry_run: bool = False,
+        salt: str = "",
+        keyring: Keyring | None = None,
+    ) -> None:
         self.policy = policy
+        self.keyring = keyring or Keyring()  # the custody keys, read when the rules loaded
         self.ledger = ledger
         self.dry_run = dry_run
         self.salt = salt  # the ledger's, for hashing upstream API keys into principals
@@ -59,6 +71,10 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self.providers = {e.name: e.provider for e in self.hosts.entries}
+        # Custody keys go only to the shipped hosts of their own provider, never an operator's.
+        self.custody_hosts = {
+            e.name: e.provider for e in self.hosts.entries if e.provider is not None and not e.operator
+        }
         self.fees = fees.shipped()
         self.regional = regional.shipped()
         self.looping_models = server_tools.shipped().looping_models
@@ -82,6 +98,16 @@ class Engine:
     def _coded(self, refusal: Refusal) -> Refusal:
         """The refusal with the status the rules' `refusal_codes` give it (see governance.refusal_codes)."""
         return refusal_codes.bifrost_status(refusal) if self.policy.refusal_codes == "bifrost" else refusal
+
+    def custody(
+        self, endpoint: Endpoint, model: str | None, who: Identity, *, has_api_key: bool, tls: bool = True
+    ) -> injection.Plan | Refusal:
+        """Which custody key a request is sent with, or its refusal: see `governance.injection`."""
+        if not self.keyring and self.policy.custody == "optional" and not who.virtual_api_key:
+            return injection.UNTOUCHED  # no custody in these rules: nothing to decide
+        return injection.plan(
+            self.keyring, self.policy.custody, self.custody_hosts, endpoint, model, who, has_api_key, tls
+        )
 
     def screen(self, incoming: Incoming) -> Verdict:
         """What happens to a request before pricing: see `governance.gate`."""

@@ -5,9 +5,15 @@ The principal comes from the first of:
 1. proxy credentials (`HTTPS_PROXY=http://KEY:SECRET@host:port`), seen on the CONNECT and applied
    to every request of that connection;
 2. a key header, `x-spendfuse-key` (or Bifrost's `x-bf-vk`) carrying the key's secret;
-3. the listener the client arrived on (port or mitmproxy mode spec) bound to a key;
-4. a salted hash of the upstream API key;
-5. `default`.
+3. a virtual key: a key's secret where the client puts its provider API key (`Authorization:
+   Bearer`, `x-api-key`, `x-goog-api-key`, `api-key`), recognised by its hash;
+4. the listener the client arrived on (port or mitmproxy mode spec) bound to a key;
+5. a salted hash of the upstream API key;
+6. `default`.
+
+Whatever source names the principal, `Identity.virtual_api_key` says whether the provider API key
+the request carries is a virtual key: such a request is only forwarded with a custody key in its
+place (`governance.injection`), so a virtual key never reaches a provider.
 
 Once the rules define keys, a claimed key must prove itself: proxy credentials need the key's
 secret (else 407), and a key header must carry a known secret (else the API's own 401). Without
@@ -46,6 +52,7 @@ class Identity:
 
     principal: str
     key: Key | None = None
+    virtual_api_key: bool = False  # the provider API key it carries is a key's secret
 
 
 def _salted(secret: str, salt: str) -> str:
@@ -67,6 +74,9 @@ def identify(creds: Credentials, scopes: Scopes, *, salt: str, require_key: bool
     """The caller's identity under the rules' keys, or the refusal of a claim that does not prove
     itself. See the module docstring for the order."""
     if scopes.has_keys:
+        # Hashed only when keys are defined and the request carries a provider key.
+        virtual = scopes.key_by_secret(creds.api_key) if creds.api_key else None
+        is_virtual = virtual is not None
         if creds.proxy_user is not None:
             key = scopes.key_with_secret(creds.proxy_user, creds.proxy_secret or "")
             if key is None:
@@ -76,7 +86,7 @@ def identify(creds: Credentials, scopes: Scopes, *, salt: str, require_key: bool
                     f"the proxy credentials for key '{creds.proxy_user}' are wrong "
                     "(unknown key or wrong secret).",
                 )
-            return Identity(f"key:{key.id}", key)
+            return Identity(f"key:{key.id}", key, is_virtual)
         if creds.key_header is not None:
             key = scopes.key_by_secret(creds.key_header.strip())
             if key is None:
@@ -85,7 +95,9 @@ def identify(creds: Credentials, scopes: Scopes, *, salt: str, require_key: bool
                     "invalid_key",
                     "the key in the x-spendfuse-key (or x-bf-vk) header is unknown.",
                 )
-            return Identity(f"key:{key.id}", key)
+            return Identity(f"key:{key.id}", key, is_virtual)
+        if virtual is not None:
+            return Identity(f"key:{virtual.id}", virtual, True)
         key = scopes.key_by_listener(creds.listeners)
         if key is not None:
             return Identity(f"key:{key.id}", key)

@@ -76,6 +76,7 @@ def start(
         db: Path | None = None,
         scripts: tuple[Path, ...] = (),
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
         **sets: str,
     ) -> Proxy:
         opts = {
@@ -91,6 +92,7 @@ def start(
             launcher=launcher,
             scripts=scripts,
             extra=list(extra),
+            env=env,
         )
         started.append(proxy)
         return proxy

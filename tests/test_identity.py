@@ -96,3 +96,25 @@ def test_require_key_without_keys_refuses_everyone():
         warnings=warnings,
     )
     assert [w.where() for w in warnings] == ["require_key"]
+
+
+def test_a_keys_secret_as_the_provider_api_key_is_a_virtual_key():
+    who = identify(Credentials(api_key="sa", listeners=("8081",)), KEYS, salt="s", require_key=True)
+    assert who == Identity("key:a", KEYS.keys["a"], virtual_api_key=True)
+    # The earlier sources still name the principal; the API key is still known to be virtual.
+    by_header = identify(Credentials(key_header="sb", api_key="sa"), KEYS, salt="s", require_key=False)
+    assert by_header.principal == "key:b" and by_header.virtual_api_key
+    by_proxy = identify(
+        Credentials(proxy_user="b", proxy_secret="sb", api_key="sa"), KEYS, salt="s", require_key=False
+    )
+    assert by_proxy.principal == "key:b" and by_proxy.virtual_api_key
+    # A virtual key beats the listener; an unknown API key is not one, and the listener names the key.
+    assert (
+        identify(Credentials(api_key="sa", listeners=("8081",)), KEYS, salt="s", require_key=False).principal
+        == "key:a"
+    )
+    real = identify(Credentials(api_key="sk-real", listeners=("8081",)), KEYS, salt="s", require_key=False)
+    assert real == Identity("key:b", KEYS.keys["b"]) and not real.virtual_api_key
+    # Without keys there are no virtual keys: the API key is hashed as before.
+    plain = identify(Credentials(api_key="sa"), NONE, salt="s", require_key=False)
+    assert plain == Identity(api_key_principal("sa", "s"))

@@ -7,7 +7,9 @@ import logging
 
 import pytest
 
-from governance import provider_headers, refusals, verdicts
+from governance import refusals, verdicts
+from governance.families import anthropic, openai
+from governance.families.common import bearer_key
 from governance.types import Endpoint, Metering
 
 CHAT = Endpoint("openai", "chat", Metering.METERED, "api.openai.com", "/v1/chat/completions")
@@ -39,7 +41,9 @@ def test_traffic_that_is_not_llm_gets_a_generic_answer():
 
 
 def test_betas_are_split_at_commas():
-    assert provider_headers.betas(["a,b", "context-1m-2025-08-07"]) == ["a", "b", "context-1m-2025-08-07"]
+    sent = {"anthropic-beta": ["a,b", "context-1m-2025-08-07"]}
+    for family in (anthropic, openai):
+        assert family.price_flags(lambda n: sent.get(n, [])) == ["a", "b", "context-1m-2025-08-07"]
 
 
 @pytest.mark.parametrize(
@@ -54,9 +58,10 @@ def test_betas_are_split_at_commas():
     ],
 )
 def test_only_a_sound_count_from_the_counter_is_used(status, answer, count):
-    assert provider_headers.counted_tokens(status, answer) == count
+    for family in (anthropic, openai):
+        assert family.read_counter_response(status, answer) == count
 
 
 def test_api_keys_lose_their_bearer_prefix():
-    assert provider_headers.api_key("Bearer sk-1 ") == "sk-1"
-    assert provider_headers.api_key("sk-2") == "sk-2"
+    assert bearer_key("Bearer sk-1 ") == "sk-1"
+    assert bearer_key("sk-2") == "sk-2"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from governance.families import anthropic, bedrock, google, openai, shapes
+from governance.families.common import Auth
 from governance.families.sse import Event
 from governance.families.tap import StreamReader, UsageReader
 from governance.types import NO_LINE, ParsedRequest, Refusal, RequestLine, Usage
@@ -29,6 +30,10 @@ class ErrorEnvelope(Protocol):
 
     def render_error(self, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
         """`(status, headers, body)` of `refusal` as the provider sends errors."""
+
+    def auth(self, provider: str) -> Auth | None:
+        """How a custody key is sent to `provider` (a genai-prices id) by clients of this
+        envelope: its header and prefix; None when a key cannot simply be put in a header."""
 
 
 @runtime_checkable
@@ -97,7 +102,30 @@ FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic}  # t
 #: of providers known but not metered.
 ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES, "google": google, "bedrock": bedrock}  # type: ignore[dict-item]
 
+#: Request headers that carry an upstream API key, in the order they identify a principal: the
+#: first present is the client's key (an Anthropic key beside a gateway's bearer names the caller).
+API_KEY_HEADERS = ("x-api-key", "api-key", "authorization", "x-goog-api-key")
+#: Headers sent on to a provider's free token counter: the client's credentials and API versions.
+COUNTER_HEADERS = frozenset(h for f in FAMILIES.values() for h in f.COUNTER_HEADERS)
+#: Headers that change what a metered request is billed (the 1M-token context beta).
+PRICE_HEADERS = tuple(dict.fromkeys(h for f in FAMILIES.values() for h in f.PRICE_HEADERS))
+
+if set(API_KEY_HEADERS) != {h for e in ENVELOPES.values() for h in e.API_KEY_HEADERS}:
+    # Every envelope's key headers are read, and none that no provider uses.
+    raise RuntimeError("API_KEY_HEADERS must list exactly the envelopes' API key headers")
+
 # Refusal shapes are data: checked on import, so a proxy whose refusals it cannot shape never starts.
 shapes.require(ENVELOPES)
 
-__all__ = ["ENVELOPES", "FAMILIES", "ApiFamily", "ErrorEnvelope", "StreamReader", "UsageReader"]
+__all__ = [
+    "API_KEY_HEADERS",
+    "Auth",
+    "COUNTER_HEADERS",
+    "ENVELOPES",
+    "FAMILIES",
+    "PRICE_HEADERS",
+    "ApiFamily",
+    "ErrorEnvelope",
+    "StreamReader",
+    "UsageReader",
+]

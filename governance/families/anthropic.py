@@ -11,6 +11,7 @@ from governance import overheads
 from governance.errors import RequestParseError
 from governance.families import shapes
 from governance.families.common import (
+    Auth,
     adds_no_stream_events,
     any_mapping,
     counted_input_tokens,
@@ -164,6 +165,14 @@ def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, An
 
 # The betas the request asks for (`anthropic-beta`, comma-separated): `context-1m` bills
 # long-context rates.
+_AUTH = Auth("x-api-key")
+
+
+def auth(provider: str) -> Auth:
+    """How a key is sent: `x-api-key` (whatever the provider behind the envelope)."""
+    return _AUTH
+
+
 price_flags = functools.partial(header_list, name="anthropic-beta")
 counter_request = counter_request_of(count_request)
 # Its preparation adds nothing to a stream.

@@ -14,6 +14,11 @@ NAME = ENVELOPE = "bedrock"
 API_KEY_HEADERS = ("authorization",)
 
 
+def auth(provider: str) -> None:
+    """None: requests are SigV4-signed over their bytes, so a key cannot simply be put in."""
+    return None
+
+
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as Bedrock sends errors: `{"message": ...}` plus `x-amzn-ErrorType`."""
     shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from governance.errors import RequestParseError
@@ -151,6 +152,25 @@ def counted_input_tokens(status: int, body: Any) -> int | None:
     if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
         return None
     return counted
+
+
+@dataclass(frozen=True)
+class Auth:
+    """How a provider takes an API key: the header, and what goes before the key in it."""
+
+    header: str
+    prefix: str = ""
+
+    def value(self, key: str) -> str:
+        return self.prefix + key
+
+
+BEARER = Auth("authorization", "Bearer ")
+
+
+def bearer_key(value: str) -> str:
+    """The key in an API-key header (`Authorization: Bearer <key>` or the bare key)."""
+    return value.removeprefix("Bearer ").strip()
 
 
 def header_list(values: Callable[[str], list[str]], name: str) -> list[str]:

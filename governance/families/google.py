@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 
 from governance.families import shapes
+from governance.families.common import Auth
 from governance.families.envelope import refusal_details, refusal_headers
 from governance.types import Refusal, RefusalKind
 
 NAME = ENVELOPE = "google"
 #: An API key header, or an OAuth bearer token (Vertex, Code Assist).
 API_KEY_HEADERS = ("x-goog-api-key", "authorization")
+#: The Gemini API also takes a key in the `key` query parameter (never used by custody: a URL is logged).
+API_KEY_QUERY = "key"
+_AUTH = Auth("x-goog-api-key")
+
+
+def auth(provider: str) -> Auth:
+    """How a key is sent: `x-goog-api-key`."""
+    return _AUTH
 
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:

@@ -12,6 +12,8 @@ from governance import overheads
 from governance.errors import RequestParseError
 from governance.families import shapes
 from governance.families.common import (
+    BEARER,
+    Auth,
     any_mapping,
     counted_input_tokens,
     counter_request_of,
@@ -35,6 +37,8 @@ APIS = ("chat", "responses", "completions")
 PRICE_HEADERS = ("anthropic-beta",)
 #: A bearer token; `api-key` is how Azure-style gateways take it.
 API_KEY_HEADERS = ("authorization", "api-key")
+#: Azure OpenAI takes its key in `api-key`; every other OpenAI-compatible API a bearer token.
+_AZURE_AUTH = Auth("api-key")
 COUNTER_HEADERS = frozenset(
     {"authorization", "api-key", "openai-organization", "openai-project", "openai-beta", "anthropic-beta"}
 )
@@ -231,6 +235,11 @@ def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, An
         new["max_completion_tokens"] = cap
         new.pop("max_tokens", None)
     return new
+
+
+def auth(provider: str) -> Auth:
+    """How a key is sent to `provider` (a genai-prices id) through this envelope."""
+    return _AZURE_AUTH if provider == "azure" else BEARER
 
 
 # The Anthropic betas the request passes on (see `PRICE_HEADERS`).

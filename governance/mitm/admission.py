@@ -12,11 +12,12 @@ from governance import refusals
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.identity import Identity
+from governance.injection import Plan
 from governance.mitm import translate
 from governance.mitm.state import Decided, Pending, decided_endpoint
 from governance.reading import ReadRequest
 from governance.store import RequestRecord
-from governance.types import Endpoint
+from governance.types import Endpoint, Refusal
 
 if TYPE_CHECKING:
     from governance.mitm.fuse import SpendFuse
@@ -44,7 +45,7 @@ class Admission:
         key_id = who.key.id if who.key else None
 
         def read() -> ReadRequest:
-            body, betas = translate.request_body(flow)
+            body, betas = translate.request_body(flow, endpoint.family)
             return engine.read_request(
                 endpoint,
                 body,
@@ -61,28 +62,48 @@ class Admission:
             return await asyncio.to_thread(read)
         return read()
 
-    async def admit(self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity) -> None:
-        """Read, admit and forward (or answer) a metered request sent by `who`."""
+    async def _understood(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity, has_api_key: bool
+    ) -> tuple[ReadRequest, bytes | None, Plan] | None:
+        """The request read, the body to forward (None: as it is) and the custody plan; or None
+        once it was refused (a body that cannot be read, no custody key for it, a stray key)."""
         try:
             read = await self._read(flow, endpoint, engine, who)
             # Everything that can fail about the forwarded bytes fails before reserving.
             prepared = engine.encoded_forward_body(read)
+            tls = flow.request.scheme == "https"
+            plan = engine.custody(endpoint, read.info.model, who, has_api_key=has_api_key, tls=tls)
         except RequestParseError as e:
+            plan = refusals.parse(str(e))
+        if isinstance(plan, Refusal):
             rec = RequestRecord(
                 translate.request_id(flow, self.fuse.state),
                 who.principal,
                 provider=endpoint.family,
                 api=endpoint.api,
             )
-            await self.fuse.refuse_early(flow, endpoint, rec, refusals.parse(str(e)))
+            await self.fuse.refuse_early(flow, endpoint, rec, plan)
+            return None
+        return read, prepared, plan
+
+    async def admit(
+        self, flow: http.HTTPFlow, endpoint: Endpoint, engine: Engine, who: Identity, *, has_api_key: bool
+    ) -> None:
+        """Read, admit and forward (or answer) a metered request sent by `who` (`has_api_key`: it
+        carries a provider credential of its own)."""
+        understood = await self._understood(flow, endpoint, engine, who, has_api_key)
+        if understood is None:
             return
+        read, prepared, plan = understood
         counter = engine.counter_request(read, endpoint.family)
         decision = await self.fuse.on_ledger(
             lambda: engine.admit(read.info, translate.now(), count_may_help=counter is not None)
         )
         if decision.hinges_on_count:
             assert counter is not None
-            read = await self.fuse.counter.count_input(flow, engine, read, counter, who)
+            read = await self.fuse.counter.count_input(
+                flow, engine, read, counter, who, endpoint.family, plan
+            )
             decision = await self.fuse.on_ledger(engine.admit, read.info, translate.now())
         if not decision.allowed:
             assert decision.refusal is not None
@@ -107,6 +128,7 @@ class Admission:
                 **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
             }
             fs = self.fuse.state.flow(flow.id)
+            fs.custody = plan
             fs.pending = Pending(read.info, endpoint, flow, engine, decision=decision)
             fs.decided = Decided(
                 decided_endpoint(endpoint), translate.priced_fingerprint(flow), who.principal

@@ -1,5 +1,6 @@
 """The provider token-counter client: asks a provider's free input counter, through this proxy,
-with the caller's own credentials, when a refusal or a price tier hinges on the estimate."""
+with the caller's own credentials (or the custody key its request is sent with), when a refusal
+or a price tier hinges on the estimate."""
 
 import logging
 import uuid
@@ -9,9 +10,10 @@ from pathlib import Path
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from governance import provider_headers
+from governance import families
 from governance.engine import Engine
 from governance.identity import Identity
+from governance.injection import Plan
 from governance.mitm.state import State
 from governance.reading import ReadRequest
 
@@ -29,12 +31,20 @@ class CounterClient:
     def __init__(self, state: State) -> None:
         self.state = state
 
-    def caller(self, flow: http.HTTPFlow) -> Identity | None:
-        """The caller a counter request of this proxy's own is made for, or None."""
+    def caller(self, flow: http.HTTPFlow) -> tuple[Identity, Plan | None] | None:
+        """The caller a counter request of this proxy's own is made for, and the custody plan
+        of the caller's request (the counter is asked with the same custody key), or None."""
         return self.state.internal.get(flow.request.headers.get(INTERNAL_HEADER, ""))
 
     async def count_input(
-        self, flow: http.HTTPFlow, engine: Engine, read: ReadRequest, counter: tuple[str, dict], who: Identity
+        self,
+        flow: http.HTTPFlow,
+        engine: Engine,
+        read: ReadRequest,
+        counter: tuple[str, dict],
+        who: Identity,
+        family: str,
+        plan: Plan | None = None,
     ) -> ReadRequest:
         """`read` with the provider's own count of its input (with the rules' counter margin)
         when the counter answers one; otherwise `read`: never a guess lower than the estimate.
@@ -42,7 +52,7 @@ class CounterClient:
         and routed as usual)."""
         suffix, body = counter
         path = flow.request.path.split("?", 1)[0].rstrip("/") + suffix
-        counted = await self._ask(flow, path, body, who)
+        counted = await self._ask(flow, path, body, (who, plan), family)
         if counted is None:
             return read
         logger.info(
@@ -53,7 +63,9 @@ class CounterClient:
         )
         return replace(read, info=engine.with_counted_input(read.info, counted))
 
-    async def _ask(self, flow: http.HTTPFlow, path: str, body: dict, who: Identity) -> int | None:
+    async def _ask(
+        self, flow: http.HTTPFlow, path: str, body: dict, caller: tuple[Identity, Plan | None], family: str
+    ) -> int | None:
         """POST `body` to `path` on the flow's own target, through this proxy, with the flow's
         credentials. The count, or None on any failure."""
         import httpx
@@ -61,14 +73,12 @@ class CounterClient:
         port = own_port()
         if port is None:
             return None
-        headers = {
-            k: v for k, v in flow.request.headers.items() if k.lower() in provider_headers.COUNTER_HEADERS
-        }
+        headers = {k: v for k, v in flow.request.headers.items() if k.lower() in families.COUNTER_HEADERS}
         # The counter's request is the caller's: it passes identity (require_key, key access)
-        # as the caller did, and the token ends with this call.
+        # as the caller did, is sent with the caller's custody key, and the token ends with this call.
         token = uuid.uuid4().hex
         headers[INTERNAL_HEADER] = token
-        self.state.internal[token] = who
+        self.state.internal[token] = caller
         url = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}{path}"
         ca = Path(ctx.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"
         try:
@@ -77,7 +87,7 @@ class CounterClient:
             ) as client:
                 answer = await client.post(url, json=body, headers=headers)
             answered = answer.json() if answer.status_code == 200 else None
-            counted = provider_headers.counted_tokens(answer.status_code, answered)
+            counted = families.FAMILIES[family].read_counter_response(answer.status_code, answered)
         except (httpx.HTTPError, ValueError, AttributeError) as e:
             logger.warning("spendfuse: the provider's token counter failed (%s); keeping the estimate", e)
             return None

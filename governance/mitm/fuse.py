@@ -16,7 +16,8 @@ from governance.errors import LedgerUnavailable
 from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
-from governance.mitm import options, translate
+from governance.injection import Plan
+from governance.mitm import custody, options, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
 from governance.mitm.gateway import Gateway, is_gateway
@@ -33,6 +34,33 @@ logger = logging.getLogger("spendfuse")
 _OWN_HEADERS = ("proxy-authorization", INTERNAL_HEADER, *KEY_HEADERS)
 
 
+def _principal(engine: Engine | None, flow: http.HTTPFlow, state: State) -> str:
+    """The principal a request is recorded under (`unidentified` when its claim failed)."""
+    if engine is None:
+        return "default"
+    who = engine.identify(translate.credentials(flow, state))
+    return who.principal if isinstance(who, Identity) else "unidentified"
+
+
+def _health(flow: http.HTTPFlow, runtime: Runtime) -> None:
+    """Answer the health probe: configured (and in dry run or not), or why not."""
+    engine = runtime.engine
+    body = {"status": "ok" if engine else "unconfigured", "dry_run": bool(engine and engine.dry_run)}
+    if engine is None:
+        body["error"] = runtime.config_error
+    flow.response = http.Response.make(
+        200 if engine else 503, json.dumps(body), {"content-type": "application/json"}
+    )
+
+
+def _free_plan(
+    engine: Engine, flow: http.HTTPFlow, endpoint: Endpoint, who: Identity, creds: Credentials
+) -> Plan | Refusal:
+    """The custody plan of a free request (a token count, a model list): it names no model."""
+    tls = flow.request.scheme == "https"
+    return engine.custody(endpoint, None, who, has_api_key=creds.api_key is not None, tls=tls)
+
+
 class SpendFuse:
     """The addon. `__init__` does no I/O: the ledger opens in `configure`. Its transport guard
     joins the end of the addon chain once mitmproxy runs."""
@@ -44,6 +72,8 @@ class SpendFuse:
         self.guard = TransportGuard(self)
         self.admission = Admission(self)
         self.gateway = Gateway()
+        self.redactor = custody.Redactor()
+        self.addons = [self.redactor]  # its hooks run right after this addon's
 
     @property
     def engine(self) -> Engine | None:
@@ -133,7 +163,9 @@ class SpendFuse:
         if rec is None:
             provider = endpoint.family if endpoint else None
             rec = RequestRecord(
-                translate.request_id(flow, self.state), self._principal(flow), provider=provider
+                translate.request_id(flow, self.state),
+                _principal(self.engine, flow, self.state),
+                provider=provider,
             )
         await self.record_refusal(rec, refusal)
         self.fail(flow, endpoint, refusal)
@@ -158,13 +190,6 @@ class SpendFuse:
         ):
             self.answer(flow, endpoint, refusal)
 
-    def _principal(self, flow: http.HTTPFlow) -> str:
-        """The principal a request is recorded under (`unidentified` when its claim failed)."""
-        if self.engine is None:
-            return "default"
-        who = self.engine.identify(translate.credentials(flow, self.state))
-        return who.principal if isinstance(who, Identity) else "unidentified"
-
     # -- request ------------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -187,7 +212,7 @@ class SpendFuse:
             engine = self.engine
             if engine is None:
                 if canonical_host(flow.request.host) == HEALTH_HOST:
-                    _health(flow, self.engine, self.runtime.config_error)
+                    _health(flow, self.runtime)
                 else:
                     self.answer(flow, None, refusals.internal(f"not configured: {self.runtime.config_error}"))
                 return
@@ -209,11 +234,15 @@ class SpendFuse:
     async def _act(self, flow: http.HTTPFlow, verdict: Verdict, engine: Engine) -> None:
         """Carry out the gate's verdict."""
         if verdict.action is Action.HEALTH:
-            _health(flow, self.engine, self.runtime.config_error)
+            _health(flow, self.runtime)
             return
-        who = self.counter.caller(flow) or engine.identify(translate.credentials(flow, self.state))
+        creds = translate.credentials(flow, self.state)
+        caller = self.counter.caller(flow)
+        who = caller[0] if caller else engine.identify(creds)
         for name in _OWN_HEADERS:  # ours: never sent to anyone
             flow.request.headers.pop(name, None)
+        if isinstance(who, Identity) and who.virtual_api_key:
+            custody.strip_credentials(flow.request)  # a virtual key is ours too, whatever happens next
         endpoint = verdict.endpoint
         refused = who if isinstance(who, Refusal) else None
         if refused is not None and verdicts.enforced(refused, dry_run=engine.dry_run, what=flow.id) is None:
@@ -229,6 +258,10 @@ class SpendFuse:
                 return
             fs.decided = Decided(None, None, principal)
             return
+        plan = None
+        if verdict.action is Action.FREE and isinstance(who, Identity) and endpoint is not None:
+            plan = caller[1] if caller else _free_plan(engine, flow, endpoint, who, creds)
+            refused = plan if isinstance(plan, Refusal) else refused
         if verdict.action is Action.REFUSE or refused is not None:
             refusal = refused or verdict.refusal
             assert refusal is not None
@@ -237,7 +270,10 @@ class SpendFuse:
             await self.refuse_early(flow, endpoint, rec, refusal)
             return
         assert endpoint is not None
+        assert isinstance(who, Identity)
         if verdict.action is Action.FREE:
+            assert not isinstance(plan, Refusal)  # refused above
+            fs.custody = plan
             fs.decided = Decided(decided_endpoint(endpoint), None, principal)
             if "allow_unmetered" in verdict.notes:
                 logger.info(
@@ -247,8 +283,7 @@ class SpendFuse:
                     endpoint.path,
                 )
             return
-        assert isinstance(who, Identity)
-        await self.admission.admit(flow, endpoint, engine, who)
+        await self.admission.admit(flow, endpoint, engine, who, has_api_key=creds.api_key is not None)
 
     # -- response -----------------------------------------------------------------------------
 
@@ -321,17 +356,6 @@ class SpendFuse:
             logger.error(
                 "spendfuse: %s stays held until the reaper charges it: %s", pending.info.request_id, e
             )
-
-
-def _health(flow: http.HTTPFlow, engine: Engine | None, config_error: str | None) -> None:
-    """Answer a health check: 200 when the engine is configured, else 503 with why."""
-    ok = engine is not None
-    body = {"status": "ok" if ok else "unconfigured", "dry_run": bool(engine and engine.dry_run)}
-    if not ok:
-        body["error"] = config_error
-    flow.response = http.Response.make(
-        200 if ok else 503, json.dumps(body), {"content-type": "application/json"}
-    )
 
 
 def answer_flow(

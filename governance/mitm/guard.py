@@ -10,7 +10,7 @@ from mitmproxy.tls import ClientHelloData
 
 from governance import refusals, verdicts
 from governance.errors import LedgerUnavailable
-from governance.mitm import translate
+from governance.mitm import custody, translate
 from governance.store import RequestRecord
 from governance.types import Refusal
 
@@ -168,6 +168,12 @@ class TransportGuard:
             logger.exception("spendfuse: re-checking %s at the end of the chain failed", flow.id)
             changed = True
         if not changed:
+            plan, fs.custody = fs.custody, None
+            if plan is not None and plan.strip:
+                # Last in the chain: no other addon's request hook sees the custody key.
+                injected = custody.inject(flow.request, plan)
+                if injected is not None:
+                    fuse.redactor.sending(flow, injected)
             return
         refusal = refusals.rewritten()
         logger.warning("spendfuse: %s %s", flow.id, refusal.message)

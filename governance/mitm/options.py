@@ -3,10 +3,12 @@
 import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
 from governance import DEFAULT_RULES, policy
+from governance.keyring import Keyring
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ def parse_decimal(value: str, name: str) -> Decimal | None:
     if not d.is_finite() or d < 0:
         raise exceptions.OptionsError(f"{name} must be a non-negative number, not {value!r}")
     return d
+
+
+def load_keyring(rules: policy.Policy) -> Keyring:
+    """The custody keys of `rules`, read from the environment and files (relative paths from the
+    rules file's directory). Raises `PolicyError` naming each credential that cannot be read."""
+    base = Path(ctx.options.spendfuse_rules).expanduser().parent
+    return Keyring.load(rules.credentials, base, os.environ)
 
 
 def load_rules() -> tuple[policy.Policy, list[policy.Problem]]:

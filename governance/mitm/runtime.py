@@ -16,6 +16,7 @@ from governance.ledger_thread import LedgerThread
 from governance.mitm import options, translate
 from governance.mitm.state import Pending
 from governance.mitm.watcher import RulesWatcher, rules_signature
+from governance.policy import Policy
 from governance.types import usd
 
 logger = logging.getLogger("spendfuse")
@@ -59,6 +60,11 @@ class Runtime:
         if any(name.startswith("spendfuse_") for name in updated) or self.engine is None:
             self._configure_engine()
         assert self.engine is not None
+        if self.engine.keyring and getattr(ctx.options, "ssl_insecure", False):
+            raise exceptions.OptionsError(
+                "spendfuse refuses ssl_insecure with custody keys (credentials:): a key must only "
+                "reach a provider whose certificate was verified. Unset ssl_insecure."
+            )
         problems = gate.exempted_llm_hosts(
             self.engine.hosts,
             ignore_hosts=getattr(ctx.options, "ignore_hosts", ()) or (),
@@ -97,6 +103,7 @@ class Runtime:
         dry_run = options.parse_bool(o.spendfuse_dry_run, "spendfuse_dry_run")
         try:
             rules, warnings = options.load_rules()
+            keyring = options.load_keyring(rules)
         except PolicyError as e:
             raise exceptions.OptionsError(f"spendfuse_rules: {e}") from e
         for w in warnings:
@@ -111,19 +118,21 @@ class Runtime:
             tokens.preload()
         except Exception as e:
             raise exceptions.OptionsError(f"spendfuse cannot load its tokenizer encodings: {e}") from e
-        old, self.engine = self.engine, Engine(rules, ledger, dry_run=dry_run, salt=salt)
+        old, self.engine = self.engine, Engine(rules, ledger, dry_run=dry_run, salt=salt, keyring=keyring)
         self.watcher.seen = rules_signature(o.spendfuse_rules)
         self.config_error = None
         if old is not None:
             self.ledger_thread().submit(old.close)
         caps = ", ".join(f"{b.id} {usd(b.max_usd)} ({b.reset})" for b in rules.budgets) or "none"
         logger.info(
-            "spendfuse: rules %s, ledger %s, budgets: %s, %d rate limit(s), %d key(s), max multiplier: %s%s",
+            "spendfuse: rules %s, ledger %s, budgets: %s, %d rate limit(s), %d key(s), custody: %s, "
+            "max multiplier: %s%s",
             o.spendfuse_rules,
             ledger.path,
             caps,
             len(rules.rate_limits),
             len(rules.keys),
+            custody_summary(rules),
             rules.max_multiplier or "off",
             ", DRY RUN" if dry_run else "",
         )
@@ -154,6 +163,7 @@ class Runtime:
         self.watcher.seen = rules_signature(path)
         try:
             rules, warnings = options.load_rules()
+            keyring = options.load_keyring(rules)
         except (PolicyError, exceptions.OptionsError) as e:
             logger.error(
                 "spendfuse: the edited rules were NOT applied; the previous rules stay in force: %s", e
@@ -162,7 +172,7 @@ class Runtime:
         for w in warnings:
             logger.warning("spendfuse: %s: %s: %s", path, w.where(), w.message)
         # Same ledger, same counters: a changed limit applies to the spend already recorded.
-        self.engine = Engine(rules, engine.ledger, dry_run=engine.dry_run, salt=engine.salt)
+        self.engine = Engine(rules, engine.ledger, dry_run=engine.dry_run, salt=engine.salt, keyring=keyring)
         logger.info("spendfuse: rules %s reloaded", path)
 
     async def _reap_forever(self) -> None:
@@ -200,3 +210,9 @@ class Runtime:
                 self._worker.call_blocking(p.engine.settle, s, translate.now())
             except LedgerUnavailable as e:
                 logger.error("spendfuse: could not settle %s at shutdown (the reaper will): %s", p.flow.id, e)
+
+
+def custody_summary(rules: Policy) -> str:
+    """The custody setting and the credentials' ids (never their keys), for the start-up line."""
+    ids = ", ".join(f"{c.id} ({c.provider})" for c in rules.credentials) or "no credentials"
+    return f"{rules.custody}, {ids}"

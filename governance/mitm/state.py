@@ -1,6 +1,8 @@
 """What the addons remember between hooks: one state object per flow and one per client
 connection, shared by the fuse hooks and the transport guard (no table keyed by id per fact)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 
 from mitmproxy import http
@@ -8,6 +10,7 @@ from mitmproxy import http
 from governance.engine import Engine
 from governance.gate import Action, Verdict
 from governance.identity import Identity
+from governance.injection import Plan
 from governance.types import Decision, Endpoint, Metering, RequestInfo
 from governance.verdicts import Answer
 from governance.wire.tap import StreamTap
@@ -59,6 +62,7 @@ class FlowState:
     answered: Answer | None = None  # the refusal it was answered with
     decided: Decided | None = None  # until the guard re-checks it at the end of the chain
     unadmitted_websocket: bool = False  # a WebSocket to an LLM host, being closed
+    custody: Plan | None = None  # what to do with its provider credentials, at the end of the chain
 
 
 @dataclass
@@ -73,7 +77,8 @@ class ConnState:
 class State:
     flows: dict[str, FlowState] = field(default_factory=dict)
     conns: dict[str, ConnState] = field(default_factory=dict)
-    internal: dict[str, Identity] = field(default_factory=dict)  # token -> caller, while counting
+    # token -> the caller, and its request's custody plan, while the provider's counter is asked
+    internal: dict[str, tuple[Identity, Plan | None]] = field(default_factory=dict)
 
     def flow(self, flow_id: str) -> FlowState:
         """The flow's state, created on first use."""

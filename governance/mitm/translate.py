@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from governance import bodies, gateway, provider_headers, shape, wire
+from governance import bodies, families, gateway, shape, wire
+from governance.families.common import bearer_key
+from governance.families.google import API_KEY_QUERY
 from governance.gate import Incoming
 from governance.identity import KEY_HEADERS, Credentials
 from governance.mitm.state import State
@@ -20,7 +22,7 @@ from governance.wire.tap import StreamTap
 # Modes where the destination is an address the client's own resolver chose (no CONNECT names
 # it), so the SNI or Host says which host it is for.
 _RESOLVED_DESTINATION_MODES = (mode_specs.TransparentMode, mode_specs.WireGuardMode, mode_specs.LocalMode)
-_PRINCIPAL_HEADERS = frozenset({"proxy-authorization", *KEY_HEADERS, *provider_headers.API_KEY_HEADERS})
+_PRINCIPAL_HEADERS = frozenset({"proxy-authorization", *KEY_HEADERS, *families.API_KEY_HEADERS})
 
 
 def now() -> datetime:
@@ -50,7 +52,9 @@ def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
             found[name] = value
     conn = state.conns.get(flow.client_conn.id)
     proxy = (conn.proxy_user if conn else None) or proxy_credentials(found.get("proxy-authorization"))
-    api_key = next((found[n] for n in provider_headers.API_KEY_HEADERS if n in found), None)
+    api_key = next((found[n] for n in families.API_KEY_HEADERS if n in found), None)
+    if api_key is None and API_KEY_QUERY + "=" in flow.request.path:
+        api_key = flow.request.query.get(API_KEY_QUERY) or None  # Google's `?key=`
     mode = flow.client_conn.proxy_mode
     # The port the proxy listens on for this mode: in transparent modes the connection's own
     # address is the destination the client dialled, which says nothing about who it is.
@@ -63,7 +67,7 @@ def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
         key_header=found[header] if header else None,
         key_header_name=header,
         listeners=listeners,
-        api_key=provider_headers.api_key(api_key) if api_key else None,
+        api_key=bearer_key(api_key) if api_key else None,
     )
 
 
@@ -108,11 +112,13 @@ def body_as_sent(req: http.Request) -> bytes | None:
     return bodies.as_read(req.raw_content or b"", encodings)
 
 
-def request_body(flow: http.HTTPFlow) -> tuple[object, list[str]]:
-    """The request's decoded JSON body and its Anthropic betas. Raises `RequestParseError`."""
+def request_body(flow: http.HTTPFlow, family: str) -> tuple[object, list[str]]:
+    """The request's decoded JSON body (its content codings undone as its provider would:
+    `bodies.as_metered`) and its price flags (Anthropic's betas) as `family` reads them. Raises
+    `RequestParseError`."""
     codings = flow.request.headers.get("content-encoding", "").split(",")
     body = wire.decode_json_body(bodies.as_metered(flow.request.raw_content or b"", codings))
-    return body, provider_headers.betas(flow.request.headers.get_all("anthropic-beta"))
+    return body, wire.FAMILIES[family].price_flags(flow.request.headers.get_all)
 
 
 def request_line(flow: http.HTTPFlow) -> RequestLine:
@@ -126,7 +132,7 @@ def priced_fingerprint(flow: http.HTTPFlow) -> int:
     """What a metered request was priced from: its body, and the headers that change what the
     provider bills (Anthropic's betas, such as the 1M-token context)."""
     headers = flow.request.headers
-    priced = tuple(v for name in provider_headers.PRICED_HEADERS for v in headers.get_all(name))
+    priced = tuple(v for name in families.PRICE_HEADERS for v in headers.get_all(name))
     return hash((flow.request.raw_content, priced))
 
 

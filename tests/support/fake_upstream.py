@@ -67,6 +67,24 @@ class Knobs:
     output_at_cap: bool = False
     # Bill input as the provider documents it (`provider_input_tokens`), instead of `prompt_tokens`.
     bill_as_provider: bool = False
+    # Like a real provider: answer 401 to a request that carries none of these keys (None: any key).
+    accepted_keys: frozenset[str] | None = None
+
+
+#: Where clients put a provider API key: the providers' documented auth headers (OpenAI
+#: `Authorization: Bearer`, Anthropic `x-api-key`, Google `x-goog-api-key`, Azure `api-key`).
+AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+
+
+def presented_keys(headers: Any, query: str) -> dict[str, str]:
+    """Every credential a request carries, by where it was: each auth header present (as sent)
+    and Google's `key` query parameter."""
+    found = {name: value for name in AUTH_HEADERS for value in headers.get_all(name) or ()}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "key":
+            found["?key"] = value
+    return found
 
 
 @dataclass
@@ -76,6 +94,8 @@ class Upstream:
     hits: Counter = field(default_factory=Counter)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    # (method and path, credentials it carried: `presented_keys`) of every request, GET included
+    auth: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: int = 0  # TCP connections accepted (TLS upstream), whatever came over them
     # Responses answers kept on the "provider's" side: id -> tokens of context (input + output).
@@ -98,6 +118,7 @@ class Upstream:
             self.hits.clear()
             self.bodies.clear()
             self.headers.clear()
+            self.auth.clear()
             self.connections = 0
             self.snis.clear()
             self.contexts.clear()
@@ -257,10 +278,39 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def _authorized(self, what: str) -> bool:
+        """Record the credentials the request carries; answer 401 (as the provider would) when
+        none of them is an accepted key."""
+        up = self.upstream
+        path, _, query = self.path.partition("?")
+        presented = presented_keys(self.headers, query)
+        with up.lock:
+            up.auth.append((what, presented))
+        accepted = up.knobs.accepted_keys
+        if accepted is None:
+            return True
+        keys = {v.removeprefix("Bearer ") for v in presented.values()}
+        if keys & accepted:
+            return True
+        err = {
+            "message": "Incorrect API key provided",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+        if path.startswith("/v1/messages"):
+            self._json(
+                401, {"type": "error", "error": {"type": "authentication_error", "message": err["message"]}}
+            )
+        else:
+            self._json(401, {"error": err})
+        return False
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         with self.upstream.lock:
             self.upstream.hits[f"GET {path}"] += 1
+        if not self._authorized(f"GET {path}"):
+            return
         self._json(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]})
 
     def do_POST(self) -> None:
@@ -277,6 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             up.hits[path] += 1
             up.bodies.append(body)
             up.headers.append({k_.lower(): v for k_, v in self.headers.items()})
+        if not self._authorized(path):
+            return
         if k.delay_s:
             time.sleep(k.delay_s)
         anthropic = path.startswith("/v1/messages")
