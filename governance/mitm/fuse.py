@@ -34,14 +34,6 @@ logger = logging.getLogger("spendfuse")
 _OWN_HEADERS = ("proxy-authorization", INTERNAL_HEADER, *KEY_HEADERS)
 
 
-def _principal(engine: Engine | None, flow: http.HTTPFlow, state: State) -> str:
-    """The principal a request is recorded under (`unidentified` when its claim failed)."""
-    if engine is None:
-        return "default"
-    who = engine.identify(translate.credentials(flow, state))
-    return who.principal if isinstance(who, Identity) else "unidentified"
-
-
 def _health(flow: http.HTTPFlow, runtime: Runtime) -> None:
     """Answer the health probe: configured (and in dry run or not), or why not."""
     engine = runtime.engine
@@ -164,7 +156,7 @@ class SpendFuse:
             provider = endpoint.family if endpoint else None
             rec = RequestRecord(
                 translate.request_id(flow, self.state),
-                _principal(self.engine, flow, self.state),
+                translate.principal(self.engine, flow, self.state),
                 provider=provider,
             )
         await self.record_refusal(rec, refusal)

@@ -90,7 +90,9 @@ class Gateway:
         unrouted = self.route(flow)
         if unrouted is None:
             return False
-        rec = RequestRecord(translate.request_id(flow, fuse.state), fuse._principal(flow))
+        rec = RequestRecord(
+            translate.request_id(flow, fuse.state), translate.principal(fuse.engine, flow, fuse.state)
+        )
         await fuse.record_refusal(rec, unrouted.refusal)
         fuse.answer(flow, unrouted.endpoint, unrouted.refusal)
         return True

@@ -1,10 +1,13 @@
 """Flows into plain facts for the engine: who sends a request, every name it carries for its
 target, its body, what the upstream answered and whether it was reached. No decisions here."""
 
+from __future__ import annotations
+
 import base64
 import binascii
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
@@ -13,11 +16,14 @@ from governance import bodies, families, gateway, shape, wire
 from governance.families.common import bearer_key
 from governance.families.google import API_KEY_QUERY
 from governance.gate import Incoming
-from governance.identity import KEY_HEADERS, Credentials
+from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.mitm.state import State
 from governance.settlement import ResponseFacts
 from governance.types import RequestLine
 from governance.wire.tap import StreamTap
+
+if TYPE_CHECKING:
+    from governance.engine import Engine
 
 # Modes where the destination is an address the client's own resolver chose (no CONNECT names
 # it), so the SNI or Host says which host it is for.
@@ -134,6 +140,14 @@ def priced_fingerprint(flow: http.HTTPFlow) -> int:
     headers = flow.request.headers
     priced = tuple(v for name in families.PRICE_HEADERS for v in headers.get_all(name))
     return hash((flow.request.raw_content, priced))
+
+
+def principal(engine: Engine | None, flow: http.HTTPFlow, state: State) -> str:
+    """The principal a request is recorded under (`unidentified` when its claim failed)."""
+    if engine is None:
+        return "default"
+    who = engine.identify(credentials(flow, state))
+    return who.principal if isinstance(who, Identity) else "unidentified"
 
 
 def request_id(flow: http.HTTPFlow, state: State) -> str:
