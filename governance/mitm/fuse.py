@@ -22,6 +22,7 @@ from governance.mitm.counter import INTERNAL_HEADER, CounterClient
 from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
+from governance.mitm.websocket import WebSocketMeter
 from governance.settlement import Settlement, stream_tap
 from governance.store import RequestRecord
 from governance.types import Endpoint, Refusal, RefusalKind
@@ -42,6 +43,8 @@ class SpendFuse:
         self.counter = CounterClient(self.state)
         self.guard = TransportGuard(self)
         self.admission = Admission(self)
+        self.websockets = WebSocketMeter(self)
+        self.addons = [self.websockets]  # mitmproxy runs its hooks right after the fuse's
 
     @property
     def engine(self) -> Engine | None:
@@ -77,7 +80,7 @@ class SpendFuse:
         self.runtime.reload_rules()
 
     def done(self) -> None:
-        in_flight = self.state.take_pending()
+        in_flight = self.state.take_pending() + self.websockets.take_pending()
         self.state.flows.clear()
         self.state.conns.clear()
         self.runtime.done(in_flight)
@@ -249,6 +252,8 @@ class SpendFuse:
             await self.refuse_early(flow, endpoint, rec, refusal)
             return
         assert endpoint is not None
+        if verdict.action is Action.WEBSOCKET:  # admitted like any request; its frames are metered
+            return self.websockets.upgraded(flow, endpoint, engine, who)  # type: ignore[arg-type]
         if verdict.action is Action.FREE:
             fs.decided = Decided(decided_endpoint(endpoint), None, principal)
             if "allow_unmetered" in verdict.notes:

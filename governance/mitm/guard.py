@@ -224,8 +224,8 @@ class TransportGuard:
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         engine = self.fuse.engine
-        if engine is None or engine.dry_run:
-            return
+        if engine is None or engine.dry_run or self.fuse.websockets.admitted(flow.id):
+            return  # a metered WebSocket (`websockets: meter`): its frames are metered
         verdict = engine.screen(translate.incoming(flow, self.fuse.state))
         if verdict.endpoint is None:
             return

@@ -67,6 +67,8 @@ class Knobs:
     output_at_cap: bool = False
     # Bill input as the provider documents it (`provider_input_tokens`), instead of `prompt_tokens`.
     bill_as_provider: bool = False
+    # WebSocket: after `response.created`, send nothing more (a response still generating).
+    ws_stall: bool = False
 
 
 @dataclass
@@ -259,6 +261,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        from tests.support import fake_websocket
+
+        if path == "/v1/responses" and fake_websocket.is_upgrade(self.headers):
+            fake_websocket.serve(self)
+            self.close_connection = True
+            return
         with self.upstream.lock:
             self.upstream.hits[f"GET {path}"] += 1
         self._json(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]})
