@@ -154,7 +154,7 @@ def read_server_frame(content: bytes, *, is_text: bool) -> ServerEvent | None:
     return None
 
 
-@dataclass
+@dataclass(eq=False)  # each is itself: two free frames are still two
 class _InFlight:
     info: RequestInfo | None  # None: a free frame (a prewarm), nothing reserved
     response_id: str | None = None  # once the server created its response
@@ -168,9 +168,20 @@ class Exchanges:
 
     open: list[_InFlight] = field(default_factory=list)
 
-    def sent(self, info: RequestInfo | None) -> None:
-        """A request frame was passed on (`info`: its reservation; None: free)."""
-        self.open.append(_InFlight(info))
+    def sent(self, info: RequestInfo | None) -> object:
+        """A request frame was passed on (`info`: its reservation; None: free). Returns a handle
+        for `withdraw`."""
+        entry = _InFlight(info)
+        self.open.append(entry)
+        return entry
+
+    def withdraw(self, handle: object) -> RequestInfo | None:
+        """A frame `sent` was not passed on after all (dropped later): forget it, and return its
+        reservation to release (None: it had none, or it is no longer open)."""
+        if handle not in self.open:
+            return None
+        self.open.remove(handle)  # type: ignore[arg-type]
+        return handle.info  # type: ignore[attr-defined]
 
     def reserved(self) -> list[RequestInfo]:
         return [f.info for f in self.open if f.info is not None]

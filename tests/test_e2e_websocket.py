@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from decimal import Decimal
+from pathlib import Path
 
 from governance import money
 from governance.ledger import Ledger
@@ -174,3 +175,29 @@ def test_several_sockets_under_one_cap_never_overshoot(start, upstream, tmp_path
     assert upstream.hits["WS response.create"] == 4
     settled, held = ledger_spend(tmp_path / "ledger.sqlite")
     assert held == 0 and settled == billed(upstream) <= Decimal("0.045")
+
+
+def test_another_addon_cannot_change_a_decided_frame(start, upstream, tmp_path):
+    # A script after spendfuse rewrites frames after they were reserved, and passes refused ones
+    # again: the transport guard, last in the chain, holds both to what was decided.
+    late = Path(__file__).parent / "support" / "ws_late_addon.py"
+    proxy = start(rules=ruled(tmp_path, "0.015"), scripts=(late,))
+    sock = CodexSocket(proxy.port, proxy.ca)
+    assert ask(sock)[-1]["type"] == "response.completed"  # served as reserved
+    rewritten = ask(sock, "rewrite me")
+    assert rewritten[0]["type"] == "error" and "rewrote" in rewritten[0]["error"]["message"]
+    upstream.knobs.completion_tokens = CAP
+    assert ask(sock)[-1]["type"] == "response.completed"
+    refused = ask(sock)  # past the cap: refused, and passed again by the script
+    assert refused[0]["type"] == "error" and "budget" in refused[0]["error"]["message"]
+    sock.send("{not json")
+    assert sock.recv()["type"] == "error"
+    sock.close()
+    assert upstream.hits["WS response.create"] == 2 and upstream.hits["WS other"] == 0
+    recorded = rows(tmp_path / "ledger.sqlite")
+    assert [(r["decision"], r["state"]) for r in recorded][:2] == [
+        ("allowed", "settled"),
+        ("allowed", "released"),
+    ]
+    settled, held = ledger_spend(tmp_path / "ledger.sqlite")
+    assert held == 0 and settled == billed(upstream)

@@ -238,3 +238,11 @@ def test_usage_is_read_as_the_responses_reader_reads_it():
     u = ws.read_server_frame(frame(obj), is_text=True).usage
     assert isinstance(u, Usage) and u.model == "gpt-4o-2024-08-06"
     assert (u.input_tokens, u.cache_read_tokens, u.output_tokens) == (100, 40, 9)
+
+
+def test_a_frame_withdrawn_is_forgotten_and_its_reservation_returned():
+    x = ws.Exchanges()
+    free = x.sent(None)
+    one = x.sent(info(1))
+    assert x.withdraw(one).request_id == "r1" and x.withdraw(one) is None
+    assert x.withdraw(free) is None and x.open == []

@@ -238,10 +238,12 @@ class TransportGuard:
             handler.close_connection(flow.server_conn)
             handler.close_connection(flow.client_conn)
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
         fs = self.fuse.state.flows.get(flow.id)
         if fs is not None and fs.unadmitted_websocket and flow.websocket is not None:
             flow.websocket.messages[-1].drop()
+            return
+        await self.fuse.websockets.recheck(flow)  # a metered socket's frame is still what was decided
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.fuse.state.flows.pop(flow.id, None)

@@ -36,6 +36,16 @@ _OFFLOAD_BYTES = 64 * 1024
 
 
 @dataclass
+class _Decided:
+    """What was decided about a client frame: passed with `content` (its handle in the
+    exchanges), or dropped (`content` None)."""
+
+    message: object
+    content: bytes | None
+    handle: object = None
+
+
+@dataclass
 class Session:
     """One admitted socket: whom it was admitted for, and its requests in flight."""
 
@@ -47,6 +57,7 @@ class Session:
     flow: http.HTTPFlow
     exchanges: ws.Exchanges = field(default_factory=ws.Exchanges)
     frames: int = 0
+    last: "_Decided | None" = None  # the client frame just decided, for the guard's re-check
 
     def next_id(self) -> str:
         self.frames += 1
@@ -98,8 +109,9 @@ class WebSocketMeter:
         if session is None or flow.websocket is None:
             return
         msg = flow.websocket.messages[-1]
-        if msg.injected:
-            return  # ours (an error frame), or another addon's: not the client's request
+        if msg.injected and not msg.from_client:
+            return  # ours (an error frame), or another addon's: not the server's answer
+        # A frame injected toward the server is metered like the client's own.
         try:
             if msg.from_client:
                 await self._client_frame(flow, session, msg)
@@ -128,18 +140,46 @@ class WebSocketMeter:
     # -- frames -------------------------------------------------------------------------------
 
     async def _client_frame(self, flow: http.HTTPFlow, session: Session, msg) -> None:  # type: ignore[no-untyped-def]
+        session.last = None
         frame = ws.read_client_frame(msg.content, is_text=msg.is_text)
+        handle = None
         if frame.kind is ws.FrameKind.FREE:
-            session.exchanges.sent(None)
-            return
-        if frame.kind is ws.FrameKind.REFUSE:
+            handle = session.exchanges.sent(None)
+        elif frame.kind is ws.FrameKind.REFUSE:
             assert frame.refusal is not None
-            await self._record_and_refuse(flow, session, msg, session.next_id(), frame.refusal)
-            return
-        assert frame.body is not None
-        await self._bill(flow, session, msg, frame.body)
+            handle = await self._record_and_refuse(flow, session, msg, session.next_id(), frame.refusal)
+        else:
+            assert frame.body is not None
+            handle = await self._bill(flow, session, msg, frame.body)
+        session.last = _Decided(msg, None if msg.dropped else msg.content, handle)
 
-    async def _bill(self, flow: http.HTTPFlow, session: Session, msg, body) -> None:  # type: ignore[no-untyped-def]
+    async def recheck(self, flow: http.HTTPFlow) -> None:
+        """At the end of the chain (the transport guard): the client frame just decided must
+        still be what was decided. One dropped stays dropped; one passed whose content another
+        addon changed is refused (its reservation released); one another addon dropped has its
+        reservation released."""
+        session = self.sessions.get(flow.id)
+        if session is None or flow.websocket is None:
+            return
+        msg, last, session.last = flow.websocket.messages[-1], session.last, None
+        if last is None or last.message is not msg:
+            return
+        if last.content is None:
+            if not msg.dropped:
+                logger.warning("spendfuse: another addon passed a WebSocket frame spendfuse refused; dropped")
+                msg.drop()
+            return
+        if msg.dropped or msg.content != last.content:
+            info = session.exchanges.withdraw(last.handle)
+            if not msg.dropped:
+                self._refuse_frame(flow, msg, refusals.rewritten())
+            if info is not None:
+                request_id = info.request_id
+                await self.fuse.on_ledger(
+                    lambda: session.engine.release(request_id, translate.now(), outcome="not forwarded")
+                )
+
+    async def _bill(self, flow: http.HTTPFlow, session: Session, msg, body) -> object:  # type: ignore[no-untyped-def]
         """Reserve a `response.create` before it is passed on, or refuse it."""
         engine, who, endpoint = session.engine, session.who, session.endpoint
         request_id = session.next_id()
@@ -158,18 +198,17 @@ class WebSocketMeter:
         try:
             read_ = await asyncio.to_thread(read) if len(msg.content) > _OFFLOAD_BYTES else read()
         except RequestParseError as e:
-            await self._record_and_refuse(flow, session, msg, request_id, refusals.parse(str(e)))
-            return
+            return await self._record_and_refuse(flow, session, msg, request_id, refusals.parse(str(e)))
         decision = await self.fuse.on_ledger(lambda: engine.admit(read_.info, translate.now()))
         if not decision.allowed:
             assert decision.refusal is not None  # recorded by the engine
             self._refuse_frame(flow, msg, decision.refusal)
-            return
+            return None
         try:
             forward = engine.forward_body(read_, decision, endpoint.family)
             if forward is not None:
                 msg.content = ws.forwarded_frame(forward)
-            session.exchanges.sent(read_.info)
+            return session.exchanges.sent(read_.info)
         except Exception as e:
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__
@@ -177,18 +216,22 @@ class WebSocketMeter:
                 lambda: engine.release(request_id, translate.now(), outcome=f"not forwarded: {what}")
             )
             self._refuse_frame(flow, msg, refusals.internal(what))
+            return None
 
     async def _record_and_refuse(
         self, flow: http.HTTPFlow, session: Session, msg, request_id: str, refusal: Refusal
     ) -> None:  # type: ignore[no-untyped-def]
-        """A refusal made before any reservation: recorded (best effort), then carried out."""
+        """A refusal made before any reservation: recorded (best effort), then carried out (in
+        dry run the frame passes, unreserved, and is kept in order: its handle is returned)."""
         rec = RequestRecord(request_id, session.who.principal, provider=session.endpoint.family, api=ws.API)
         try:
             await self.fuse.on_ledger(session.engine.record_refusal, rec, refusal, translate.now())
         except Exception as e:  # noqa: BLE001 - the refusal stands whether or not it is recorded
             logger.error("spendfuse: could not record refusal %s: %s", request_id, e)
-        if verdicts.enforced(refusal, dry_run=session.engine.dry_run, what=request_id) is not None:
-            self._refuse_frame(flow, msg, refusal)
+        if verdicts.enforced(refusal, dry_run=session.engine.dry_run, what=request_id) is None:
+            return session.exchanges.sent(None)
+        self._refuse_frame(flow, msg, refusal)
+        return None
 
     def _refuse_frame(self, flow: http.HTTPFlow, msg, refusal: Refusal) -> None:  # type: ignore[no-untyped-def]
         """Drop the client's frame and answer the error frame in its place."""
