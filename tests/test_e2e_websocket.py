@@ -201,3 +201,23 @@ def test_another_addon_cannot_change_a_decided_frame(start, upstream, tmp_path):
     ]
     settled, held = ledger_spend(tmp_path / "ledger.sqlite")
     assert held == 0 and settled == billed(upstream)
+
+
+def test_dry_run_refuses_no_frame_and_records_what_it_would(start, upstream, tmp_path):
+    upstream.knobs.completion_tokens = CAP
+    proxy = start(rules=ruled(tmp_path, "0.015"), spendfuse_dry_run="true")
+    sock = CodexSocket(proxy.port, proxy.ca)
+    assert ask(sock)[-1]["type"] == "response.completed"
+    sock.send("{not json")  # passed as sent: the fake answers it with its own error
+    assert sock.recv()["type"] == "error"
+    assert ask(sock)[-1]["type"] == "response.completed"  # past the cap: would be refused
+    sock.close()
+    assert upstream.hits["WS response.create"] == 2 and upstream.hits["WS other"] == 1
+    recorded = rows(tmp_path / "ledger.sqlite")
+    assert [(r["decision"], r["rule"]) for r in recorded] == [
+        ("allowed", None),
+        ("dry_run", "request_parse"),
+        ("dry_run", "budget:global"),
+    ]
+    settled, held = ledger_spend(tmp_path / "ledger.sqlite")
+    assert held == 0 and settled == billed(upstream) > Decimal("0.015")
