@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ from typing import Any
 from governance import refusals, wire
 from governance.settlement import Settlement
 from governance.types import Endpoint, Metering, Refusal, RequestInfo, Usage
+
+logger = logging.getLogger(__name__)
 
 #: The only family and API metered over a WebSocket (the Realtime API's audio sessions are not).
 FAMILY = "openai"
@@ -204,6 +207,11 @@ class Exchanges:
                 return None
             self.open.remove(done)
             if done.info is None:
+                if event.usage is not None and (event.usage.input_tokens or event.usage.output_tokens):
+                    # A prewarm is taken to run no model; one that reports usage says otherwise.
+                    logger.warning(
+                        "a free WebSocket frame reported usage (%s); it was not reserved", event.usage
+                    )
                 return None
             return Settlement(done.info, event.usage, f"websocket {event.type}", upstream_ran=True)
         waiting = next((f for f in self.open if not f.started), None)

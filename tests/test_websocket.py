@@ -246,3 +246,10 @@ def test_a_frame_withdrawn_is_forgotten_and_its_reservation_returned():
     one = x.sent(info(1))
     assert x.withdraw(one).request_id == "r1" and x.withdraw(one) is None
     assert x.withdraw(free) is None and x.open == []
+
+
+def test_a_prewarm_that_reports_usage_is_flagged(caplog):
+    x = ws.Exchanges()
+    x.sent(None)
+    assert x.on_server(completed("resp_p", 50, 0)) is None
+    assert "reported usage" in caplog.text
