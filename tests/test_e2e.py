@@ -624,6 +624,7 @@ class TestModes:
             ["--set", "spendfuse_budget=abc"],
             ["--set", "spendfuse_max_multiplier=-1"],
             ["--set", "spendfuse_dry_run=perhaps"],
+            ["--set", "spendfuse_websockets=sometimes"],
             ["--set", "spendfuse_budgte=5"],  # misspelled
             ["--set", "spendfuse_rules=does-not-exist.yaml"],
             ["--set", "stream_large_bodies=1m"],

@@ -11,6 +11,8 @@ import threading
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from governance import money
 from governance.ledger import Ledger
 from tests.conftest import write_rules
@@ -131,8 +133,11 @@ def test_a_disconnect_with_a_reservation_open_charges_it(start, upstream, tmp_pa
     assert upstream.hits["WS response.create"] == 1
 
 
-def test_refuse_mode_answers_426_and_reaches_no_upstream(start, upstream, tmp_path):
-    proxy = start(rules=ruled(tmp_path, websockets="refuse"))
+@pytest.mark.parametrize(
+    ("rules", "option"), [({"websockets": "refuse"}, {}), ({}, {"spendfuse_websockets": "refuse"})]
+)
+def test_refuse_mode_answers_426_and_reaches_no_upstream(start, upstream, tmp_path, rules, option):
+    proxy = start(rules=ruled(tmp_path, **rules), **option)
     sock = CodexSocket(proxy.port, proxy.ca)
     sock.abort()
     assert sock.status == 426 and b"websocket_not_supported" in sock.rejected
@@ -221,3 +226,11 @@ def test_dry_run_refuses_no_frame_and_records_what_it_would(start, upstream, tmp
     ]
     settled, held = ledger_spend(tmp_path / "ledger.sqlite")
     assert held == 0 and settled == billed(upstream) > Decimal("0.015")
+
+
+def test_the_option_replaces_the_rules_setting(start, upstream, tmp_path):
+    proxy = start(rules=ruled(tmp_path, websockets="refuse"), spendfuse_websockets="meter")
+    sock = CodexSocket(proxy.port, proxy.ca)
+    assert sock.status == 101 and ask(sock)[-1]["type"] == "response.completed"
+    sock.close()
+    assert rows(tmp_path / "ledger.sqlite")[0]["outcome"] == "websocket response.completed"
