@@ -234,3 +234,24 @@ def test_the_option_replaces_the_rules_setting(start, upstream, tmp_path):
     assert sock.status == 101 and ask(sock)[-1]["type"] == "response.completed"
     sock.close()
     assert rows(tmp_path / "ledger.sqlite")[0]["outcome"] == "websocket response.completed"
+
+
+def test_two_requests_in_flight_are_reserved_apart_and_settled_in_order(start, upstream, tmp_path):
+    upstream.knobs.completion_tokens = 100  # each answer is billed its own cap: 5, then 9
+    proxy = start(rules=ruled(tmp_path))
+    sock = CodexSocket(proxy.port, proxy.ca)
+    for cap in (5, 9):  # the second is sent before the first is answered
+        sock.send({"type": "response.create", "model": "gpt-4o", "input": "hi", "max_output_tokens": cap})
+    first, second = sock.until_done(), sock.until_done()
+    assert [
+        first[-1]["response"]["usage"]["output_tokens"],
+        second[-1]["response"]["usage"]["output_tokens"],
+    ] == [5, 9]
+    sock.close()
+    recorded = rows(tmp_path / "ledger.sqlite")
+    assert [(r["max_output_tokens"], r["output_tokens"], r["state"]) for r in recorded] == [
+        (5, 5, "settled"),
+        (9, 9, "settled"),
+    ]
+    settled, held = ledger_spend(tmp_path / "ledger.sqlite")
+    assert held == 0 and settled == billed(upstream)
