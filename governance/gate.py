@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from governance import hosts, refusals, shape, wire
+from governance import hosts, refusals, shape, websocket, wire
 from governance.hosts import UNKNOWN_ENTRY, HostTable, canonical_host
 from governance.matching import glob_match
 from governance.policy import Egress, Policy
@@ -47,6 +47,7 @@ class Action(enum.Enum):
     HEALTH = "health"  # the health probe: answered by the proxy
     FREE = "free"  # an LLM endpoint the provider does not bill (or one the rules let through)
     METER = "meter"  # price, reserve, forward, settle
+    WEBSOCKET = "websocket"  # a metered WebSocket: upgrade; each request frame is metered
     REFUSE = "refuse"  # answer `refusal`, and record it
 
 
@@ -103,11 +104,7 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
     if canonical_host(url_host) == HEALTH_HOST:
         return Verdict(Action.HEALTH)
     target = hosts.resolve(table, incoming.names, destination_is_resolved=incoming.destination_is_resolved)
-    endpoint = (
-        wire.detect_on(target.entry, incoming.method, target.host, incoming.path, table)
-        if target.entry is not None
-        else None
-    )
+    endpoint, socket = _endpoint(incoming, target, policy, table)
     if target.mismatch is not None:
         assert target.entry is not None
         envelope = endpoint or Endpoint(
@@ -136,6 +133,8 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
             return Verdict(Action.REFUSE, endpoint, refusal)
     tokens = upgrade_tokens(incoming.upgrade)
     if tokens:
+        if socket:
+            return Verdict(Action.WEBSOCKET, endpoint)
         return Verdict(Action.REFUSE, endpoint, refusals.upgrade(tokens))
     # A request is judged by the method it asks for: one asking for another is refused, and so
     # is a read with a body (what runs it depends on the server, not on its method).
@@ -152,6 +151,22 @@ def screen(incoming: Incoming, policy: Policy, table: HostTable) -> Verdict:
             Action.REFUSE, endpoint, refusals.unmetered_endpoint(incoming.method.upper(), endpoint)
         )
     return Verdict(Action.METER, endpoint)
+
+
+def _endpoint(
+    incoming: Incoming, target: hosts.Target, policy: Policy, table: HostTable
+) -> tuple[Endpoint | None, bool]:
+    """The LLM endpoint a request is for (None: not a known LLM host's), and whether it is a
+    WebSocket upgrade the rules meter (`governance.websocket.metered_upgrade`): then the endpoint
+    is the route it opens as if posted, as its frames are requests to it."""
+    if target.entry is None:
+        return None, False
+    method = incoming.method.strip().upper()
+    if incoming.upgrade and method == "GET" and not (incoming.has_body or incoming.claims):
+        posted = wire.detect_on(target.entry, "POST", target.host, incoming.path, table)
+        if websocket.metered_upgrade(posted, upgrade_tokens(incoming.upgrade), policy.websockets):
+            return posted, True
+    return wire.detect_on(target.entry, incoming.method, target.host, incoming.path, table), False
 
 
 def _unknown_llm(incoming: Incoming, url_host: str, policy: Policy, table: HostTable) -> Endpoint | None:

@@ -105,6 +105,11 @@ class Policy(Strict):
     `/chat/completions`): `refuse` them, naming the host; `meter` them as OpenAI-compatible,
     priced by `prices`, else `default_price` (which must be set), refusing other routes; or
     `pass` them untouched."""
+    websockets: Literal["meter", "refuse"] = "meter"
+    """WebSocket upgrades to a metered Responses route (`/v1/responses`, Codex's first transport):
+    `meter` lets them through and reserves each `response.create` frame before passing it on,
+    settling it from the server's terminal event; `refuse` answers 426, after which Codex falls
+    back to HTTP streaming. Other upgrades to LLM hosts (the Realtime API) are always refused."""
     clamp_output: ClampOutput | None = None
     """Output-cap injection (see ClampOutput). Null: off; a request's cap is reserved as it is."""
     allow_unlimited: bool = False

@@ -109,8 +109,9 @@ def upgrade(tokens: Sequence[str]) -> Refusal:
             "websocket",
             "websocket_not_supported",
             RefusalKind.UPGRADE,
-            "spendfuse: WebSocket connections to LLM APIs are not metered; use HTTP streaming "
-            "(Codex CLI falls back to it at once).",
+            "spendfuse: this WebSocket connection to an LLM API is not metered (only the Responses "
+            "API's, under the rules' `websockets: meter`); use HTTP streaming (Codex CLI falls back "
+            "to it at once).",
         )
     return _refusal(
         "upgrade",

@@ -620,14 +620,14 @@ class TestTransportGuard:
         a.guard.tcp_start(flow)
         assert flow.server_conn.error and "LLM API" in flow.server_conn.error
 
-    def test_an_unadmitted_websocket_to_an_llm_host_passes_no_message(self, fuse):
+    async def test_an_unadmitted_websocket_to_an_llm_host_passes_no_message(self, fuse):
         a, _ = fuse
         flow = tflow.twebsocketflow()
         flow.request.host = "api.openai.com"
         flow.request.headers["host"] = "api.openai.com"
         flow.client_conn.sni = "api.openai.com"
         a.guard.websocket_start(flow)
-        a.guard.websocket_message(flow)
+        await a.guard.websocket_message(flow)
         assert flow.websocket.messages[-1].dropped
         a.guard.websocket_end(flow)
 

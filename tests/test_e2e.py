@@ -555,8 +555,9 @@ class TestRefused:
             openai.OpenAI(max_retries=0).embeddings.create(model="text-embedding-3-small", input="hi")
         assert upstream.hits["/v1/embeddings"] == 1
 
-    def test_websocket_upgrade_is_refused_with_426(self, start, upstream):
-        proxy = start()
+    def test_websocket_upgrade_is_refused_with_426(self, start, upstream, tmp_path):
+        # `websockets: refuse`; the default meters this socket (tests/test_e2e_websocket.py).
+        proxy = start(rules=write_rules(tmp_path / "rules.yaml", websockets="refuse"))
         with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca))) as c:
             r = c.get(
                 "https://api.openai.com/v1/responses",
@@ -639,6 +640,7 @@ class TestModes:
             ["--set", "spendfuse_budget=abc"],
             ["--set", "spendfuse_max_multiplier=-1"],
             ["--set", "spendfuse_dry_run=perhaps"],
+            ["--set", "spendfuse_websockets=sometimes"],
             ["--set", "spendfuse_budgte=5"],  # misspelled
             ["--set", "spendfuse_rules=does-not-exist.yaml"],
             ["--set", "stream_large_bodies=1m"],

@@ -94,7 +94,9 @@ def test_non_llm_traffic_passes_in_open_mode(rules):
         ["TLS/1.0"],
     ],
 )
-def test_any_upgrade_to_an_llm_host_is_refused(rules, values):
+def test_any_upgrade_to_an_llm_host_is_refused(tmp_path, values):
+    # Under `websockets: refuse`; metered WebSockets (the default) are in tests/test_websocket.py.
+    rules = policy.load(write_rules(tmp_path / "r.yaml", websockets="refuse"))
     v = verdict(rules, method="GET", path="/v1/responses", upgrade=values)
     assert v.action is Action.REFUSE and v.refusal.kind is RefusalKind.UPGRADE
     expected = "websocket" if any("websocket" in t for t in upgrade_tokens(values)) else "upgrade"

@@ -24,6 +24,7 @@ from governance.mitm.gateway import Gateway, is_gateway
 from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
+from governance.mitm.websocket import WebSocketMeter
 from governance.settlement import Settlement, stream_tap
 from governance.store import RequestRecord
 from governance.types import Endpoint, Refusal, RefusalKind
@@ -65,7 +66,8 @@ class SpendFuse:
         self.admission = Admission(self)
         self.gateway = Gateway()
         self.redactor = custody.Redactor()
-        self.addons = [self.redactor]  # its hooks run right after this addon's
+        self.websockets = WebSocketMeter(self)
+        self.addons = [self.redactor, self.websockets]  # their hooks run right after this addon's
 
     @property
     def engine(self) -> Engine | None:
@@ -103,7 +105,7 @@ class SpendFuse:
         self.runtime.reload_rules()
 
     def done(self) -> None:
-        in_flight = self.state.take_pending()
+        in_flight = self.state.take_pending() + self.websockets.take_pending()
         self.state.flows.clear()
         self.state.conns.clear()
         self.runtime.done(in_flight)
@@ -251,7 +253,7 @@ class SpendFuse:
             fs.decided = Decided(None, None, principal)
             return
         plan = None
-        if verdict.action is Action.FREE and isinstance(who, Identity) and endpoint is not None:
+        if verdict.action in (Action.FREE, Action.WEBSOCKET) and isinstance(who, Identity) and endpoint:
             plan = caller[1] if caller else _free_plan(engine, flow, endpoint, who, creds)
             refused = plan if isinstance(plan, Refusal) else refused
         if verdict.action is Action.REFUSE or refused is not None:
@@ -263,6 +265,10 @@ class SpendFuse:
             return
         assert endpoint is not None
         assert isinstance(who, Identity)
+        if verdict.action is Action.WEBSOCKET:  # admitted like any request; its frames are metered
+            assert not isinstance(plan, Refusal)  # refused above
+            fs.custody = plan  # the upgrade request carries the custody key, as a free request does
+            return self.websockets.upgraded(flow, endpoint, engine, who)
         if verdict.action is Action.FREE:
             assert not isinstance(plan, Refusal)  # refused above
             fs.custody = plan

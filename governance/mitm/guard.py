@@ -230,8 +230,8 @@ class TransportGuard:
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         engine = self.fuse.engine
-        if engine is None or engine.dry_run:
-            return
+        if engine is None or engine.dry_run or self.fuse.websockets.admitted(flow.id):
+            return  # a metered WebSocket (`websockets: meter`): its frames are metered
         verdict = engine.screen(translate.incoming(flow, self.fuse.state))
         if verdict.endpoint is None:
             return
@@ -244,10 +244,12 @@ class TransportGuard:
             handler.close_connection(flow.server_conn)
             handler.close_connection(flow.client_conn)
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
         fs = self.fuse.state.flows.get(flow.id)
         if fs is not None and fs.unadmitted_websocket and flow.websocket is not None:
             flow.websocket.messages[-1].drop()
+            return
+        await self.fuse.websockets.recheck(flow)  # a metered socket's frame is still what was decided
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.fuse.state.flows.pop(flow.id, None)

@@ -71,6 +71,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "false",
         "true: log and record what would be refused, but refuse nothing.",
     ),
+    OptionSpec(
+        "spendfuse_websockets",
+        "SPENDFUSE_WEBSOCKETS",
+        "",
+        "meter or refuse: replaces the rules' `websockets` (WebSockets to the Responses API, "
+        "metered frame by frame, or answered 426). Empty: use the rules.",
+    ),
 )
 
 
@@ -127,5 +134,12 @@ def load_rules() -> tuple[policy.Policy, list[policy.Problem]]:
         budget_usd=budget,
         max_multiplier=max_multiplier,
     )
+    websockets = o.spendfuse_websockets.strip().lower()
+    if websockets:
+        if websockets not in ("meter", "refuse"):
+            raise exceptions.OptionsError(
+                f"spendfuse_websockets must be meter or refuse, not {o.spendfuse_websockets!r}"
+            )
+        rules = rules.model_copy(update={"websockets": websockets})
     policy.require_limits(rules, o.spendfuse_rules)
     return rules, warnings

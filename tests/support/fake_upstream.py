@@ -69,6 +69,8 @@ class Knobs:
     bill_as_provider: bool = False
     # Like a real provider: answer 401 to a request that carries none of these keys (None: any key).
     accepted_keys: frozenset[str] | None = None
+    # WebSocket: after `response.created`, send nothing more (a response still generating).
+    ws_stall: bool = False
 
 
 #: Where clients put a provider API key: the providers' documented auth headers (OpenAI
@@ -307,6 +309,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        from tests.support import fake_websocket
+
+        if path == "/v1/responses" and fake_websocket.is_upgrade(self.headers):
+            fake_websocket.serve(self)
+            self.close_connection = True
+            return
         with self.upstream.lock:
             self.upstream.hits[f"GET {path}"] += 1
         if not self._authorized(f"GET {path}"):
