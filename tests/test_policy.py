@@ -215,7 +215,9 @@ def test_a_version_1_file_is_the_same_policy_as_its_version_2_form():
     assert (v1.budgets, v1.global_scope) == (v2.budgets, v2.global_scope)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "per-run.yaml", "team.yaml", "firewall.yaml", "eval-harness.yaml"])
+@pytest.mark.parametrize(
+    "name", ["default.yaml", "per-run.yaml", "team.yaml", "firewall.yaml", "eval-harness.yaml"]
+)
 def test_every_shipped_rules_file_loads_and_enforces_something(name):
     p = policy.load(RULES_DIR / name)
     policy.require_limits(p)
