@@ -255,3 +255,29 @@ def test_two_requests_in_flight_are_reserved_apart_and_settled_in_order(start, u
     ]
     settled, held = ledger_spend(tmp_path / "ledger.sqlite")
     assert held == 0 and settled == billed(upstream)
+
+
+def test_a_virtual_key_upgrades_with_the_custody_key(start, upstream, tmp_path):
+    """Codex holding only a virtual key: the upgrade reaches the provider with the custody key
+    in its place, and its frames are metered as any other."""
+    from governance.scopes import secret_hash
+
+    real = "sk-proj-REALwebsocketCUSTODY"
+    rules = write_rules(
+        tmp_path / "rules.yaml",
+        version=2,
+        prices=PRICES,
+        budgets=[{"id": "global", "max_usd": 1}],
+        keys=[{"id": "codex", "secret_sha256": secret_hash("sk-proxy"), "budgets": ["global"]}],
+        credentials=[{"id": "oa", "provider": "openai", "env": "OA_REAL"}],
+        custody="required",
+    )
+    proxy = start(rules=rules, env={"OA_REAL": real})
+    sock = CodexSocket(proxy.port, proxy.ca, api_key="sk-proxy")
+    assert sock.status == 101
+    assert ask(sock)[-1]["type"] == "response.completed"
+    sock.close()
+    assert upstream.headers[0]["authorization"] == f"Bearer {real}"
+    [row] = rows(tmp_path / "ledger.sqlite")
+    assert row["state"] == "settled" and row["principal"] == "key:codex"
+    assert real not in proxy.output()

@@ -34,7 +34,7 @@ TERMINAL = ("response.completed", "response.failed", "response.incomplete", "err
 class CodexSocket:
     """One socket. `status`: 101 when upgraded, else the proxy's answer (`rejected` its body)."""
 
-    def __init__(self, proxy_port: int, ca: Path, *, timeout: float = 15) -> None:
+    def __init__(self, proxy_port: int, ca: Path, *, timeout: float = 15, api_key: str = "sk-test") -> None:
         sock, reply = tunnel(proxy_port, "api.openai.com:443")
         assert reply.status == 200, reply
         sock.settimeout(timeout)
@@ -44,7 +44,9 @@ class CodexSocket:
         self.pending: list[Any] = []
         self.status = 0
         self.rejected = b""
-        self._send(Request(host="api.openai.com", target="/v1/responses", extra_headers=CODEX_HEADERS))
+        headers = [(k, v) for k, v in CODEX_HEADERS if k != b"authorization"]
+        headers.append((b"authorization", f"Bearer {api_key}".encode()))
+        self._send(Request(host="api.openai.com", target="/v1/responses", extra_headers=headers))
         while self.status == 0:
             for event in self._events():
                 if isinstance(event, AcceptConnection):
