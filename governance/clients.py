@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from governance.families import EnvelopeName
 from governance.families.shapes import Shape
 from governance.rulefile import RulesInvalid, read_yaml, validation_problems
 from governance.types import RefusalKind
@@ -26,22 +27,13 @@ class ClientShapes(BaseModel):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     """Names the client in logs and in the `x-spendfuse-client` header of its refusals."""
-    envelope: str
+    envelope: EnvelopeName
     """The error envelope (`hosts.yaml` `envelope:`) whose refusals this changes."""
     match: dict[str, list[str]]
     """Request header (any case) -> globs (case-insensitive); any value of any listed header
     matching any glob recognises the client."""
     shapes: dict[str, Shape]
     """Refusal kind -> the shape this client gets instead of the envelope's."""
-
-    @field_validator("envelope")
-    @classmethod
-    def _known_envelope(cls, v: str) -> str:
-        from governance.families import ENVELOPES
-
-        if v not in ENVELOPES:
-            raise ValueError(f"unknown envelope {v!r} (envelopes: {', '.join(ENVELOPES)})")
-        return v
 
     @field_validator("match")
     @classmethod

@@ -10,7 +10,9 @@ under `tests/fixtures/<name>/`, an entry in `FAMILIES` and its routes and hosts 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import AfterValidator
 
 from governance.families import anthropic, bedrock, google, openai, shapes
 from governance.families.common import Auth
@@ -113,6 +115,17 @@ PRICE_HEADERS = tuple(dict.fromkeys(h for f in FAMILIES.values() for h in f.PRIC
 if set(API_KEY_HEADERS) != {h for e in ENVELOPES.values() for h in e.API_KEY_HEADERS}:
     # Every envelope's key headers are read, and none that no provider uses.
     raise RuntimeError("API_KEY_HEADERS must list exactly the envelopes' API key headers")
+
+
+def known_envelope(name: str) -> str:
+    """`name`, if it names an error envelope; else ValueError (a rules value that names one)."""
+    if name not in ENVELOPES:
+        raise ValueError(f"unknown envelope {name!r} (envelopes: {', '.join(ENVELOPES)})")
+    return name
+
+
+#: A rules field naming an error envelope.
+EnvelopeName = Annotated[str, AfterValidator(known_envelope)]
 
 # Refusal shapes are data: checked on import, so a proxy whose refusals it cannot shape never starts.
 shapes.require(ENVELOPES)
