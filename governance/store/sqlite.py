@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,18 +21,16 @@ from governance.store import (
     RecordRefusal,
     RequestRecord,
     ReserveResult,
-    Room,
     WindowTotals,
     counters,
+    holds,
     iso,
 )
 from governance.store.sqlite_counters import resolve_windows, totals_of
 from governance.store.sqlite_file import SqliteFile
 from governance.store.sqlite_reports import SqliteReports
 from governance.types import Claim, Usage
-from governance.units import BY_TEXT, Unit, unit_of
-
-_NO_TOTALS = WindowTotals(0, 0)
+from governance.units import unit_of
 
 
 def _insert_request(
@@ -75,44 +73,6 @@ def _insert_request(
     )
 
 
-@dataclass(frozen=True)
-class _Check:
-    """Every claim checked against its window: the first that does not fit, and the room left."""
-
-    blocking: ReserveResult | None
-    room: Room
-    lefts: list[int]
-
-
-def _check(claims: Sequence[Claim], found: dict[tuple[str, str], WindowTotals], input_tokens: int) -> _Check:
-    blocking: ReserveResult | None = None
-    usd_room: int | None = None
-    output_room: int | None = None
-    lefts = []
-    for claim in claims:
-        t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
-        left = claim.limit - t.used  # exact spend + holds against the limit
-        lefts.append(left)
-        if claim.unit is Unit.USD:
-            usd_room = left if usd_room is None else min(usd_room, left)
-        elif (spare := claim.unit.output_room(left, input_tokens)) is not None:  # a token limit on output
-            output_room = spare if output_room is None else min(output_room, spare)
-        if blocking is None and claim.amount > left:
-            blocking = ReserveResult(False, claim, t.settled, t.held, t.settled_rest)
-    return _Check(blocking, Room(usd_room, output_room), lefts)
-
-
-def _granted(claims: Sequence[Claim], lefts: Sequence[int]) -> ReserveResult:
-    """A granted reservation, with the USD left in its tightest budget after the hold."""
-    tightest: tuple[int, str] | None = None
-    for claim, left in zip(claims, lefts, strict=True):
-        if claim.unit is Unit.USD and (tightest is None or left - claim.amount < tightest[0]):
-            tightest = (left - claim.amount, claim.rule)
-    return ReserveResult(
-        True, remaining_micro=tightest[0] if tightest else None, binding=tightest[1] if tightest else None
-    )
-
-
 def _hold(conn: sqlite3.Connection, request_id: str, claims: Sequence[Claim]) -> None:
     conn.executemany(
         "INSERT INTO claims (request_id, scope, window_start, amount, state, unit) "
@@ -144,27 +104,6 @@ def _remember_context(conn: sqlite3.Connection, usage: Usage, now: datetime) -> 
             "DO UPDATE SET tokens = MAX(tokens, excluded.tokens), updated_at = excluded.updated_at",
             (key, size, iso(now)),
         )
-
-
-def _finished_claims(
-    rows: list[tuple], request_id: str, cost_micro: int, cost_submicro: int, usage: Usage | None, state: str
-) -> tuple[list[tuple], list[tuple]]:
-    """The totals updates and final claim rows of a request's claims `rows` as it finishes."""
-    was_expired = rows[0][0] == "expired"
-    used = (usage.input_tokens, usage.output_tokens) if usage is not None else None
-    totals, finals = [], []
-    for _, _, scope, window_start, amount, unit_text in rows:
-        if scope is None:
-            continue  # a hold with no claims (no limit applied)
-        unit = BY_TEXT[unit_text]  # an unknown unit raises: the hold stays until reaped
-        final = unit.final_amount(amount, cost_micro, used, released=state == "released")
-        # An expired hold was already charged by the reaper: correct it to the real amount.
-        held_back = 0 if was_expired else amount
-        charged = final - unit.at_expiry(amount) if was_expired else final
-        rest = cost_submicro if unit is Unit.USD else 0  # only money has a rest
-        totals.append((held_back, charged, rest, rest, scope, window_start))
-        finals.append((final, rest, request_id, scope, window_start))
-    return totals, finals
 
 
 _SETTLE_REQUEST = (
@@ -203,7 +142,7 @@ class SqliteStore(SqliteReports, SqliteFile):
         or with the provider's own input count) and records the outcome then."""
         with self._write() as conn:
             claims = resolve_windows(conn, claims, now)
-            check = _check(claims, totals_of(conn, claims) if claims else {}, rec.est_input_tokens or 0)
+            check = holds.check(claims, totals_of(conn, claims) if claims else {}, rec.est_input_tokens or 0)
             blocking = check.blocking
             if blocking is not None and enforce:
                 assert blocking.blocking is not None
@@ -229,7 +168,7 @@ class SqliteStore(SqliteReports, SqliteFile):
             _hold(conn, rec.request_id, claims)
             if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
                 return replace(blocking, granted=True, room=None)
-            return _granted(claims, check.lefts)
+            return holds.granted(claims, check.lefts)
 
     def record_refusal(
         self, rec: RequestRecord, now: datetime, *, rule: str, reason: str | None, decision: str = "refused"
@@ -266,7 +205,7 @@ class SqliteStore(SqliteReports, SqliteFile):
                 return False  # already settled or released: settlement is idempotent
             if cost_micro is None:
                 cost_micro = rows[0][1]
-            totals, finals = _finished_claims(rows, request_id, cost_micro, cost_submicro, usage, state)
+            totals, finals = holds.finished_claims(rows, request_id, cost_micro, cost_submicro, usage, state)
             settle_sql = money.add_sql("settled", "settled_rest")
             conn.executemany(
                 f"UPDATE totals SET held = held - ?, {settle_sql} WHERE scope = ? AND window_start = ?",
