@@ -26,9 +26,10 @@ from pathlib import Path
 from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, money, policy
 from governance.checks.quota import budget_claim, rate_claims, rule_parts
 from governance.errors import LedgerUnavailable, PolicyError
-from governance.ledger import Ledger
 from governance.ledger import default_path as default_ledger_path
 from governance.scopes import Scope, Scopes, secret_hash
+from governance.store import LedgerStore
+from governance.store.opening import is_database, open_store
 from governance.types import Claim, from_micro, usd
 from governance.units import Unit
 
@@ -37,14 +38,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
         default=os.environ.get("SPENDFUSE_DB") or str(default_ledger_path()),
-        help="ledger file (env SPENDFUSE_DB; default: ledger.sqlite in the per-user state directory)",
+        help="ledger file, or postgresql:// URL (env SPENDFUSE_DB; default: ledger.sqlite in the "
+        "per-user state directory)",
     )
 
 
-def _open_ledger(path: str) -> Ledger:
-    if not Path(path).exists():
+def _open_ledger(path: str) -> LedgerStore:
+    if not is_database(path) and not Path(path).exists():
         raise LedgerUnavailable(f"no ledger at {path!r} (has the proxy run with this --db?)")
-    return Ledger.open(path)
+    return open_store(path)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -148,7 +150,7 @@ def _who(args: argparse.Namespace) -> str:
 def cmd_reset(args: argparse.Namespace) -> int:
     rules = _rules(args)
     _, claims = _counters_of(rules, args.scope)
-    ledger = Ledger.open(args.db)
+    ledger = open_store(args.db)
     now = datetime.now(UTC)
     # Requests in flight are not a window: their holds end when they finish, wherever reset.
     counters = sorted({c.scope for c in claims if c.unit is not Unit.IN_FLIGHT})
@@ -171,7 +173,7 @@ def cmd_topup(args: argparse.Namespace) -> int:
     micro = int((amount * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
     if not amount.is_finite() or micro <= 0:
         raise PolicyError(f"a top-up must be a positive amount of USD, not {args.usd!r}")
-    ledger = Ledger.open(args.db)
+    ledger = open_store(args.db)
     ledger.topup(budgets[0].scope, micro, datetime.now(UTC), who=_who(args), note=args.note)
     print(f"added {usd(from_micro(micro))} to {budgets[0].rule} ({budgets[0].scope})")
     return 0

@@ -4,7 +4,8 @@ Each write is one transaction on a pooled connection, run by `_transact(fn)`: `f
 and may run many statements; the transaction commits when it returns. A deadlock or
 serialization failure (which PostgreSQL resolves by aborting one side, having written nothing)
 runs `fn` again; any other database failure, or no connection within `connect_timeout_s`,
-raises `LedgerUnavailable` (the request is refused with 503). The pool checks a connection
+raises `LedgerUnavailable` (the request is refused with 503); a request waits at most `wait_s`
+for a connection. The pool checks a connection
 before lending it, so after the server restarts the next request gets a fresh connection: no
 restart of the proxy is needed.
 
@@ -59,25 +60,39 @@ class PgConnection:
 
     @classmethod
     def open(
-        cls, url: str, *, connect_timeout_s: float = 5.0, max_skew_s: float = 2.0, pool_size: int = 4
+        cls,
+        url: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        wait_s: float = 2.0,
+        max_skew_s: float = 2.0,
+        pool_size: int = 4,
     ) -> Self:
         """Connect, migrate, and check the clocks. Raises `LedgerUnavailable` if the database
         cannot be reached now (a proxy does not start on a ledger it cannot write) or if this
         host's clock is more than `max_skew_s` from the database's."""
         pool = ConnectionPool(
             url,
-            min_size=1,
+            # None kept open at all costs: a connection is made when a request needs one, so the
+            # first request after the database is back connects at once, not after the pool's
+            # reconnection backoff (connections stay open while used, up to `pool_size`).
+            min_size=0,
             max_size=pool_size,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
             check=ConnectionPool.check_connection,
-            timeout=connect_timeout_s,
-            reconnect_timeout=0,  # keep trying in the background for as long as the proxy runs
+            # How long a request waits for a connection before it is refused (503): while the
+            # database is away the pool reconnects in the background, and the next request after
+            # it is back gets a working connection.
+            timeout=wait_s,
+            # Give up a reconnection after as long, rather than back off for minutes: the next
+            # request then starts a fresh attempt, so it connects as soon as the database is back.
+            reconnect_timeout=wait_s,
             open=False,
             name="spendfuse-ledger",
         )
         try:
-            pool.open(wait=True, timeout=connect_timeout_s)
-            with pool.connection() as conn:
+            pool.open()
+            with pool.connection(timeout=connect_timeout_s) as conn:
                 applied = pg_schema.apply(conn)
                 before = time.time()
                 db_now = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
