@@ -4,13 +4,27 @@ starts again (tests/support/postgres.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
+from decimal import Decimal
+from pathlib import Path
 
 import openai
 import pytest
 
+import addon
+from governance.scopes import secret_hash
 from governance.store.postgres import PostgresStore
+from tests.support.at_reservation import (
+    MAX_TOKENS,
+    PROMPT,
+    bill_at_reservation,
+    fake_bill_micro,
+    reserved_input_tokens,
+)
 from tests.support.postgres import PgServer
+from tests.support.proxy import start_proxy
 from tests.test_e2e_governance import chat, client, rules
 
 
@@ -63,3 +77,97 @@ def test_a_database_that_is_down_at_start_stops_the_proxy(start, tmp_path):
     with pytest.raises(RuntimeError, match="cannot open ledger 'postgresql://postgres@127.0.0.1"):
         start(spendfuse_db=url)
     assert not (tmp_path / "postgresql:").exists()
+
+
+FLEET_KEYS = 8
+FLEET_PROXIES = 4
+FLEET_REQUESTS = 240
+
+
+def fleet_rules(path: Path, team_cap_usd: Decimal | int) -> Path:
+    """Eight keys of one team, each with a roomy budget of its own; the team's cap is the test's."""
+    return rules(
+        path,
+        budgets=[{"id": "team-cap", "max_usd": str(team_cap_usd)}, {"id": "roomy", "max_usd": 10}],
+        teams=[{"id": "research", "budgets": ["team-cap"]}],
+        keys=[
+            {"id": f"k{i}", "team": "research", "secret_sha256": secret_hash(f"s{i}"), "budgets": ["roomy"]}
+            for i in range(FLEET_KEYS)
+        ],
+    )
+
+
+def test_a_fleet_of_proxies_sharing_one_database_never_passes_a_team_cap(
+    start, upstream, tmp_path, pg_server: PgServer
+):
+    """Four proxies, each with its own confdir (its own CA), rules file and nothing else shared
+    but the database, take many concurrent requests from eight keys of one team. Every answer
+    costs exactly its reservation, so no settlement frees room: a cap of `admitted` reservations
+    and less than one more admits exactly that many, whatever the timing and whichever proxy."""
+    admitted = 20
+    cost = bill_at_reservation(
+        upstream,
+        reserved_input_tokens(start, tmp_path, user="k0:s0", rules=fleet_rules(tmp_path / "cal.yaml", 10)),
+    )
+    cap = admitted * cost + cost - 1  # µ$: one more reservation would pass it by 1 µ$
+    url = pg_server.create_db("fleet")
+    proxies = []
+    try:
+        for i in range(FLEET_PROXIES):
+            home = tmp_path / f"proxy{i}"
+            confdir = home / "conf"
+            confdir.mkdir(parents=True)
+            addon.ensure_ca_bundle(confdir)
+            sets = {
+                "spendfuse_rules": str(fleet_rules(home / "rules.yaml", Decimal(cap) / 1_000_000)),
+                "spendfuse_db": url,
+            }
+            proxies.append(start_proxy(home, confdir=confdir, sets=sets, redirect_port=upstream.port))
+        results = asyncio.run(_fire(proxies))
+    finally:
+        for p in proxies:
+            p.stop()
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert (len(ok), len(refused)) == (admitted, FLEET_REQUESTS - admitted), {
+        type(r).__name__ for r in results
+    }
+    assert {r.response.headers["x-spendfuse-refused"] for r in refused} == {"budget:team-cap@team=research"}
+    assert upstream.hits["/v1/chat/completions"] == admitted and fake_bill_micro(upstream) == admitted * cost
+    store = PostgresStore.open(url)
+    try:
+        team = store.window_totals("team=research|team-cap", "")
+        per_key = [store.window_totals(f"key=k{i}|roomy", "").settled for i in range(FLEET_KEYS)]
+        by_state = {r["state"]: r["n"] for r in store.requests_by_state()}
+    finally:
+        store.close()
+    assert team.held == 0 and team.settled == admitted * cost == cap - (cost - 1)
+    assert sum(per_key) == fake_bill_micro(upstream)  # the ledger equals the provider's bill
+    assert by_state == {"settled": admitted, "refused": FLEET_REQUESTS - admitted}
+
+
+async def _fire(proxies: list) -> list:
+    clients = [
+        openai.AsyncOpenAI(
+            api_key="sk-test",
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(
+                proxy=f"http://k{k}:s{k}@{p.url.removeprefix('http://')}",
+                verify=ssl.create_default_context(cafile=str(p.ca)),
+                timeout=120,
+            ),
+        )
+        for k in range(FLEET_KEYS)
+        for p in proxies
+    ]
+
+    async def one(n: int):
+        return await clients[n % len(clients)].chat.completions.create(
+            model="gpt-4o", max_tokens=MAX_TOKENS, messages=PROMPT
+        )
+
+    try:
+        return await asyncio.gather(*(one(n) for n in range(FLEET_REQUESTS)), return_exceptions=True)
+    finally:
+        for c in clients:
+            await c.close()
