@@ -253,6 +253,21 @@ def cmd_hash_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_ledger(args: argparse.Namespace) -> int:
+    from governance.store.migrate_ledger import copy_ledger
+
+    if not is_database(args.target) or is_database(args.source):
+        raise PolicyError("usage: spendfuse migrate-ledger SQLITE_FILE postgresql://...")
+    src, dst = _open_ledger(args.source), open_store(args.target)
+    try:
+        copied = copy_ledger(src, dst)  # type: ignore[arg-type]
+    finally:
+        src.close()
+        dst.close()
+    print("copied " + ", ".join(f"{n} {table}" for table, n in copied.items()))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     ledger = _open_ledger(args.db)
     by_model = ledger.spend_by_model(args.since)
@@ -428,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
     p.add_argument("secret", nargs="?", help="the secret (default: read one line from stdin)")
     p.set_defaults(fn=cmd_hash_secret)
+    p = sub.add_parser(
+        "migrate-ledger", help="copy a SQLite ledger into a new PostgreSQL one (proxies stopped)"
+    )
+    p.add_argument("source", help="the SQLite ledger file")
+    p.add_argument("target", help="postgresql://user@host/db, holding no requests yet")
+    p.set_defaults(fn=cmd_migrate_ledger)
     p = sub.add_parser("report", help="spend by model and by day")
     p.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
     _common(p)
