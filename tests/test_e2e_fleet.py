@@ -14,7 +14,6 @@ import openai
 import pytest
 
 import addon
-from governance.scopes import secret_hash
 from governance.store.postgres import PostgresStore
 from tests.support.at_reservation import (
     MAX_TOKENS,
@@ -25,7 +24,7 @@ from tests.support.at_reservation import (
 )
 from tests.support.postgres import PgServer
 from tests.support.proxy import start_proxy
-from tests.test_e2e_governance import chat, client, rules
+from tests.test_e2e_governance import chat, client, rules, team_rules
 
 
 def _closed_port() -> int:
@@ -86,15 +85,7 @@ FLEET_REQUESTS = 240
 
 def fleet_rules(path: Path, team_cap_usd: Decimal | int) -> Path:
     """Eight keys of one team, each with a roomy budget of its own; the team's cap is the test's."""
-    return rules(
-        path,
-        budgets=[{"id": "team-cap", "max_usd": str(team_cap_usd)}, {"id": "roomy", "max_usd": 10}],
-        teams=[{"id": "research", "budgets": ["team-cap"]}],
-        keys=[
-            {"id": f"k{i}", "team": "research", "secret_sha256": secret_hash(f"s{i}"), "budgets": ["roomy"]}
-            for i in range(FLEET_KEYS)
-        ],
-    )
+    return team_rules(path, team_cap_usd, keys=FLEET_KEYS)
 
 
 def test_a_fleet_of_proxies_sharing_one_database_never_passes_a_team_cap(

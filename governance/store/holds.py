@@ -5,10 +5,11 @@ they answer alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 
-from governance.store import ReserveResult, Room, WindowTotals
+from governance.store import RecordRefusal, RequestRecord, ReserveResult, Room, WindowTotals, iso
 from governance.types import Claim, Usage
 from governance.units import BY_TEXT, Unit
 
@@ -72,3 +73,144 @@ def finished_claims(
         totals.append((held_back, charged, rest, rest, scope, window_start))
         finals.append((final, rest, request_id, scope, window_start))
     return totals, finals
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A `reserve` call's arguments (`LedgerStore.reserve`)."""
+
+    rec: RequestRecord
+    claims: Sequence[Claim]
+    reserved_micro: int
+    now: datetime
+    enforce: bool
+    decision: str
+    rule: str | None
+    reason: str | None
+    record_refusal: RecordRefusal
+
+
+#: The request row's columns (`?` marks; PostgreSQL's store adapts them), filled by `request_row`.
+INSERT_REQUEST = (
+    "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, "
+    "est_input_tokens, max_output_tokens, reserved_micro, state, decision, rule, reason, "
+    "price_source, requested_output_tokens, injected_output_tokens, counters) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def request_row(
+    rec: RequestRecord,
+    now: datetime,
+    *,
+    state: str,
+    decision: str,
+    reserved_micro: int,
+    rule: str | None,
+    reason: str | None,
+    counters: str | None = None,
+) -> tuple:
+    """`INSERT_REQUEST`'s parameters."""
+    return (
+        rec.request_id, iso(now), rec.principal, rec.provider, rec.api, rec.model, int(rec.stream),
+        rec.est_input_tokens, rec.max_output_tokens, reserved_micro, state, decision, rule, reason,
+        rec.price_source, rec.requested_output_tokens, rec.injected_output_tokens, counters,
+    )  # fmt: skip
+
+
+#: Writes a request's row (`request_row`).
+InsertRequest = Callable[[tuple], None]
+#: Writes a request's claims and adds them to their windows' holds: `(request_id, claims)`.
+Hold = Callable[[str, Sequence[Claim]], None]
+
+
+def decide(
+    r: Reservation,
+    claims: Sequence[Claim],
+    found: dict[tuple[str, str], WindowTotals],
+    insert_request: InsertRequest,
+    hold: Hold,
+) -> ReserveResult:
+    """Inside a store's transaction, with `claims` resolved to their windows and `found` their
+    totals: refuse (recording it or not), or hold every claim (in dry run, regardless)."""
+    check_ = check(claims, found, r.rec.est_input_tokens or 0)
+    blocking = check_.blocking
+    decision, rule = r.decision, r.rule
+    if blocking is not None and r.enforce:
+        assert blocking.blocking is not None
+        room = check_.room
+        record = (
+            r.record_refusal
+            if isinstance(r.record_refusal, bool)
+            else r.record_refusal(blocking.blocking, room)
+        )
+        if record:
+            insert_request(
+                request_row(
+                    r.rec, r.now, state="refused", decision="refused", reserved_micro=0,
+                    rule=blocking.blocking.rule, reason=r.reason,
+                )
+            )  # fmt: skip
+        return replace(blocking, room=room.usd, output_room=room.output_tokens, recorded=record)
+    if blocking is not None:  # dry run: held regardless, recorded as a would-be refusal
+        assert blocking.blocking is not None
+        decision, rule = "dry_run", rule or blocking.blocking.rule
+    insert_request(
+        request_row(
+            r.rec, r.now, state="held", decision=decision, reserved_micro=r.reserved_micro, rule=rule,
+            reason=r.reason, counters=",".join(c.scope for c in claims),
+        )
+    )  # fmt: skip
+    hold(r.rec.request_id, claims)
+    if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
+        return replace(blocking, granted=True, room=None)
+    return granted(claims, check_.lefts)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How a hold finishes: replaced by `cost_micro` plus its rest `cost_submicro` (atto-USD), or
+    by its own reserved amount when `cost_micro` is None; the request's final `state`."""
+
+    request_id: str
+    cost_micro: int | None
+    state: str
+    outcome: str
+    now: datetime
+    cost_submicro: int = 0
+    usage: Usage | None = None
+    price_source: str | None = None
+
+
+#: The finished request's row (`?` marks; PostgreSQL's store adapts them).
+SETTLE_REQUEST = (
+    "UPDATE requests SET state = ?, outcome = ?, settled_at = ?, cost_micro = ?, "
+    "cost_submicro = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
+    "cache_write_tokens = ?, "
+    "price_source = COALESCE(?, price_source), model = COALESCE(model, ?) WHERE id = ?"
+)
+
+
+def settle_request_params(f: Finish, cost_micro: int) -> tuple:
+    """`SETTLE_REQUEST`'s parameters."""
+    u = f.usage
+    return (
+        f.state, f.outcome, iso(f.now), cost_micro, f.cost_submicro,
+        u.input_tokens if u else None, u.output_tokens if u else None,
+        u.cache_read_tokens if u else None, u.cache_write_tokens if u else None,
+        f.price_source, u.model if u else None, f.request_id,
+    )  # fmt: skip
+
+
+def context_rows(usage: Usage, now: datetime) -> list[tuple[str, int, str]]:
+    """`(id, tokens, updated_at)` of the contexts an answer ended: its response id and its
+    conversation (whose latest answer is its running size). A store keeps the larger size:
+    turns of a conversation may settle out of order, and the reservation must never shrink
+    below what the provider already holds."""
+    size = usage.input_tokens + usage.output_tokens
+    keys = []
+    if usage.response_id:
+        keys.append(f"response:{usage.response_id}")
+    if usage.conversation_id:
+        keys.append(f"conversation:{usage.conversation_id}")
+    return [(key, size, iso(now)) for key in sorted(keys)]

@@ -46,6 +46,7 @@ def check_path(path: str | Path) -> None:
         # Taken as a file name, `postgresql://host/db` would become a SQLite file under the working
         # directory: each machine of a fleet would keep its own ledger and pass every cap once.
         raise LedgerUnavailable(
-            f"ledger {text!r} names a {scheme.group(1)!r} URL, which spendfuse cannot open: give a SQLite "
-            f"file's path (several proxies on one machine may share it), or a postgresql:// URL"
+            f"ledger {text!r} names a {scheme.group(1)!r} URL, which this build cannot open: give a SQLite "
+            f"file's path (several proxies on one machine may share it), or a fleet's PostgreSQL ledger "
+            f"as postgresql://user@host/db"
         )

@@ -45,23 +45,20 @@ def lock_windows(cur: psycopg.Cursor, claims: Sequence[Claim], now: datetime) ->
             [counters.shape(first[s]) for s in scopes],
         ),
     )
-    known = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
-    out = []
-    for claim in claims:
-        shape = counters.shape(claim)
-        anchor_text, topup, was = known[claim.scope]
-        if was != shape:
-            if was is not None:
-                anchor_text = _change_shape(cur, claim, was, anchor_text, now)
-            elif anchor_text is None:
-                anchor_text = counters.first_anchor(claim, now)
-            cur.execute(
-                "UPDATE counters SET shape = %s, anchor_at = %s WHERE counter = %s",
-                (shape, anchor_text, claim.scope),
-            )
-            known[claim.scope] = (anchor_text, topup, shape)
-        out.append(counters.resolve(claim, anchor_text, topup, now))
-    return out
+    return counters.resolve_known(
+        claims,
+        {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()},
+        now,
+        first_use=_never,  # every counter claimed has a row by now: the upsert made it
+        change_shape=lambda claim, was, anchor: _change_shape(cur, claim, was, anchor, now),
+        set_shape=lambda counter, shape, anchor: cur.execute(
+            "UPDATE counters SET shape = %s, anchor_at = %s WHERE counter = %s", (shape, anchor, counter)
+        ),
+    )
+
+
+def _never(counter: str, anchor: str | None, shape: str) -> None:
+    raise AssertionError(f"counter {counter} was not locked")
 
 
 def _change_shape(

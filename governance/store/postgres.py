@@ -13,50 +13,23 @@ transaction, and no transaction spans an upstream call: the admission prices out
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
 
 import psycopg
 
 from governance import money
-from governance.store import RecordRefusal, RequestRecord, ReserveResult, WindowTotals, counters, holds, iso
+from governance.store import RequestRecord, ReserveResult, holds, iso
 from governance.store.pg_conn import PgConnection
 from governance.store.pg_counters import lock_windows, totals_of
 from governance.store.pg_ops import PgOperator
 from governance.store.reports import LedgerReports
-from governance.types import Claim, Usage
+from governance.store.verbs import StoreVerbs
+from governance.types import Claim
 from governance.units import unit_of
 
-_INSERT_REQUEST = (
-    "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, est_input_tokens, "
-    "max_output_tokens, reserved_micro, state, decision, rule, reason, price_source, "
-    "requested_output_tokens, injected_output_tokens, counters) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
+_INSERT_REQUEST = holds.INSERT_REQUEST.replace("?", "%s")
 _SETTLE_SQL = money.add_sql("settled", "settled_rest").replace("%", "%%").replace("?", "%s")
-
-
-def _insert_request(
-    cur: psycopg.Cursor,
-    rec: RequestRecord,
-    now: datetime,
-    *,
-    state: str,
-    decision: str,
-    reserved_micro: int,
-    rule: str | None,
-    reason: str | None,
-    counters: str | None = None,
-) -> None:
-    cur.execute(
-        _INSERT_REQUEST,
-        (
-            rec.request_id, iso(now), rec.principal, rec.provider, rec.api, rec.model, int(rec.stream),
-            rec.est_input_tokens, rec.max_output_tokens, reserved_micro, state, decision, rule, reason,
-            rec.price_source, rec.requested_output_tokens, rec.injected_output_tokens, counters,
-        ),
-    )  # fmt: skip
 
 
 def _hold(cur: psycopg.Cursor, request_id: str, claims: Sequence[Claim]) -> None:
@@ -87,82 +60,17 @@ def _hold(cur: psycopg.Cursor, request_id: str, claims: Sequence[Claim]) -> None
     )
 
 
-def _remember_context(cur: psycopg.Cursor, usage: Usage, now: datetime) -> None:
-    """Keep the size of the context an answer ended with (the larger size wins, as in SQLite)."""
-    size = usage.input_tokens + usage.output_tokens
-    keys = []
-    if usage.response_id:
-        keys.append(f"response:{usage.response_id}")
-    if usage.conversation_id:
-        keys.append(f"conversation:{usage.conversation_id}")
-    for key in sorted(keys):
-        cur.execute(
-            "INSERT INTO contexts AS x (id, tokens, updated_at) VALUES (%s, %s, %s) ON CONFLICT (id) "
-            "DO UPDATE SET tokens = GREATEST(x.tokens, excluded.tokens), updated_at = excluded.updated_at",
-            (key, size, iso(now)),
-        )
+_SETTLE_REQUEST = holds.SETTLE_REQUEST.replace("?", "%s")
 
 
-_SETTLE_REQUEST = (
-    "UPDATE requests SET state = %s, outcome = %s, settled_at = %s, cost_micro = %s, "
-    "cost_submicro = %s, input_tokens = %s, output_tokens = %s, cache_read_tokens = %s, "
-    "cache_write_tokens = %s, price_source = COALESCE(%s, price_source), model = COALESCE(model, %s) "
-    "WHERE id = %s"
-)
-
-
-class PostgresStore(PgOperator, PgConnection, LedgerReports):
+class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
     """The ledger in a PostgreSQL database (`PostgresStore.open(url)`): a `LedgerStore`."""
 
-    def reserve(
-        self,
-        rec: RequestRecord,
-        claims: Sequence[Claim],
-        reserved_micro: int,
-        now: datetime,
-        *,
-        enforce: bool = True,
-        decision: str = "allowed",
-        rule: str | None = None,
-        reason: str | None = None,
-        record_refusal: RecordRefusal = True,
-    ) -> ReserveResult:
-        """Check every claim and hold them all, or none, in one transaction
-        (`SqliteStore.reserve`'s contract)."""
-
+    def _reserve(self, r: holds.Reservation) -> ReserveResult:
         def tx(cur: psycopg.Cursor) -> ReserveResult:
-            nonlocal decision, rule
-            resolved = lock_windows(cur, claims, now)
-            check = holds.check(
-                resolved, totals_of(cur, resolved) if resolved else {}, rec.est_input_tokens or 0
-            )
-            blocking = check.blocking
-            if blocking is not None and enforce:
-                assert blocking.blocking is not None
-                room = check.room
-                record = (
-                    record_refusal
-                    if isinstance(record_refusal, bool)
-                    else record_refusal(blocking.blocking, room)
-                )
-                if record:
-                    _insert_request(
-                        cur, rec, now, state="refused", decision="refused", reserved_micro=0,
-                        rule=blocking.blocking.rule, reason=reason,
-                    )  # fmt: skip
-                return replace(blocking, room=room.usd, output_room=room.output_tokens, recorded=record)
-            did, why = decision, rule
-            if blocking is not None:  # dry run: held regardless, recorded as a would-be refusal
-                assert blocking.blocking is not None
-                did, why = "dry_run", rule or blocking.blocking.rule
-            _insert_request(
-                cur, rec, now, state="held", decision=did, reserved_micro=reserved_micro, rule=why,
-                reason=reason, counters=",".join(c.scope for c in resolved),
-            )  # fmt: skip
-            _hold(cur, rec.request_id, resolved)
-            if blocking is not None:
-                return replace(blocking, granted=True, room=None)
-            return holds.granted(resolved, check.lefts)
+            claims = lock_windows(cur, r.claims, r.now)
+            found = totals_of(cur, claims) if claims else {}
+            return holds.decide(r, claims, found, partial(cur.execute, _INSERT_REQUEST), partial(_hold, cur))
 
         return self._transact(tx)
 
@@ -171,41 +79,35 @@ class PostgresStore(PgOperator, PgConnection, LedgerReports):
     ) -> None:
         """Record a request refused before any reservation (parse, price, multiplier, endpoint)."""
         self._transact(
-            lambda cur: _insert_request(
-                cur, rec, now, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
+            lambda cur: cur.execute(
+                _INSERT_REQUEST,
+                holds.request_row(
+                    rec, now, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
+                ),
             )
         )
 
-    def _finish(
-        self,
-        request_id: str,
-        *,
-        cost_micro: int | None,
-        cost_submicro: int = 0,
-        state: str,
-        outcome: str,
-        now: datetime,
-        usage: Usage | None = None,
-        price_source: str | None = None,
-    ) -> bool:
-        """Replace a hold by `cost_micro` plus its rest, or by its own reserved amount when None."""
-        if not 0 <= cost_submicro < money.SUBMICRO_PER_MICRO:
-            raise ValueError(f"a cost's rest below a micro-dollar must be in [0, 10^12), not {cost_submicro}")
+    def _finish(self, f: holds.Finish) -> bool:
+        """`StoreVerbs._finish`: one transaction that locks the request, then its claims."""
 
         def tx(cur: psycopg.Cursor) -> bool:
-            cur.execute("SELECT state, reserved_micro FROM requests WHERE id = %s FOR UPDATE", (request_id,))
+            cur.execute(
+                "SELECT state, reserved_micro FROM requests WHERE id = %s FOR UPDATE", (f.request_id,)
+            )
             head = cur.fetchone()
             if head is None or head[0] not in ("held", "expired"):
                 return False  # already settled or released: settlement is idempotent
-            cost = head[1] if cost_micro is None else cost_micro
+            cost = head[1] if f.cost_micro is None else f.cost_micro
             cur.execute(
                 "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = %s "
                 "ORDER BY scope, window_start FOR UPDATE",
-                (request_id,),
+                (f.request_id,),
             )
             rows = [(head[0], head[1], *r) for r in cur.fetchall()] or [(head[0], head[1], None, None, 0, "")]
-            totals, finals = holds.finished_claims(rows, request_id, cost, cost_submicro, usage, state)
-            if totals:
+            totals, finals = holds.finished_claims(
+                rows, f.request_id, cost, f.cost_submicro, f.usage, f.state
+            )
+            if totals:  # in the claims' order: sorted, as every transaction locks totals
                 cur.executemany(
                     f"UPDATE totals SET held = held - %s, {_SETTLE_SQL} "
                     "WHERE scope = %s AND window_start = %s",
@@ -216,46 +118,17 @@ class PostgresStore(PgOperator, PgConnection, LedgerReports):
                     "WHERE request_id = %s AND scope = %s AND window_start = %s",
                     finals,
                 )
-            u = usage
-            cur.execute(
-                _SETTLE_REQUEST,
-                (
-                    state, outcome, iso(now), cost, cost_submicro,
-                    u.input_tokens if u else None, u.output_tokens if u else None,
-                    u.cache_read_tokens if u else None, u.cache_write_tokens if u else None,
-                    price_source, u.model if u else None, request_id,
-                ),
-            )  # fmt: skip
-            if usage is not None:
-                _remember_context(cur, usage, now)
+            cur.execute(_SETTLE_REQUEST, holds.settle_request_params(f, cost))
+            if f.usage is not None:  # the larger size wins (`holds.context_rows`)
+                cur.executemany(
+                    "INSERT INTO contexts AS x (id, tokens, updated_at) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET tokens = GREATEST(x.tokens, excluded.tokens), "
+                    "updated_at = excluded.updated_at",
+                    holds.context_rows(f.usage, f.now),
+                )
             return True
 
         return self._transact(tx)
-
-    def settle(
-        self,
-        request_id: str,
-        cost_micro: int,
-        now: datetime,
-        *,
-        outcome: str,
-        usage: Usage | None = None,
-        price_source: str | None = None,
-        cost_submicro: int = 0,
-    ) -> bool:
-        """Replace a hold by the real cost (`SqliteStore.settle`'s contract). Idempotent."""
-        return self._finish(
-            request_id, cost_micro=cost_micro, cost_submicro=cost_submicro, state="settled",
-            outcome=outcome, now=now, usage=usage, price_source=price_source,
-        )  # fmt: skip
-
-    def release(self, request_id: str, now: datetime, *, outcome: str) -> bool:
-        """Drop a hold, charging nothing (the upstream never ran the request). Idempotent."""
-        return self._finish(request_id, cost_micro=0, state="released", outcome=outcome, now=now)
-
-    def charge_reservation(self, request_id: str, now: datetime, *, outcome: str) -> bool:
-        """Settle a hold at its full reserved amount, when real usage cannot be known."""
-        return self._finish(request_id, cost_micro=None, state="settled", outcome=outcome, now=now)
 
     def reap(self, now: datetime, ttl_seconds: int) -> int:
         """Charge holds older than `ttl_seconds` at their reserved amount (state `expired`).
@@ -304,34 +177,9 @@ class PostgresStore(PgOperator, PgConnection, LedgerReports):
 
     # -- reads --------------------------------------------------------------------------------
 
-    def salt(self) -> str:
-        """This ledger's random salt, for hashing upstream API keys into principals."""
-        return str(self._rows("SELECT value FROM meta WHERE key = 'salt'")[0][0])
-
-    def resolve_window(self, claim: Claim, now: datetime) -> Claim:
-        """`claim` with its current window and effective limit, read-only (for `spendfuse status`)."""
-        rows = self._rows("SELECT anchor_at, topup_micro FROM counters WHERE counter = %s", (claim.scope,))
-        anchor_text, topup = (rows[0][0], rows[0][1]) if rows else (None, 0)
-        if anchor_text is None:
-            anchor_text = counters.first_anchor(claim, now)
-        return counters.resolve(claim, anchor_text, topup, now)
-
     def context_tokens(self, ids: Sequence[str]) -> dict[str, int]:
         """The stored size, in tokens, of each context id this ledger has seen settle."""
         if not ids:
             return {}
         rows = self._rows("SELECT id, tokens FROM contexts WHERE id = ANY(%s)", (list(ids),))
         return {row[0]: row[1] for row in rows}
-
-    def window_totals(self, scope: str, window_start: str) -> WindowTotals:
-        """A window's spend and holds (nothing for a window never used)."""
-        rows = self._rows(
-            "SELECT settled, held, settled_rest FROM totals WHERE scope = %s AND window_start = %s",
-            (scope, window_start),
-        )
-        return WindowTotals(rows[0][0], rows[0][1], rows[0][2]) if rows else WindowTotals(0, 0)
-
-    def request(self, request_id: str) -> dict[str, Any] | None:
-        """A request's row, or None."""
-        rows = self._rows("SELECT * FROM requests WHERE id = %s", (request_id,), dicts=True)
-        return rows[0] if rows else None

@@ -6,9 +6,12 @@ them), so the commands only format rows. Each row is a dict; money sums are exac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from governance import money
+from governance.store import WindowTotals, counters
+from governance.types import Claim
 
 _COST = money.sum_sql("cost_micro", "cost_submicro", "cost")
 
@@ -19,6 +22,39 @@ class LedgerReports:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts (`?` marks a parameter)."""
         raise NotImplementedError
+
+    # -- reads the engine and tests make too, in either store's dialect --------------------------
+
+    def salt(self) -> str:
+        """This ledger's random salt, for hashing upstream API keys into principals."""
+        return str(self.query("SELECT value FROM meta WHERE key = 'salt'")[0]["value"])
+
+    def resolve_window(self, claim: Claim, now: datetime) -> Claim:
+        """`claim` with its current window and effective limit, read-only (for `spendfuse status`)."""
+        rows = self.query("SELECT anchor_at, topup_micro FROM counters WHERE counter = ?", (claim.scope,))
+        anchor_text, topup = (rows[0]["anchor_at"], rows[0]["topup_micro"]) if rows else (None, 0)
+        if anchor_text is None:
+            anchor_text = counters.first_anchor(claim, now)  # not used yet: its first window would start now
+        return counters.resolve(claim, anchor_text, topup, now)
+
+    def window_totals(self, scope: str, window_start: str) -> WindowTotals:
+        """A window's spend and holds (nothing for a window never used)."""
+        rows = self.query(
+            "SELECT settled, held, settled_rest FROM totals WHERE scope = ? AND window_start = ?",
+            (scope, window_start),
+        )
+        return (
+            WindowTotals(rows[0]["settled"], rows[0]["held"], rows[0]["settled_rest"])
+            if rows
+            else WindowTotals(0, 0)
+        )
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        """A request's row, or None."""
+        rows = self.query("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return rows[0] if rows else None
+
+    # -- the operator's reports -----------------------------------------------------------------
 
     def requests_by_state(self) -> list[dict[str, Any]]:
         """Per request state: `state`, `n`, and the summed cost."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlite_utils import Database
@@ -16,10 +16,11 @@ class SqliteReports(LedgerReports):
     """Reads for the operator commands, on the ledger's `db`."""
 
     db: Database
+    _retry_busy: Callable[[Callable[[], list[dict[str, Any]]]], list[dict[str, Any]]]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts, for the operator commands and tests."""
-        try:
-            return list(self.db.query(sql, list(params)))
+        try:  # waiting out another process's lock, as every read of this file does
+            return self._retry_busy(lambda: list(self.db.query(sql, list(params))))
         except sqlite3.Error as e:
             raise LedgerUnavailable(f"ledger read failed: {e}") from e
