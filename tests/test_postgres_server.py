@@ -21,3 +21,14 @@ def test_the_server_from_the_lock_starts_stops_and_keeps_its_data(pg_server: PgS
     pg_server.start()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT n + 1 FROM t").fetchone()[0] == 42
+
+
+def test_a_proxy_whose_clock_is_off_the_databases_does_not_open_the_ledger(pg_server: PgServer):
+    from governance.errors import LedgerUnavailable
+    from governance.store.postgres import PostgresStore
+
+    url = pg_server.create_db("clock")
+    PostgresStore.open(url).close()  # this host and the server share a clock: within 2 s
+    # Any real skew exceeds a tolerance below zero: the check is what refuses, with its reason.
+    with pytest.raises(LedgerUnavailable, match="clock is .* off the ledger database"):
+        PostgresStore.open(url, max_skew_s=-1.0)

@@ -218,6 +218,30 @@ def test_processes_sharing_a_store_never_pass_a_limit(kind, tmp_path: Path, requ
     s.close()
 
 
+def _reap(kind: str, tmp_path: Path, start, worker: int, results) -> None:
+    start.wait()
+    s = STORES[kind](tmp_path)
+    results.put(s.reap(NOW + timedelta(seconds=100), 60))
+    s.close()
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_processes_reaping_together_reap_each_lost_hold_once(kind, tmp_path: Path, request):
+    _server_for(request, kind)
+    s = STORES[kind](tmp_path)
+    claims = [budget(10_000), rate(Unit.IN_FLIGHT, 1, 100, scope="fl")]
+    for i in range(30):
+        assert s.reserve(RequestRecord(f"h{i}", "p"), claims, 10_000, NOW).granted
+    s.close()
+    reaped = race(_reap, (kind, tmp_path), 4)
+    assert sum(reaped) == 30  # every lost hold once, whichever process got it
+    s = STORES[kind](tmp_path)
+    t = s.window_totals("global", "")
+    assert (t.settled, t.held) == (300_000, 0) and s.window_totals("fl|in_flight", "").used == 0
+    assert {r["state"]: r["n"] for r in s.requests_by_state()} == {"expired": 30}
+    s.close()
+
+
 class _RacedStore:
     """A store that lets a competitor reserve right after the first refusal left unwritten:
     the room the admission's fit was computed for is gone when it reserves again."""
