@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from tests.support.at_reservation import (
     reserved_input_tokens,
 )
 from tests.support.postgres import PgServer
-from tests.support.proxy import start_proxy
+from tests.support.proxy import Proxy, start_proxy
 from tests.test_e2e_governance import chat, client, rules, team_rules
 
 
@@ -102,19 +104,10 @@ def test_a_fleet_of_proxies_sharing_one_database_never_passes_a_team_cap(
     )
     cap = admitted * cost + cost - 1  # µ$: one more reservation would pass it by 1 µ$
     url = pg_server.create_db("fleet")
-    proxies = []
+    proxies: list[Proxy] = []
     try:
-        for i in range(FLEET_PROXIES):
-            home = tmp_path / f"proxy{i}"
-            confdir = home / "conf"
-            confdir.mkdir(parents=True)
-            addon.ensure_ca_bundle(confdir)
-            sets = {
-                "spendfuse_rules": str(fleet_rules(home / "rules.yaml", Decimal(cap) / 1_000_000)),
-                "spendfuse_db": url,
-            }
-            proxies.append(start_proxy(home, confdir=confdir, sets=sets, redirect_port=upstream.port))
-        results = asyncio.run(_fire(proxies))
+        start_fleet(proxies, tmp_path, upstream, url, Decimal(cap) / 1_000_000, FLEET_PROXIES)
+        results = asyncio.run(_fire(proxies, FLEET_REQUESTS))
     finally:
         for p in proxies:
             p.stop()
@@ -137,7 +130,19 @@ def test_a_fleet_of_proxies_sharing_one_database_never_passes_a_team_cap(
     assert by_state == {"settled": admitted, "refused": FLEET_REQUESTS - admitted}
 
 
-async def _fire(proxies: list) -> list:
+def start_fleet(proxies: list[Proxy], tmp_path: Path, upstream, url: str, cap_usd: Decimal, n: int) -> None:
+    """Start `n` proxies into `proxies`, each in a home of its own: its own confdir (and CA) and
+    rules file; they share only the database at `url`."""
+    for i in range(n):
+        home = tmp_path / f"proxy{i}"
+        confdir = home / "conf"
+        confdir.mkdir(parents=True)
+        addon.ensure_ca_bundle(confdir)
+        sets = {"spendfuse_rules": str(fleet_rules(home / "rules.yaml", cap_usd)), "spendfuse_db": url}
+        proxies.append(start_proxy(home, confdir=confdir, sets=sets, redirect_port=upstream.port))
+
+
+async def _fire(proxies: list, n: int) -> list:
     clients = [
         openai.AsyncOpenAI(
             api_key="sk-test",
@@ -152,13 +157,56 @@ async def _fire(proxies: list) -> list:
         for p in proxies
     ]
 
-    async def one(n: int):
-        return await clients[n % len(clients)].chat.completions.create(
+    async def one(i: int):
+        return await clients[i % len(clients)].chat.completions.create(
             model="gpt-4o", max_tokens=MAX_TOKENS, messages=PROMPT
         )
 
     try:
-        return await asyncio.gather(*(one(n) for n in range(FLEET_REQUESTS)), return_exceptions=True)
+        return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
     finally:
         for c in clients:
             await c.close()
+
+
+def test_a_proxy_killed_mid_request_leaves_holds_that_any_proxy_reaps_once(
+    start, upstream, tmp_path, pg_server: PgServer
+):
+    """One of two proxies is killed with -9 while its requests are at the provider. Its holds
+    stay (the provider may bill them), the survivor's requests settle, and the reaper, run by any
+    proxy after the TTL, charges each lost hold once at its reservation, never twice."""
+    cost = bill_at_reservation(
+        upstream,
+        reserved_input_tokens(start, tmp_path, user="k0:s0", rules=fleet_rules(tmp_path / "cal.yaml", 10)),
+    )
+    upstream.knobs.delay_s = 4  # the requests stay in flight while a proxy dies
+    url = pg_server.create_db("crash")
+    proxies: list[Proxy] = []
+    store = PostgresStore.open(url)
+    try:
+        start_fleet(proxies, tmp_path, upstream, url, Decimal(10), 2)
+
+        async def run() -> list:
+            fired = asyncio.ensure_future(_fire(proxies, 16))  # 8 to each proxy
+            deadline = time.monotonic() + 30
+            while len(store.query("SELECT id FROM requests WHERE state = 'held'")) < 16:
+                assert time.monotonic() < deadline, "the requests never all reached the provider"
+                await asyncio.sleep(0.05)
+            proxies[0].process.kill()  # SIGKILL: no shutdown, no settlement
+            return await fired
+
+        results = asyncio.run(run())
+    finally:
+        for p in proxies:
+            p.stop()
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 8  # the survivor's
+    by_state = {r["state"]: r["n"] for r in store.requests_by_state()}
+    assert by_state == {"settled": 8, "held": 8}
+    later = datetime.now(UTC) + timedelta(hours=1)  # past the rules' hold TTL
+    assert store.reap(later, 3600) == 8 and store.reap(later, 3600) == 0  # once
+    team = store.window_totals("team=research|team-cap", "")
+    rows = store.query("SELECT state, cost_micro FROM requests")
+    store.close()
+    assert team.held == 0 and team.settled == 16 * cost  # each charged once, at its reservation
+    assert sorted(r["state"] for r in rows) == ["expired"] * 8 + ["settled"] * 8
+    assert fake_bill_micro(upstream) <= team.settled  # never below what the provider billed
