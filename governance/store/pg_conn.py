@@ -36,13 +36,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: `postgresql://` or `postgres://`: a ledger in a PostgreSQL database.
-URL = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
 _RETRIES = 8  # deadlocks are rare (a rules change reshaping a window mid-settlement); each retry is cheap
-
-
-def is_url(target: str) -> bool:
-    return bool(URL.match(target.strip()))
 
 
 def redacted(url: str) -> str:
