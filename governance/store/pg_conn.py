@@ -3,11 +3,14 @@
 Each write is one transaction on a pooled connection, run by `_transact(fn)`: `fn` gets a cursor
 and may run many statements; the transaction commits when it returns. A deadlock or
 serialization failure (which PostgreSQL resolves by aborting one side, having written nothing)
-runs `fn` again; any other database failure, or no connection within `connect_timeout_s`,
-raises `LedgerUnavailable` (the request is refused with 503); a request waits at most `wait_s`
-for a connection. The pool checks a connection
-before lending it, so after the server restarts the next request gets a fresh connection: no
-restart of the proxy is needed.
+runs `fn` again; any other database failure, or no connection within `wait_s`, raises
+`LedgerUnavailable` (the request is refused with 503). Connections are made when needed and a
+reconnection gives up after `wait_s`, so the first request after the server is back connects
+at once: no restart of the proxy is needed. The pool checks a connection before lending it
+unless the ledger worked within the last second (`_Freshness`).
+
+The skew check at `open` is the only clock comparison: it is not repeated while the proxy runs
+(a clock that drifts later goes unnoticed until the next start).
 
 Time: the verbs take `now` from the proxy (the same `now` the engine prices and logs with, and
 the one tests inject). Windows are therefore computed from each proxy's clock, and `open` bounds
