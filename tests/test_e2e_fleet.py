@@ -97,7 +97,7 @@ def test_a_fleet_of_proxies_sharing_one_database_never_passes_a_team_cap(
     but the database, take many concurrent requests from eight keys of one team. Every answer
     costs exactly its reservation, so no settlement frees room: a cap of `admitted` reservations
     and less than one more admits exactly that many, whatever the timing and whichever proxy."""
-    admitted = 20
+    admitted = 10  # as the single-host concurrency tests: the provider sees few requests at once
     cost = bill_at_reservation(
         upstream,
         reserved_input_tokens(start, tmp_path, user="k0:s0", rules=fleet_rules(tmp_path / "cal.yaml", 10)),
@@ -114,7 +114,9 @@ def test_a_fleet_of_proxies_sharing_one_database_never_passes_a_team_cap(
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert (len(ok), len(refused)) == (admitted, FLEET_REQUESTS - admitted), {
-        type(r).__name__ for r in results
+        str(r)[:300]
+        for r in results
+        if isinstance(r, BaseException) and not isinstance(r, openai.RateLimitError)
     }
     assert {r.response.headers["x-spendfuse-refused"] for r in refused} == {"budget:team-cap@team=research"}
     assert upstream.hits["/v1/chat/completions"] == admitted and fake_bill_micro(upstream) == admitted * cost
