@@ -6,8 +6,10 @@ given), so two reservations that share counters queue on the first they share an
 deadlock. While a reservation holds its counters' locks no other reservation can check or hold
 against them; a settlement running at the same time only moves a hold to spend by atomic
 increments (never above the hold it replaces, bar a late correction that serial order would
-also have allowed), so the check stays exact. The locks end with the transaction: none is held
-across the upstream call. What the anchors mean is `governance.store.counters`'s."""
+also have allowed), so the check stays exact. "Sorted" is Python's order, code point by code
+point: the stores' ORDER BY clauses say COLLATE "C" (the same order) whatever the database's
+collation, so every transaction takes totals rows in one order. The locks end with the
+transaction: none is held across the upstream call. What the anchors mean is `governance.store.counters`'s."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
             with cur.connection.cursor() as claims_cur:
                 claims_cur.execute(
                     "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = %s "
-                    "ORDER BY scope, window_start FOR UPDATE",
+                    'ORDER BY scope COLLATE "C", window_start COLLATE "C" FOR UPDATE',
                     (f.request_id,),
                 )
                 head = cur.fetchone()
@@ -151,7 +151,7 @@ class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
                 return 0
             cur.execute(
                 "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = ANY(%s) "
-                "ORDER BY scope, window_start FOR UPDATE",
+                'ORDER BY scope COLLATE "C", window_start COLLATE "C" FOR UPDATE',
                 (stale,),
             )
             moves: dict[tuple[str, str], list[int]] = {}
