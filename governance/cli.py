@@ -26,9 +26,10 @@ from pathlib import Path
 from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, money, policy
 from governance.checks.quota import budget_claim, rate_claims, rule_parts
 from governance.errors import LedgerUnavailable, PolicyError
-from governance.ledger import Ledger
 from governance.ledger import default_path as default_ledger_path
 from governance.scopes import Scope, Scopes, secret_hash
+from governance.store import LedgerStore
+from governance.store.opening import is_database, open_store
 from governance.types import Claim, from_micro, usd
 from governance.units import Unit
 
@@ -37,14 +38,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
         default=os.environ.get("SPENDFUSE_DB") or str(default_ledger_path()),
-        help="ledger file (env SPENDFUSE_DB; default: ledger.sqlite in the per-user state directory)",
+        help="ledger file, or postgresql:// URL (env SPENDFUSE_DB; default: ledger.sqlite in the "
+        "per-user state directory)",
     )
 
 
-def _open_ledger(path: str) -> Ledger:
-    if not Path(path).exists():
+def _open_ledger(path: str) -> LedgerStore:
+    if not is_database(path) and not Path(path).exists():
         raise LedgerUnavailable(f"no ledger at {path!r} (has the proxy run with this --db?)")
-    return Ledger.open(path)
+    return open_store(path)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -148,7 +150,7 @@ def _who(args: argparse.Namespace) -> str:
 def cmd_reset(args: argparse.Namespace) -> int:
     rules = _rules(args)
     _, claims = _counters_of(rules, args.scope)
-    ledger = Ledger.open(args.db)
+    ledger = open_store(args.db)
     now = datetime.now(UTC)
     # Requests in flight are not a window: their holds end when they finish, wherever reset.
     counters = sorted({c.scope for c in claims if c.unit is not Unit.IN_FLIGHT})
@@ -171,7 +173,7 @@ def cmd_topup(args: argparse.Namespace) -> int:
     micro = int((amount * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
     if not amount.is_finite() or micro <= 0:
         raise PolicyError(f"a top-up must be a positive amount of USD, not {args.usd!r}")
-    ledger = Ledger.open(args.db)
+    ledger = open_store(args.db)
     ledger.topup(budgets[0].scope, micro, datetime.now(UTC), who=_who(args), note=args.note)
     print(f"added {usd(from_micro(micro))} to {budgets[0].rule} ({budgets[0].scope})")
     return 0
@@ -248,6 +250,21 @@ def cmd_hash_secret(args: argparse.Namespace) -> int:
     if not secret:
         raise PolicyError("an empty secret proves nothing")
     print(secret_hash(secret))
+    return 0
+
+
+def cmd_migrate_ledger(args: argparse.Namespace) -> int:
+    from governance.store.migrate_ledger import copy_ledger
+
+    if not is_database(args.target) or is_database(args.source):
+        raise PolicyError("usage: spendfuse migrate-ledger SQLITE_FILE postgresql://...")
+    src, dst = _open_ledger(args.source), open_store(args.target)
+    try:
+        copied = copy_ledger(src, dst)  # type: ignore[arg-type]
+    finally:
+        src.close()
+        dst.close()
+    print("copied " + ", ".join(f"{n} {table}" for table, n in copied.items()))
     return 0
 
 
@@ -426,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-secret", help="print the secret_sha256 of a key's secret")
     p.add_argument("secret", nargs="?", help="the secret (default: read one line from stdin)")
     p.set_defaults(fn=cmd_hash_secret)
+    p = sub.add_parser(
+        "migrate-ledger", help="copy a SQLite ledger into a new PostgreSQL one (proxies stopped)"
+    )
+    p.add_argument("source", help="the SQLite ledger file")
+    p.add_argument("target", help="postgresql://user@host/db, holding no requests yet")
+    p.set_defaults(fn=cmd_migrate_ledger)
     p = sub.add_parser("report", help="spend by model and by day")
     p.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
     _common(p)

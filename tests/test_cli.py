@@ -4,13 +4,24 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from governance import DEFAULT_RULES, cli, money
-from governance.ledger import Ledger, RequestRecord
+from governance.ledger import RequestRecord
+from governance.store.opening import open_store
 from governance.types import Claim, Usage
 
 
-def seed(db: Path) -> None:
-    led = Ledger.open(db)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request, tmp_path) -> str:
+    """Where the operator commands find the ledger: a SQLite file, or a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "l.sqlite")
+    return request.getfixturevalue("pg_server").create_db("cli")
+
+
+def seed(db: str | Path) -> None:
+    led = open_store(str(db))
     now = datetime(2026, 11, 21, 9, tzinfo=UTC)
     c = [Claim("global", "", "never", 1_000_000, 200_000, "budget:global")]
     led.reserve(RequestRecord("a", "p", "openai", "chat", "gpt-4o", est_input_tokens=200), c, 200_000, now)
@@ -20,17 +31,17 @@ def seed(db: Path) -> None:
     led.close()
 
 
-def test_status(tmp_path, capsys):
-    seed(tmp_path / "l.sqlite")
-    assert cli.main(["status", "--db", str(tmp_path / "l.sqlite"), "--rules", str(DEFAULT_RULES)]) == 0
+def test_status(ledger_db, capsys):
+    seed(ledger_db)
+    assert cli.main(["status", "--db", ledger_db, "--rules", str(DEFAULT_RULES)]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("global"))
     assert "$1.00" in line and "$0.12" in line and "$0.20" in line and "$0.68" in line and "never" in line
 
 
-def test_report(tmp_path, capsys):
-    seed(tmp_path / "l.sqlite")
-    led = Ledger.open(tmp_path / "l.sqlite")
+def test_report(ledger_db, capsys):
+    seed(ledger_db)
+    led = open_store(ledger_db)
     now = datetime(2026, 11, 21, 9, tzinfo=UTC)
     c = [Claim("global", "", "never", 1_000_000, 20_000, "budget:global")]
     led.reserve(RequestRecord("d", "p", "openai", "chat", "gpt-5-search-api"), c, 20_000, now)
@@ -43,7 +54,7 @@ def test_report(tmp_path, capsys):
         price_source="genai-prices; fees.yaml:gpt-5-search-api",
     )
     led.close()
-    assert cli.main(["report", "--db", str(tmp_path / "l.sqlite")]) == 0
+    assert cli.main(["report", "--db", ledger_db]) == 0
     out = capsys.readouterr().out
     assert "gpt-4o" in out and "2026-11-21" in out and "budget:global" in out
     # The estimate reserved for "a" (est_input_tokens 200 via the seed) against its real input 100.
@@ -93,10 +104,10 @@ def team_rules(tmp_path: Path) -> Path:
     return path
 
 
-def test_status_shows_every_scope_with_its_window(tmp_path, capsys):
+def test_status_shows_every_scope_with_its_window(tmp_path, ledger_db, capsys):
     rules = team_rules(tmp_path)
-    db = tmp_path / "l.sqlite"
-    Ledger.open(db).close()
+    db = ledger_db
+    open_store(db).close()
     assert cli.main(["status", "--db", str(db), "--rules", str(rules)]) == 0
     out = capsys.readouterr().out
     for scope in (
@@ -115,9 +126,9 @@ def test_status_shows_every_scope_with_its_window(tmp_path, capsys):
     assert "1M (calendar)" in monthly and "T" in monthly.split()[-1]  # the next reset, as a time
 
 
-def test_reset_and_topup_are_ledger_rows_with_who_and_when(tmp_path, capsys):
+def test_reset_and_topup_are_ledger_rows_with_who_and_when(tmp_path, ledger_db, capsys):
     rules = team_rules(tmp_path)
-    db = tmp_path / "l.sqlite"
+    db = ledger_db
     args = ["--db", str(db), "--rules", str(rules), "--who", "ops-anna"]
     assert cli.main(["reset", "key=alice", *args, "--note", "new sprint"]) == 0
     assert "key=alice|agent-daily" in capsys.readouterr().out
@@ -125,7 +136,7 @@ def test_reset_and_topup_are_ledger_rows_with_who_and_when(tmp_path, capsys):
     assert cli.main(["topup", "key=alice", "1", *args]) == 1  # its budget resets: nothing to top up
     assert "never reset" in capsys.readouterr().err
     assert cli.main(["reset", "team=nobody", *args]) == 1
-    led = Ledger.open(db)
+    led = open_store(db)
     adj = led.query("SELECT counter, action, amount_micro, who, note FROM adjustments ORDER BY id")
     led.close()
     assert [(a["counter"], a["action"], a["amount_micro"], a["who"]) for a in adj] == [
@@ -172,10 +183,10 @@ def test_import_bifrost_names_what_it_cannot_translate(tmp_path, capsys):
     assert "routing_rules" in capsys.readouterr().err
 
 
-def test_status_and_report_show_spend_as_billed_not_rounded_up_per_request(tmp_path, capsys):
+def test_status_and_report_show_spend_as_billed_not_rounded_up_per_request(ledger_db, capsys):
     """Ten requests of 1.3 µ$ cost $0.000013; rounded up one by one they would show $0.000020."""
-    db = tmp_path / "l.sqlite"
-    led = Ledger.open(db)
+    db = ledger_db
+    led = open_store(db)
     now = datetime(2026, 11, 21, 9, tzinfo=UTC)
     micro, rest = money.split(Decimal("0.0000013"))
     for i in range(10):
@@ -200,3 +211,39 @@ def test_status_and_report_show_spend_as_billed_not_rounded_up_per_request(tmp_p
         "10",
         "$0.000013",
     ]
+
+
+def test_migrate_ledger_copies_history_holds_anchors_and_salt(tmp_path, pg_server, capsys):
+    src = tmp_path / "l.sqlite"
+    seed(src)  # a settled request, a hold in flight, a refusal
+    led = open_store(str(src))
+    now = datetime(2026, 11, 21, 10, tzinfo=UTC)
+    daily = Claim("key=a|d", "", "never", 500_000, 100_000, "budget:d", reset="1d")
+    led.reserve(RequestRecord("e", "p"), [daily], 100_000, now)
+    led.topup("global", 5, now, who="ops")
+    salt, window = led.salt(), led.resolve_window(daily, now).window_start
+    led.close()
+    url = pg_server.create_db("migrate")
+    assert cli.main(["migrate-ledger", str(src), url]) == 0
+    assert "4 requests" in capsys.readouterr().out
+    pg = open_store(url)
+    try:
+        assert pg.salt() == salt  # keys hash to the same principals
+        assert {r["state"]: r["n"] for r in pg.requests_by_state()} == {"held": 2, "refused": 1, "settled": 1}
+        t = pg.window_totals("global", "")
+        assert (t.settled, t.held) == (120_000, 200_000)
+        # the rolling window keeps its anchor, and the hold in flight settles in the new ledger
+        assert pg.resolve_window(daily, now).window_start == window and window
+        assert pg.window_totals("key=a|d", window).held == 100_000
+        assert pg.settle("b", 150_000, now, outcome="usage")
+        assert pg.window_totals("global", "").settled == 270_000
+        assert (
+            pg.resolve_window(Claim("global", "", "never", 1_000_000, 0, "budget:global"), now).limit
+            == 1_000_005
+        )
+        n = len(pg.query("SELECT id FROM adjustments"))
+    finally:
+        pg.close()
+    assert n == 1
+    assert cli.main(["migrate-ledger", str(src), url]) == 1  # never twice into the same ledger
+    assert "already holds 4 request(s)" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Never over the cap, for real: many simultaneous requests through one proxy, and through
-several proxy processes sharing one ledger file.
+several proxy processes sharing one ledger file or one PostgreSQL database.
 
 Every answer costs exactly its reservation (the fake upstream writes the whole output cap and
 bills the input the proxy reserved), so no settlement ever frees room: a cap of N reservations
@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from governance.ledger import Ledger
+from governance.store.opening import open_store
 from tests.support.at_reservation import (
     MAX_TOKENS,
     PROMPT,
@@ -56,11 +56,13 @@ async def fire(urls: list[str], ca: Path, n: int) -> tuple[int, list[openai.APIS
     return ok, refused
 
 
-@pytest.mark.parametrize("processes", [1, 3])
-def test_simultaneous_requests_never_pass_the_cap(processes, start, upstream, tmp_path):
+@pytest.mark.parametrize(("processes", "kind"), [(1, "sqlite"), (3, "sqlite"), (3, "postgresql")])
+def test_simultaneous_requests_never_pass_the_cap(processes, kind, start, upstream, tmp_path, request):
     cost = bill_at_reservation(upstream, reserved_input_tokens(start, tmp_path))
     cap = ADMITTED * cost + cost - 1  # µ$: one more reservation would pass it by 1 µ$
     db = tmp_path / "shared.sqlite"
+    if kind == "postgresql":  # the same ledger in a PostgreSQL database the proxies share
+        db = request.getfixturevalue("pg_server").create_db("concurrency")
     budget = str(Decimal(cap) / 1_000_000)
     proxies = [start(spendfuse_budget=budget, db=db, launcher=(i == 1)) for i in range(processes)]
     ok, refused = asyncio.run(fire([p.url for p in proxies], proxies[0].ca, REQUESTS))
@@ -70,7 +72,7 @@ def test_simultaneous_requests_never_pass_the_cap(processes, start, upstream, tm
         assert e.response.headers["x-should-retry"] == "false"
     assert upstream.hits["/v1/chat/completions"] == ADMITTED
     assert len(upstream.billed) == ADMITTED and fake_bill_micro(upstream) == ADMITTED * cost
-    ledger = Ledger.open(db)
+    ledger = open_store(str(db))
     try:
         rows = ledger.query("SELECT state, decision, reserved_micro, cost_micro FROM requests")
         totals = ledger.window_totals("global", "")

@@ -205,15 +205,15 @@ def test_rules_reload_when_edited_and_a_bad_edit_keeps_the_old_rules(start, upst
     assert [r["state"] for r in rows] == ["settled", "settled", "refused"]
 
 
-def team_rules(path: Path, team_cap_usd: Decimal | int) -> Path:
-    """Four keys of one team, each with a roomy budget of its own; the team's cap is the test's."""
+def team_rules(path: Path, team_cap_usd: Decimal | int, keys: int = 4) -> Path:
+    """`keys` keys of one team, each with a roomy budget of its own; the team's cap is the test's."""
     return rules(
         path,
         budgets=[{"id": "team-cap", "max_usd": str(team_cap_usd)}, {"id": "roomy", "max_usd": 10}],
         teams=[{"id": "research", "budgets": ["team-cap"]}],
         keys=[
             {"id": f"k{i}", "team": "research", "secret_sha256": secret_hash(f"s{i}"), "budgets": ["roomy"]}
-            for i in range(4)
+            for i in range(keys)
         ],
     )
 

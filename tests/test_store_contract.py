@@ -1,8 +1,8 @@
 """The `LedgerStore` contract: the same promises checked against every store.
 
-Each test takes a `store` built by every factory in `STORES` (SQLite now; a PostgreSQL factory
-joins the list when that store exists) and uses only the protocol's verbs, so a new store passes
-or fails the same suite. Amounts are chosen so that one more unit would change the answer.
+Each test takes a `store` built by every factory in `STORES` (SQLite, and PostgreSQL on a real
+server the session starts: tests/support/postgres.py) and uses only the protocol's verbs, so a
+new store passes or fails the same suite. Amounts are chosen so that one more unit would change the answer.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import pytest
 from governance import money, policy
 from governance.engine import Engine
 from governance.store import LedgerStore, RequestRecord, Room
+from governance.store.postgres import PostgresStore
 from governance.store.sqlite import SqliteStore
 from governance.types import Claim, Endpoint, Metering, Usage
 from governance.units import Unit
+from tests.support.postgres import database_for
 from tests.support.racing import race
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -28,13 +30,23 @@ def sqlite_store(tmp_path: Path) -> LedgerStore:
     return SqliteStore.open(tmp_path / "contract.sqlite")
 
 
+def postgres_store(tmp_path: Path) -> LedgerStore:
+    return PostgresStore.open(database_for(str(tmp_path)))
+
+
 #: One factory per store: `factory(tmp_path) -> LedgerStore`, the same store for the same
 #: `tmp_path` from any process (module-level functions, so spawned processes can call them).
-STORES: dict[str, Callable[[Path], LedgerStore]] = {"sqlite": sqlite_store}
+STORES: dict[str, Callable[[Path], LedgerStore]] = {"sqlite": sqlite_store, "postgresql": postgres_store}
+
+
+def _server_for(request: pytest.FixtureRequest, kind: str) -> None:
+    if kind == "postgresql":
+        request.getfixturevalue("pg_server")  # started once per session, for this kind only
 
 
 @pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path: Path) -> Iterator[LedgerStore]:
+    _server_for(request, request.param)
     s = STORES[request.param](tmp_path)
     yield s
     s.close()
@@ -194,7 +206,8 @@ def _race(kind: str, tmp_path: Path, start, worker: int, results) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(STORES))
-def test_processes_sharing_a_store_never_pass_a_limit(kind, tmp_path: Path):
+def test_processes_sharing_a_store_never_pass_a_limit(kind, tmp_path: Path, request):
+    _server_for(request, kind)
     granted = race(_race, (kind, tmp_path), 4)
     # 4 x 20 attempts of $0.01 against $0.50: exactly 50 fit, whatever the interleaving.
     assert sum(granted) == 50
@@ -202,6 +215,30 @@ def test_processes_sharing_a_store_never_pass_a_limit(kind, tmp_path: Path):
     t = s.window_totals("global", "")
     assert (t.settled, t.held) == (500_000, 0) and s.window_totals("pace|in_flight", "").used == 0
     assert {r["state"]: r["n"] for r in s.requests_by_state()} == {"refused": 30, "settled": 50}
+    s.close()
+
+
+def _reap(kind: str, tmp_path: Path, start, worker: int, results) -> None:
+    start.wait()
+    s = STORES[kind](tmp_path)
+    results.put(s.reap(NOW + timedelta(seconds=100), 60))
+    s.close()
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_processes_reaping_together_reap_each_lost_hold_once(kind, tmp_path: Path, request):
+    _server_for(request, kind)
+    s = STORES[kind](tmp_path)
+    claims = [budget(10_000), rate(Unit.IN_FLIGHT, 1, 100, scope="fl")]
+    for i in range(30):
+        assert s.reserve(RequestRecord(f"h{i}", "p"), claims, 10_000, NOW).granted
+    s.close()
+    reaped = race(_reap, (kind, tmp_path), 4)
+    assert sum(reaped) == 30  # every lost hold once, whichever process got it
+    s = STORES[kind](tmp_path)
+    t = s.window_totals("global", "")
+    assert (t.settled, t.held) == (300_000, 0) and s.window_totals("fl|in_flight", "").used == 0
+    assert {r["state"]: r["n"] for r in s.requests_by_state()} == {"expired": 30}
     s.close()
 
 

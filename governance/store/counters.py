@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -113,3 +114,42 @@ def reshaped(claim: Claim, was: str, anchor_text: str | None, now: datetime) -> 
         old_key or "the start",
     )
     return old_key, new_key, anchor_text
+
+
+#: A counter's row as a store read it: `(anchor, top-ups in micro-USD, shape)`.
+Known = dict[str, tuple[str | None, int, str | None]]
+
+
+def resolve_known(
+    claims: Sequence[Claim],
+    known: Known,
+    now: datetime,
+    *,
+    first_use: Callable[[str, str | None, str], None],
+    change_shape: Callable[[Claim, str, str | None], str | None],
+    set_shape: Callable[[str, str, str | None], None],
+) -> list[Claim]:
+    """Each claim with its current window and effective limit, from its counter's row in
+    `known` (updated as it goes). A store supplies the writes, inside its transaction:
+    `first_use(counter, anchor, shape)` for a counter never seen (a rolling window's first use
+    anchors it), `change_shape(claim, was, anchor) -> anchor` to carry a reshaped counter's spend
+    into its new window, and `set_shape(counter, shape, anchor)`."""
+    out = []
+    for claim in claims:
+        now_shape = shape(claim)
+        row = known.get(claim.scope)
+        if row is None:
+            anchor_text, topup = first_anchor(claim, now), 0
+            first_use(claim.scope, anchor_text, now_shape)
+            known[claim.scope] = (anchor_text, topup, now_shape)
+        else:
+            anchor_text, topup, was = row
+            if was != now_shape:
+                if was is not None:
+                    anchor_text = change_shape(claim, was, anchor_text)
+                elif anchor_text is None:
+                    anchor_text = first_anchor(claim, now)
+                set_shape(claim.scope, now_shape, anchor_text)
+                known[claim.scope] = (anchor_text, topup, now_shape)
+        out.append(resolve(claim, anchor_text, topup, now))
+    return out

@@ -39,14 +39,14 @@ def check_path(path: str | Path) -> None:
         )
     if _KEYWORD_DSN.match(text):
         raise LedgerUnavailable(
-            f"ledger {text!r} looks like a database connection string (key=value), which this build "
-            f"cannot open: it keeps its ledger in a SQLite file; give that file's path"
+            f"ledger {text!r} looks like a database connection string (key=value): give a SQLite file's "
+            f"path, or a fleet's PostgreSQL ledger as a postgresql://user@host/db URL"
         )
     if scheme := _URL_SCHEME.match(text):
         # Taken as a file name, `postgresql://host/db` would become a SQLite file under the working
         # directory: each machine of a fleet would keep its own ledger and pass every cap once.
         raise LedgerUnavailable(
-            f"ledger {text!r} names a {scheme.group(1)!r} URL, which this build cannot open: it keeps "
-            f"its ledger in a SQLite file; give that file's path (several proxies on one machine may "
-            f"share it)"
+            f"ledger {text!r} names a {scheme.group(1)!r} URL, which this build cannot open: give a SQLite "
+            f"file's path (several proxies on one machine may share it), or a fleet's PostgreSQL ledger "
+            f"as postgresql://user@host/db"
         )

@@ -11,106 +11,22 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
 
 from governance import money
-from governance.errors import LedgerUnavailable
 from governance.store import (
-    RecordRefusal,
     RequestRecord,
     ReserveResult,
-    Room,
-    WindowTotals,
-    counters,
+    holds,
     iso,
 )
 from governance.store.sqlite_counters import resolve_windows, totals_of
 from governance.store.sqlite_file import SqliteFile
 from governance.store.sqlite_reports import SqliteReports
-from governance.types import Claim, Usage
-from governance.units import BY_TEXT, Unit, unit_of
-
-_NO_TOTALS = WindowTotals(0, 0)
-
-
-def _insert_request(
-    conn: sqlite3.Connection,
-    rec: RequestRecord,
-    now: datetime,
-    *,
-    state: str,
-    decision: str,
-    reserved_micro: int,
-    rule: str | None,
-    reason: str | None,
-    counters: str | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO requests (id, created_at, principal, provider, api, model, stream, "
-        "est_input_tokens, max_output_tokens, reserved_micro, state, decision, rule, reason, "
-        "price_source, requested_output_tokens, injected_output_tokens, counters) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            rec.request_id,
-            iso(now),
-            rec.principal,
-            rec.provider,
-            rec.api,
-            rec.model,
-            int(rec.stream),
-            rec.est_input_tokens,
-            rec.max_output_tokens,
-            reserved_micro,
-            state,
-            decision,
-            rule,
-            reason,
-            rec.price_source,
-            rec.requested_output_tokens,
-            rec.injected_output_tokens,
-            counters,
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class _Check:
-    """Every claim checked against its window: the first that does not fit, and the room left."""
-
-    blocking: ReserveResult | None
-    room: Room
-    lefts: list[int]
-
-
-def _check(claims: Sequence[Claim], found: dict[tuple[str, str], WindowTotals], input_tokens: int) -> _Check:
-    blocking: ReserveResult | None = None
-    usd_room: int | None = None
-    output_room: int | None = None
-    lefts = []
-    for claim in claims:
-        t = found.get((claim.scope, claim.window_start), _NO_TOTALS)
-        left = claim.limit - t.used  # exact spend + holds against the limit
-        lefts.append(left)
-        if claim.unit is Unit.USD:
-            usd_room = left if usd_room is None else min(usd_room, left)
-        elif (spare := claim.unit.output_room(left, input_tokens)) is not None:  # a token limit on output
-            output_room = spare if output_room is None else min(output_room, spare)
-        if blocking is None and claim.amount > left:
-            blocking = ReserveResult(False, claim, t.settled, t.held, t.settled_rest)
-    return _Check(blocking, Room(usd_room, output_room), lefts)
-
-
-def _granted(claims: Sequence[Claim], lefts: Sequence[int]) -> ReserveResult:
-    """A granted reservation, with the USD left in its tightest budget after the hold."""
-    tightest: tuple[int, str] | None = None
-    for claim, left in zip(claims, lefts, strict=True):
-        if claim.unit is Unit.USD and (tightest is None or left - claim.amount < tightest[0]):
-            tightest = (left - claim.amount, claim.rule)
-    return ReserveResult(
-        True, remaining_micro=tightest[0] if tightest else None, binding=tightest[1] if tightest else None
-    )
+from governance.store.verbs import StoreVerbs
+from governance.types import Claim
+from governance.units import unit_of
 
 
 def _hold(conn: sqlite3.Connection, request_id: str, claims: Sequence[Claim]) -> None:
@@ -127,146 +43,43 @@ def _hold(conn: sqlite3.Connection, request_id: str, claims: Sequence[Claim]) ->
     )
 
 
-def _remember_context(conn: sqlite3.Connection, usage: Usage, now: datetime) -> None:
-    """Keep the size of the context an answer ended with, under its response id and its
-    conversation (whose latest answer is its running size)."""
-    size = usage.input_tokens + usage.output_tokens
-    keys = []
-    if usage.response_id:
-        keys.append(f"response:{usage.response_id}")
-    if usage.conversation_id:
-        keys.append(f"conversation:{usage.conversation_id}")
-    for key in keys:
-        # The larger size wins: turns of a conversation may settle out of order, and the
-        # reservation must never shrink below what the provider already holds.
-        conn.execute(
-            "INSERT INTO contexts (id, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) "
-            "DO UPDATE SET tokens = MAX(tokens, excluded.tokens), updated_at = excluded.updated_at",
-            (key, size, iso(now)),
-        )
-
-
-def _finished_claims(
-    rows: list[tuple], request_id: str, cost_micro: int, cost_submicro: int, usage: Usage | None, state: str
-) -> tuple[list[tuple], list[tuple]]:
-    """The totals updates and final claim rows of a request's claims `rows` as it finishes."""
-    was_expired = rows[0][0] == "expired"
-    used = (usage.input_tokens, usage.output_tokens) if usage is not None else None
-    totals, finals = [], []
-    for _, _, scope, window_start, amount, unit_text in rows:
-        if scope is None:
-            continue  # a hold with no claims (no limit applied)
-        unit = BY_TEXT[unit_text]  # an unknown unit raises: the hold stays until reaped
-        final = unit.final_amount(amount, cost_micro, used, released=state == "released")
-        # An expired hold was already charged by the reaper: correct it to the real amount.
-        held_back = 0 if was_expired else amount
-        charged = final - unit.at_expiry(amount) if was_expired else final
-        rest = cost_submicro if unit is Unit.USD else 0  # only money has a rest
-        totals.append((held_back, charged, rest, rest, scope, window_start))
-        finals.append((final, rest, request_id, scope, window_start))
-    return totals, finals
-
-
-_SETTLE_REQUEST = (
-    "UPDATE requests SET state = ?, outcome = ?, settled_at = ?, cost_micro = ?, "
-    "cost_submicro = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
-    "cache_write_tokens = ?, "
-    "price_source = COALESCE(?, price_source), model = COALESCE(model, ?) WHERE id = ?"
-)
-
-
-class SqliteStore(SqliteReports, SqliteFile):
+class SqliteStore(StoreVerbs, SqliteReports, SqliteFile):
     """The ledger in a SQLite file (`SqliteStore.open(path)`): a `LedgerStore`."""
 
-    def reserve(
-        self,
-        rec: RequestRecord,
-        claims: Sequence[Claim],
-        reserved_micro: int,
-        now: datetime,
-        *,
-        enforce: bool = True,
-        decision: str = "allowed",
-        rule: str | None = None,
-        reason: str | None = None,
-        record_refusal: RecordRefusal = True,
-    ) -> ReserveResult:
-        """Check every claim and hold them all, or none, in one transaction.
-
-        With `enforce`, the first claim (in the order given) whose window's settled + held +
-        amount would pass its limit refuses the request: a `refused` row is written and nothing
-        is held. Without it (dry run) everything is held and the would-be refusal is only reported.
-        A refusal reports the room its windows had left (`room`, `output_room`).
-
-        `record_refusal`: False, or a callable that answers False for the room seen, writes
-        nothing for a refusal (`recorded=False`): the caller may try again (made to fit the room,
-        or with the provider's own input count) and records the outcome then."""
+    def _reserve(self, r: holds.Reservation) -> ReserveResult:
         with self._write() as conn:
-            claims = resolve_windows(conn, claims, now)
-            check = _check(claims, totals_of(conn, claims) if claims else {}, rec.est_input_tokens or 0)
-            blocking = check.blocking
-            if blocking is not None and enforce:
-                assert blocking.blocking is not None
-                room = check.room
-                record = (
-                    record_refusal
-                    if isinstance(record_refusal, bool)
-                    else record_refusal(blocking.blocking, room)
-                )
-                if record:
-                    _insert_request(
-                        conn, rec, now, state="refused", decision="refused", reserved_micro=0,
-                        rule=blocking.blocking.rule, reason=reason,
-                    )  # fmt: skip
-                return replace(blocking, room=room.usd, output_room=room.output_tokens, recorded=record)
-            if blocking is not None:  # dry run: held regardless, recorded as a would-be refusal
-                assert blocking.blocking is not None
-                decision, rule = "dry_run", rule or blocking.blocking.rule
-            _insert_request(
-                conn, rec, now, state="held", decision=decision, reserved_micro=reserved_micro, rule=rule,
-                reason=reason, counters=",".join(c.scope for c in claims),
-            )  # fmt: skip
-            _hold(conn, rec.request_id, claims)
-            if blocking is not None:  # dry run: held anyway, and the would-be refusal reported
-                return replace(blocking, granted=True, room=None)
-            return _granted(claims, check.lefts)
+            claims = resolve_windows(conn, r.claims, r.now)
+            found = totals_of(conn, claims) if claims else {}
+            return holds.decide(
+                r, claims, found, partial(conn.execute, holds.INSERT_REQUEST), partial(_hold, conn)
+            )
 
     def record_refusal(
         self, rec: RequestRecord, now: datetime, *, rule: str, reason: str | None, decision: str = "refused"
     ) -> None:
         """Record a request refused before any reservation (parse, price, multiplier, endpoint)."""
         with self._write() as conn:
-            _insert_request(
-                conn, rec, now, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
+            conn.execute(
+                holds.INSERT_REQUEST,
+                holds.request_row(
+                    rec, now, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
+                ),
             )
 
-    def _finish(
-        self,
-        request_id: str,
-        *,
-        cost_micro: int | None,
-        cost_submicro: int = 0,
-        state: str,
-        outcome: str,
-        now: datetime,
-        usage: Usage | None = None,
-        price_source: str | None = None,
-    ) -> bool:
-        """Replace a hold by `cost_micro` (plus its rest `cost_submicro`, in atto-USD), or by its
-        own reserved amount when that is None."""
-        if not 0 <= cost_submicro < money.SUBMICRO_PER_MICRO:
-            raise ValueError(f"a cost's rest below a micro-dollar must be in [0, 10^12), not {cost_submicro}")
+    def _finish(self, f: holds.Finish) -> bool:
+        """`StoreVerbs._finish`: one `BEGIN IMMEDIATE` transaction."""
         with self._write() as conn:
             rows = conn.execute(
                 "SELECT r.state, r.reserved_micro, c.scope, c.window_start, c.amount, c.unit "
                 "FROM requests r LEFT JOIN claims c ON c.request_id = r.id WHERE r.id = ?",
-                (request_id,),
+                (f.request_id,),
             ).fetchall()
             if not rows or rows[0][0] not in ("held", "expired"):
                 return False  # already settled or released: settlement is idempotent
-            if cost_micro is None:
-                cost_micro = rows[0][1]
-            totals, finals = _finished_claims(rows, request_id, cost_micro, cost_submicro, usage, state)
+            cost_micro = rows[0][1] if f.cost_micro is None else f.cost_micro
+            totals, finals = holds.finished_claims(
+                rows, f.request_id, cost_micro, f.cost_submicro, f.usage, f.state
+            )
             settle_sql = money.add_sql("settled", "settled_rest")
             conn.executemany(
                 f"UPDATE totals SET held = held - ?, {settle_sql} WHERE scope = ? AND window_start = ?",
@@ -277,51 +90,14 @@ class SqliteStore(SqliteReports, SqliteFile):
                 "WHERE request_id = ? AND scope = ? AND window_start = ?",
                 finals,
             )
-            u = usage
-            conn.execute(
-                _SETTLE_REQUEST,
-                (
-                    state, outcome, iso(now), cost_micro, cost_submicro,
-                    u.input_tokens if u else None, u.output_tokens if u else None,
-                    u.cache_read_tokens if u else None, u.cache_write_tokens if u else None,
-                    price_source, u.model if u else None, request_id,
-                ),
-            )  # fmt: skip
-            if usage is not None:
-                _remember_context(conn, usage, now)
+            conn.execute(holds.SETTLE_REQUEST, holds.settle_request_params(f, cost_micro))
+            if f.usage is not None:
+                conn.executemany(
+                    "INSERT INTO contexts (id, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) "
+                    "DO UPDATE SET tokens = MAX(tokens, excluded.tokens), updated_at = excluded.updated_at",
+                    holds.context_rows(f.usage, f.now),
+                )
             return True
-
-    def settle(
-        self,
-        request_id: str,
-        cost_micro: int,
-        now: datetime,
-        *,
-        outcome: str,
-        usage: Usage | None = None,
-        price_source: str | None = None,
-        cost_submicro: int = 0,
-    ) -> bool:
-        """Replace a hold by the real cost: `cost_micro` whole micro-dollars plus `cost_submicro`
-        atto-USD (`money.split` of the exact cost). Idempotent: returns False if already finished."""
-        return self._finish(
-            request_id,
-            cost_micro=cost_micro,
-            cost_submicro=cost_submicro,
-            state="settled",
-            outcome=outcome,
-            now=now,
-            usage=usage,
-            price_source=price_source,
-        )
-
-    def release(self, request_id: str, now: datetime, *, outcome: str) -> bool:
-        """Drop a hold, charging nothing (the upstream never ran the request). Idempotent."""
-        return self._finish(request_id, cost_micro=0, state="released", outcome=outcome, now=now)
-
-    def charge_reservation(self, request_id: str, now: datetime, *, outcome: str) -> bool:
-        """Settle a hold at its full reserved amount, when real usage cannot be known."""
-        return self._finish(request_id, cost_micro=None, state="settled", outcome=outcome, now=now)
 
     def reap(self, now: datetime, ttl_seconds: int) -> int:
         """Charge holds older than `ttl_seconds` at their reserved amount (state `expired`): a
@@ -355,11 +131,6 @@ class SqliteStore(SqliteReports, SqliteFile):
             return len(stale)
 
     # -- operator actions ---------------------------------------------------------------------------
-
-    def salt(self) -> str:
-        """This ledger's random salt, for hashing upstream API keys into principals."""
-        rows = self._read("SELECT value FROM meta WHERE key = 'salt'")
-        return str(rows[0][0])
 
     def reset(self, counters: Sequence[str], now: datetime, *, who: str, note: str | None = None) -> None:
         """Start a new window of each counter now. History stays: the old window's totals and
@@ -396,14 +167,6 @@ class SqliteStore(SqliteReports, SqliteFile):
                 (iso(now), counter, amount_micro, who, note),
             )
 
-    def resolve_window(self, claim: Claim, now: datetime) -> Claim:
-        """`claim` with its current window and effective limit, read-only (for `spendfuse status`)."""
-        rows = self._read("SELECT anchor_at, topup_micro FROM counters WHERE counter = ?", (claim.scope,))
-        anchor_text, topup = (rows[0][0], rows[0][1]) if rows else (None, 0)
-        if anchor_text is None:
-            anchor_text = counters.first_anchor(claim, now)  # not used yet: its first window would start now
-        return counters.resolve(claim, anchor_text, topup, now)
-
     # -- context kept by providers --------------------------------------------------------------
 
     def context_tokens(self, ids: Sequence[str]) -> dict[str, int]:
@@ -415,19 +178,3 @@ class SqliteStore(SqliteReports, SqliteFile):
         return {row[0]: row[1] for row in rows}
 
     # -- reading ------------------------------------------------------------------------------
-
-    def window_totals(self, scope: str, window_start: str) -> WindowTotals:
-        """A window's spend and holds (nothing for a window never used)."""
-        rows = self._read(
-            "SELECT settled, held, settled_rest FROM totals WHERE scope = ? AND window_start = ?",
-            (scope, window_start),
-        )
-        return WindowTotals(rows[0][0], rows[0][1], rows[0][2]) if rows else WindowTotals(0, 0)
-
-    def request(self, request_id: str) -> dict[str, Any] | None:
-        """A request's row, or None."""
-        try:
-            rows = list(self.db.query("SELECT * FROM requests WHERE id = ?", [request_id]))
-        except sqlite3.Error as e:
-            raise LedgerUnavailable(f"ledger read failed: {e}") from e
-        return rows[0] if rows else None

@@ -25,32 +25,18 @@ def resolve_windows(conn: sqlite3.Connection, claims: Sequence[Claim], now: date
         f"SELECT counter, anchor_at, topup_micro, shape FROM counters WHERE counter IN ({marks})",
         [c.scope for c in claims],
     ).fetchall()
-    known = {r[0]: (r[1], r[2], r[3]) for r in rows}
-    out = []
-    for claim in claims:
-        shape = counters.shape(claim)
-        row = known.get(claim.scope)
-        if row is None:  # first use: a rolling window's first use anchors it
-            anchor_text, topup = counters.first_anchor(claim, now), 0
-            conn.execute(
-                "INSERT INTO counters (counter, anchor_at, shape) VALUES (?, ?, ?)",
-                (claim.scope, anchor_text, shape),
-            )
-            known[claim.scope] = (anchor_text, topup, shape)
-        else:
-            anchor_text, topup, was = row
-            if was != shape:
-                if was is not None:
-                    anchor_text = _change_shape(conn, claim, was, anchor_text, now)
-                elif anchor_text is None:
-                    anchor_text = counters.first_anchor(claim, now)
-                conn.execute(
-                    "UPDATE counters SET shape = ?, anchor_at = ? WHERE counter = ?",
-                    (shape, anchor_text, claim.scope),
-                )
-                known[claim.scope] = (anchor_text, topup, shape)
-        out.append(counters.resolve(claim, anchor_text, topup, now))
-    return out
+    return counters.resolve_known(
+        claims,
+        {r[0]: (r[1], r[2], r[3]) for r in rows},
+        now,
+        first_use=lambda counter, anchor, shape: conn.execute(
+            "INSERT INTO counters (counter, anchor_at, shape) VALUES (?, ?, ?)", (counter, anchor, shape)
+        ),
+        change_shape=lambda claim, was, anchor: _change_shape(conn, claim, was, anchor, now),
+        set_shape=lambda counter, shape, anchor: conn.execute(
+            "UPDATE counters SET shape = ?, anchor_at = ? WHERE counter = ?", (shape, anchor, counter)
+        ),
+    )
 
 
 def _change_shape(

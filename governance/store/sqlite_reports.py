@@ -1,85 +1,26 @@
-"""The operator's reads of a SQLite ledger (`spendfuse status`, `spendfuse report`): the SQL
-lives here, so the commands only format rows. Each row is a dict; money sums are exact
-(`money.summed(row, "cost")`)."""
+"""The operator's reads of a SQLite ledger: its `query`; the SQL is `governance.store.reports`'s."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlite_utils import Database
 
-from governance import money
 from governance.errors import LedgerUnavailable
+from governance.store.reports import LedgerReports
 
-_COST = money.sum_sql("cost_micro", "cost_submicro", "cost")
 
-
-class SqliteReports:
+class SqliteReports(LedgerReports):
     """Reads for the operator commands, on the ledger's `db`."""
 
     db: Database
+    _retry_busy: Callable[[Callable[[], list[dict[str, Any]]]], list[dict[str, Any]]]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts, for the operator commands and tests."""
-        try:
-            return list(self.db.query(sql, list(params)))
+        try:  # waiting out another process's lock, as every read of this file does
+            return self._retry_busy(lambda: list(self.db.query(sql, list(params))))
         except sqlite3.Error as e:
             raise LedgerUnavailable(f"ledger read failed: {e}") from e
-
-    def requests_by_state(self) -> list[dict[str, Any]]:
-        """Per request state: `state`, `n`, and the summed cost."""
-        return self.query(f"SELECT state, count(*) AS n, {_COST} FROM requests GROUP BY state ORDER BY state")
-
-    def _costed(self, since: str | None) -> tuple[str, list[str]]:
-        """The WHERE clause of requests with a cost (created at `since` or later), and its params."""
-        return "WHERE cost_micro IS NOT NULL" + (" AND created_at >= ?" if since else ""), [
-            since
-        ] if since else []
-
-    def spend_by_model(self, since: str | None = None) -> list[dict[str, Any]]:
-        """Per model: `model`, `n`, input tokens `tin`, output tokens `tout`, and the summed cost."""
-        where, params = self._costed(since)
-        return self.query(
-            f"SELECT coalesce(model, '?') AS model, count(*) AS n, sum(coalesce(input_tokens, 0)) AS tin, "
-            f"sum(coalesce(output_tokens, 0)) AS tout, {_COST} FROM requests {where} GROUP BY model",
-            params,
-        )
-
-    def spend_by_day(self, since: str | None = None) -> list[dict[str, Any]]:
-        """Per UTC day: `day`, `n`, and the summed cost."""
-        where, params = self._costed(since)
-        return self.query(
-            f"SELECT substr(created_at, 1, 10) AS day, count(*) AS n, {_COST} FROM requests {where} "
-            "GROUP BY day ORDER BY day",
-            params,
-        )
-
-    def refusals_by_rule(self, since: str | None = None) -> list[dict[str, Any]]:
-        """Per rule: `rule`, `n` refusals, most first."""
-        return self.query(
-            "SELECT coalesce(rule, '?') AS rule, count(*) AS n FROM requests WHERE decision = 'refused' "
-            + ("AND created_at >= ? " if since else "")
-            + "GROUP BY rule ORDER BY n DESC",
-            [since] if since else [],
-        )
-
-    def spend_by_rules_table(self, since: str | None = None) -> list[dict[str, Any]]:
-        """Spend priced from the rules' fee and regional tables: `source`, `model`, `n`, `cost`."""
-        where, params = self._costed(since)
-        return self.query(
-            f"SELECT price_source AS source, coalesce(model, '?') AS model, count(*) AS n, "
-            f"sum(cost_micro) AS cost FROM requests {where} AND (price_source LIKE '%fees.yaml:%' "
-            f"OR price_source LIKE '%regional:%') GROUP BY price_source, model ORDER BY cost DESC",
-            params,
-        )
-
-    def input_estimates(self, since: str | None = None) -> list[dict[str, Any]]:
-        """Settled requests' input estimate `est` against the `real` input, with their `model`."""
-        return self.query(
-            "SELECT coalesce(model, '?') AS model, est_input_tokens AS est, input_tokens AS real "
-            "FROM requests WHERE state = 'settled' AND est_input_tokens > 0 AND input_tokens IS NOT NULL"
-            + (" AND created_at >= ?" if since else ""),
-            [since] if since else [],
-        )
