@@ -132,9 +132,10 @@ class TestTheFuseStillDecides:
         assert "generativelanguage.googleapis.com" in reply.json()["error"]["message"]
         assert upstream.total_hits == 0
 
-    def test_websocket_upgrade_is_refused(self, start, upstream, tmp_path):
-        """Codex first tries a WebSocket on /v1/responses; refused, it falls back to HTTP."""
-        proxy = self._start(start, tmp_path)
+    def test_websocket_upgrade_is_refused_where_the_rules_refuse_websockets(self, start, upstream, tmp_path):
+        """Codex first tries a WebSocket on /v1/responses; with `websockets: refuse` it is refused
+        through the gateway as through the proxy, and Codex falls back to HTTP."""
+        proxy = self._start(start, tmp_path, websockets="refuse")
         reply = raw(
             gateway_port(proxy),
             b"GET /openai/v1/responses HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
