@@ -296,7 +296,9 @@ def test_the_bifrost_example_enforces_its_keys_models_and_budgets(start, upstrea
         assert cli.main(["import-bifrost", str(RULES_DIR / "examples" / "bifrost-values.yaml")]) == 0
     out.write_text(buf.getvalue())
     db = tmp_path / "ledger.sqlite"
-    proxy = start(rules=out, db=db)
+    # The example's provider keys are custody credentials reading these (as Bifrost read them).
+    keys = {"OPENAI_API_KEY": "sk-proj-example-openai", "ANTHROPIC_API_KEY": "sk-ant-example"}
+    proxy = start(rules=out, db=db, env=keys)
     dev = client(proxy, default_headers={"x-bf-vk": "vk-dev-secret-token"})
     mini = dev.chat.completions.create(
         model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
