@@ -680,13 +680,14 @@ class TestCompressedRequestBodies:
             raw=raw,
         )
 
+    @pytest.mark.parametrize("stream", [False, True])  # streamed: the body is rewritten
     @pytest.mark.parametrize("coding", ["gzip", "br", "zstd", "zstd, gzip"])
-    def test_a_compressed_request_is_metered_and_served(self, start_real, tls_upstream, coding):
+    def test_a_compressed_request_is_metered_and_served(self, start_real, tls_upstream, coding, stream):
         import brotli
         from backports import zstd
 
         encode = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress}
-        raw = json.dumps(chat_body()).encode()
+        raw = json.dumps({**chat_body(), "stream": stream}).encode()
         for c in coding.split(","):
             raw = encode[c.strip()](raw)
         proxy = start_real(budget="1")

@@ -258,7 +258,7 @@ def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str]
 
     A budget refusal is a 429 `rate_limit_error` with `x-should-retry: false`, on which the SDK
     and Claude Code stop at once; `details.error_code` is Anthropic's own spend-limit code."""
-    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
+    shape = shapes.of(ENVELOPE, refusal)
     body = {
         "type": "error",
         "error": {

@@ -21,7 +21,7 @@ def auth(provider: str) -> None:
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as Bedrock sends errors: `{"message": ...}` plus `x-amzn-ErrorType`."""
-    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
+    shape = shapes.of(ENVELOPE, refusal)
     headers = refusal_headers(refusal)
     headers["x-amzn-errortype"] = shape.type
     headers["x-amzn-requestid"] = request_id

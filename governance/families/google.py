@@ -25,7 +25,7 @@ def auth(provider: str) -> Auth:
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as a `google.rpc.Status`: `{"error": {code, message, status, details}}`."""
-    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
+    shape = shapes.of(ENVELOPE, refusal)
     body = {
         "error": {
             "code": shape.status,

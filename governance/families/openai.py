@@ -418,7 +418,7 @@ stream_reader = sse_reader_of(StreamUsage)
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as OpenAI sends errors: `{"error": {message, type, param, code}}`."""
-    shape = refusal.shape or shapes.shape(ENVELOPE, refusal.kind)
+    shape = shapes.of(ENVELOPE, refusal)
     body = {
         "error": {
             "message": refusal.message,

@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from governance.rulefile import Problem, RulesInvalid, read_yaml, validation_problems
-from governance.types import RefusalKind
+from governance.types import Refusal, RefusalKind
 
 _KINDS = tuple(k.value for k in RefusalKind)
 
@@ -79,6 +79,12 @@ def require(envelopes: Iterable[str]) -> None:
 def shape(envelope: str, kind: RefusalKind) -> Shape:
     """The shipped shape of a `kind` refusal in `envelope`."""
     return shipped().shape(envelope, kind)
+
+
+def of(envelope: str, refusal: Refusal) -> Shape:
+    """The shape `refusal` is rendered in: its client's own (`governance.clients`), else the
+    envelope's shipped one for its kind."""
+    return refusal.shape or shape(envelope, refusal.kind)
 
 
 def json_schema() -> str:

@@ -114,6 +114,9 @@ class Admission:
         try:
             forward = engine.forward_bytes(read, decision, endpoint.family, prepared)
             if forward is not None:
+                # The rewritten body goes as plain JSON: mitmproxy cannot re-encode every coding
+                # a client may stack (`zstd, gzip`), and its provider reads plain JSON as well.
+                flow.request.headers.pop("content-encoding", None)
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
             flow.request.headers["accept-encoding"] = "identity"
