@@ -65,13 +65,16 @@ def is_event_stream(content_type: str) -> bool:
 def stream_tap(
     info: RequestInfo, family: str, content_type: str, content_encoding: str, *, sized: bool = False
 ) -> StreamTap | None:
-    """The tap that reads usage from an event stream as it passes (None: not a stream; the
-    whole body is read when it has arrived). Events that preparing the request added are taken
+    """The tap that reads usage from an event stream (or a streamed request's answer in a type
+    its family names in `STREAM_CONTENT_TYPES`) as it passes (None: not a stream; the whole body
+    is read when it has arrived). Events that preparing the request added are taken
     out of what the client receives, unless the stream's bytes cannot change: compressed, or
     `sized` (a Content-Length the client holds the body to)."""
-    if not is_event_stream(content_type):
-        return None
     fam = wire.FAMILIES[family]
+    # A family whose streams come in another framing (Gemini's JSON array) names its types.
+    other = getattr(fam, "STREAM_CONTENT_TYPES", ())
+    if not is_event_stream(content_type) and not (info.stream and content_type.lower().startswith(other)):
+        return None
     drop = None
     if info.hides_added_events and not sized:
         drop = functools.partial(fam.added_event, info.api)

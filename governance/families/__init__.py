@@ -98,11 +98,11 @@ class ApiFamily(ErrorEnvelope, Protocol):
 
 
 #: Metered API families, by name (the rules' `family:` values).
-FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic}  # type: ignore[dict-item]
+FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic, "google": google}  # type: ignore[dict-item]
 
 #: Error envelopes, by name (the rules' `envelope:` values): every metered family's, and those
 #: of providers known but not metered.
-ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES, "google": google, "bedrock": bedrock}  # type: ignore[dict-item]
+ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES, "bedrock": bedrock}  # type: ignore[dict-item]
 
 #: Request headers that carry an upstream API key, in the order they identify a principal: the
 #: first present is the client's key (an Anthropic key beside a gateway's bearer names the caller).

@@ -50,8 +50,13 @@ class CounterClient:
         when the counter answers one; otherwise `read`: never a guess lower than the estimate.
         The counter's request goes through this proxy like any other (a free endpoint, screened
         and routed as usual)."""
-        suffix, body = counter
-        path = flow.request.path.split("?", 1)[0].rstrip("/") + suffix
+        # The family names the counter's path for this request's path (Google's `:countTokens`
+        # replaces the request's method); `counter` is its body for the request's own route.
+        assert read.body is not None
+        found = families.FAMILIES[family].counter_request(read.info.api, flow.request.path, read.body)
+        if found is None:
+            return read
+        path, body = found
         counted = await self._ask(flow, path, body, (who, plan), family)
         if counted is None:
             return read
