@@ -15,7 +15,7 @@ from governance.errors import RequestParseError
 from governance.families import google
 from governance.families.jsonarray import JsonArrayReader
 from governance.families.tap import StreamTap
-from governance.types import RequestLine
+from governance.types import UNBOUNDED, RequestLine
 
 FIXTURES = Path(__file__).parent / "fixtures" / "google"
 CONTENTS = [{"role": "user", "parts": [{"text": "hi"}]}]
@@ -298,3 +298,16 @@ def test_the_tap_passes_a_json_array_stream_byte_for_byte():
     tap = StreamTap(google.stream_reader("stream"))
     assert b"".join(tap(data[i : i + 3]) for i in range(0, len(data), 3)) + tap(b"") == data
     assert tap.usage is not None and tap.usage.output_tokens == 1000
+
+
+def test_grounding_with_search_is_reserved_and_settled_per_search():
+    body = {"contents": CONTENTS, "tools": [{"googleSearch": {}}]}
+    parsed = google.parse_request("generate", body, line("/v1beta/models/m:generateContent"))
+    assert parsed.web_searches == UNBOUNDED
+    grounding = {"webSearchQueries": ["a", "b"], "groundingChunks": []}
+    answer = {
+        "candidates": [{"finishReason": "STOP", "groundingMetadata": grounding}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 3},
+    }
+    usage = google.usage_from_body("generate", answer)
+    assert usage is not None and usage.web_searches == 2

@@ -33,7 +33,7 @@ from governance.families.google_usage import (
     stream_reader,
     usage_from_body,
 )
-from governance.types import NO_LINE, ParsedRequest, Refusal, RefusalKind, RequestLine
+from governance.types import NO_LINE, UNBOUNDED, ParsedRequest, Refusal, RefusalKind, RequestLine
 
 NAME = ENVELOPE = PROVIDER = "google"
 APIS = ("generate", "stream", "assist_generate", "assist_stream")
@@ -185,6 +185,15 @@ def parse_request(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE
         stream=api in STREAMED_APIS,
         prompt=_prompt(inner),
         server_input=_server_input(inner),
+        # Grounding with Google Search is billed per search, in numbers the request cannot bound.
+        web_searches=UNBOUNDED if _searches(inner) else 0,
+    )
+
+
+def _searches(inner: Mapping[str, Any]) -> bool:
+    tools = inner.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(t, Mapping) and ("googleSearch" in t or "googleSearchRetrieval" in t) for t in tools
     )
 
 

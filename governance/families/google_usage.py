@@ -13,6 +13,7 @@ which from the body's first byte, whatever the request asked.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from governance.families.common import json_object, token_count
@@ -65,7 +66,22 @@ def _answer_usage(obj: Mapping[str, Any] | None) -> Usage | None:
     if obj is None:
         return None
     version = obj.get("modelVersion")
-    return read_usage(obj.get("usageMetadata"), version if isinstance(version, str) else None)
+    usage = read_usage(obj.get("usageMetadata"), version if isinstance(version, str) else None)
+    searches = _searches(obj.get("candidates"))
+    return replace(usage, web_searches=searches) if usage is not None and searches else usage
+
+
+def _searches(candidates: Any) -> int:
+    """Google Search queries a grounded answer ran (at least one per grounded candidate)."""
+    if not isinstance(candidates, list):
+        return 0
+    total = 0
+    for c in candidates:
+        grounding = c.get("groundingMetadata") if isinstance(c, Mapping) else None
+        if isinstance(grounding, Mapping):
+            queries = grounding.get("webSearchQueries")
+            total += max(len(queries) if isinstance(queries, list) else 0, 1)
+    return total
 
 
 def ends_answer(obj: Mapping[str, Any] | None) -> bool:

@@ -71,6 +71,7 @@ class Knobs:
     accepted_keys: frozenset[str] | None = None
     # WebSocket: after `response.created`, send nothing more (a response still generating).
     ws_stall: bool = False
+    thought_tokens: int = 0  # Google: thoughts per candidate (billed as output, within maxOutputTokens)
 
 
 #: Where clients put a provider API key: the providers' documented auth headers (OpenAI
@@ -339,6 +340,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if k.delay_s:
             time.sleep(k.delay_s)
+        from tests.support import fake_google
+
+        if fake_google.handles(path):
+            fake_google.serve(self, path, self.path.partition("?")[2], body)
+            return
+        if path.startswith("/v1beta/openai/"):  # Gemini's OpenAI-compatible API: served as OpenAI's
+            path = "/v1/" + path.removeprefix("/v1beta/openai/")
         anthropic = path.startswith("/v1/messages")
         if k.status != 200:
             if anthropic:
