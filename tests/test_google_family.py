@@ -311,3 +311,14 @@ def test_grounding_with_search_is_reserved_and_settled_per_search():
     }
     usage = google.usage_from_body("generate", answer)
     assert usage is not None and usage.web_searches == 2
+
+
+def test_a_cap_written_never_raises_the_clients_own():
+    # Thinking unbounded: the request's own 100 was not its bound (the model's limit was), and
+    # the cap written in its place keeps it.
+    body = {"contents": CONTENTS, "generationConfig": {"maxOutputTokens": 100}}
+    assert google.with_output_cap("generate", body, 65536)["generationConfig"]["maxOutputTokens"] == 100
+    assert google.with_output_cap("generate", body, 40)["generationConfig"]["maxOutputTokens"] == 40
+    assert google.with_output_cap("generate", {"contents": CONTENTS}, 64)["generationConfig"] == {
+        "maxOutputTokens": 64
+    }

@@ -198,10 +198,16 @@ def _searches(inner: Mapping[str, Any]) -> bool:
 
 
 def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
-    """`body` with `generationConfig.maxOutputTokens` (per candidate) set to `cap`."""
+    """`body` with `generationConfig.maxOutputTokens` (per candidate) set to `cap`. A request
+    whose own cap was not its bound (its thinking unbounded) keeps a smaller cap of its own: the
+    cap written only ever lowers what the client asked for."""
     new = dict(body)
     inner = dict(_inner(api, body))
-    inner["generationConfig"] = {**_config(inner, "generationConfig"), "maxOutputTokens": cap}
+    config = _config(inner, "generationConfig")
+    own = config.get("maxOutputTokens")
+    if output_bound(inner) is None and isinstance(own, int) and not isinstance(own, bool):
+        cap = min(cap, own)
+    inner["generationConfig"] = {**config, "maxOutputTokens": cap}
     if api in CODE_ASSIST_APIS:
         new["request"] = inner
         return new
