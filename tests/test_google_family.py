@@ -322,3 +322,24 @@ def test_a_cap_written_never_raises_the_clients_own():
     assert google.with_output_cap("generate", {"contents": CONTENTS}, 64)["generationConfig"] == {
         "maxOutputTokens": 64
     }
+
+
+def test_requests_as_gemini_cli_sends_them():
+    cli = json.loads((FIXTURES / "request_gemini_cli.json").read_text())
+    parsed = google.parse_request(
+        "stream", cli, line("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+    )
+    # No maxOutputTokens: the model's own limit bounds the answer and its 8192 thinking tokens.
+    assert (parsed.model, parsed.stream, parsed.max_output_tokens, parsed.server_input) == (
+        "gemini-2.5-flash",
+        True,
+        None,
+        None,
+    )
+    assert "list_directory" in json.dumps(parsed.prompt) and "interactive CLI agent" in json.dumps(
+        parsed.prompt
+    )
+    assist = json.loads((FIXTURES / "request_code_assist.json").read_text())
+    parsed = google.parse_request("assist_stream", assist, line("/v1internal:streamGenerateContent?alt=sse"))
+    # Dynamic thinking (-1): its 4096 cap is not its bound.
+    assert (parsed.model, parsed.max_output_tokens) == ("gemini-2.5-pro", None)
