@@ -143,15 +143,23 @@ def counter_path(path: str, suffix: str) -> str:
     return path.split("?", 1)[0].rstrip("/") + suffix
 
 
-def counted_input_tokens(status: int, body: Any) -> int | None:
-    """`input_tokens` of a token counter's 200 answer (OpenAI's and Anthropic's counters both
-    answer `{"input_tokens": N}`), or None for any other answer: the estimate then stands."""
-    if status != 200 or not isinstance(body, Mapping):
-        return None
-    counted = body.get("input_tokens")
-    if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
-        return None
-    return counted
+def counter_answer(field: str) -> Callable[[int, Any], int | None]:
+    """A family's `read_counter_response` for a counter that answers `{field: N}`: the count of
+    a 200 answer, or None for any other answer (the estimate then stands)."""
+
+    def read(status: int, body: Any) -> int | None:
+        if status != 200 or not isinstance(body, Mapping):
+            return None
+        counted = body.get(field)
+        if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
+            return None
+        return counted
+
+    return read
+
+
+#: OpenAI's and Anthropic's counters both answer `{"input_tokens": N}`.
+counted_input_tokens = counter_answer("input_tokens")
 
 
 @dataclass(frozen=True)

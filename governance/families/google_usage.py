@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from governance.families.common import json_object, token_count
+from governance.families.common import counter_answer, json_object, token_count
 from governance.families.jsonarray import JsonArrayReader
 from governance.families.sse import Event, SSEParser
 from governance.types import Usage
@@ -166,11 +166,5 @@ def stream_reader(api: str) -> StreamUsage:
     return StreamUsage(api)
 
 
-def read_counter_response(status: int, body: Any) -> int | None:
-    """`totalTokens` of `:countTokens`' 200 answer (Code Assist's too), or None."""
-    if status != 200 or not isinstance(body, Mapping):
-        return None
-    counted = body.get("totalTokens")
-    if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
-        return None
-    return counted
+#: `:countTokens` answers `{"totalTokens": N, ...}` (Code Assist's too).
+read_counter_response = counter_answer("totalTokens")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import time
 from decimal import Decimal
 from typing import Any
+
+from tests.support.fake_upstream import send_chunked
 
 # Published Gemini API prices, USD per 1M tokens (thinking billed at the output rate).
 PRICES = {
@@ -73,13 +73,13 @@ def serve(handler: Any, path: str, query: str, body: dict[str, Any]) -> None:
     if m.group(2) == "generateContent":
         _json(handler, 200, chunks[-1])
     elif "alt=sse" in query:
-        _send(
+        send_chunked(
             handler, "text/event-stream", [b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks]
         )
     else:
         parts = [json.dumps(c, indent=2).encode() for c in chunks]
         pieces = [b"[" + parts[0]] + [b"\n,\r\n" + p for p in parts[1:]] + [b"\n]"]
-        _send(handler, "application/json; charset=UTF-8", pieces)
+        send_chunked(handler, "application/json; charset=UTF-8", pieces)
 
 
 def _chunks(
@@ -129,24 +129,3 @@ def _json(handler: Any, status: int, obj: Any) -> None:
     handler.send_header("content-length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
-
-
-def _send(handler: Any, content_type: str, pieces: list[bytes]) -> None:
-    """A chunked stream of `pieces`, cut after `break_stream_after` of them if the knob says so."""
-    k = handler.upstream.knobs
-    handler.send_response(200)
-    handler.send_header("content-type", content_type)
-    handler.send_header("transfer-encoding", "chunked")
-    handler.end_headers()
-    for i, piece in enumerate(pieces):
-        if k.break_stream_after is not None and i >= k.break_stream_after:
-            handler.wfile.flush()
-            handler.connection.shutdown(socket.SHUT_RDWR)
-            handler.close_connection = True
-            return
-        handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-        handler.wfile.flush()
-        if k.chunk_delay_s:
-            time.sleep(k.chunk_delay_s)
-    handler.wfile.write(b"0\r\n\r\n")
-    handler.wfile.flush()

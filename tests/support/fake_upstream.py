@@ -649,25 +649,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(self, events: list[tuple[str | None, Any]]) -> None:
-        k = self.upstream.knobs
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.send_header("cache-control", "no-cache")
-        self.end_headers()
-        for i, (name, data) in enumerate(events):
-            if k.break_stream_after is not None and i >= k.break_stream_after:
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR)
-                self.close_connection = True
-                return
-            chunk = _sse(name, data)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self.wfile.flush()
-            if k.chunk_delay_s:
-                time.sleep(k.chunk_delay_s)
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        send_chunked(self, "text/event-stream", [_sse(name, data) for name, data in events])
+
+
+def send_chunked(handler: Any, content_type: str, pieces: list[bytes]) -> None:
+    """A 200 with `pieces` as a chunked body, one chunk each, cut after `break_stream_after` of
+    them and paced by `chunk_delay_s` as the knobs say."""
+    k = handler.upstream.knobs
+    handler.send_response(200)
+    handler.send_header("content-type", content_type)
+    handler.send_header("transfer-encoding", "chunked")
+    handler.send_header("cache-control", "no-cache")
+    handler.end_headers()
+    for i, chunk in enumerate(pieces):
+        if k.break_stream_after is not None and i >= k.break_stream_after:
+            handler.wfile.flush()
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            handler.close_connection = True
+            return
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        handler.wfile.flush()
+        if k.chunk_delay_s:
+            time.sleep(k.chunk_delay_s)
+    handler.wfile.write(b"0\r\n\r\n")
+    handler.wfile.flush()
 
 
 class _TLSServer(ThreadingHTTPServer):
