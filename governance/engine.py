@@ -73,7 +73,9 @@ class Engine:
         self.providers = {e.name: e.provider for e in self.hosts.entries}
         # Custody keys go only to the shipped hosts of their own provider, never an operator's.
         self.custody_hosts = {
-            e.name: e.provider for e in self.hosts.entries if e.provider is not None and not e.operator
+            e.name: e.provider
+            for e in self.hosts.entries
+            if e.provider is not None and not e.operator and e.custody
         }
         self.fees = fees.shipped()
         self.regional = regional.shipped()

@@ -43,6 +43,9 @@ class HostRule(Strict):
     over the rules' `prices` and over genai-prices."""
     default_price: PriceOverride | None = None
     """Price of any model on this host that nothing else prices."""
+    custody: bool = True
+    """Whether custody keys of its provider may be sent to it. False where clients sign in with
+    OAuth (Vertex AI, Code Assist): their own credentials go on, and a virtual key is refused."""
 
     @field_validator("match")
     @classmethod
@@ -124,4 +127,6 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
         entry["provider"] = rule.provider
     if rule.prices or rule.default_price is not None:
         entry["settings"] = {"prices": rule.prices, "default_price": rule.default_price}
+    if not rule.custody:
+        entry["custody"] = False
     return entry

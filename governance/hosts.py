@@ -102,6 +102,7 @@ class HostEntry:
     provider: str | None = None  # genai-prices provider id
     base_path: str = "/v1"
     operator: bool = False  # from the operator's rules rather than the shipped table
+    custody: bool = True  # custody keys of its provider may be sent to it (not to OAuth-only APIs)
     settings: Mapping[str, Any] = field(default_factory=dict)  # operator extras (prices)
     _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _globs: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)

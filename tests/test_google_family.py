@@ -343,3 +343,11 @@ def test_requests_as_gemini_cli_sends_them():
     parsed = google.parse_request("assist_stream", assist, line("/v1internal:streamGenerateContent?alt=sse"))
     # Dynamic thinking (-1): its 4096 cap is not its bound.
     assert (parsed.model, parsed.max_output_tokens) == ("gemini-2.5-pro", None)
+
+
+def test_custody_keys_go_to_the_gemini_api_only_never_to_oauth_apis():
+    from governance.hostrules import shipped_table
+
+    entries = {e.name: e for e in shipped_table().entries}
+    assert entries["google"].custody and entries["google"].provider == "google"
+    assert not entries["vertex"].custody and not entries["google-code-assist"].custody
