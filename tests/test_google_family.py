@@ -35,6 +35,12 @@ def line(path: str) -> RequestLine:
         ("/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key=k", "gemini-2.5-flash"),
         ("/v1beta/tunedModels/my-tuned-7:generateContent", "my-tuned-7"),
         ("/v1beta/models/gemini%2D2.5-pro:generateContent", "gemini-2.5-pro"),
+        # The model the path resolves to, as it was routed and as the upstream reads it.
+        (
+            "/v1beta/models/cheap:generateContent/../../models/gemini-2.5-pro:generateContent",
+            "gemini-2.5-pro",
+        ),
+        ("/v1beta//models/./gemini-2.5-pro:generateContent/", "gemini-2.5-pro"),
         (
             "/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-pro:generateContent",
             "gemini-2.5-pro",

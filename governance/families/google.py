@@ -51,8 +51,8 @@ _AUTH = Auth("x-goog-api-key")
 #: Gemini accepts up to 8 candidates per request.
 MAX_CANDIDATES = 8
 
-# `.../models/{model}:method` or `.../tunedModels/{model}:method` in the raw path.
-_MODEL_IN_PATH = re.compile(r"/(?:models|tunedModels)/([^/?#]+?):([A-Za-z]+)(?:[/?#]|$)")
+# `.../models/{model}:method` or `.../tunedModels/{model}:method` at the end of the path.
+_MODEL_IN_PATH = re.compile(r"/(?:models|tunedmodels)/([^/]+):[a-z]+$", re.IGNORECASE)
 _PROMPT_KEYS = ("contents", "systemInstruction", "tools", "toolConfig")
 
 __all__ = ["StreamUsage", "read_counter_response", "stream_reader", "usage_from_body"]
@@ -72,9 +72,23 @@ def _model_name(value: str) -> str:
 
 def model_from_path(path: str) -> str | None:
     """The model a Gemini API or Vertex path names (`/v1beta/models/gemini-2.5-pro:generateContent`
-    -> `gemini-2.5-pro`), percent-decoded, case kept; None when it names none."""
-    m = _MODEL_IN_PATH.search(path.split("?", 1)[0])
-    return _model_name(unquote(m.group(1))) if m else None
+    -> `gemini-2.5-pro`), case kept, read from the path as it was routed (percent-decoded, dot and
+    empty segments resolved: `/models/cheap:x/../../models/dear:generateContent` names `dear`);
+    None when it names none."""
+    m = _MODEL_IN_PATH.search(_resolved(path))
+    return _model_name(m.group(1)) if m else None
+
+
+def _resolved(path: str) -> str:
+    """`path` as `governance.wire.normalise_path` resolves it, but with its case kept."""
+    segments: list[str] = []
+    for seg in unquote(path.split("?", 1)[0].split("#", 1)[0]).split("/"):
+        if seg == "..":
+            if segments:
+                segments.pop()
+        elif seg not in ("", "."):
+            segments.append(seg)
+    return "/" + "/".join(segments)
 
 
 def _inner(api: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
