@@ -120,17 +120,24 @@ class TestTheFuseStillDecides:
         )
         assert upstream.total_hits == 0
 
-    def test_google_is_refused_as_in_proxy_mode(self, start, upstream, tmp_path):
-        """Gemini is a known host this build does not meter: routed, then refused in Google's
-        envelope, as through the proxy."""
+    def test_google_is_metered_as_in_proxy_mode(self, start, upstream, tmp_path):
+        """Gemini through the gateway: routed, metered and settled as through the proxy; past its
+        budget, refused in Google's envelope without reaching the upstream."""
         proxy = start(**gateway())
-        body = {"contents": [{"parts": [{"text": "hi"}]}]}
+        body = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 20}}
         target = "/genai/v1beta/models/gemini-2.0-flash:generateContent"
         reply = raw(gateway_port(proxy), request_bytes("POST", target, "x", body))
-        assert reply is not None and reply.status == 403
-        assert reply.json()["error"]["status"] == "PERMISSION_DENIED"
-        assert "generativelanguage.googleapis.com" in reply.json()["error"]["message"]
-        assert upstream.total_hits == 0
+        assert reply is not None and reply.status == 200
+        # 11 input and 7 output tokens at $0.10 and $0.40 per 1M: $0.0000039 (3 whole
+        # micro-dollars; the ledger keeps the rest apart).
+        assert [(r["model"], r["cost_micro"]) for r in rows(tmp_path / "ledger.sqlite")] == [
+            ("gemini-2.0-flash", 3)
+        ]
+        broke = start(**gateway(), spendfuse_budget="0", spendfuse_db=str(tmp_path / "broke.sqlite"))
+        reply = raw(gateway_port(broke), request_bytes("POST", target, "x", body))
+        assert reply is not None and reply.status == 400
+        assert reply.json()["error"]["status"] == "FAILED_PRECONDITION"
+        assert upstream.hits["/v1beta/models/gemini-2.0-flash:generateContent"] == 1
 
     def test_websocket_upgrade_is_refused_where_the_rules_refuse_websockets(self, start, upstream, tmp_path):
         """Codex first tries a WebSocket on /v1/responses; with `websockets: refuse` it is refused

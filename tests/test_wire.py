@@ -55,7 +55,15 @@ from governance.types import Metering, Refusal, RefusalKind
             "generativelanguage.googleapis.com",
             "/v1beta/models/gemini-2.5-pro:generateContent",
             "google",
-            "/v1beta/models/gemini-2.5-pro:generatecontent",
+            "generate",
+            Metering.METERED,
+        ),
+        (
+            "POST",
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-embedding-001:embedContent",
+            "google",
+            "/v1beta/models/gemini-embedding-001:embedcontent",
             Metering.UNMETERED,
         ),
         (
