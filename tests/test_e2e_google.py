@@ -215,3 +215,31 @@ def test_a_virtual_key_in_the_header_or_the_query_reaches_google_as_the_custody_
     assert [(r["principal"], r["cost_micro"]) for r in rows_ if r["state"] == "settled"] == [
         ("key:agent", 614)
     ] * 2
+
+
+@pytest.mark.parametrize("counter_works", [True, False])
+def test_near_the_limit_googles_own_count_is_reserved(start, upstream, knobs, tmp_path, counter_works):
+    """The estimate's wide margins for CJK text do not fit the room left, Google's count does:
+    the proxy asks `:countTokens` with the client's key and the request's input; if the counter
+    fails, the estimate stands and the request is refused."""
+    text = "你好世界，这是一段中文文本。" * 1500
+    knobs.prompt_tokens, knobs.cached_tokens = 20000, 0  # Google's own count, which it also bills
+    knobs.count_status = 200 if counter_works else 503
+    # Room for 20,000 input tokens and 20% more ($0.30/M), and 300 output tokens ($2.50/M).
+    budget = Decimal(20000 * 12 // 10 * 30 + 300 * 250) / 100 / 1_000_000
+    proxy = start(rules=google_rules(tmp_path, cap=str(budget)))
+    request = {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": CONFIG}
+    with client(proxy) as c:
+        r = c.post(f"{GEMINI}/v1beta/models/{MODEL}:generateContent", json=request)
+    assert r.status_code == (200 if counter_works else 400)
+    assert upstream.hits[f"/v1beta/models/{MODEL}:countTokens"] == 1
+    assert upstream.hits[f"/v1beta/models/{MODEL}:generateContent"] == (1 if counter_works else 0)
+    counted = upstream.bodies[0]["generateContentRequest"]
+    assert counted["model"] == f"models/{MODEL}" and counted["contents"] == request["contents"]
+    assert "generationConfig" not in counted
+    assert [h.get("x-goog-api-key") for h in upstream.headers] == ["AIza-test"] * len(upstream.headers)
+    [row] = rows(tmp_path / "ledger.sqlite")
+    if counter_works:
+        assert row["state"] == "settled" and row["est_input_tokens"] == -(-20000 * 102 // 100)
+    else:
+        assert row["state"] == "refused" and row["est_input_tokens"] > 20000 * 12 // 10
