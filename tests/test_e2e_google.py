@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from governance import money
 from tests.conftest import write_rules
 from tests.test_e2e import micro, rows
 
@@ -243,3 +244,32 @@ def test_near_the_limit_googles_own_count_is_reserved(start, upstream, knobs, tm
         assert row["state"] == "settled" and row["est_input_tokens"] == -(-20000 * 102 // 100)
     else:
         assert row["state"] == "refused" and row["est_input_tokens"] > 20000 * 12 // 10
+
+
+def test_code_assist_without_a_cap_gets_the_largest_that_fits_inside_its_wrapped_request(
+    start, upstream, knobs, tmp_path
+):
+    """Gemini CLI sends no maxOutputTokens and dynamic thinking: the model's limit (65,536 per
+    candidate) is reserved, and where the budget cannot afford it, the largest cap that fits is
+    written into the wrapped request's generationConfig, keeping the client's other settings."""
+    knobs.output_at_cap = True  # the answer uses the whole cap: it costs what was reserved
+    rules_file = write_rules(
+        tmp_path / "r.yaml",
+        prices={},
+        budgets=[{"name": "global", "limit_usd": "0.05"}],
+        model_limits={MODEL: 65536},
+        clamp_output={"floor_tokens": 1024},
+    )
+    proxy = start(rules=rules_file)
+    config = {"temperature": 0, "thinkingConfig": {"includeThoughts": True, "thinkingBudget": -1}}
+    wrapped = {"model": MODEL, "project": "p-1", "request": {**body(), "generationConfig": config}}
+    with client(proxy, authorization="Bearer ya29.oauth") as c:
+        r = c.post("https://cloudcode-pa.googleapis.com/v1internal:generateContent", json=wrapped)
+    assert r.status_code == 200
+    sent = upstream.bodies[-1]["request"]["generationConfig"]
+    cap = sent.pop("maxOutputTokens")
+    assert sent == config and 1024 <= cap < 65536
+    [row] = settled(tmp_path)
+    # The whole cap was generated and billed, and it fit the budget: the clamp was the bound.
+    cost = money.to_usd(row["cost_micro"], row["cost_submicro"])
+    assert cost == upstream.bills[0]["usd"] <= Decimal("0.05")
