@@ -163,7 +163,7 @@ def finish(
             ledger.release(info.request_id, now, outcome=outcome)
         return
     try:
-        priced = _price_usage(engine, info, usage, now)
+        priced = price_usage(engine, info, usage, now)
     except PricingError:
         logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
         ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")
@@ -180,7 +180,8 @@ def finish(
     )
 
 
-def _price_usage(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> Priced:
+def price_usage(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> Priced:
+    """What `usage` of `info` costs at `now`. Raises `PricingError`."""
     # Price by the model the upstream says it ran (a dated id, or what a router picked),
     # falling back to the requested model when that name is unknown.
     if usage.model and usage.model != info.model:

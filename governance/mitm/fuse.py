@@ -5,6 +5,7 @@ envelope. mitmproxy's own `safecall` would log an exception and forward the requ
 exception is allowed to escape a request hook.
 """
 
+import functools
 import json
 import logging
 
@@ -17,7 +18,7 @@ from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.injection import Plan
-from governance.mitm import custody, options, translate
+from governance.mitm import custody, notes, options, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
 from governance.mitm.gateway import Gateway, is_gateway
@@ -305,6 +306,7 @@ class SpendFuse:
             )
             if tap is not None:
                 pending.tap = tap
+                tap.on_end = functools.partial(notes.note_usage, flow)
                 flow.response.stream = tap
         except Exception:
             # Not streaming means buffering: `response` then reads usage from the whole body.
