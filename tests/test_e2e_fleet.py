@@ -46,12 +46,7 @@ def test_requests_are_refused_503_while_the_database_is_down_and_pass_when_it_is
     start, upstream, tmp_path, pg_server: PgServer
 ):
     url = pg_server.create_db("fleet")
-    proxy = start(
-        rules=rules(
-            tmp_path / "r.yaml", budgets=[{"id": "all", "max_usd": 1}], **{"global": {"budgets": ["all"]}}
-        ),
-        spendfuse_db=url,
-    )
+    proxy = one_dollar_proxy(start, tmp_path, url)
     c = client(proxy)
     assert chat(c).choices
     pg_server.stop()
@@ -78,6 +73,16 @@ def test_a_database_that_is_down_at_start_stops_the_proxy(start, tmp_path):
     with pytest.raises(RuntimeError, match="cannot open ledger 'postgresql://postgres@127.0.0.1"):
         start(spendfuse_db=url)
     assert not (tmp_path / "postgresql:").exists()
+
+
+def one_dollar_proxy(start, tmp_path: Path, url: str) -> Proxy:
+    """A proxy on the ledger at `url`, under one global budget of $1."""
+    return start(
+        rules=rules(
+            tmp_path / "r.yaml", budgets=[{"id": "all", "max_usd": 1}], **{"global": {"budgets": ["all"]}}
+        ),
+        spendfuse_db=url,
+    )
 
 
 FLEET_KEYS = 8

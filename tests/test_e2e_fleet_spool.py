@@ -14,7 +14,8 @@ from governance.store.pg_spool import spool_path
 from governance.store.postgres import PostgresStore
 from tests.support.at_reservation import fake_bill_micro
 from tests.support.postgres import PgServer
-from tests.test_e2e_governance import chat, client, rules
+from tests.test_e2e_fleet import one_dollar_proxy
+from tests.test_e2e_governance import chat, client
 
 
 def _wait(what: str, ok, timeout: float = 60) -> None:
@@ -35,12 +36,7 @@ def test_a_settlement_due_while_the_database_is_down_is_written_once_when_it_is_
     start, upstream, confdir, tmp_path, pg_server: PgServer
 ):
     url = pg_server.create_db("spool")
-    proxy = start(
-        rules=rules(
-            tmp_path / "r.yaml", budgets=[{"id": "all", "max_usd": 1}], **{"global": {"budgets": ["all"]}}
-        ),
-        spendfuse_db=url,
-    )
+    proxy = one_dollar_proxy(start, tmp_path, url)
     c = client(proxy)
     upstream.knobs.delay_s = 2  # at the provider while the database goes away
     answers: list = []
