@@ -5,6 +5,7 @@ settling of what is in flight at a clean shutdown."""
 import asyncio
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
@@ -110,7 +111,7 @@ class Runtime:
             logger.warning("spendfuse: %s: %s: %s", o.spendfuse_rules, w.where(), w.message)
         try:
             ledger, salt = self.ledger_thread().call_blocking(
-                lifecycle.open_ledger, lifecycle.ledger_path(o.spendfuse_db)
+                lifecycle.open_ledger, lifecycle.ledger_path(o.spendfuse_db), Path(o.confdir).expanduser()
             )
         except LedgerUnavailable as e:
             raise exceptions.OptionsError(f"spendfuse_db: {e}") from e
