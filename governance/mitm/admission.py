@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from governance import refusals
+from governance import decisions, refusals
+from governance.decisions import Settled
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.identity import Identity
 from governance.injection import Plan
-from governance.mitm import translate
+from governance.mitm import marks, translate
 from governance.mitm.state import Decided, Pending, decided_endpoint
 from governance.reading import ReadRequest
 from governance.store import RequestRecord
@@ -107,7 +108,7 @@ class Admission:
             decision = await self.fuse.on_ledger(engine.admit, read.info, translate.now())
         if not decision.allowed:
             assert decision.refusal is not None
-            self.fuse.answer(flow, endpoint, decision.refusal)
+            self.fuse.answer(flow, endpoint, decision.refusal, read.info)
             return
         # Allowed: from here on the reservation must be settled by `response` or `error`, or
         # released here if the flow cannot be forwarded after all.
@@ -120,16 +121,9 @@ class Admission:
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
             flow.request.headers["accept-encoding"] = "identity"
-            flow.metadata["spendfuse"] = {
-                "decision": "dry_run" if decision.refusal else "allowed",
-                "model": read.info.model,
-                "principal": who.principal,
-                "reserved_usd": f"{decision.reserved:.6f}",
-                **(
-                    {"injected_output_tokens": decision.output_cap} if decision.output_cap is not None else {}
-                ),
-                **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
-            }
+            marks.decided(flow, decisions.admitted(read.info, decision), self.fuse.runtime.observers)
+            if decision.output_cap is not None:
+                flow.metadata[marks.KEY]["injected_output_tokens"] = decision.output_cap
             fs = self.fuse.state.flow(flow.id)
             fs.custody = plan
             fs.pending = Pending(read.info, endpoint, flow, engine, decision=decision)
@@ -140,7 +134,8 @@ class Admission:
             request_id = read.info.request_id
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__
-            await self.fuse.on_ledger(
-                lambda: engine.release(request_id, translate.now(), outcome=f"not forwarded: {what}")
-            )
-            self.fuse.fail(flow, endpoint, refusals.internal(what))
+            outcome = f"not forwarded: {what}"
+            await self.fuse.on_ledger(lambda: engine.release(request_id, translate.now(), outcome=outcome))
+            released = decisions.settled(read.info, decision.reserved, Settled("released", outcome))
+            marks.decided(flow, released, self.fuse.runtime.observers)
+            self.fuse.fail(flow, endpoint, refusals.internal(what), read.info)

@@ -16,6 +16,7 @@ from governance.ledger_thread import LedgerThread
 from governance.mitm import options, translate
 from governance.mitm.state import Pending
 from governance.mitm.watcher import RulesWatcher, rules_signature
+from governance.observe import Observers
 from governance.policy import Policy
 from governance.types import usd
 
@@ -34,6 +35,7 @@ class Runtime:
         self.config_error: str | None = "not configured yet"
         self._worker: LedgerThread | None = None
         self.watcher = RulesWatcher(self.reload_rules)
+        self.observers = Observers()  # where decisions are shown besides their flows
         self._reaper: asyncio.Task | None = None
         self._forcing = False
 
