@@ -17,7 +17,7 @@ from typing import Any
 from governance.store import RequestRecord
 from governance.types import Decision, Refusal, RequestInfo
 
-#: The version of the flow metadata and of the JSON decision log (docs/decision-log.schema.json).
+#: The version of the flow metadata and of the JSON decision log (rules/decision-log.schema.json).
 SCHEMA_VERSION = 1
 
 #: Decision -> the mark its flow gets (an emoji name mitmweb and the console render).

@@ -10,10 +10,12 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
 from governance import gate, lifecycle, tokens
+from governance.decisions import Record
 from governance.engine import Engine
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger_thread import LedgerThread
 from governance.mitm import options, translate
+from governance.mitm.observing import Observing
 from governance.mitm.state import Pending
 from governance.mitm.watcher import RulesWatcher, rules_signature
 from governance.observe import Observers
@@ -35,9 +37,13 @@ class Runtime:
         self.config_error: str | None = "not configured yet"
         self._worker: LedgerThread | None = None
         self.watcher = RulesWatcher(self.reload_rules)
-        self.observers = Observers()  # where decisions are shown besides their flows
+        self.observing = Observing()  # where decisions are shown besides their flows
         self._reaper: asyncio.Task | None = None
         self._forcing = False
+
+    @property
+    def observers(self) -> Observers:
+        return self.observing.observers
 
     def ledger_thread(self) -> LedgerThread:
         if self._worker is None:
@@ -62,6 +68,7 @@ class Runtime:
         if any(name.startswith("spendfuse_") for name in updated) or self.engine is None:
             self._configure_engine()
         assert self.engine is not None
+        self.observing.configure()
         if self.engine.keyring and getattr(ctx.options, "ssl_insecure", False):
             raise exceptions.OptionsError(
                 "spendfuse refuses ssl_insecure with custody keys (credentials:): a key must only "
@@ -185,6 +192,8 @@ class Runtime:
                     n = await self.on_ledger(engine.reap, translate.now())
                     if n:
                         logger.warning("spendfuse: charged %d stale reservation(s) left by a crash", n)
+                        if self.observers:
+                            self.observers.emit(Record("reaped", count=n))
                 except LedgerUnavailable as e:
                     logger.error("spendfuse: reaping stale reservations failed: %s", e)
             await asyncio.sleep(REAP_SECONDS)
@@ -200,6 +209,7 @@ class Runtime:
                 self._worker.submit(self.engine.close)
             self._worker.close()
             self._worker = None
+        self.observing.close()
 
     def _settle_in_flight(self, in_flight: Iterable[Pending]) -> None:
         """A clean shutdown settles every flow still in flight, instead of leaving holds for the
