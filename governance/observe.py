@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from governance.decisions import Record
 
@@ -14,11 +15,20 @@ logger = logging.getLogger("spendfuse")
 Sink = Callable[[Record], None]
 
 
-class Observers:
-    """The sinks in force. False when there are none."""
+class Gauges(Protocol):
+    """What the metrics take besides decisions (`governance.metrics.Metrics`)."""
 
-    def __init__(self, sinks: list[Sink] | None = None) -> None:
+    def ledger_seconds(self, op: str, seconds: float) -> None: ...
+
+    def reloaded(self, ok: bool) -> None: ...
+
+
+class Observers:
+    """The sinks in force (False when there are none), and the metrics if they are on."""
+
+    def __init__(self, sinks: list[Sink] | None = None, metrics: Gauges | None = None) -> None:
         self.sinks: list[Sink] = list(sinks or ())
+        self.metrics = metrics
 
     def __bool__(self) -> bool:
         return bool(self.sinks)

@@ -642,6 +642,8 @@ class TestModes:
             ["--set", "spendfuse_dry_run=perhaps"],
             ["--set", "spendfuse_websockets=sometimes"],
             ["--set", "spendfuse_log_format=xml"],
+            ["--set", "spendfuse_metrics=0.0.0.0:9464"],  # exposed without a token
+            ["--set", "spendfuse_metrics=nine"],
             ["--set", "spendfuse_log_format=json", "--set", "spendfuse_log_file=/nonexistent/dir/d.jsonl"],
             ["--set", "spendfuse_budgte=5"],  # misspelled
             ["--set", "spendfuse_rules=does-not-exist.yaml"],

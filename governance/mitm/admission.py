@@ -3,6 +3,7 @@ counter when a refusal hinges on it), and forwarded with the body the engine pre
 answered with the engine's refusal."""
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -98,7 +99,7 @@ class Admission:
         read, prepared, plan = understood
         counter = engine.counter_request(read, endpoint.family)
         decision = await self.fuse.on_ledger(
-            lambda: engine.admit(read.info, translate.now(), count_may_help=counter is not None)
+            functools.partial(engine.admit, read.info, translate.now(), count_may_help=counter is not None)
         )
         if decision.hinges_on_count:
             assert counter is not None
@@ -112,6 +113,7 @@ class Admission:
             return
         # Allowed: from here on the reservation must be settled by `response` or `error`, or
         # released here if the flow cannot be forwarded after all.
+        marks.decided(flow, decisions.admitted(read.info, decision), self.fuse.runtime.observers)
         try:
             forward = engine.forward_bytes(read, decision, endpoint.family, prepared)
             if forward is not None:
@@ -121,7 +123,6 @@ class Admission:
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
             flow.request.headers["accept-encoding"] = "identity"
-            marks.decided(flow, decisions.admitted(read.info, decision), self.fuse.runtime.observers)
             if decision.output_cap is not None:
                 flow.metadata[marks.KEY]["injected_output_tokens"] = decision.output_cap
             fs = self.fuse.state.flow(flow.id)
@@ -135,7 +136,9 @@ class Admission:
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__
             outcome = f"not forwarded: {what}"
-            await self.fuse.on_ledger(lambda: engine.release(request_id, translate.now(), outcome=outcome))
+            await self.fuse.on_ledger(
+                functools.partial(engine.release, request_id, translate.now(), outcome=outcome)
+            )
             released = decisions.settled(read.info, decision.reserved, Settled("released", outcome))
             marks.decided(flow, released, self.fuse.runtime.observers)
             self.fuse.fail(flow, endpoint, refusals.internal(what), read.info)

@@ -4,6 +4,7 @@ settling of what is in flight at a clean shutdown."""
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from mitmproxy import ctx, exceptions
@@ -56,7 +57,15 @@ class Runtime:
             self.engine.housekeep()
 
     async def on_ledger(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await self.ledger_thread().call(fn, *args)
+        metrics = self.observers.metrics
+        if metrics is None:
+            return await self.ledger_thread().call(fn, *args)
+        start = time.perf_counter()
+        try:
+            return await self.ledger_thread().call(fn, *args)
+        finally:
+            op = getattr(getattr(fn, "func", fn), "__name__", "")  # a partial names its function
+            metrics.ledger_seconds(op, time.perf_counter() - start)
 
     def configure(self, updated: set[str]) -> None:
         if getattr(ctx.options, "stream_large_bodies", None):
@@ -177,12 +186,14 @@ class Runtime:
             logger.error(
                 "spendfuse: the edited rules were NOT applied; the previous rules stay in force: %s", e
             )
+            self.observing.reloaded(False)
             return
         for w in warnings:
             logger.warning("spendfuse: %s: %s: %s", path, w.where(), w.message)
         # Same ledger, same counters: a changed limit applies to the spend already recorded.
         self.engine = Engine(rules, engine.ledger, dry_run=engine.dry_run, salt=engine.salt, keyring=keyring)
         logger.info("spendfuse: rules %s reloaded", path)
+        self.observing.reloaded(True)
 
     async def _reap_forever(self) -> None:
         while True:
