@@ -100,3 +100,14 @@ def test_a_skewed_proxy_reaps_by_the_databases_clock(store: PostgresStore):
     assert store.reap(now + timedelta(hours=2), 3600) == 0
     assert store.reap(now + timedelta(hours=2), 0) == 1 and store.reap(now, 0) == 0
     assert store.window_totals("global", "").settled == 100
+
+
+def test_a_skewed_operator_resets_at_the_databases_clock(store: PostgresStore):
+    """`spendfuse reset` run on a host whose clock is a day fast starts the new window now, by
+    the database's clock: spend from now on counts in it, none is lost to a window in the future."""
+    real = datetime.now(UTC)
+    store.reset(["key=a|daily"], real + timedelta(days=1), who="ops")
+    after = datetime.now(UTC)
+    anchor = store.query("SELECT anchor_at FROM counters WHERE counter = 'key=a|daily'")[0]["anchor_at"]
+    at = store.query("SELECT at FROM adjustments")[0]["at"]
+    assert iso(real) <= anchor <= iso(after) and iso(real) <= at <= iso(after)

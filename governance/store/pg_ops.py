@@ -9,29 +9,34 @@ from typing import Any
 
 import psycopg
 
-from governance.store import iso
-
 
 class PgOperator:
     """`reset` and `topup` over `_transact` (`governance.store.pg_conn.PgConnection`)."""
 
     _transact: Callable[[Callable[[psycopg.Cursor], Any]], Any]
+    db_clock: bool
+
+    def _at(self, now: datetime) -> datetime | None:
+        """The time a write is stamped with: None, the database's clock, unless time is injected."""
+        return None if self.db_clock else now
 
     def reset(self, counters: Sequence[str], now: datetime, *, who: str, note: str | None = None) -> None:
-        """Start a new window of each counter now; history stays (`SqliteStore.reset`'s contract)."""
+        """Start a new window of each counter now (the database's clock unless time is injected);
+        history stays (`SqliteStore.reset`'s contract)."""
 
         def tx(cur: psycopg.Cursor) -> None:
             for counter in sorted(set(counters)):
                 cur.execute(
-                    "INSERT INTO counters (counter, anchor_at) VALUES (%s, %s) ON CONFLICT (counter) "
+                    "INSERT INTO counters (counter, anchor_at) "
+                    "VALUES (%s, spendfuse_iso(coalesce(%s, clock_timestamp()))) ON CONFLICT (counter) "
                     "DO UPDATE SET anchor_at = excluded.anchor_at",
-                    (counter, iso(now)),
+                    (counter, self._at(now)),
                 )
             for counter in counters:
                 cur.execute(
                     "INSERT INTO adjustments (at, counter, action, amount_micro, who, note) "
-                    "VALUES (%s, %s, 'reset', 0, %s, %s)",
-                    (iso(now), counter, who, note),
+                    "VALUES (spendfuse_iso(coalesce(%s, clock_timestamp())), %s, 'reset', 0, %s, %s)",
+                    (self._at(now), counter, who, note),
                 )
 
         self._transact(tx)
@@ -51,8 +56,8 @@ class PgOperator:
             )
             cur.execute(
                 "INSERT INTO adjustments (at, counter, action, amount_micro, who, note) "
-                "VALUES (%s, %s, 'topup', %s, %s, %s)",
-                (iso(now), counter, amount_micro, who, note),
+                "VALUES (spendfuse_iso(coalesce(%s, clock_timestamp())), %s, 'topup', %s, %s, %s)",
+                (self._at(now), counter, amount_micro, who, note),
             )
 
         self._transact(tx)

@@ -4,7 +4,9 @@ The tables are the SQLite ledger's (`governance.store.pg_schema`) and the decisi
 pure functions (`governance.store.holds`, `governance.store.counters`), so both stores answer
 alike (tests/test_store_contract.py runs one suite against both). What differs is how a check
 and its holds stay atomic across machines: a reservation locks the counters it claims, in sorted
-order (`governance.store.pg_counters`); a settlement locks its request and its claims; totals
+order, in one call of a server-side function (`governance.store.pg_functions`, one round trip;
+a counter never used or reshaped takes the multi-statement transaction of
+`governance.store.pg_counters`); a settlement locks its request and its claims, in one call; totals
 change only by increments in the same transaction as their claim rows, applied in sorted order
 so that no two transactions wait on each other in a circle. Every lock ends with its
 transaction, and no transaction spans an upstream call: the admission prices outside

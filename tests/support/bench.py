@@ -229,7 +229,16 @@ def main() -> int:
         help="requests already in the ledger for the growth figure",
     )
     ap.add_argument("--ledger-only", action="store_true", help="only the ledger and estimate figures")
+    ap.add_argument(
+        "--stores",
+        action="store_true",
+        help="only reserve+settle pairs/s on the SQLite and PostgreSQL stores (bench_stores.py)",
+    )
     args = ap.parse_args()
+    if args.stores:
+        from tests.support import bench_stores
+
+        return bench_stores.main([])
     tmp = Path(tempfile.mkdtemp(prefix="spendfuse-bench-"))
     upstream, port = start_upstream_process()
     conf = tmp / "conf"

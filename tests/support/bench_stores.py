@@ -6,7 +6,7 @@ server-side functions it made three and two (pipelined), at 410 and 383 pairs/s 
 six claims (p50 2.2 and 2.4 ms) on the 2-core CI machine, against 968 and 542 (p50 1.0 and
 1.4 ms) after.
 
-Run: `.venv/bin/python -m tests.support.bench_stores [--pairs N]`."""
+Run: `./scripts/bench --stores`, or `.venv/bin/python -m tests.support.bench_stores [--pairs N]`."""
 
 from __future__ import annotations
 
@@ -44,10 +44,10 @@ def bench_pairs(store: LedgerStore, n: int, n_claims: int, tag: str = "") -> tup
     return rate, q[49] * 1000, q[98] * 1000
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pairs", type=int, default=2000)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="spendfuse-bench-stores-"))
     server = started()
     try:
