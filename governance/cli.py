@@ -271,6 +271,12 @@ def cmd_migrate_ledger(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     ledger = _open_ledger(args.db)
+    if args.format != "text":
+        from governance import report
+
+        t = report.tables(ledger, args.since)
+        sys.stdout.write(report.as_json(t) + "\n" if args.format == "json" else report.as_csv(t))
+        return 0
     by_model = ledger.spend_by_model(args.since)
     by_model.sort(key=lambda r: money.summed(r, "cost"), reverse=True)
     by_day = ledger.spend_by_day(args.since)
@@ -452,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_migrate_ledger)
     p = sub.add_parser("report", help="spend by model and by day")
     p.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="csv, json: for export")
     _common(p)
     p.set_defaults(fn=cmd_report)
     simulate_cli.add_parser(sub)

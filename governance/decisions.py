@@ -100,7 +100,7 @@ def usd_text(amount: Decimal) -> str:
     """USD as a decimal string, never in exponent form, trailing zeros kept to micro-dollars."""
     if amount == amount.quantize(Decimal("0.000001")):
         return f"{amount:.6f}"
-    return f"{amount:f}"
+    return f"{amount.normalize():f}"
 
 
 def flow_facts(record: Record, before: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -84,6 +84,15 @@ class LedgerReports:
             params,
         )
 
+    def spend_by_principal_and_day(self, since: str | None = None) -> list[dict[str, Any]]:
+        """Per principal and UTC day: `principal`, `day`, `n`, and the summed cost."""
+        where, params = self._costed(since)
+        return self.query(
+            f"SELECT coalesce(principal, '?') AS principal, substr(created_at, 1, 10) AS day, count(*) AS n, "
+            f"{_COST} FROM requests {where} GROUP BY principal, day ORDER BY day, principal",
+            params,
+        )
+
     def refusals_by_rule(self, since: str | None = None) -> list[dict[str, Any]]:
         """Per rule: `rule`, `n` refusals, most first."""
         return self.query(

@@ -29,6 +29,8 @@ from tests.support.gateway import free_port
 from tests.support.proxy import REPO, Proxy, start_proxy
 
 HOPS_ADDON = Path(__file__).with_name("hops_addon.py")
+#: spendfuse with its metrics and JSON decision log on (`--observe`).
+OBSERVED = "spendfuse+obs"
 
 BODY = {
     "model": "gpt-4o",
@@ -104,11 +106,15 @@ async def concurrent(target: Target, n: int, conc: int) -> float:
 def start_kind(kind: str, tmp: Path, conf: Path, port: int, rules: Path) -> Proxy:
     """One proxy of the bench: spendfuse (with its gateway listener for `gateway`), or bare
     mitmdump as a regular proxy, with the hops addon, or in reverse mode to the upstream."""
-    if kind in ("spendfuse", "gateway"):
+    if kind in ("spendfuse", "gateway", OBSERVED):
         sets = {
             "spendfuse_rules": str(rules),
             "spendfuse_db": str(tmp / f"ledger-{time.monotonic_ns()}.sqlite"),
         }
+        if kind == OBSERVED:  # metrics on (loopback, unscraped) and the JSON decision log to a file
+            sets["spendfuse_metrics"] = str(free_port())
+            sets["spendfuse_log_format"] = "json"
+            sets["spendfuse_log_file"] = str(tmp / f"decisions-{time.monotonic_ns()}.jsonl")
         if kind == "gateway":
             sets["spendfuse_gateway"] = f"127.0.0.1:{free_port()}"
         return start_proxy(tmp / kind, confdir=conf, redirect_port=port, sets=sets)
@@ -234,6 +240,9 @@ def main() -> int:
         action="store_true",
         help="only reserve+settle pairs/s on the SQLite and PostgreSQL stores (bench_stores.py)",
     )
+    ap.add_argument(
+        "--observe", action="store_true", help="also spendfuse with metrics and the JSON decision log on"
+    )
     args = ap.parse_args()
     if args.stores:
         from tests.support import bench_stores
@@ -261,7 +270,7 @@ def main() -> int:
         upstream.kill()
         print_ledger(tmp, args.ledger_rows)
         return 0
-    kinds = ("bare", "hops", "spendfuse", "bare-reverse", "gateway")
+    kinds = ("bare", "hops", "spendfuse", *((OBSERVED,) if args.observe else ()), "bare-reverse", "gateway")
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     try:
         for _ in range(args.rounds):
@@ -305,6 +314,12 @@ def print_proxies(results: dict[str, list[tuple[float, float, float]]], args: ar
     print(f"{'':24}{'bare reverse':>16}{'gateway':>14}{'ratio':>9}")
     for label, i, fmt in rows:
         print(f"{label:24}{br[i]:16{fmt}}{g[i]:14{fmt}}{g[i] / br[i]:9.2f}")
+    if OBSERVED in med:
+        o = med[OBSERVED]
+        print("proxy mode with metrics and the JSON decision log on (--observe):")
+        print(f"{'':24}{'bare mitmdump':>16}{'spendfuse':>14}{'observed':>12}{'vs bare':>9}{'vs off':>8}")
+        for label, i, fmt in rows:
+            print(f"{label:24}{b[i]:16{fmt}}{s[i]:14{fmt}}{o[i]:12{fmt}}{o[i] / b[i]:9.2f}{o[i] / s[i]:8.2f}")
 
 
 def print_ledger(tmp: Path, rows: int) -> None:
