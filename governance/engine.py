@@ -71,6 +71,8 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self.providers = {e.name: e.provider for e in self.hosts.entries}
+        # Hosts whose usage reports differ from OpenAI's (governance.usage_rules), by entry name.
+        self.usage_rules = {e.name: e.usage for e in self.hosts.entries if e.usage is not None}
         # Custody keys go only to the shipped hosts of their own provider, never an operator's.
         self.custody_hosts = {
             e.name: e.provider for e in self.hosts.entries if e.provider is not None and not e.operator

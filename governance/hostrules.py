@@ -15,6 +15,7 @@ from governance.hosts import HostTable, build_table
 from governance.rulefile import RulesInvalid, read_yaml, validation_problems
 from governance.rulemodels import PriceOverride, Strict
 from governance.shape import UnknownHostsRules
+from governance.usage_rules import UsageRules
 
 #: A metered API family's name (`governance.families.FAMILIES`).
 Family = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
@@ -43,6 +44,8 @@ class HostRule(Strict):
     over the rules' `prices` and over genai-prices."""
     default_price: PriceOverride | None = None
     """Price of any model on this host that nothing else prices."""
+    usage: UsageRules | None = None
+    """How the host reports usage where it differs from OpenAI's API (OpenAI-compatible hosts)."""
 
     @field_validator("match")
     @classmethod
@@ -122,6 +125,8 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
         entry["envelope"] = rule.envelope
     if rule.provider is not None:
         entry["provider"] = rule.provider
+    if rule.usage is not None:
+        entry["usage"] = rule.usage
     if rule.prices or rule.default_price is not None:
         entry["settings"] = {"prices": rule.prices, "default_price": rule.default_price}
     return entry

@@ -103,6 +103,7 @@ class HostEntry:
     base_path: str = "/v1"
     operator: bool = False  # from the operator's rules rather than the shipped table
     settings: Mapping[str, Any] = field(default_factory=dict)  # operator extras (prices)
+    usage: Any = None  # governance.usage_rules.UsageRules: how the host reports usage; None: OpenAI's way
     _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _globs: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 

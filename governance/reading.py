@@ -16,6 +16,7 @@ from governance.errors import RequestParseError
 from governance.matching import lookup_model
 from governance.pricing import context_window
 from governance.types import NO_LINE, UNBOUNDED, Decision, Endpoint, ParsedRequest, RequestInfo, RequestLine
+from governance.usage_rules import injects_stream_usage
 
 if TYPE_CHECKING:
     from governance.engine import Engine
@@ -73,7 +74,11 @@ def read_request(
     cap, source = output_cap(
         engine, parsed.model, parsed.max_output_tokens, input_tokens=input_tokens, provider=provider
     )
-    forward = family.prepare_request(endpoint.api, body, parsed)
+    forward = (
+        family.prepare_request(endpoint.api, body, parsed)
+        if injects_stream_usage(engine.usage_rules.get(endpoint.entry))
+        else None
+    )
     loop, refuse_loop, searches, forward = _tool_loop(engine, endpoint, body, parsed, forward)
     info = RequestInfo(
         request_id=request_id,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from governance import money, regional, wire
+from governance import money, regional, usage_rules, wire
 from governance.errors import LedgerUnavailable, PricingError
 from governance.types import Priced, RequestInfo, Usage
 from governance.wire.tap import StreamTap, read_sse_body
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
+#: The price source of a settlement at the cost the provider reported (`usage: {cost: reported}`).
+REPORTED = "reported:usage.cost"
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,13 @@ def finish(
         else:
             ledger.release(info.request_id, now, outcome=outcome)
         return
+    rules = engine.usage_rules.get(info.host_entry)
+    reported = None
+    if rules is not None:
+        usage = usage_rules.billed(rules, usage)
+        reported = usage_rules.settled_cost(rules, usage)
     try:
-        priced = _price_usage(engine, info, usage, now)
+        priced = _price_usage(engine, info, usage, now) if reported is None else Priced(reported, REPORTED)
     except PricingError:
         logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
         ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")

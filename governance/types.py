@@ -155,6 +155,8 @@ class Usage:
     response_id: str | None = None  # OpenAI Responses: the answer's id (a follow-up may name it)
     conversation_id: str | None = None  # OpenAI Responses: the conversation it belongs to
     inference_geo: str | None = None  # Anthropic: where inference ran, as the response reports it
+    reasoning_tokens: int = 0  # as reported: in output_tokens, or on top (a host's `usage:` rule)
+    reported_cost: Decimal | None = None  # USD the response says it cost (OpenRouter's usage.cost)
 
     def __post_init__(self) -> None:
         for name in USAGE_COUNTS:

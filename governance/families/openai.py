@@ -10,7 +10,7 @@ from typing import Any
 
 from governance import overheads
 from governance.errors import RequestParseError
-from governance.families import shapes
+from governance.families import compat, shapes
 from governance.families.common import (
     BEARER,
     Auth,
@@ -319,7 +319,7 @@ def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, o
         return None
     if not isinstance(usage.get(total_in), int) or not isinstance(usage.get(out), int):
         return None
-    read = token_count(usage, details, "cached_tokens")
+    read = compat.cache_hits(usage, details)
     write = token_count(usage, details, "cache_write_tokens")
     total_input = max(token_count(usage, total_in), read + write)
     output = token_count(usage, out)
@@ -332,6 +332,8 @@ def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, o
         model=model,
         input_audio_tokens=min(token_count(usage, details, "audio_tokens"), total_input),
         output_audio_tokens=min(token_count(usage, out_details, "audio_tokens"), output),
+        reasoning_tokens=compat.reasoning_tokens(usage),
+        reported_cost=compat.reported_cost(usage),
     )
 
 
@@ -407,7 +409,7 @@ class StreamUsage:
                 if found is not None:
                     self.usage = found
         else:
-            found = _with_response_facts(_chat_usage(obj.get("usage"), obj.get("model")), obj)
+            found = _with_response_facts(_chat_usage(compat.chunk_usage(obj), obj.get("model")), obj)
             if found is not None:
                 self.usage = found
 

@@ -1,0 +1,59 @@
+"""What OpenAI-compatible hosts add to OpenAI's usage object, read wherever it appears.
+
+Each reader takes a field only its provider sends, so reading it on every host is harmless:
+whether a host's reported cost or separate reasoning count is *believed* is the host entry's
+`usage:` rule (`governance.usage_rules`), never decided here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from governance.families.common import token_count
+
+
+def cache_hits(usage: Mapping[str, Any], details: str) -> int:
+    """Cached input tokens: OpenAI's `cached_tokens` in `details`, else DeepSeek's
+    `prompt_cache_hit_tokens` (DeepSeek reports hits and misses instead; its hits are the
+    tokens billed at the cache-read price)."""
+    cached = token_count(usage, details, "cached_tokens")
+    return cached or token_count(usage, "prompt_cache_hit_tokens")
+
+
+def reasoning_tokens(usage: Mapping[str, Any]) -> int:
+    """The reasoning tokens a usage reports (`completion_tokens_details.reasoning_tokens`, or the
+    Responses API's `output_tokens_details.reasoning_tokens`): part of the output on OpenAI, on top
+    of it on xAI."""
+    return token_count(usage, "completion_tokens_details", "reasoning_tokens") or token_count(
+        usage, "output_tokens_details", "reasoning_tokens"
+    )
+
+
+def reported_cost(usage: Mapping[str, Any]) -> Decimal | None:
+    """The USD cost a usage reports (OpenRouter's `usage.cost`, in credits of one USD each),
+    as an exact Decimal of the JSON number's text; None when absent or not a finite,
+    non-negative number."""
+    cost = usage.get("cost")
+    if isinstance(cost, bool) or not isinstance(cost, (int, float, Decimal)):
+        return None
+    if isinstance(cost, float) and not math.isfinite(cost):
+        return None
+    try:
+        # repr of a float is the shortest text that reads back as it: the JSON number as sent.
+        value = Decimal(repr(cost)) if isinstance(cost, float) else Decimal(cost)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() and value >= 0 else None
+
+
+def chunk_usage(chunk: Mapping[str, Any]) -> Any:
+    """A streamed chat chunk's usage: `usage`, else Groq's `x_groq.usage` (where Groq has put the
+    final chunk's usage)."""
+    usage = chunk.get("usage")
+    if isinstance(usage, Mapping):
+        return usage
+    extra = chunk.get("x_groq")
+    return extra.get("usage") if isinstance(extra, Mapping) else None
