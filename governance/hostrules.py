@@ -46,6 +46,9 @@ class HostRule(Strict):
     """Price of any model on this host that nothing else prices."""
     usage: UsageRules | None = None
     """How the host reports usage where it differs from OpenAI's API (OpenAI-compatible hosts)."""
+    customer_hosts: bool = False
+    """The names it matches are customers' own resources (Azure): a custody key is sent to one
+    only when its credential names that host in `hosts:`."""
 
     @field_validator("match")
     @classmethod
@@ -127,6 +130,8 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
         entry["provider"] = rule.provider
     if rule.usage is not None:
         entry["usage"] = rule.usage
+    if rule.customer_hosts:
+        entry["customer_hosts"] = True
     if rule.prices or rule.default_price is not None:
         entry["settings"] = {"prices": rule.prices, "default_price": rule.default_price}
     return entry

@@ -8,10 +8,12 @@ bound changes it. Nothing here writes the ledger or knows mitmproxy.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from governance import regional, server_tools, tokens, wire
+from governance import deployments, regional, server_tools, tokens, wire
 from governance.errors import RequestParseError
 from governance.matching import lookup_model
 from governance.pricing import context_window
@@ -64,21 +66,19 @@ def read_request(
     betas: Sequence[str] = (),
     key_id: str | None = None,
     line: RequestLine = NO_LINE,
+    now: datetime | None = None,
 ) -> ReadRequest:
     """Understand a metered request from its body and its path and headers (`line`). Raises
     `RequestParseError` when it cannot be metered."""
     family = wire.FAMILIES[endpoint.family]
     parsed = family.parse_request(endpoint.api, body, line)
     provider = engine.providers.get(endpoint.entry) or family.PROVIDER
+    parsed = _deployed(engine, endpoint, parsed, key_id, provider, now)
     input_tokens, server_input = _input_tokens(engine, parsed)
     cap, source = output_cap(
         engine, parsed.model, parsed.max_output_tokens, input_tokens=input_tokens, provider=provider
     )
-    forward = (
-        family.prepare_request(endpoint.api, body, parsed)
-        if injects_stream_usage(engine.usage_rules.get(endpoint.entry))
-        else None
-    )
+    forward = _prepared(engine, endpoint, body, parsed)
     loop, refuse_loop, searches, forward = _tool_loop(engine, endpoint, body, parsed, forward)
     info = RequestInfo(
         request_id=request_id,
@@ -112,6 +112,53 @@ def read_request(
         hides_added_events=family.adds_stream_events(endpoint.api, body, forward),
     )
     return ReadRequest(info, forward, body)
+
+
+def _deployed(
+    engine: Engine,
+    endpoint: Endpoint,
+    parsed: ParsedRequest,
+    key_id: str | None,
+    provider: str,
+    now: datetime | None,
+) -> ParsedRequest:
+    """`parsed` with its deployment name (a family whose models are deployments) replaced by the
+    model it is reserved as: the one the rules map it to, or the priciest it may run
+    (`governance.deployments`). `now`: the time whose prices rank the models (None: the clock's)."""
+    if not getattr(wire.FAMILIES[endpoint.family], "DEPLOYMENTS", False):
+        return parsed
+    when = now or datetime.now(UTC)
+    key = engine.scopes.keys.get(key_id) if key_id else None
+    models = deployments.candidates(engine, endpoint.host, parsed.model, key, provider)
+
+    def worst(model: str) -> Decimal:
+        as_model = replace(parsed, model=model)
+        tokens, _ = _input_tokens(engine, as_model)
+        cap, _ = output_cap(engine, model, parsed.max_output_tokens, input_tokens=tokens, provider=provider)
+        return (
+            engine.pricer_at(endpoint.entry)
+            .worst_case(
+                provider,
+                model,
+                input_tokens=tokens,
+                max_output_tokens=cap * parsed.choices,
+                now=when,
+                cache_write_hint=parsed.cache_write_hint,
+            )
+            .cost
+        )
+
+    return replace(parsed, model=deployments.priciest(models, worst))
+
+
+def _prepared(
+    engine: Engine, endpoint: Endpoint, body: Mapping[str, Any], parsed: ParsedRequest
+) -> dict[str, Any] | None:
+    """The family's preparation of the body (None: forward it as sent), unless the host takes
+    the request only as written (`usage: {stream: sent}`)."""
+    if not injects_stream_usage(engine.usage_rules.get(endpoint.entry)):
+        return None
+    return wire.FAMILIES[endpoint.family].prepare_request(endpoint.api, body, parsed)
 
 
 def _input_tokens(engine: Engine, parsed: ParsedRequest) -> tuple[int, str | None]:

@@ -35,21 +35,17 @@ HOSTS = {
     "xai": ("x-ai", "/v1", "api.x.ai"),
 }
 
-# What each fixture reports, read by hand: (input, output, cache read, reasoning, reported cost).
-BODY = {
-    "openrouter": (1500, 200, 1000, 0, Decimal("0.0050715")),
-    "groq": (820, 150, 0, 0, None),
-    "mistral": (1300, 250, 0, 0, None),
-    "deepseek": (3000, 500, 2048, 320, None),
-    "xai": (900, 120, 256, 700, None),
+# What each fixture reports, read by hand, for chat.json then chat_stream.sse:
+# (input, output, cache read, reasoning, reported cost).
+REPORTED = {
+    "openrouter": ((1500, 200, 1000, 0, Decimal("0.0050715")), (2100, 90, 1000, 0, Decimal("0.00171"))),
+    "groq": ((820, 150, 0, 0, None), (640, 75, 0, 0, None)),
+    "mistral": ((1300, 250, 0, 0, None), (700, 60, 0, 0, None)),
+    "deepseek": ((3000, 500, 2048, 320, None), (1800, 40, 1536, 0, None)),
+    "xai": ((900, 120, 256, 700, None), (500, 30, 0, 410, None)),
 }
-STREAM = {
-    "openrouter": (2100, 90, 1000, 0, Decimal("0.00171")),
-    "groq": (640, 75, 0, 0, None),
-    "mistral": (700, 60, 0, 0, None),
-    "deepseek": (1800, 40, 1536, 0, None),
-    "xai": (500, 30, 0, 410, None),
-}
+BODY = {name: body for name, (body, _) in REPORTED.items()}
+STREAM = {name: stream for name, (_, stream) in REPORTED.items()}
 
 
 def counts(u: Usage) -> tuple:

@@ -420,7 +420,12 @@ stream_reader = sse_reader_of(StreamUsage)
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as OpenAI sends errors: `{"error": {message, type, param, code}}`."""
-    shape = shapes.of(ENVELOPE, refusal)
+    return render_error_as(ENVELOPE, refusal, request_id)
+
+
+def render_error_as(envelope: str, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The refusal in OpenAI's layout, with `envelope`'s shapes (Azure's errors are OpenAI's)."""
+    shape = shapes.of(envelope, refusal)
     body = {
         "error": {
             "message": refusal.message,
