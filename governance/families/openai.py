@@ -308,6 +308,8 @@ _USAGE_CHUNK_KEYS = frozenset(
         "choices",
         "usage",
         "obfuscation",
+        "x_groq",  # Groq's request id, on its chunks
+        "provider",  # OpenRouter: the provider it routed to, on its chunks
     }
 )
 
