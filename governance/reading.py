@@ -18,7 +18,7 @@ from governance.errors import RequestParseError
 from governance.matching import lookup_model
 from governance.pricing import context_window
 from governance.types import NO_LINE, UNBOUNDED, Decision, Endpoint, ParsedRequest, RequestInfo, RequestLine
-from governance.usage_rules import injects_stream_usage
+from governance.usage_rules import injects_stream_usage, legacy_cap
 
 if TYPE_CHECKING:
     from governance.engine import Engine
@@ -31,6 +31,7 @@ class ReadRequest:
     info: RequestInfo
     forward_body: dict[str, Any] | None  # None: forward the original bytes untouched
     body: Mapping[str, Any] | None = None  # the request as the client sent it
+    legacy_cap: bool = False  # an output cap written into it goes in `max_tokens` (the host's rule)
 
 
 def output_cap(
@@ -111,7 +112,7 @@ def read_request(
         long_context=any(b.strip().lower().startswith("context-1m") for b in betas),
         hides_added_events=family.adds_stream_events(endpoint.api, body, forward),
     )
-    return ReadRequest(info, forward, body)
+    return ReadRequest(info, forward, body, legacy_cap(engine.usage_rules.get(endpoint.entry)))
 
 
 def _deployed(
@@ -222,6 +223,8 @@ def forward_body(read: ReadRequest, decision: Decision, family: str) -> dict[str
         return read.forward_body
     base = read.forward_body if read.forward_body is not None else read.body
     assert base is not None
+    if read.legacy_cap and "max_completion_tokens" not in base:
+        base = {**base, "max_tokens": decision.output_cap}  # so the cap is written there
     return wire.FAMILIES[family].with_output_cap(read.info.api, base, decision.output_cap)
 
 

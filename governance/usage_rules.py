@@ -29,6 +29,9 @@ class UsageRules(Strict):
     bill, when it reports one; otherwise price its tokens."""
     reasoning: Literal["included", "separate"] = "included"
     """`separate`: the reported reasoning tokens are billed on top of the output tokens (xAI)."""
+    cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    """Where an output cap spendfuse writes into a chat request that sets none goes: `max_tokens`
+    on a host that rejects OpenAI's newer field (Mistral answers it 422)."""
 
 
 #: OpenAI's own way: every rule at its default.
@@ -45,6 +48,11 @@ def billed(rules: UsageRules, usage: Usage) -> Usage:
 def settled_cost(rules: UsageRules, usage: Usage) -> Decimal | None:
     """The cost to settle at as the host reported it, or None to price the tokens."""
     return usage.reported_cost if rules.cost == "reported" else None
+
+
+def legacy_cap(rules: UsageRules | None) -> bool:
+    """Whether an output cap written into a request goes in `max_tokens`."""
+    return rules is not None and rules.cap_field == "max_tokens"
 
 
 def injects_stream_usage(rules: UsageRules | None) -> bool:

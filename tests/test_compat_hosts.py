@@ -71,7 +71,7 @@ def test_usage_rules_are_the_hosts_documented_differences():
     rules = {e.name: e.usage for e in shipped_table().entries if e.usage is not None}
     assert rules == {
         "openrouter": usage_rules.UsageRules(cost="reported"),
-        "mistral": usage_rules.UsageRules(stream="sent"),
+        "mistral": usage_rules.UsageRules(stream="sent", cap_field="max_tokens"),
         "xai": usage_rules.UsageRules(reasoning="separate"),
     }
 
@@ -204,3 +204,24 @@ def test_an_openrouter_variant_genai_prices_does_not_know_is_refused_and_free_is
         engine.read_request(endpoint("openrouter"), free, principal="p", request_id="f").info, NOW
     )
     assert d.allowed and d.reserved == 0
+
+
+@pytest.mark.parametrize(("name", "field"), [("mistral", "max_tokens"), ("groq", "max_completion_tokens")])
+def test_an_injected_output_cap_goes_in_the_field_the_host_takes(tmp_path, name, field):
+    rules = {
+        "budgets": [{"limit_usd": 10}],
+        "clamp_output": {"floor_tokens": 10},
+        "model_limits": {MODELS[name]: 500},
+    }
+    led = Ledger.open(tmp_path / "c.sqlite")
+    try:
+        e = Engine(policy.parse(rules, Path(".")), led)
+        req = {"model": MODELS[name], "messages": [{"role": "user", "content": "hi"}]}
+        read = e.read_request(endpoint(name), req, principal="p", request_id=name)
+        decision = e.admit(read.info, NOW)
+        assert decision.allowed and decision.output_cap == 500
+        sent = e.forward_body(read, decision, "openai")
+    finally:
+        led.close()
+    other = ({"max_tokens", "max_completion_tokens"} - {field}).pop()
+    assert sent[field] == 500 and other not in sent
