@@ -201,3 +201,47 @@ def test_operator_hosts_price_with_their_own_prices_or_default_price(start, clie
     with pytest.raises(openai.BadRequestError, match="other-model"):
         ask(client("https://vllm.internal/v1"), "other-model", stream=False)
     assert upstream.total_hits == 2
+
+
+# -- key custody ---------------------------------------------------------------------------------
+
+REAL_OR, REAL_AZ, VIRTUAL = "sk-or-v1-REALcustody", "REALazureCUSTODYkey", "sk-virtual-agent"
+
+
+def test_custody_keys_go_to_their_providers_hosts_and_azures_only_to_the_named_one(
+    start, client_env, upstream, tmp_path
+):
+    from governance.scopes import secret_hash
+
+    custody = {
+        "version": 2,
+        "budgets": [{"id": "all", "max_usd": 1}],
+        "global": {"budgets": ["all"]},
+        "keys": [{"id": "agent", "secret_sha256": secret_hash(VIRTUAL)}],
+        "credentials": [
+            {"id": "or", "provider": "openrouter", "env": "OR_REAL"},
+            {"id": "az", "provider": "azure", "env": "AZ_REAL", "hosts": ["myres.openai.azure.com"]},
+        ],
+        "azure_deployments": {"prod-4o": "gpt-4o"},
+    }
+    path = tmp_path / "custody.yaml"
+    path.write_text(yaml.safe_dump(custody))
+    upstream.knobs.accepted_keys = frozenset({REAL_OR, REAL_AZ})
+    proxy = start(rules=path, env={"OR_REAL": REAL_OR, "AZ_REAL": REAL_AZ})
+    client_env(proxy)
+    agent = {"api_key": VIRTUAL, "max_retries": 0}
+    ask(openai.OpenAI(base_url=HOSTS["openrouter"][0], **agent), HOSTS["openrouter"][1], stream=True)
+    ask(openai.OpenAI(base_url=AZURE, **agent), "prod-4o", stream=False)
+    assert [presented for _, presented in upstream.auth] == [
+        {"authorization": f"Bearer {REAL_OR}"},
+        {"api-key": REAL_AZ},
+    ]
+    # Another Azure resource (one an agent could create) never gets the key.
+    with pytest.raises(openai.PermissionDeniedError, match="no custody key"):
+        ask(
+            openai.OpenAI(base_url="https://other.openai.azure.com/openai/v1", **agent),
+            "prod-4o",
+            stream=False,
+        )
+    assert upstream.total_hits == 2
+    assert [r["state"] for r in rows(tmp_path / "ledger.sqlite")] == ["settled", "settled", "refused"]
