@@ -16,14 +16,14 @@ from pathlib import Path
 import genai_prices
 import pytest
 
-from governance import money, policy
+from governance import money, policy, wire
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.families import azure
 from governance.families.tap import StreamTap
 from governance.ledger import Ledger
 from governance.rulefile import RulesInvalid
-from governance.types import Endpoint, Metering, RequestLine
+from governance.types import Metering, RequestLine
 
 FIX = Path(__file__).parent / "fixtures" / "azure"
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -53,7 +53,8 @@ def read(e: Engine, deployment: str, *, key_id: str | None = None, v1: bool = Fa
         req["model"] = deployment
     else:
         path = CLASSIC.format(deployment)
-    ep = Endpoint("azure", "chat", Metering.METERED, HOST, path.split("?")[0], "azure", "azure")
+    ep = wire.detect("POST", HOST, path.split("?")[0], e.hosts)
+    assert ep is not None and (ep.family, ep.api, ep.metering) == ("azure", "chat", Metering.METERED)
     return e.read_request(
         ep, req, principal="p", request_id=deployment, key_id=key_id, line=RequestLine(path), now=NOW
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import genai_prices
 import pytest
 
-from governance import money, policy, usage_rules
+from governance import money, policy, usage_rules, wire
 from governance.engine import Engine
 from governance.families import openai
 from governance.families.tap import SseStream
@@ -31,7 +31,7 @@ HOSTS = {
     "openrouter": ("openrouter", "/api/v1", "openrouter.ai"),
     "groq": ("groq", "/openai/v1", "api.groq.com"),
     "mistral": ("mistral", "/v1", "api.mistral.ai"),
-    "deepseek": ("deepseek", "/", "api.deepseek.com"),
+    "deepseek": ("deepseek", ("/", "/v1"), "api.deepseek.com"),
     "xai": ("x-ai", "/v1", "api.x.ai"),
 }
 
@@ -134,7 +134,7 @@ def engine(tmp_path: Path):
 
 def endpoint(name: str) -> Endpoint:
     _, base, host = HOSTS[name]
-    path = base.rstrip("/") + "/chat/completions"
+    path = (base if isinstance(base, str) else base[-1]).rstrip("/") + "/chat/completions"
     return Endpoint("openai", "chat", Metering.METERED, host, path, "openai", name)
 
 

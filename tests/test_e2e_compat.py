@@ -23,7 +23,11 @@ from tests.test_e2e import rows
 
 # host entry -> (base URL, model, genai-prices provider), from the unit tests' table.
 HOSTS = {
-    name: (f"https://{host}{base.rstrip('/')}", MODELS[name], provider)
+    name: (
+        f"https://{host}{(base if isinstance(base, str) else base[0]).rstrip('/')}",
+        MODELS[name],
+        provider,
+    )
     for name, (provider, base, host) in UNIT_HOSTS.items()
 }
 # Hosts that report cache hits (Groq and Mistral report none).
