@@ -65,6 +65,14 @@ def test_the_shipped_entry_meters_the_host_with_its_provider(name):
     )
     # The provider id exists in the installed genai-prices data.
     assert provider in {p.id for p in genai_prices.data_snapshot.get_snapshot().providers}
+    for prefix in [base] if isinstance(base, str) else base:
+        found = wire.detect("POST", host, prefix.rstrip("/") + "/chat/completions")
+        assert (found.family, found.api, found.metering, found.entry) == (
+            "openai",
+            "chat",
+            Metering.METERED,
+            name,
+        )
 
 
 def test_usage_rules_are_the_hosts_documented_differences():

@@ -132,12 +132,32 @@ def test_an_unknown_openrouter_variant_is_refused_as_unpriced(start, client_env,
 # -- Azure OpenAI --------------------------------------------------------------------------------
 
 
+def azure_client(api: str) -> openai.OpenAI:
+    """The openai SDK on Azure: `AzureOpenAI` (classic deployments, `api-key`), or the plain
+    client on the v1 API."""
+    if api == "classic":
+        endpoint = AZURE.removesuffix("/openai/v1")
+        return openai.AzureOpenAI(
+            azure_endpoint=endpoint, api_version="2024-10-21", api_key="k", max_retries=0
+        )
+    return client(AZURE)
+
+
+@pytest.mark.parametrize("api", ["classic", "v1"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_azure_alias_settles_by_the_response_model(start, client_env, upstream, tmp_path, stream):
+def test_azure_alias_settles_by_the_response_model(start, client_env, upstream, tmp_path, stream, api):
     upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens = 900, 40
     proxy = start(rules=rules(tmp_path, azure_deployments={"prod-4o": "gpt-4o"}))
     client_env(proxy)
-    chunks = ask(client(AZURE), "prod-4o", stream)
+    chunks = ask(azure_client(api), "prod-4o", stream)
+    assert (
+        upstream.hits[
+            "/openai/deployments/prod-4o/chat/completions"
+            if api == "classic"
+            else "/openai/v1/chat/completions"
+        ]
+        == 1
+    )
     [billed] = upstream.billed
     [row] = rows(tmp_path / "ledger.sqlite")
     assert row["model"] == "gpt-4o" and billed["model"] == "gpt-4o-2024-11-20"
@@ -172,11 +192,13 @@ def test_azure_without_an_alias_reserves_the_priciest_allowed_and_settles_by_the
     )
 
 
-def test_azure_with_nothing_bounding_the_deployment_is_refused(start, client_env, upstream, tmp_path):
+@pytest.mark.parametrize("api", ["classic", "v1"])
+def test_azure_with_nothing_bounding_the_deployment_is_refused(start, client_env, upstream, tmp_path, api):
     proxy = start(rules=rules(tmp_path))
     client_env(proxy)
-    with pytest.raises(openai.BadRequestError, match="azure_deployments"):
-        ask(client(AZURE), "prod-4o", stream=False)
+    with pytest.raises(openai.BadRequestError, match="azure_deployments") as refused:
+        ask(azure_client(api), "prod-4o", stream=False)
+    assert refused.value.body["type"] == "invalid_request_error"
     assert upstream.total_hits == 0
 
 
