@@ -28,7 +28,8 @@ class UsageRules(Strict):
     """`reported`: settle at the USD cost the response reports (`usage.cost`), the provider's own
     bill, when it reports one; otherwise price its tokens."""
     reasoning: Literal["included", "separate"] = "included"
-    """`separate`: the reported reasoning tokens are billed on top of the output tokens (xAI)."""
+    """`separate`: Chat Completions' reasoning tokens are billed on top of `completion_tokens` (xAI;
+    its Responses API counts them inside `output_tokens`, as OpenAI does)."""
     cap_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     """Where an output cap spendfuse writes into a chat request that sets none goes: `max_tokens`
     on a host that rejects OpenAI's newer field (Mistral answers it 422)."""

@@ -233,3 +233,17 @@ def test_an_injected_output_cap_goes_in_the_field_the_host_takes(tmp_path, name,
         led.close()
     other = ({"max_tokens", "max_completion_tokens"} - {field}).pop()
     assert sent[field] == 500 and other not in sent
+
+
+def test_xai_responses_count_reasoning_inside_output_tokens():
+    body = {
+        "model": "grok-4-0709",
+        "usage": {
+            "input_tokens": 100,
+            "output_tokens": 900,
+            "output_tokens_details": {"reasoning_tokens": 700},
+        },
+    }
+    usage = openai.usage_from_body("responses", body)
+    xai = usage_rules.UsageRules(reasoning="separate")
+    assert usage_rules.billed(xai, usage).output_tokens == 900

@@ -24,12 +24,11 @@ def cache_hits(usage: Mapping[str, Any], details: str) -> int:
 
 
 def reasoning_tokens(usage: Mapping[str, Any]) -> int:
-    """The reasoning tokens a usage reports (`completion_tokens_details.reasoning_tokens`, or the
-    Responses API's `output_tokens_details.reasoning_tokens`): part of the output on OpenAI, on top
-    of it on xAI."""
-    return token_count(usage, "completion_tokens_details", "reasoning_tokens") or token_count(
-        usage, "output_tokens_details", "reasoning_tokens"
-    )
+    """The reasoning tokens a Chat Completions usage reports beside `completion_tokens`
+    (`completion_tokens_details.reasoning_tokens`): part of them on OpenAI, on top of them on xAI.
+    (The Responses API's `output_tokens` include reasoning everywhere, xAI's too, so its count is
+    not read.)"""
+    return token_count(usage, "completion_tokens_details", "reasoning_tokens")
 
 
 def reported_cost(usage: Mapping[str, Any]) -> Decimal | None:
