@@ -78,6 +78,6 @@ def priciest(models: Sequence[str], cost_of: Callable[[str], Decimal]) -> str:
             costs.append((cost_of(model), model))
         except PricingError:
             raise RequestParseError(
-                f"model '{model}', which the deployment may run, has no price: the request cannot be bounded"
+                f"model '{model}', which the request may run as, has no price: it cannot be bounded"
             ) from None
     return max(costs, key=lambda c: c[0])[1]

@@ -123,14 +123,19 @@ def _deployed(
     provider: str,
     now: datetime | None,
 ) -> ParsedRequest:
-    """`parsed` with its deployment name (a family whose models are deployments) replaced by the
-    model it is reserved as: the one the rules map it to, or the priciest it may run
-    (`governance.deployments`). `now`: the time whose prices rank the models (None: the clock's)."""
-    if not getattr(wire.FAMILIES[endpoint.family], "DEPLOYMENTS", False):
+    """`parsed` with its model replaced by the one it is reserved as, where it may run as several:
+    a deployment name (a family whose models are deployments) by the model the rules map it to,
+    or the priciest it may run (`governance.deployments`); a request with fallbacks (OpenRouter's
+    `models`) by the priciest of them all. `now`: the time whose prices rank the models (None:
+    the clock's)."""
+    if getattr(wire.FAMILIES[endpoint.family], "DEPLOYMENTS", False):
+        key = engine.scopes.keys.get(key_id) if key_id else None
+        models = deployments.candidates(engine, endpoint.host, parsed.model, key, provider)
+    elif parsed.fallbacks:
+        models = tuple(dict.fromkeys((parsed.model, *parsed.fallbacks)))
+    else:
         return parsed
     when = now or datetime.now(UTC)
-    key = engine.scopes.keys.get(key_id) if key_id else None
-    models = deployments.candidates(engine, endpoint.host, parsed.model, key, provider)
 
     def worst(model: str) -> Decimal:
         as_model = replace(parsed, model=model)

@@ -101,6 +101,7 @@ class ParsedRequest:
     tool_calls: int | None = None  # server tools that loop: the calls allowed (UNBOUNDED: no bound)
     inference_geo: str | None = None  # where the request asks inference to run (Anthropic)
     provider_prompt_tokens: int = 0  # input the provider adds on its side (Anthropic's tool-use prompt)
+    fallbacks: tuple[str, ...] = ()  # other models the host may run it as (OpenRouter's `models`)
 
 
 @dataclass(frozen=True)

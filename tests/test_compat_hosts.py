@@ -17,6 +17,7 @@ import pytest
 
 from governance import money, policy, usage_rules, wire
 from governance.engine import Engine
+from governance.errors import RequestParseError
 from governance.families import openai
 from governance.families.tap import SseStream
 from governance.hostrules import shipped_table
@@ -247,3 +248,30 @@ def test_xai_responses_count_reasoning_inside_output_tokens():
     usage = openai.usage_from_body("responses", body)
     xai = usage_rules.UsageRules(reasoning="separate")
     assert usage_rules.billed(xai, usage).output_tokens == 900
+
+
+def test_openrouter_fallbacks_reserve_the_priciest_and_plugins_are_unpriced(engine):
+    req = {
+        "model": "openai/gpt-4o-mini",
+        "models": ["anthropic/claude-sonnet-4.5", "meta-llama/llama-3.3-70b-instruct:free"],
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 100,
+    }
+    read = engine.read_request(endpoint("openrouter"), req, principal="p", request_id="fb")
+    assert read.info.model == "anthropic/claude-sonnet-4.5"
+    with pytest.raises(RequestParseError, match="no-such/model"):
+        engine.read_request(
+            endpoint("openrouter"), {**req, "models": ["no-such/model"]}, principal="p", request_id="x"
+        )
+    with pytest.raises(RequestParseError, match="models"):
+        engine.read_request(
+            endpoint("openrouter"),
+            {**req, "models": "anthropic/claude-sonnet-4.5"},
+            principal="p",
+            request_id="y",
+        )
+    web = {**req, "models": [], "plugins": [{"id": "web", "max_results": 5}]}
+    d = engine.admit(
+        engine.read_request(endpoint("openrouter"), web, principal="p", request_id="w").info, NOW
+    )
+    assert not d.allowed and "plugin web" in d.refusal.message

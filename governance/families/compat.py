@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from governance.errors import RequestParseError
 from governance.families.common import token_count
 
 
@@ -46,6 +47,33 @@ def reported_cost(usage: Mapping[str, Any]) -> Decimal | None:
     except InvalidOperation:
         return None
     return value if value.is_finite() and value >= 0 else None
+
+
+def fallback_models(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The other models a request lets the host route it to (OpenRouter's `models` list): it may
+    be billed as any of them. Raises `RequestParseError` for a list that is not model names."""
+    models = body.get("models")
+    if models is None:
+        return ()
+    if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models):
+        raise RequestParseError("`models` must be a list of model names")
+    if len(models) > MAX_FALLBACKS:
+        raise RequestParseError(f"`models` lists {len(models)} models; at most {MAX_FALLBACKS} are metered")
+    return tuple(m.strip() for m in models)
+
+
+#: OpenRouter takes a few fallbacks; a longer list is refused rather than priced model by model.
+MAX_FALLBACKS = 16
+
+
+def plugins(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """Plugins a request turns on (OpenRouter's `plugins`: web search, file parsing), each billed
+    per use at prices spendfuse does not model."""
+    found = body.get("plugins")
+    if not isinstance(found, list):
+        return ()
+    ids = [p.get("id") for p in found if isinstance(p, Mapping)]
+    return tuple(f"plugin {i if isinstance(i, str) else '?'}" for i in ids) or (("plugins",) if found else ())
 
 
 def chunk_usage(chunk: Mapping[str, Any]) -> Any:

@@ -115,7 +115,8 @@ def parse_request(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE
         audio_input=_has_part(prompt, "input_audio"),
         server_context=context,
         server_input=server_input,
-        unpriced_fees=tuple(_tools_of(body, _UNPRICED_FEE_TOOLS)),
+        unpriced_fees=(*_tools_of(body, _UNPRICED_FEE_TOOLS), *compat.plugins(body)),
+        fallbacks=compat.fallback_models(body),
         provider_prompt_tokens=_claude_tool_prompt(model, body),
     )
 
