@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from governance.crossref_deployments import credential_host_problems, deployment_problems
 from governance.hostrules import host_table
 from governance.rulefile import Problem
 
@@ -24,6 +25,8 @@ def reference_problems(p: Policy) -> list[Problem]:
         *_provider_scopes(p),
         *_memberships(p),
         *_keys(p),
+        *deployment_problems(p),
+        *credential_host_problems(p),
     ]
 
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from governance.limits import Id
 from governance.rulemodels import Strict
@@ -34,6 +34,22 @@ class Credential(Strict):
     """Among several credentials of one provider, each is chosen with probability weight / sum."""
     models: list[str] | None = None
     """Models (exact names or globs) this credential serves. Unset: every model of its provider."""
+    hosts: list[str] | None = None
+    """Exact host names this key may be sent to (`myres.openai.azure.com`). Required for a provider
+    whose hosts are customers' own resources (Azure: an agent could create one). Unset: every
+    shipped host of its provider."""
+
+    @field_validator("hosts")
+    @classmethod
+    def _exact_hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("empty: the key could be sent nowhere (leave `hosts` unset, or name hosts)")
+        for host in v:
+            if "*" in host or "/" in host or not host.strip():
+                raise ValueError(f"{host!r}: name each host exactly (no globs, no paths)")
+        return [h.strip().lower().rstrip(".") for h in v]
 
     @model_validator(mode="after")
     def _one_source(self) -> Credential:

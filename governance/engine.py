@@ -71,12 +71,16 @@ class Engine:
         # Operator hosts with prices of their own (a self-hosted model) price with them first.
         self._host_pricers = {e.name: Pricer(policy, e.settings) for e in self.hosts.entries if e.settings}
         self.providers = {e.name: e.provider for e in self.hosts.entries}
+        # Hosts whose usage reports differ from OpenAI's (governance.usage_rules), by entry name.
+        self.usage_rules = {e.name: e.usage for e in self.hosts.entries if e.usage is not None}
         # Custody keys go only to the shipped hosts of their own provider, never an operator's.
         self.custody_hosts = {
             e.name: e.provider
             for e in self.hosts.entries
             if e.provider is not None and not e.operator and e.custody
         }
+        # Entries whose names are customers' resources: a key goes only to a host it names.
+        self.customer_hosts = frozenset(e.name for e in self.hosts.entries if e.customer_hosts)
         self.fees = fees.shipped()
         self.regional = regional.shipped()
         self.looping_models = server_tools.shipped().looping_models
@@ -108,7 +112,15 @@ class Engine:
         if not self.keyring and self.policy.custody == "optional" and not who.virtual_api_key:
             return injection.UNTOUCHED  # no custody in these rules: nothing to decide
         return injection.plan(
-            self.keyring, self.policy.custody, self.custody_hosts, endpoint, model, who, has_api_key, tls
+            self.keyring,
+            self.policy.custody,
+            self.custody_hosts,
+            endpoint,
+            model,
+            who,
+            has_api_key,
+            tls,
+            self.customer_hosts,
         )
 
     def screen(self, incoming: Incoming) -> Verdict:
@@ -131,7 +143,11 @@ class Engine:
 
     def pricer_for(self, info: RequestInfo) -> Pricer:
         """Operator hosts with prices of their own (a self-hosted model) price with them first."""
-        return self._host_pricers.get(info.host_entry, self.pricer)
+        return self.pricer_at(info.host_entry)
+
+    def pricer_at(self, entry: str) -> Pricer:
+        """The pricer of requests to host entry `entry`."""
+        return self._host_pricers.get(entry, self.pricer)
 
     def _worst_case(self, info: RequestInfo, max_output_tokens: int, now: datetime) -> Priced:
         """The most `info` can cost with `max_output_tokens` per round: every round of a server

@@ -16,6 +16,7 @@ from governance.routes import check_path
 from governance.rulefile import RulesInvalid, read_yaml, validation_problems
 from governance.rulemodels import PriceOverride, Strict
 from governance.shape import UnknownHostsRules
+from governance.usage_rules import UsageRules
 
 #: A metered API family's name (`governance.families.FAMILIES`).
 Family = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
@@ -74,6 +75,11 @@ class HostRule(Strict):
     custody: bool = True
     """Whether custody keys of its provider may be sent to it. False where clients sign in with
     OAuth (Vertex AI, Code Assist): their own credentials go on, and a virtual key is refused."""
+    usage: UsageRules | None = None
+    """How the host reports usage where it differs from OpenAI's API (OpenAI-compatible hosts)."""
+    customer_hosts: bool = False
+    """The names it matches are customers' own resources (Azure): a custody key is sent to one
+    only when its credential names that host in `hosts:`."""
 
     @field_validator("match")
     @classmethod
@@ -153,6 +159,10 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
         entry["envelope"] = rule.envelope
     if rule.provider is not None:
         entry["provider"] = rule.provider
+    if rule.usage is not None:
+        entry["usage"] = rule.usage
+    if rule.customer_hosts:
+        entry["customer_hosts"] = True
     if rule.prices or rule.default_price is not None:
         entry["settings"] = {"prices": rule.prices, "default_price": rule.default_price}
     if not rule.custody:

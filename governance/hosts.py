@@ -98,6 +98,8 @@ class HostEntry:
     operator: bool = False  # from the operator's rules rather than the shipped table
     custody: bool = True  # custody keys of its provider may be sent to it (not to OAuth-only APIs)
     settings: Mapping[str, Any] = field(default_factory=dict)  # operator extras (prices)
+    usage: Any = None  # governance.usage_rules.UsageRules: how the host reports usage; None: OpenAI's way
+    customer_hosts: bool = False  # names are customers' resources: custody keys only to named hosts
     _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _globs: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 

@@ -88,11 +88,13 @@ def plan(
     who: Identity,
     has_api_key: bool,
     tls: bool,
+    named: frozenset[str] = frozenset(),
 ) -> Plan | Refusal:
     """What a request for `endpoint` (and `model`, when it names one), sent by `who`, is sent
     with. `providers`: the shipped host entries custody keys may be sent to, by name, with their
     provider; `has_api_key`: the request carries a provider credential; `tls`: it goes to its
-    host over TLS (a key is never sent in cleartext)."""
+    host over TLS (a key is never sent in cleartext); `named`: entries whose hosts are customers'
+    own resources, where only a key whose credential names the request's host is sent."""
     virtual = who.virtual_api_key
     if has_api_key and not virtual:
         return stray_key() if custody == "required" else UNTOUCHED
@@ -104,7 +106,7 @@ def plan(
     held = None
     if provider is not None and auth is not None:
         allowed = who.key.credentials if who.key is not None else None
-        held = keyring.choose(provider, model, allowed)
+        held = keyring.choose(provider, model, allowed, endpoint.host, named_only=endpoint.entry in named)
     if held is None:
         return no_custody_key(endpoint, provider, model, virtual) if need else UNTOUCHED
     return Plan(held, auth, True) if tls else cleartext(endpoint)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from governance.custody import Credential
 from governance.errors import PolicyError
+from governance.hosts import canonical_host
 from governance.matching import glob_match
 
 
@@ -64,6 +65,14 @@ class HeldKey:
     @property
     def provider(self) -> str:
         return self.credential.provider
+
+    def sent_to(self, host: str | None, *, named_only: bool) -> bool:
+        """Whether it may be sent to `host` (canonical; None: no host to check): one its
+        credential names, or any when it names none and `named_only` is False."""
+        hosts = self.credential.hosts
+        if hosts is None:
+            return not named_only
+        return host is not None and host in {canonical_host(h) for h in hosts}
 
     def serves(self, model: str | None) -> bool:
         """Whether it serves `model` (None: a request that names no model, such as a list)."""
@@ -134,10 +143,20 @@ class Keyring:
             if h.provider == provider and h.serves(model) and (allowed is None or h.id in allowed)
         ]
 
-    def choose(self, provider: str, model: str | None, allowed: Sequence[str] | None) -> HeldKey | None:
-        """One of `candidates`, each with probability weight / sum of their weights; None when
-        none may serve the request."""
-        found = self.candidates(provider, model, allowed)
+    def choose(
+        self,
+        provider: str,
+        model: str | None,
+        allowed: Sequence[str] | None,
+        host: str | None = None,
+        *,
+        named_only: bool = False,
+    ) -> HeldKey | None:
+        """One of `candidates` that may be sent to `host` (see `HeldKey.sent_to`), each with
+        probability weight / sum of their weights; None when none may serve the request."""
+        found = [
+            h for h in self.candidates(provider, model, allowed) if h.sent_to(host, named_only=named_only)
+        ]
         if len(found) <= 1:
             return found[0] if found else None
         total = sum((h.credential.weight for h in found), Decimal(0))

@@ -94,6 +94,11 @@ class Policy(Strict):
     """How worst cases are estimated."""
     allow_unmetered: list[UnmeteredAllowance] = []
     """Billable endpoints on LLM hosts that are let through unmetered. Empty: none."""
+    azure_deployments: dict[str, str | Annotated[list[str], Field(min_length=1)]] = {}
+    """Azure OpenAI deployment names (`name`, or `host/name` for one resource; `*`: any other) ->
+    the model each runs, or the models it may run (reserved as the priciest, settled by the model
+    the response reports). A deployment mapped nowhere is bounded by the key's `allowed_models`,
+    else refused."""
     hosts: list[HostRule] = []
     """LLM hosts of the operator's own (vLLM, LiteLLM, a gateway), checked before the shipped
     table in `rules/hosts.yaml`."""

@@ -8,14 +8,17 @@ bound changes it. Nothing here writes the ledger or knows mitmproxy.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from governance import regional, server_tools, tokens, wire
+from governance import deployments, regional, server_tools, tokens, wire
 from governance.errors import RequestParseError
 from governance.matching import lookup_model
 from governance.pricing import context_window
 from governance.types import NO_LINE, UNBOUNDED, Decision, Endpoint, ParsedRequest, RequestInfo, RequestLine
+from governance.usage_rules import injects_stream_usage, legacy_cap
 
 if TYPE_CHECKING:
     from governance.engine import Engine
@@ -28,6 +31,7 @@ class ReadRequest:
     info: RequestInfo
     forward_body: dict[str, Any] | None  # None: forward the original bytes untouched
     body: Mapping[str, Any] | None = None  # the request as the client sent it
+    legacy_cap: bool = False  # an output cap written into it goes in `max_tokens` (the host's rule)
 
 
 def output_cap(
@@ -63,17 +67,19 @@ def read_request(
     betas: Sequence[str] = (),
     key_id: str | None = None,
     line: RequestLine = NO_LINE,
+    now: datetime | None = None,
 ) -> ReadRequest:
     """Understand a metered request from its body and its path and headers (`line`). Raises
     `RequestParseError` when it cannot be metered."""
     family = wire.FAMILIES[endpoint.family]
     parsed = family.parse_request(endpoint.api, body, line)
     provider = engine.providers.get(endpoint.entry) or family.PROVIDER
+    parsed = _deployed(engine, endpoint, parsed, key_id, provider, now)
     input_tokens, server_input = _input_tokens(engine, parsed)
     cap, source = output_cap(
         engine, parsed.model, parsed.max_output_tokens, input_tokens=input_tokens, provider=provider
     )
-    forward = family.prepare_request(endpoint.api, body, parsed)
+    forward = _prepared(engine, endpoint, body, parsed)
     loop, refuse_loop, searches, forward = _tool_loop(engine, endpoint, body, parsed, forward)
     info = RequestInfo(
         request_id=request_id,
@@ -106,7 +112,59 @@ def read_request(
         long_context=any(b.strip().lower().startswith("context-1m") for b in betas),
         hides_added_events=family.adds_stream_events(endpoint.api, body, forward),
     )
-    return ReadRequest(info, forward, body)
+    return ReadRequest(info, forward, body, legacy_cap(engine.usage_rules.get(endpoint.entry)))
+
+
+def _deployed(
+    engine: Engine,
+    endpoint: Endpoint,
+    parsed: ParsedRequest,
+    key_id: str | None,
+    provider: str,
+    now: datetime | None,
+) -> ParsedRequest:
+    """`parsed` with its model replaced by the one it is reserved as, where it may run as several:
+    a deployment name (a family whose models are deployments) by the model the rules map it to,
+    or the priciest it may run (`governance.deployments`); a request with fallbacks (OpenRouter's
+    `models`) by the priciest of them all. `now`: the time whose prices rank the models (None:
+    the clock's)."""
+    if getattr(wire.FAMILIES[endpoint.family], "DEPLOYMENTS", False):
+        key = engine.scopes.keys.get(key_id) if key_id else None
+        models = deployments.candidates(engine, endpoint.host, parsed.model, key, provider)
+    elif parsed.fallbacks:
+        models = tuple(dict.fromkeys((parsed.model, *parsed.fallbacks)))
+    else:
+        return parsed
+    when = now or datetime.now(UTC)
+
+    def worst(model: str) -> Decimal:
+        as_model = replace(parsed, model=model)
+        tokens, _ = _input_tokens(engine, as_model)
+        cap, _ = output_cap(engine, model, parsed.max_output_tokens, input_tokens=tokens, provider=provider)
+        return (
+            engine.pricer_at(endpoint.entry)
+            .worst_case(
+                provider,
+                model,
+                input_tokens=tokens,
+                max_output_tokens=cap * parsed.choices,
+                now=when,
+                cache_write_hint=parsed.cache_write_hint,
+            )
+            .cost
+        )
+
+    return replace(parsed, model=deployments.priciest(models, worst))
+
+
+def _prepared(
+    engine: Engine, endpoint: Endpoint, body: Mapping[str, Any], parsed: ParsedRequest
+) -> dict[str, Any] | None:
+    """The family's preparation of the body (None: forward it as sent), unless the host takes
+    the request only as written (`usage: {stream: sent}`)."""
+    if not injects_stream_usage(engine.usage_rules.get(endpoint.entry)):
+        return None
+    return wire.FAMILIES[endpoint.family].prepare_request(endpoint.api, body, parsed)
 
 
 def _input_tokens(engine: Engine, parsed: ParsedRequest) -> tuple[int, str | None]:
@@ -170,6 +228,8 @@ def forward_body(read: ReadRequest, decision: Decision, family: str) -> dict[str
         return read.forward_body
     base = read.forward_body if read.forward_body is not None else read.body
     assert base is not None
+    if read.legacy_cap and "max_completion_tokens" not in base:
+        base = {**base, "max_tokens": decision.output_cap}  # so the cap is written there
     return wire.FAMILIES[family].with_output_cap(read.info.api, base, decision.output_cap)
 
 

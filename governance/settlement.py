@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from governance import money, regional, wire
+from governance import money, regional, usage_rules, wire
 from governance.decisions import Settled
 from governance.errors import LedgerUnavailable, PricingError
 from governance.types import Priced, RequestInfo, Usage
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
+#: The price source of a settlement at the cost the provider reported (`usage: {cost: reported}`).
+REPORTED = "reported:usage.cost"
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def finish(
         ledger.release(info.request_id, now, outcome=outcome)
         return Settled("released", outcome)
     try:
-        priced = price_usage(engine, info, usage, now)
+        usage, priced = billed(engine, info, usage, now)
     except PricingError:
         logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
         ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")
@@ -185,6 +187,20 @@ def finish(
         cost_submicro=rest,
     )
     return Settled("settled", outcome, priced.cost)
+
+
+def billed(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> tuple[Usage, Priced]:
+    """`usage` as its host bills it (`rules/`'s usage rules of OpenAI-compatible hosts) and its
+    price: the cost the host reports itself (OpenRouter's `usage.cost`) where it does, else the
+    usage priced. Raises `PricingError`."""
+    rules = engine.usage_rules.get(info.host_entry)
+    reported = None
+    if rules is not None:
+        usage = usage_rules.billed(rules, usage)
+        reported = usage_rules.settled_cost(rules, usage)
+    if reported is not None:
+        return usage, Priced(reported, REPORTED)
+    return usage, price_usage(engine, info, usage, now)
 
 
 def price_usage(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> Priced:

@@ -247,7 +247,7 @@ class Simulation:
         if usage is None:
             return
         try:
-            self.report.recorded_cost += settlement.price_usage(self.engine, info, usage, when).cost
+            self.report.recorded_cost += settlement.billed(self.engine, info, usage, when)[1].cost
         except PricingError:
             self.report.unpriced += 1
 

@@ -101,6 +101,7 @@ class ParsedRequest:
     tool_calls: int | None = None  # server tools that loop: the calls allowed (UNBOUNDED: no bound)
     inference_geo: str | None = None  # where the request asks inference to run (Anthropic)
     provider_prompt_tokens: int = 0  # input the provider adds on its side (Anthropic's tool-use prompt)
+    fallbacks: tuple[str, ...] = ()  # other models the host may run it as (OpenRouter's `models`)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ class Usage:
     response_id: str | None = None  # OpenAI Responses: the answer's id (a follow-up may name it)
     conversation_id: str | None = None  # OpenAI Responses: the conversation it belongs to
     inference_geo: str | None = None  # Anthropic: where inference ran, as the response reports it
+    reasoning_tokens: int = 0  # as reported: in output_tokens, or on top (a host's `usage:` rule)
+    reported_cost: Decimal | None = None  # USD the response says it cost (OpenRouter's usage.cost)
 
     def __post_init__(self) -> None:
         for name in USAGE_COUNTS:

@@ -410,3 +410,28 @@ def test_a_custom_provider_with_a_base_url(base: str, expected: tuple[str, str] 
     assert (host["family"], host["base_path"], host["match"]) == (*expected, ["llm.corp.example"])
     assert rules["credentials"] == [{"id": "corp", "provider": "corp-llm", "env": "CORP_KEY"}]
     load_rules(bifrost.to_yaml(rules))
+
+
+def test_an_azure_key_names_its_endpoint_host_and_its_deployments_become_aliases():
+    endpoint = {"endpoint": "https://res-a.openai.azure.com/", "deployments": {"gpt-4o": "prod-4o"}}
+    providers = {
+        "azure": {
+            "keys": [
+                {"name": "az-a", "value": "env.AZ_A", "azure_key_config": endpoint},
+                {
+                    "name": "az-nowhere",
+                    "value": "env.AZ_B",
+                    "azure_key_config": {"api_version": "2024-10-21"},
+                },
+            ]
+        }
+    }
+    pc = {"provider": "azure", "allowed_models": ["*"]}
+    rules, notes = bifrost.convert_with_notes(cfg(providers, virtual_keys=[vk(pc)]))
+    assert rules["credentials"] == [
+        {"id": "az-a", "provider": "azure", "env": "AZ_A", "hosts": ["res-a.openai.azure.com"]}
+    ]
+    assert rules["azure_deployments"] == {"res-a.openai.azure.com/prod-4o": "gpt-4o"}
+    assert any(n.startswith("providers.azure.keys[1]: left out: an Azure key without") for n in notes)
+    p = load_rules(bifrost.to_yaml(rules))
+    assert p.credentials[0].hosts == ["res-a.openai.azure.com"]

@@ -23,7 +23,7 @@ CREDENTIALS = [
     {"id": "oa2", "provider": "openai", "env": "OA2"},
     {"id": "an", "provider": "anthropic", "env": "AN"},
     {"id": "go", "provider": "google", "env": "GO"},
-    {"id": "az", "provider": "azure", "env": "AZ"},
+    {"id": "az", "provider": "azure", "env": "AZ", "hosts": ["Mine.OpenAI.Azure.com."]},
 ]
 HOSTS = [{"name": "my-vllm", "match": ["vllm.internal"], "family": "openai", "provider": "openai"}]
 
@@ -82,12 +82,15 @@ def test_google_and_azure_take_the_key_in_their_own_headers_where_it_is_safe(tmp
     )
     assert (google.key.id, google.auth.header, google.auth.value("x")) == ("go", "x-goog-api-key", "x")
     # Azure takes its key in `api-key`, but its shipped hosts are customers' own resource names
-    # (an agent can create one): no custody key is sent there.
+    # (an agent can create one): a custody key goes only to the hosts its credential names.
     assert ENVELOPES["openai"].auth("azure").header == "api-key"
     azure = e.custody(
         endpoint(e, "me.openai.azure.com", "/openai/models", "GET"), None, who, has_api_key=True
     )
     assert isinstance(azure, Refusal) and azure.code == "no_custody_key"
+    chat = endpoint(e, "mine.openai.azure.com", "/openai/v1/chat/completions")
+    mine = e.custody(chat, "gpt-4o", who, has_api_key=True)
+    assert (mine.key.id, mine.auth.header, mine.auth.value("x")) == ("az", "api-key", "x")
     assert ENVELOPES["bedrock"].auth("bedrock") is None
 
 

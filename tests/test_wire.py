@@ -66,12 +66,22 @@ from governance.types import Metering, Refusal, RefusalKind
             "/v1beta/models/gemini-embedding-001:embedcontent",
             Metering.UNMETERED,
         ),
+        # Azure OpenAI is metered (its own family): classic deployments and the v1 API.
         (
             "POST",
             "my.openai.azure.com",
             "/openai/deployments/x/chat/completions",
             "azure",
-            "/openai/deployments/x/chat/completions",
+            "chat",
+            Metering.METERED,
+        ),
+        ("POST", "my.openai.azure.com", "/openai/v1/responses", "azure", "responses", Metering.METERED),
+        (
+            "POST",
+            "my.openai.azure.com",
+            "/openai/deployments/x/embeddings",
+            "azure",
+            "/openai/deployments/x/embeddings",
             Metering.UNMETERED,
         ),
         (

@@ -85,6 +85,7 @@ class TestUsage:
             cache_read_tokens=1024,
             model="gpt-4o-2024-08-06",
             service_tier="default",
+            reasoning_tokens=64,  # reported; part of output_tokens on OpenAI
         )
 
     def test_chat_stream(self):

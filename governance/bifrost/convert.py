@@ -112,6 +112,8 @@ def build(st: _State, hosts: list[dict[str, Any]] | None = None) -> dict[str, An
             rules[key] = [scope_out(s) for s in table.values()]
     if st.credentials:
         rules["credentials"] = list(st.credentials.values())
+    if st.azure_deployments:
+        rules["azure_deployments"] = st.azure_deployments
     if st.prices:
         rules["prices"] = st.prices
     if hosts:

@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from governance.bifrost.azure import azure_key
 from governance.bifrost.hosts import HOSTED, add_host
 from governance.bifrost.providers import PROVIDERS
 from governance.bifrost.state import _ID, _decimal, _State
@@ -173,7 +174,13 @@ def _credential(
             st.bad(f"{where}.models", 'must be a list of model names, or ["*"]')
             return
         cred["models"] = list(models)
-    _left_out_settings(st, key, where)
+    if cred["provider"] == "azure":
+        if not azure_key(st, key, where, cred):
+            for r in refs:
+                st.key_refs[provider, r] = None
+            return
+    else:
+        _left_out_settings(st, key, where)
     st.credentials[ident] = cred
     st.provider_creds.setdefault(provider, []).append(ident)
     for r in refs:

@@ -83,6 +83,7 @@ class _State:
         self.credentials: dict[str, dict[str, Any]] = {}
         self.key_refs: dict[tuple[str, str], str | None] = {}
         self.provider_creds: dict[str, list[str]] = {}
+        self.azure_deployments: dict[str, str] = {}  # host/deployment -> model, from Azure keys
         self.configured: set[str] = set()  # Bifrost providers the file configures
         self.hosts: dict[str, dict[str, Any]] = {}  # Bifrost provider -> its operator host entry
         self.prices: dict[str, dict[str, Decimal]] = {}  # model -> price override

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import AfterValidator
 
-from governance.families import anthropic, bedrock, google, openai, shapes
+from governance.families import anthropic, azure, bedrock, google, openai, shapes
 from governance.families.common import Auth
 from governance.families.sse import Event
 from governance.families.tap import StreamReader, UsageReader
@@ -98,7 +98,12 @@ class ApiFamily(ErrorEnvelope, Protocol):
 
 
 #: Metered API families, by name (the rules' `family:` values).
-FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic, "google": google}  # type: ignore[dict-item]
+FAMILIES: dict[str, ApiFamily] = {  # type: ignore[dict-item]
+    "openai": openai,
+    "anthropic": anthropic,
+    "google": google,
+    "azure": azure,
+}
 
 #: Error envelopes, by name (the rules' `envelope:` values): every metered family's, and those
 #: of providers known but not metered.

@@ -10,7 +10,7 @@ from typing import Any
 
 from governance import overheads
 from governance.errors import RequestParseError
-from governance.families import shapes
+from governance.families import compat, shapes
 from governance.families.common import (
     BEARER,
     Auth,
@@ -115,7 +115,8 @@ def parse_request(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE
         audio_input=_has_part(prompt, "input_audio"),
         server_context=context,
         server_input=server_input,
-        unpriced_fees=tuple(_tools_of(body, _UNPRICED_FEE_TOOLS)),
+        unpriced_fees=(*_tools_of(body, _UNPRICED_FEE_TOOLS), *compat.plugins(body)),
+        fallbacks=compat.fallback_models(body),
         provider_prompt_tokens=_claude_tool_prompt(model, body),
     )
 
@@ -308,6 +309,8 @@ _USAGE_CHUNK_KEYS = frozenset(
         "choices",
         "usage",
         "obfuscation",
+        "x_groq",  # Groq's request id, on its chunks
+        "provider",  # OpenRouter: the provider it routed to, on its chunks
     }
 )
 
@@ -319,7 +322,7 @@ def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, o
         return None
     if not isinstance(usage.get(total_in), int) or not isinstance(usage.get(out), int):
         return None
-    read = token_count(usage, details, "cached_tokens")
+    read = compat.cache_hits(usage, details)
     write = token_count(usage, details, "cache_write_tokens")
     total_input = max(token_count(usage, total_in), read + write)
     output = token_count(usage, out)
@@ -332,6 +335,8 @@ def _read_usage(usage: Any, model: str | None, *, total_in: str, details: str, o
         model=model,
         input_audio_tokens=min(token_count(usage, details, "audio_tokens"), total_input),
         output_audio_tokens=min(token_count(usage, out_details, "audio_tokens"), output),
+        reasoning_tokens=compat.reasoning_tokens(usage),
+        reported_cost=compat.reported_cost(usage),
     )
 
 
@@ -407,7 +412,7 @@ class StreamUsage:
                 if found is not None:
                     self.usage = found
         else:
-            found = _with_response_facts(_chat_usage(obj.get("usage"), obj.get("model")), obj)
+            found = _with_response_facts(_chat_usage(compat.chunk_usage(obj), obj.get("model")), obj)
             if found is not None:
                 self.usage = found
 
@@ -418,7 +423,12 @@ stream_reader = sse_reader_of(StreamUsage)
 
 def render_error(refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
     """The refusal as OpenAI sends errors: `{"error": {message, type, param, code}}`."""
-    shape = shapes.of(ENVELOPE, refusal)
+    return render_error_as(ENVELOPE, refusal, request_id)
+
+
+def render_error_as(envelope: str, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The refusal in OpenAI's layout, with `envelope`'s shapes (Azure's errors are OpenAI's)."""
+    shape = shapes.of(envelope, refusal)
     body = {
         "error": {
             "message": refusal.message,

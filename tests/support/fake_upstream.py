@@ -340,6 +340,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if k.delay_s:
             time.sleep(k.delay_s)
+        from tests.support import fake_compat
+
+        if fake_compat.serves(self.headers.get("host", "")):
+            fake_compat.answer(self, self.headers.get("host", ""), path, self.path.partition("?")[2], body)
+            return
         from tests.support import fake_google
 
         if fake_google.handles(path):
