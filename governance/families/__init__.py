@@ -99,6 +99,7 @@ class ApiFamily(ErrorEnvelope, Protocol):
 
 #: Metered API families, by name (the rules' `family:` values).
 FAMILIES: dict[str, ApiFamily] = {"openai": openai, "anthropic": anthropic}  # type: ignore[dict-item]
+FAMILIES["bedrock"] = bedrock  # type: ignore[assignment]
 
 #: Error envelopes, by name (the rules' `envelope:` values): every metered family's, and those
 #: of providers known but not metered.

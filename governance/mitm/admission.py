@@ -119,7 +119,9 @@ class Admission:
                 flow.request.headers.pop("content-encoding", None)
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
-            flow.request.headers["accept-encoding"] = "identity"
+            # A request signed over its headers (Bedrock's SigV4) is never touched.
+            if not read.info.body_fixed:
+                flow.request.headers["accept-encoding"] = "identity"
             flow.metadata["spendfuse"] = {
                 "decision": "dry_run" if decision.refusal else "allowed",
                 "model": read.info.model,
