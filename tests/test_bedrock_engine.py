@@ -147,3 +147,16 @@ def test_a_body_model_never_stands_in_for_the_paths(make):
         make().read_request(
             ep, {**CONVERSE, "model": "amazon.nova-micro-v1:0"}, principal="p", request_id="r", line=line
         )
+
+
+def test_a_price_of_anthropics_model_is_not_bedrocks(make):
+    """An override names the model as its provider does: `claude-sonnet-4-5` is Anthropic's
+    price; a Bedrock id is priced by the price data (or an override naming the Bedrock id)."""
+    body = {**CONVERSE, "inferenceConfig": {"maxTokens": 100}}
+    ep, line = endpoint("converse", "converse")
+    cheap = make(prices={"claude-sonnet-4-5": {"input_mtok": "0.01", "output_mtok": "0.01"}})
+    info = cheap.read_request(ep, body, principal="p", request_id="r1", line=line).info
+    assert cheap.admit(info, NOW).reserved > Decimal("0.0016")  # 100 output at $16.50/Mtok
+    named = make(prices={"us.anthropic.claude-sonnet-4-5": {"input_mtok": "0.01", "output_mtok": "0.01"}})
+    info = named.read_request(ep, body, principal="p", request_id="r1", line=line).info
+    assert named.admit(info, NOW).reserved < Decimal("0.00001")
