@@ -328,6 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
             from tests.support import fake_bedrock
 
             return fake_bedrock.serve(self)
+        from tests.support import fake_vertex
+
+        if fake_vertex.is_vertex_claude(self.path):  # Claude on Vertex AI
+            return fake_vertex.serve(self)
         up = self.upstream
         k = up.knobs
         path = self.path.split("?", 1)[0]
