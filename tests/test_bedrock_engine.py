@@ -15,7 +15,7 @@ from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.ledger import Ledger
 from governance.settlement import ResponseFacts, stream_tap
-from governance.types import Endpoint, Metering, RequestLine
+from governance.types import Endpoint, Metering, RequestInfo, RequestLine
 from tests.support import eventstream as es
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -30,20 +30,33 @@ def endpoint(api: str, action: str, model: str = SONNET) -> tuple[Endpoint, Requ
 
 @pytest.fixture
 def make(tmp_path: Path):
-    ledgers = []
+    """`make(**rules)`: an engine on its own ledger, with a $1 cap and no input margin."""
+    made: list[Engine] = []
 
     def _make(**data) -> Engine:
         rules = {"budgets": [{"limit_usd": 1}], "estimate": {"input_margin": 1}, **data}
-        led = Ledger.open(tmp_path / f"l{len(ledgers)}.sqlite")
-        ledgers.append(led)
-        return Engine(policy.parse(rules, Path(".")), led)
+        made.append(Engine(policy.parse(rules, Path(".")), Ledger.open(tmp_path / f"{len(made)}.sqlite")))
+        return made[-1]
 
     yield _make
-    for led in ledgers:
-        led.close()
+    for engine in made:
+        engine.close()
 
 
 CONVERSE = {"messages": [{"role": "user", "content": [{"text": "hello"}]}]}
+INVOKE = {
+    "anthropic_version": "bedrock-2023-05-31",
+    "max_tokens": 1000,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def admitted(e: Engine, api: str, action: str) -> RequestInfo:
+    """An InvokeModel request on Sonnet 4.5 (US profile), read and admitted."""
+    ep, line = endpoint(api, action)
+    info = e.read_request(ep, INVOKE, principal="p", request_id="r1", line=line).info
+    assert e.admit(info, NOW).allowed
+    return info
 
 
 def test_a_converse_request_without_a_cap_is_reserved_at_the_models_maximum_and_never_clamped(make):
@@ -103,14 +116,7 @@ def test_an_arn_nothing_prices_is_refused_unless_the_rules_price_it(make):
 
 def test_a_stream_settles_from_its_event_stream(make):
     e = make()
-    ep, line = endpoint("invoke_stream", "invoke-with-response-stream")
-    body = {
-        "anthropic_version": "bedrock-2023-05-31",
-        "max_tokens": 1000,
-        "messages": [{"role": "user", "content": "hi"}],
-    }
-    info = e.read_request(ep, body, principal="p", request_id="r1", line=line).info
-    assert e.admit(info, NOW).allowed
+    info = admitted(e, "invoke_stream", "invoke-with-response-stream")
     tap = stream_tap(info, "bedrock", "application/vnd.amazon.eventstream", "")
     assert tap is not None
     data = es.anthropic_stream("claude-sonnet-4-5-20250929", 1_000_000, 0)
@@ -124,14 +130,7 @@ def test_a_stream_settles_from_its_event_stream(make):
 
 def test_a_whole_answer_settles_from_body_and_headers_at_the_larger_count(make):
     e = make()
-    ep, line = endpoint("invoke", "invoke")
-    body = {
-        "anthropic_version": "bedrock-2023-05-31",
-        "max_tokens": 1000,
-        "messages": [{"role": "user", "content": "hi"}],
-    }
-    info = e.read_request(ep, body, principal="p", request_id="r1", line=line).info
-    assert e.admit(info, NOW).allowed
+    info = admitted(e, "invoke", "invoke")
     answer = b'{"model":"claude-sonnet-4-5-20250929","usage":{"input_tokens":100000,"output_tokens":10}}'
     headers = (("x-amzn-bedrock-input-token-count", "200000"), ("x-amzn-bedrock-output-token-count", "10"))
     e.settle(

@@ -72,31 +72,29 @@ def from_anthropic(usage: Usage | None) -> Usage | None:
     return replace(usage, model=None, inference_geo=None, speed=None)
 
 
+def _counted(found: Any, uncached: str, output: str, read: str, write: str) -> Usage | None:
+    """The usage in an object whose counts are under these keys, or None when the input and
+    output counts are not both there."""
+    if not isinstance(found, Mapping) or not isinstance(found.get(uncached), int):
+        return None
+    if not isinstance(found.get(output), int):
+        return None
+    return _usage(*(token_count(found, key) for key in (uncached, output, read, write)))
+
+
 def from_converse(usage: Any) -> Usage | None:
     """Converse's `usage` object (`inputTokens` excludes the cache counts), or None."""
-    if not isinstance(usage, Mapping) or not isinstance(usage.get("inputTokens"), int):
-        return None
-    if not isinstance(usage.get("outputTokens"), int):
-        return None
-    return _usage(
-        token_count(usage, "inputTokens"),
-        token_count(usage, "outputTokens"),
-        token_count(usage, "cacheReadInputTokens"),
-        token_count(usage, "cacheWriteInputTokens"),
-    )
+    return _counted(usage, "inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
 
 
 def from_metrics(metrics: Any) -> Usage | None:
     """An InvokeModel stream's `amazon-bedrock-invocationMetrics`, or None."""
-    if not isinstance(metrics, Mapping) or not isinstance(metrics.get("inputTokenCount"), int):
-        return None
-    if not isinstance(metrics.get("outputTokenCount"), int):
-        return None
-    return _usage(
-        token_count(metrics, "inputTokenCount"),
-        token_count(metrics, "outputTokenCount"),
-        token_count(metrics, "cacheReadInputTokenCount"),
-        token_count(metrics, "cacheWriteInputTokenCount"),
+    return _counted(
+        metrics,
+        "inputTokenCount",
+        "outputTokenCount",
+        "cacheReadInputTokenCount",
+        "cacheWriteInputTokenCount",
     )
 
 
