@@ -30,12 +30,24 @@ UNPRICED_HEADERS = {
 _CONVERSE_PROMPT_KEYS = ("system", "messages", "toolConfig", "additionalModelRequestFields")
 
 
-def model_of(body: Mapping[str, Any], line: RequestLine) -> str:
-    """The model a request names: in its path; a body's `model` only where there is no path (a
-    request known by its body alone, in tests)."""
-    if line.path:
-        return bedrock_ids.model_in_path(line.path)[0]
-    return require_model(body)
+#: The API each runtime action of a path is.
+_API_OF = {
+    "invoke": "invoke",
+    "invoke-with-response-stream": "invoke_stream",
+    "converse": "converse",
+    "converse-stream": "converse_stream",
+}
+
+
+def model_of(api: str, body: Mapping[str, Any], line: RequestLine) -> str:
+    """The model a request names: in its path, whose action must be the API it was routed to; a
+    body's `model` only where there is no path (a request known by its body alone, in tests)."""
+    if not line.path:
+        return require_model(body)
+    model, action = bedrock_ids.model_in_path(line.path)
+    if _API_OF.get(action) != api:
+        raise RequestParseError(f"the path {line.path[:200]!r} is not a Bedrock {api} request")
+    return model
 
 
 def _refuse_unpriced_variants(line: RequestLine, body: Mapping[str, Any]) -> None:
@@ -60,7 +72,7 @@ def _refuse_unpriced_variants(line: RequestLine, body: Mapping[str, Any]) -> Non
 
 def parse_invoke(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
     """An InvokeModel request: Anthropic's native body on the model the path names."""
-    model = model_of(body, line)
+    model = model_of(api, body, line)
     _refuse_unpriced_variants(line, body)
     vendor = bedrock_ids.parts(model)
     anthropic_body = isinstance(body.get("anthropic_version"), str)
@@ -102,7 +114,7 @@ def _stored_input(body: Mapping[str, Any]) -> str | None:
 
 def parse_converse(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
     """A Converse request: any vendor's model, in Bedrock's own shape."""
-    model = model_of(body, line)
+    model = model_of(api, body, line)
     _refuse_unpriced_variants(line, body)
     messages = body.get("messages")
     if not isinstance(messages, list):
