@@ -59,7 +59,7 @@ def client(proxy) -> httpx.Client:  # type: ignore[no-untyped-def]
 
 
 def signed_post(
-    proxy, model: str, action: str, body: bytes, accept: str = "application/json"
+    proxy, model: str, action: str, body: bytes, accept: str = "application/json", **extra: str
 ) -> tuple[httpx.Response, dict[str, str]]:  # type: ignore[no-untyped-def]
     path = f"/model/{model}/{action}"
     headers = sigv4.sign(
@@ -72,6 +72,7 @@ def signed_post(
             "accept": accept,
             "accept-encoding": "gzip, deflate",
             "x-amzn-bedrock-trace": "DISABLED",
+            **extra,
         },
     )
     with client(proxy) as c:
@@ -182,6 +183,25 @@ def test_what_cannot_be_priced_is_refused_as_a_validation_error(
     response, _ = signed_post(proxy, model, action, json.dumps(body).encode())
     assert response.status_code == 400 and response.headers["x-amzn-errortype"] == "ValidationException"
     assert why in response.json()["message"] and not upstream.raw
+
+
+@pytest.mark.parametrize("offset", [5, 200, -3])  # a prelude, a payload, the last frame's checksum
+def test_a_corrupt_frame_passes_to_the_client_and_charges_the_reservation(start, upstream, tmp_path, offset):
+    """The client gets the bytes as Bedrock sent them, damage included (its SDK will see the bad
+    checksum); spendfuse cannot trust any count in the stream, so it charges the reservation."""
+    proxy = start(rules=rules(tmp_path))
+    body = json.dumps(CONVERSE_BODY).encode()
+    clean = es.converse_stream(upstream.knobs.prompt_tokens, upstream.knobs.completion_tokens)
+    at = str(offset % len(clean))
+    response, _ = signed_post(
+        proxy, NOVA, "converse-stream", body, EVENTSTREAM, **{"x-test-corrupt-byte": at}
+    )
+    damaged = bytearray(clean)
+    damaged[int(at)] ^= 0x40
+    assert response.status_code == 200 and response.content == bytes(damaged)
+    [row] = rows(tmp_path / "ledger.sqlite")
+    assert row["state"] == "settled" and row["cost_micro"] == row["reserved_micro"] > 0
+    assert charged(row) > upstream.bills[0]["usd"]
 
 
 def test_a_stream_cut_before_its_usage_is_charged_its_reservation(start, upstream, tmp_path):

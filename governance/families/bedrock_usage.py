@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -24,6 +25,8 @@ from governance.families.common import token_count
 from governance.families.eventstream import CorruptStream, EventStreamDecoder, Message
 from governance.families.sse import Event
 from governance.types import Usage
+
+logger = logging.getLogger(__name__)
 
 #: The response headers Bedrock puts its counts in (the non-streamed InvokeModel answer).
 HEADER_COUNTS = {
@@ -145,14 +148,19 @@ class BedrockStream:
             for message in self._decoder.feed(chunk):
                 self._on_message(message)
         except CorruptStream as e:
-            self.corrupt = str(e)
+            self._broken(str(e))
 
     def close(self) -> None:
         if self.corrupt is None:
             try:
                 self._decoder.close()
             except CorruptStream as e:
-                self.corrupt = str(e)
+                self._broken(str(e))
+
+    def _broken(self, why: str) -> None:
+        self.corrupt = why
+        # Not an error of spendfuse's: the stream is settled at its reservation, as designed.
+        logger.warning("a Bedrock event stream is corrupt (%s): its reservation is charged", why)
 
     def _on_message(self, message: Message) -> None:
         if message.kind != "event":

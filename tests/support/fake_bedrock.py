@@ -86,7 +86,11 @@ def serve(handler: _Handler) -> None:
         handler._json(200, _converse(*counts))
     else:
         stream = es.anthropic_stream(model, *counts) if action == "invoke-with-response-stream" else None
-        _stream(handler, stream if stream is not None else es.converse_stream(*counts))
+        data = bytearray(stream if stream is not None else es.converse_stream(*counts))
+        # A test asks for a damaged frame with this (signed) header: the byte at that offset flips.
+        if (at := headers.get("x-test-corrupt-byte")) is not None:
+            data[int(at)] ^= 0x40
+        _stream(handler, bytes(data))
 
 
 def _invoke(handler: _Handler, model: str, uncached: int, output: int, read: int, write: int) -> None:
