@@ -334,3 +334,29 @@ def test_a_signed_request_is_known_by_its_access_key_not_its_signature():
     assert signed[0] != signed[1]
     assert {bearer_key(s) for s in signed} == {sigv4.ACCESS_KEY}
     assert bearer_key("Bearer sk-abc") == "sk-abc"
+
+
+def test_request_fixtures_read_as_bedrock_bills_them():
+    invoke = json.loads((FIX / "invoke_request.json").read_text())
+    parsed = bedrock.parse_request(
+        "invoke", invoke, line("/model/global.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke")
+    )
+    assert (parsed.model, parsed.max_output_tokens, parsed.stream) == (
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        2048,
+        False,
+    )
+    assert parsed.provider_prompt_tokens > 0  # Anthropic's tool-use system prompt, by the model's name
+    converse = json.loads((FIX / "converse_request.json").read_text())
+    parsed = bedrock.parse_request(
+        "converse_stream", converse, line("/model/amazon.nova-pro-v1%3A0/converse-stream")
+    )
+    assert (parsed.max_output_tokens, parsed.stream, parsed.cache_write_hint) == (512, True, "5m")
+    assert parsed.prompt == (converse["system"], converse["messages"], converse["toolConfig"])
+
+
+def test_a_path_whose_action_is_not_the_routed_api_is_refused():
+    with pytest.raises(RequestParseError, match="not a Bedrock converse"):
+        bedrock.parse_request(
+            "converse", {"messages": []}, line("/model/amazon.nova-pro-v1%3A0/converse-stream")
+        )

@@ -3,12 +3,15 @@ in the path, the client's own OAuth token kept, and regional endpoints priced 10
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from governance import regional
 from governance.errors import RequestParseError
 from governance.families import anthropic
-from governance.types import RequestLine
+from governance.types import RequestLine, Usage
 
 BASE = "/v1/projects/p-1/locations/us-east5/publishers/anthropic/models"
 BODY = {
@@ -66,3 +69,33 @@ def test_no_key_is_ever_put_into_a_vertex_request():
 def test_a_regional_endpoint_costs_ten_percent_more_for_newer_claude_models(model, host, uplifted):
     found = regional.shipped().uplift("google", model, host, None, reserving=False)
     assert (found is not None and found.name == "vertex-claude-regional-endpoint") == uplifted
+
+
+FIX = Path(__file__).parent / "fixtures" / "vertex"
+
+
+def test_a_vertex_request_and_its_answers_read_as_vertex_bills_them():
+    request = json.loads((FIX / "raw_predict_request.json").read_text())
+    path = f"{BASE}/claude-sonnet-4-5@20250929:streamRawPredict"
+    parsed = anthropic.parse_request("raw_predict", request, RequestLine(path))
+    assert (parsed.model, parsed.max_output_tokens, parsed.stream) == (
+        "claude-sonnet-4-5@20250929",
+        1024,
+        True,
+    )
+    assert parsed.cache_write_hint == "5m"  # the system block asks for a cache write
+    whole = anthropic.usage_from_body(
+        "raw_predict", json.loads((FIX / "raw_predict_response.json").read_text())
+    )
+    assert whole == Usage(2062, 9, 0, 2048, model="claude-sonnet-4-5-20250929")
+    stream = (FIX / "stream_raw_predict.sse").read_bytes()
+    for cut in range(1, len(stream)):
+        reader = anthropic.stream_reader("raw_predict")
+        reader.feed(stream[:cut])
+        reader.feed(stream[cut:])
+        reader.close()
+        assert reader.usage is not None and (reader.usage.input_tokens, reader.usage.output_tokens) == (
+            2062,
+            9,
+        )
+        assert reader.usage.cache_read_tokens == 2048
