@@ -204,6 +204,8 @@ class StreamTap:
         self.chunks = 0
         self.ended = False
         self.broken: str | None = None
+        # Called once with the usage read, when the stream ends (before mitmproxy's `response`).
+        self.on_end: Callable[[Usage | None], None] | None = None
 
     @property
     def usage(self) -> Usage | None:
@@ -216,6 +218,8 @@ class StreamTap:
             except Exception as e:  # noqa: BLE001 - a parser bug must never cut a stream; logged
                 self.broken = f"{type(e).__name__}: {e}"
                 logger.error("stream tap stopped reading usage: %s", self.broken)
+        if not data and self.on_end is not None:
+            self.on_end(None if self.broken else self.reader.usage)
         if self.filter is None:
             return data
         out = self.filter(data)
