@@ -360,3 +360,19 @@ def test_a_path_whose_action_is_not_the_routed_api_is_refused():
         bedrock.parse_request(
             "converse", {"messages": []}, line("/model/amazon.nova-pro-v1%3A0/converse-stream")
         )
+
+
+@pytest.mark.parametrize(
+    ("api", "body"),
+    [
+        ("invoke", {**ANTHROPIC_BODY, "anthropic_beta": ["context-1m-2025-08-07"]}),
+        (
+            "converse",
+            {"messages": [], "additionalModelRequestFields": {"anthropic_beta": ["context-1m-2025-08-07"]}},
+        ),
+    ],
+)
+def test_the_long_context_beta_is_refused_since_its_rates_are_not_in_the_price_data(api, body):
+    path = f"/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/{api}"
+    with pytest.raises(RequestParseError, match="1M-token context"):
+        bedrock.parse_request(api, body, line(path))

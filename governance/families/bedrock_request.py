@@ -70,10 +70,24 @@ def _refuse_unpriced_variants(line: RequestLine, body: Mapping[str, Any]) -> Non
         )
 
 
+def _refuse_long_context(body: Any) -> None:
+    """Bedrock bills Claude's 1M-token context (`anthropic_beta: ["context-1m-..."]`, in the body)
+    at long-context rates the price data does not carry for Bedrock: refused, not under-priced."""
+    betas = body.get("anthropic_beta") if isinstance(body, Mapping) else None
+    if isinstance(betas, list) and any(
+        isinstance(b, str) and b.strip().lower().startswith("context-1m") for b in betas
+    ):
+        raise RequestParseError(
+            "spendfuse cannot price Bedrock's 1M-token context (`anthropic_beta: context-1m`): its "
+            "long-context rates are not in the price data"
+        )
+
+
 def parse_invoke(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
     """An InvokeModel request: Anthropic's native body on the model the path names."""
     model = model_of(api, body, line)
     _refuse_unpriced_variants(line, body)
+    _refuse_long_context(body)
     vendor = bedrock_ids.parts(model)
     anthropic_body = isinstance(body.get("anthropic_version"), str)
     if (vendor is None and not anthropic_body) or (vendor is not None and vendor[0] != "anthropic"):
@@ -116,6 +130,7 @@ def parse_converse(api: str, body: Mapping[str, Any], line: RequestLine = NO_LIN
     """A Converse request: any vendor's model, in Bedrock's own shape."""
     model = model_of(api, body, line)
     _refuse_unpriced_variants(line, body)
+    _refuse_long_context(body.get("additionalModelRequestFields"))
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise RequestParseError("`messages` must be a list")
