@@ -26,6 +26,7 @@ from governance.units import Unit
 
 if TYPE_CHECKING:
     from governance.engine import Engine
+    from governance.rulemodels import ClampOutput
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def admit(engine: Engine, info: RequestInfo, now: datetime, *, count_may_help: b
     every_round = replace(info, max_output_tokens=info.max_output_tokens * info.tool_rounds)
     claims = checks.claims(engine.scopes.applicable(key, info.provider, info.model), every_round, amount)
     # With output-cap injection, a request that set no cap gets the cap it is reserved for.
-    clamp = engine.policy.clamp_output
+    clamp = clamp_of(engine, info)
     inject = (
         info.max_output_tokens // info.choices if clamp and info.requested_output_tokens is None else None
     )
@@ -127,7 +128,7 @@ def reserve(
     injection) and hold that, or refuse. A refusal is recorded unless `count_may_help` (the
     caller decides then); a refusal the fit may turn around is left unrecorded in the store's
     transaction, and recorded here once the fit is known not to help."""
-    fitting = engine.policy.clamp_output is not None and not engine.dry_run
+    fitting = clamp_of(engine, info) is not None and not engine.dry_run
     fit = fitter(engine, info, rec, now) if fitting else None
     record = not count_may_help
     tried: Room | None = None  # the room the fit being reserved was computed for
@@ -169,6 +170,12 @@ def reserve(
     if record and not result.granted and not result.recorded and result.blocking is not None:
         engine.ledger.record_refusal(rec, now, rule=result.blocking.rule, reason=None)
     return replace(result, recorded=record)
+
+
+def clamp_of(engine: Engine, info: RequestInfo) -> ClampOutput | None:
+    """The rules' output-cap injection for `info`: none for a request signed over its bytes
+    (Bedrock's SigV4), which is reserved at its own cap and never rewritten."""
+    return None if info.body_fixed else engine.policy.clamp_output
 
 
 def _refitted(claim: Claim, refit: Refit) -> Claim:
@@ -235,7 +242,7 @@ def fitter(engine: Engine, info: RequestInfo, rec: RequestRecord, now: datetime)
 def smallest_claim(engine: Engine, info: RequestInfo, claim: Claim, now: datetime) -> int | None:
     """What `claim` would be with the output cap injection may write at its smallest (the
     rules' floor): a request that fits an empty window at the floor is worth retrying."""
-    clamp = engine.policy.clamp_output
+    clamp = clamp_of(engine, info)
     unit = Unit(claim.unit)
     if clamp is None or engine.dry_run or not unit.fittable:
         return None

@@ -17,9 +17,23 @@ def normalise_model(model: str) -> str:
     return model.strip().lower()
 
 
-def lookup_model[V](table: Mapping[str, V], model: str) -> tuple[str, V] | None:
+def lookup_model[V](
+    table: Mapping[str, V], model: str, *, bedrock_names: bool = True
+) -> tuple[str, V] | None:
     """Find `model` in `table`: the exact key first, then the longest key that is a prefix of it
-    ending at a name boundary. Keys are compared case-insensitively. Returns `(key, value)`."""
+    ending at a name boundary; failing both, the same for the name a Bedrock model id carries
+    (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` is `claude-sonnet-4-5-20250929` to a table),
+    unless `bedrock_names` is False. Keys are compared case-insensitively. Returns `(key, value)`."""
+    found = _lookup(table, model)
+    if found is None and bedrock_names and "." in model:
+        from governance.bedrock_ids import table_name  # its word lists load on first use
+
+        name = table_name(model)
+        found = _lookup(table, name) if name else None
+    return found
+
+
+def _lookup[V](table: Mapping[str, V], model: str) -> tuple[str, V] | None:
     wanted = normalise_model(model)
     best: tuple[str, V] | None = None
     for key, value in table.items():

@@ -205,7 +205,9 @@ class Pricer:
     def price(self, provider: str, model: str, usage: Usage, now: datetime) -> Priced:
         """The cost of `usage` on `model`, at the prices in force at `now`. Raises
         `PricingError` when the model has no price."""
-        found = lookup_model(self._overrides, model)
+        # A price names the model as its provider does: an override of `claude-sonnet-4-5` is
+        # Anthropic's price, not Bedrock's (whose ids it must name: `us.anthropic.claude-...`).
+        found = lookup_model(self._overrides, model, bedrock_names=False)
         if found is not None:
             key, override = found
             return Priced(_price_with_override(override, usage), f"override:{key}")

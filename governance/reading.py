@@ -81,6 +81,11 @@ def read_request(
     )
     forward = _prepared(engine, endpoint, body, parsed)
     loop, refuse_loop, searches, forward = _tool_loop(engine, endpoint, body, parsed, forward)
+    if getattr(family, "BODY_FIXED", False) and forward is not None:
+        # A signed request cannot take a bound written into it: it is refused instead.
+        raise RequestParseError(
+            "this request is signed over its bytes, and spendfuse would have to change it"
+        )
     info = RequestInfo(
         request_id=request_id,
         provider=provider,
@@ -111,6 +116,7 @@ def read_request(
         # Anthropic's 1M-token context is a beta the client turns on with a header.
         long_context=any(b.strip().lower().startswith("context-1m") for b in betas),
         hides_added_events=family.adds_stream_events(endpoint.api, body, forward),
+        body_fixed=getattr(family, "BODY_FIXED", False),
     )
     return ReadRequest(info, forward, body, legacy_cap(engine.usage_rules.get(endpoint.entry)))
 
@@ -223,8 +229,9 @@ def _service_tier(engine: Engine, requested: str | None) -> str | None:
 
 def forward_body(read: ReadRequest, decision: Decision, family: str) -> dict[str, Any] | None:
     """The body to forward for an admitted request: the family's own preparation, with the
-    output cap the decision injects. None: forward the original bytes untouched."""
-    if decision.output_cap is None:
+    output cap the decision injects. None: forward the original bytes untouched (always, for a
+    request signed over its bytes)."""
+    if decision.output_cap is None or read.info.body_fixed:
         return read.forward_body
     base = read.forward_body if read.forward_body is not None else read.body
     assert base is not None
@@ -243,7 +250,7 @@ def encoded_forward_body(read: ReadRequest) -> bytes | None:
 def forward_bytes(read: ReadRequest, decision: Decision, family: str, prepared: bytes | None) -> bytes | None:
     """The bytes to forward for an admitted request, given `prepared` (`encoded_forward_body`):
     re-encoded only when the decision injects an output cap. None: the original bytes."""
-    if decision.output_cap is None:
+    if decision.output_cap is None or read.info.body_fixed:
         return prepared
     return wire.encode_json_body(forward_body(read, decision, family) or {})
 

@@ -34,6 +34,7 @@ class Uplift(BaseModel):
     hosts: list[str] | None = None  # host globs: applies to requests sent there
     geos: list[str] | None = None  # applies to requests served in these geos
     exempt_models: list[str] = []  # models released before the uplift (exact names or globs)
+    models: list[str] | None = None  # set: applies to these models only (exact names or globs)
 
     @model_validator(mode="after")
     def _one_key(self) -> Uplift:
@@ -50,6 +51,8 @@ class Uplift(BaseModel):
         """Whether this uplift applies. `geo` None: the request named none (reserving: its
         workspace default may be one of ours) or the response reported none (settling: none)."""
         if provider != self.provider or any(model_matches(m, model) for m in self.exempt_models):
+            return False
+        if self.models is not None and not any(model_matches(m, model) for m in self.models):
             return False
         if self.hosts is not None:
             return any(glob_match(h, host) for h in self.hosts)

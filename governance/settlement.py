@@ -46,6 +46,10 @@ class ResponseFacts:
     streamed: bool = False
     tapped: Usage | None = None
     replayed: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # the response's, names lower-cased (usage in headers)
+
+    def get_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ def stream_tap(
     out of what the client receives, unless the stream's bytes cannot change: compressed, or
     `sized` (a Content-Length the client holds the body to)."""
     fam = wire.FAMILIES[family]
+    if _own_stream(fam, content_type):  # a binary framing of the family's own (AWS event stream)
+        return StreamTap(fam.stream_reader(info.api), content_encoding)
     # A family whose streams come in another framing (Gemini's JSON array) names its types.
     other = getattr(fam, "STREAM_CONTENT_TYPES", ())
     if not is_event_stream(content_type) and not (info.stream and content_type.lower().startswith(other)):
@@ -84,13 +90,28 @@ def stream_tap(
     return StreamTap(fam.StreamUsage(info.api), content_encoding, drop=drop)
 
 
+def _own_stream(fam: object, content_type: str) -> bool:
+    """Whether `content_type` is the family's own stream framing (`STREAM_CONTENT_TYPE`)."""
+    own = getattr(fam, "STREAM_CONTENT_TYPE", None)
+    return own is not None and content_type.lower().startswith(own)
+
+
 def response_usage(info: RequestInfo, family: str, facts: ResponseFacts) -> Usage | None:
-    """The usage an answer reports: the tap's for a streamed one, else read from its body."""
+    """The usage an answer reports: the tap's for a streamed one, else read from its body; with
+    the usage its headers report, for a family that reports some there (`usage_with_headers`)."""
+    usage = _body_usage(info, family, facts)
+    with_headers = getattr(wire.FAMILIES[family], "usage_with_headers", None)
+    return usage if with_headers is None else with_headers(info.api, usage, facts.get_all)
+
+
+def _body_usage(info: RequestInfo, family: str, facts: ResponseFacts) -> Usage | None:
     if facts.streamed:
         return facts.tapped
     if not facts.body:
         return None
     reader = wire.FAMILIES[family]
+    if _own_stream(reader, facts.content_type):
+        return read_sse_body(reader.stream_reader(info.api), facts.body)
     if is_event_stream(facts.content_type):
         return read_sse_body(reader.StreamUsage(info.api), facts.body)
     try:

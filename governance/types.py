@@ -136,6 +136,7 @@ class RequestInfo:
     long_context: bool = False  # the client asked for a context window beyond the model's default
     key_id: str | None = None  # the key the client proved (governance.identity), if any
     hides_added_events: bool = False  # the stream carries events spendfuse asked for, not the client
+    body_fixed: bool = False  # signed over its bytes (Bedrock's SigV4): forwarded exactly as sent
 
 
 @dataclass(frozen=True)

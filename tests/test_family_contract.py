@@ -76,8 +76,10 @@ def test_parse_reads_the_model_and_refuses_a_body_without_one(name, api):
     request = fixture(name, api)["request"]
     parsed = family.parse_request(api, request)
     assert isinstance(parsed, ParsedRequest)
-    streamed = fixture(name, api).get("streamed", True)  # Google streams by method, not a flag
-    assert (parsed.model, parsed.stream, parsed.max_output_tokens) == (request["model"], streamed, 50)
+    # Whether it streams is the body's, except where the API says it (Google's and Bedrock's
+    # streaming methods and paths).
+    streams = fixture(name, api).get("streams", fixture(name, api).get("streamed", True))
+    assert (parsed.model, parsed.stream, parsed.max_output_tokens) == (request["model"], streams, 50)
     with pytest.raises(RequestParseError):
         family.parse_request(api, {k: v for k, v in request.items() if k != "model"})
 

@@ -103,11 +103,12 @@ FAMILIES: dict[str, ApiFamily] = {  # type: ignore[dict-item]
     "anthropic": anthropic,
     "google": google,
     "azure": azure,
+    "bedrock": bedrock,
 }
 
 #: Error envelopes, by name (the rules' `envelope:` values): every metered family's, and those
 #: of providers known but not metered.
-ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES, "bedrock": bedrock}  # type: ignore[dict-item]
+ENVELOPES: dict[str, ErrorEnvelope] = {**FAMILIES}  # type: ignore[dict-item]
 
 #: Request headers that carry an upstream API key, in the order they identify a principal: the
 #: first present is the client's key (an Anthropic key beside a gateway's bearer names the caller).

@@ -9,7 +9,7 @@ from typing import Any
 
 from governance import overheads
 from governance.errors import RequestParseError
-from governance.families import shapes
+from governance.families import shapes, vertex
 from governance.families.common import (
     Auth,
     adds_no_stream_events,
@@ -30,7 +30,8 @@ from governance.families.tap import sse_reader_of
 from governance.types import NO_LINE, UNBOUNDED, ParsedRequest, Refusal, RequestLine, Usage
 
 NAME = ENVELOPE = PROVIDER = "anthropic"
-APIS = ("messages",)
+#: `raw_predict`: Claude on Vertex AI (`:rawPredict`, `:streamRawPredict`), the model in the path.
+APIS = ("messages", "raw_predict")
 #: Betas change the price: `context-1m-*` bills long-context rates.
 PRICE_HEADERS = ("anthropic-beta",)
 #: `x-api-key`, or a bearer token (Claude Code's OAuth).
@@ -62,11 +63,11 @@ def _cache_write_hint(body: Mapping[str, Any]) -> str | None:
 
 
 def parse_request(api: str, body: Mapping[str, Any], line: RequestLine = NO_LINE) -> ParsedRequest:
-    """Read model, max_tokens and the stream flag. Everything it reads is in the body
-    (`line` is unused). Raises `RequestParseError`."""
-    if api != "messages":
+    """Read model, max_tokens and the stream flag, all in the body but for Vertex's model, which
+    is in the path (`line`). Raises `RequestParseError`."""
+    if api not in APIS:
         raise ValueError(f"not an Anthropic API: {api}")
-    model = require_model(body)
+    model = vertex.model_of(body, line) if api == "raw_predict" else require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise RequestParseError("`messages` must be a list")
@@ -154,7 +155,10 @@ _COUNTED_KEYS = (
 
 
 def count_request(api: str, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """`(path suffix, body)` of the provider's free input-token counter for this request."""
+    """`(path suffix, body)` of the provider's free input-token counter for this request; None
+    on Vertex, whose counter takes the model the body does not carry."""
+    if api == "raw_predict":
+        return None
     return "/count_tokens", {k: body[k] for k in _COUNTED_KEYS if k in body}
 
 
@@ -168,9 +172,10 @@ def with_output_cap(api: str, body: Mapping[str, Any], cap: int) -> dict[str, An
 _AUTH = Auth("x-api-key")
 
 
-def auth(provider: str) -> Auth:
-    """How a key is sent: `x-api-key` (whatever the provider behind the envelope)."""
-    return _AUTH
+def auth(provider: str) -> Auth | None:
+    """How a key is sent: `x-api-key`, whatever the provider behind the envelope, but Google:
+    Claude on Vertex takes OAuth tokens, not keys (the client's own are kept)."""
+    return None if provider == "google" else _AUTH
 
 
 price_flags = functools.partial(header_list, name="anthropic-beta")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,8 +177,15 @@ class Auth:
 BEARER = Auth("authorization", "Bearer ")
 
 
+_SIGV4_KEY = re.compile(r"^AWS4-HMAC-SHA256 .*?Credential=([A-Za-z0-9]+)/")
+
+
 def bearer_key(value: str) -> str:
-    """The key in an API-key header (`Authorization: Bearer <key>` or the bare key)."""
+    """The key in an API-key header (`Authorization: Bearer <key>` or the bare key). A SigV4
+    signature names its key by its access key id: the signature changes on every request, the
+    key it was made with does not."""
+    if value.startswith("AWS4-HMAC-SHA256 ") and (sigv4 := _SIGV4_KEY.match(value)) is not None:
+        return sigv4.group(1)
     return value.removeprefix("Bearer ").strip()
 
 

@@ -122,7 +122,9 @@ class Admission:
                 flow.request.headers.pop("content-encoding", None)
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
-            flow.request.headers["accept-encoding"] = "identity"
+            # A request signed over its headers (Bedrock's SigV4) is never touched.
+            if not read.info.body_fixed:
+                flow.request.headers["accept-encoding"] = "identity"
             if decision.output_cap is not None:
                 flow.metadata[marks.KEY]["injected_output_tokens"] = decision.output_cap
             fs = self.fuse.state.flow(flow.id)

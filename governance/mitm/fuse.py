@@ -337,7 +337,7 @@ class SpendFuse:
         if pending is None:
             return
         try:
-            facts = translate.response_facts(flow, pending.tap)
+            facts = translate.response_facts(flow, pending.tap, pending.endpoint.family)
             s = pending.engine.read_response(pending.info, pending.endpoint.family, facts)
         except Exception:
             logger.exception("spendfuse: settling %s failed", flow.id)

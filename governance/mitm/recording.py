@@ -80,7 +80,9 @@ def record_of(flow: http.HTTPFlow, state: State) -> Recorded:
     if flow.response is not None and not refused_here and flow.is_replay != "response":
         resp = flow.response
         body = (resp.get_content(strict=False) or b"") if resp.raw_content else b""
-        response = ResponseFacts(resp.status_code, resp.headers.get("content-type", ""), body)
+        headers = tuple((k.lower(), v) for k, v in resp.headers.items(multi=True))  # Bedrock's counts
+        content_type = resp.headers.get("content-type", "")
+        response = ResponseFacts(resp.status_code, content_type, body, headers=headers)
     return Recorded(
         flow_id=flow.id,
         started=started,

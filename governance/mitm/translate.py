@@ -174,14 +174,18 @@ def reached_upstream(flow: http.HTTPFlow) -> bool:
     )
 
 
-def response_facts(flow: http.HTTPFlow, tap: StreamTap | None) -> ResponseFacts:
-    """What the upstream answered: the tap's usage when it read the stream, else the body."""
+def response_facts(flow: http.HTTPFlow, tap: StreamTap | None, family: str = "") -> ResponseFacts:
+    """What the upstream answered: the tap's usage when it read the stream, else the body; and
+    its headers where `family` reads usage in them."""
     resp = flow.response
     assert resp is not None
     content_type = resp.headers.get("content-type", "")
     if flow.is_replay == "response":
         return ResponseFacts(resp.status_code, content_type, replayed=True)
+    headers: tuple[tuple[str, str], ...] = ()
+    if hasattr(families.FAMILIES.get(family), "usage_with_headers"):
+        headers = tuple((k.lower(), v) for k, v in resp.headers.items(multi=True))
     if tap is not None and tap.chunks > 0:
-        return ResponseFacts(resp.status_code, content_type, streamed=True, tapped=tap.usage)
+        return ResponseFacts(resp.status_code, content_type, streamed=True, tapped=tap.usage, headers=headers)
     body = (resp.get_content(strict=False) or b"") if resp.raw_content else b""
-    return ResponseFacts(resp.status_code, content_type, body)
+    return ResponseFacts(resp.status_code, content_type, body, headers=headers)

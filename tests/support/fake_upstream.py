@@ -106,6 +106,7 @@ class Upstream:
     billed: list[dict[str, Any]] = field(default_factory=list)  # the usage of every answer, as billed
     snis: list[str | None] = field(default_factory=list)  # the SNI of each TLS handshake
     bills: list[dict[str, Any]] = field(default_factory=list)  # USD billed per answer (see `_bill`)
+    raw: list[tuple[str, list[tuple[str, str]], bytes]] = field(default_factory=list)  # Bedrock, as received
 
     @property
     def port(self) -> int:
@@ -127,6 +128,7 @@ class Upstream:
             self.contexts.clear()
             self.billed.clear()
             self.bills.clear()
+            self.raw.clear()
         self.knobs = Knobs()
 
     def close(self) -> None:
@@ -323,6 +325,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]})
 
     def do_POST(self) -> None:
+        if self.path.startswith("/model/"):  # AWS Bedrock's runtime
+            from tests.support import fake_bedrock
+
+            return fake_bedrock.serve(self)
+        from tests.support import fake_vertex
+
+        if fake_vertex.is_vertex_claude(self.path):  # Claude on Vertex AI
+            return fake_vertex.serve(self)
         up = self.upstream
         k = up.knobs
         path = self.path.split("?", 1)[0]
