@@ -17,7 +17,7 @@ from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.injection import Plan
-from governance.mitm import custody, options, translate
+from governance.mitm import custody, options, streams, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
 from governance.mitm.gateway import Gateway, is_gateway
@@ -25,7 +25,7 @@ from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
 from governance.mitm.websocket import WebSocketMeter
-from governance.settlement import Settlement, stream_tap
+from governance.settlement import Settlement, read_cut
 from governance.store import RequestRecord
 from governance.types import Endpoint, Refusal, RefusalKind
 
@@ -295,17 +295,7 @@ class SpendFuse:
             flow.response.headers["x-spendfuse-remaining-usd"] = f"{decision.remaining:.6f}"
             flow.response.headers["x-spendfuse-budget"] = decision.binding or ""
         try:
-            headers = flow.response.headers
-            tap = stream_tap(
-                pending.info,
-                pending.endpoint.family,
-                headers.get("content-type", ""),
-                headers.get("content-encoding", ""),
-                sized="content-length" in headers,
-            )
-            if tap is not None:
-                pending.tap = tap
-                flow.response.stream = tap
+            streams.install_tap(flow, pending)
         except Exception:
             # Not streaming means buffering: `response` then reads usage from the whole body.
             logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
@@ -326,8 +316,11 @@ class SpendFuse:
         if pending is None:
             return
         try:
-            facts = translate.response_facts(flow, pending.tap)
-            s = pending.engine.read_response(pending.info, pending.endpoint.family, facts)
+            if pending.tap is not None and pending.tap.cut:
+                s = read_cut(pending.info, pending.tap.cut)
+            else:
+                facts = translate.response_facts(flow, pending.tap)
+                s = pending.engine.read_response(pending.info, pending.endpoint.family, facts)
         except Exception:
             logger.exception("spendfuse: settling %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
@@ -341,7 +334,10 @@ class SpendFuse:
             tapped = pending.tap.usage if pending.tap is not None else None
             reached = translate.reached_upstream(flow)
             error = flow.error.msg if flow.error else "error"
-            s = pending.engine.read_error(pending.info, tapped, reached=reached, error=error)
+            if pending.tap is not None and pending.tap.cut:
+                s = read_cut(pending.info, pending.tap.cut)
+            else:
+                s = pending.engine.read_error(pending.info, tapped, reached=reached, error=error)
         except Exception:
             logger.exception("spendfuse: settling failed flow %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
