@@ -6,12 +6,15 @@ upstream generated."""
 from __future__ import annotations
 
 import threading
+import time
 from decimal import Decimal
 
 import anthropic
 import openai
 import pytest
 
+from tests.conftest import TEST_PRICES
+from tests.support import rawclient
 from tests.test_e2e import MILLION, chat, micro, rows
 
 LIE = {"x-test-overrun-tokens": "400"}  # the fake provider streams 400 tokens past the cap
@@ -100,3 +103,59 @@ class TestRunaway:
         # The honest one settled to the usage its provider reported: 11 in, 7 out.
         assert got["honest"]["outcome"].startswith("usage")
         assert got["honest"]["cost_micro"] == micro(Decimal(11) / MILLION + Decimal(70) / MILLION)
+
+
+def _hang_up_after(proxy, path: str, body: dict, events: int, headers: dict | None = None) -> bytes:
+    """A raw client: sends a streamed request through the proxy, reads `events` SSE events of
+    the answer, and closes its connection (an agent killed mid-stream)."""
+    sock, reply = rawclient.tunnel(proxy.port, f"{HOST[path]}:443")
+    assert reply.status == 200
+    tls = rawclient.TLSPipe(sock, HOST[path], proxy.ca, alpn=["http/1.1"])
+    tls.sendall(rawclient.request_bytes("POST", path, HOST[path], body, headers))
+    got = b""
+    while got.count(b"\n\n") < events:
+        chunk = tls.recv(65536)
+        assert chunk, got
+        got += chunk
+    sock.close()
+    return got
+
+
+HOST = {"/v1/chat/completions": "api.openai.com", "/v1/messages": "api.anthropic.com"}
+CHAT = {"model": "gpt-4o", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+MESSAGES = {**CHAT, "model": "claude-sonnet-4-5"}
+
+
+def _settled(tmp_path) -> dict:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = rows(tmp_path / "ledger.sqlite", settled=False)
+        if found and found[0]["state"] != "held":
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"still held: {found}")
+
+
+class TestHangUp:
+    @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+    def test_a_client_that_hangs_up_mid_stream_is_charged_its_reservation(
+        self, start, upstream, tmp_path, path
+    ):
+        """The client reads half the stream and closes. mitmproxy closes the upstream with it
+        (measured here: the provider stops part-way), so the usage the stream would have reported
+        at its end never comes: the reservation, an upper bound of what was generated, is
+        charged: never less than the provider's bill for what it generated, never more than
+        the reservation."""
+        proxy = start()
+        upstream.knobs.chunks, upstream.knobs.chunk_delay_s = 40, 0.05
+        upstream.knobs.completion_tokens = 60
+        _hang_up_after(proxy, path, CHAT if path.endswith("completions") else MESSAGES, 10)
+        row = _settled(tmp_path)
+        [stream] = upstream.streams
+        assert not stream["finished"] and stream["events"] < stream["of"], stream  # stopped part-way
+        price = TEST_PRICES[row["model"]]
+        full_bill = (
+            11 * Decimal(str(price["input_mtok"])) + 60 * Decimal(str(price["output_mtok"]))
+        ) / MILLION
+        assert row["outcome"] == "error: Client disconnected.", row
+        assert micro(full_bill) <= row["cost_micro"] == row["reserved_micro"]
