@@ -230,7 +230,12 @@ class StreamTap:
         self.cut_event = cut_event
         self.cut: str | None = None
         self.on_cut: Callable[[], None] | None = None
-        self.drained = 0  # bytes read after the client went away (`drain`)
+        # The client went away and the stream is read on for its usage (governance.mitm.drain):
+        # nothing more is passed on; past `drain_limit` bytes (or a runaway), `on_overflow` once.
+        self.hung_up = False
+        self.drained = 0
+        self.drain_limit = 0
+        self.on_overflow: Callable[[str], None] | None = None
         self._tail = b""  # the last bytes passed on: an event boundary may straddle two chunks
 
     @property
@@ -246,6 +251,8 @@ class StreamTap:
             except Exception as e:  # noqa: BLE001 - a parser bug must never cut a stream; logged
                 self.broken = f"{type(e).__name__}: {e}"
                 logger.error("stream tap stopped reading usage: %s", self.broken)
+        if self.hung_up:
+            return self._drain(data)
         if self.guard is not None and data and self.broken is None and self.guard.over(self.reader.usage):
             return self._cut(data)
         if self.filter is None:
@@ -256,6 +263,16 @@ class StreamTap:
         # Nothing to send yet is no chunks, never an empty one: mitmproxy frames each chunk it is
         # given, and an empty HTTP/1 chunk is the chunked body's terminator.
         return out if out or not data else []
+
+    def _drain(self, data: bytes) -> list[bytes]:
+        self.drained += len(data)
+        runaway = self.guard is not None and self.guard.over(self.reader.usage)
+        if (runaway or self.drained > self.drain_limit) and self.on_overflow is not None:
+            overflow, self.on_overflow = self.on_overflow, None
+            overflow(
+                "its output passed what the reservation covers" if runaway else "it passed the drain's bytes"
+            )
+        return []
 
     def _cut(self, data: bytes) -> list[bytes]:
         """The last chunk of a runaway stream: its whole events, the error event, the end."""

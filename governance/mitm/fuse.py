@@ -20,12 +20,13 @@ from governance.injection import Plan
 from governance.mitm import custody, options, streams, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
+from governance.mitm.drain import Drains
 from governance.mitm.gateway import Gateway, is_gateway
 from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
 from governance.mitm.websocket import WebSocketMeter
-from governance.settlement import Settlement, read_cut
+from governance.settlement import Settlement
 from governance.store import RequestRecord
 from governance.types import Endpoint, Refusal, RefusalKind
 
@@ -67,6 +68,7 @@ class SpendFuse:
         self.gateway = Gateway()
         self.redactor = custody.Redactor()
         self.websockets = WebSocketMeter(self)
+        self.drains = Drains(self)
         self.addons = [self.redactor, self.websockets]  # their hooks run right after this addon's
 
     @property
@@ -140,8 +142,9 @@ class SpendFuse:
             logger.exception("spendfuse: CONNECT hook failed")
             self.answer(flow, None, refusals.internal(type(e).__name__))
 
-    def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+    def client_disconnected(self, client):  # type: ignore[no-untyped-def]
         self.state.conns.pop(client.id, None)
+        return self.drains.wait(client.id)  # awaited: mitmproxy closes its upstreams after this hook
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -316,28 +319,21 @@ class SpendFuse:
         if pending is None:
             return
         try:
-            if pending.tap is not None and pending.tap.cut:
-                s = read_cut(pending.info, pending.tap.cut)
-            else:
-                facts = translate.response_facts(flow, pending.tap)
-                s = pending.engine.read_response(pending.info, pending.endpoint.family, facts)
+            s = streams.response_settlement(flow, pending)
         except Exception:
             logger.exception("spendfuse: settling %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
         await self._settle(pending, s)
+        self.drains.finished(flow.id)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        if self.drains.hung_up(flow):
+            return  # read on: the stream's end settles it (governance.mitm.drain)
         pending = self.state.end(flow.id).pending
         if pending is None:
             return
         try:
-            tapped = pending.tap.usage if pending.tap is not None else None
-            reached = translate.reached_upstream(flow)
-            error = flow.error.msg if flow.error else "error"
-            if pending.tap is not None and pending.tap.cut:
-                s = read_cut(pending.info, pending.tap.cut)
-            else:
-                s = pending.engine.read_error(pending.info, tapped, reached=reached, error=error)
+            s = streams.error_settlement(flow, pending)
         except Exception:
             logger.exception("spendfuse: settling failed flow %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)

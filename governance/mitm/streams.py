@@ -1,5 +1,6 @@
-"""What spendfuse does to a streamed response's connections: cut the upstream of a runaway
-stream. Only translation: when to cut is the tap's decision (`governance.families.tap`)."""
+"""Streamed responses on the proxy side: the tap installed on each, the upstream of a runaway
+closed, and how a streamed flow's end is settled. Only translation: when to cut is the tap's
+decision (`governance.families.tap`), what to charge the engine's (`governance.settlement`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import logging
 
 from mitmproxy import ctx, http
 
+from governance.mitm import translate
 from governance.mitm.state import Pending
-from governance.settlement import stream_tap
+from governance.settlement import Settlement, read_cut, stream_tap
 
 logger = logging.getLogger("spendfuse")
 
@@ -48,3 +50,27 @@ def close_upstream(flow: http.HTTPFlow) -> None:
             handler.close_connection(flow.server_conn)
 
     asyncio.get_running_loop().call_soon(close)
+
+
+def response_settlement(flow: http.HTTPFlow, pending: Pending) -> Settlement:
+    """How an answered flow settles: a stream spendfuse cut at its reservation, else by what
+    the upstream answered."""
+    tap = pending.tap
+    if tap is not None and tap.cut:
+        return read_cut(pending.info, tap.cut)
+    facts = translate.response_facts(flow, tap)
+    return pending.engine.read_response(pending.info, pending.endpoint.family, facts)
+
+
+def error_settlement(flow: http.HTTPFlow, pending: Pending) -> Settlement:
+    """How a failed flow settles: a stream spendfuse cut at its reservation, else by the usage
+    its stream showed, or its hold when the upstream was reached."""
+    tap = pending.tap
+    if tap is not None and tap.cut:
+        return read_cut(pending.info, tap.cut)
+    return pending.engine.read_error(
+        pending.info,
+        tap.usage if tap is not None else None,
+        reached=translate.reached_upstream(flow),
+        error=flow.error.msg if flow.error else "error",
+    )
