@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from governance import tokens
-from governance.families.common import json_object
 from governance.families.sse import Event
 from governance.types import Refusal, RequestInfo, Usage
 
@@ -34,39 +34,29 @@ def _sse(event: str | None, data: Mapping[str, Any]) -> bytes:
     return f"{head}data: {json.dumps(data)}\n\n".encode()
 
 
+# A JSON string field's raw literal. Inside a JSON string every quote is escaped, so a key
+# pattern never matches text the model wrote.
+_LITERAL = r'": ?"((?:[^"\\]|\\.)*)"'
+_CHAT_TEXT = re.compile(r'"(?:content|refusal|reasoning_content|reasoning|text|arguments|name)' + _LITERAL)
+_DELTA_TEXT = re.compile(r'"delta' + _LITERAL)
+_CLAUDE_TEXT = re.compile(r'"(?:text|thinking|partial_json)' + _LITERAL)
+
+
+def _strings(pattern: re.Pattern[str], data: str) -> list[str]:
+    """The string values of the fields `pattern` names in one event's JSON, decoded (cheaper
+    than parsing the whole event: this runs on every content event of every guarded stream)."""
+    return [json.loads(f'"{lit}"') if "\\" in lit else lit for lit in pattern.findall(data)]
+
+
 # -- OpenAI ------------------------------------------------------------------------------------
 
 
 def _openai_texts(api: str, event: Event) -> Iterable[str]:
-    data = event.data
+    """Chat and completions: each choice's content, refusal, reasoning and tool call text.
+    Responses: every `response.*.delta` event's delta (text, refusal, reasoning, arguments)."""
     if api == "responses":
-        # Every `response.*.delta` event (output text, refusal, reasoning, tool arguments) is output.
-        if '.delta"' not in data:
-            return ()
-        obj = json_object(data)
-        delta = obj.get("delta") if obj is not None else None
-        return (delta,) if isinstance(delta, str) else ()
-    if '"choices"' not in data or data == "[DONE]":
-        return ()
-    obj = json_object(data)
-    choices = obj.get("choices") if obj is not None else None
-    out: list[str] = []
-    for choice in choices if isinstance(choices, list) else ():
-        if not isinstance(choice, Mapping):
-            continue
-        if isinstance(choice.get("text"), str):  # legacy completions
-            out.append(choice["text"])
-        delta = choice.get("delta")
-        if not isinstance(delta, Mapping):
-            continue
-        for field in ("content", "refusal", "reasoning_content", "reasoning"):
-            if isinstance(delta.get(field), str):
-                out.append(delta[field])
-        for call in delta.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, Mapping) else None
-            if isinstance(fn, Mapping):
-                out += [v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str)]
-    return out
+        return _strings(_DELTA_TEXT, event.data) if '.delta"' in event.data else ()
+    return _strings(_CHAT_TEXT, event.data) if '"choices"' in event.data else ()
 
 
 def _openai_error(api: str, refusal: Refusal, body: bytes) -> bytes:
@@ -87,15 +77,10 @@ def _openai_error(api: str, refusal: Refusal, body: bytes) -> bytes:
 
 
 def _anthropic_texts(api: str, event: Event) -> Iterable[str]:
-    if event.event not in ("content_block_delta", "") or '"delta"' not in event.data:
+    """A `content_block_delta`'s text, thinking or tool input JSON."""
+    if event.event != "content_block_delta" and '"content_block_delta"' not in event.data:
         return ()
-    obj = json_object(event.data)
-    delta = obj.get("delta") if obj is not None and obj.get("type") == "content_block_delta" else None
-    if not isinstance(delta, Mapping):
-        return ()
-    return [
-        delta[f] for f in ("text", "thinking", "partial_json", "citation") if isinstance(delta.get(f), str)
-    ]
+    return _strings(_CLAUDE_TEXT, event.data)
 
 
 def _anthropic_error(api: str, refusal: Refusal, body: bytes) -> bytes:
@@ -133,7 +118,11 @@ def kit(family: str, module: object) -> StreamKit | None:
 
 class OutputMeter:
     """A running count of a stream's output tokens, erring high, against the output its
-    reservation covers. `on_event` takes each event as it completes."""
+    reservation covers. `on_event` takes each event as it completes.
+
+    Counting is put off while it cannot matter: an event's text has no more tokens than its
+    data has bytes, so events are only counted once the count so far plus the bytes of the
+    events not yet counted could pass the limit (a stream far below its cap is never counted)."""
 
     def __init__(self, kit: StreamKit, info: RequestInfo, factor: Decimal) -> None:
         self.kit = kit
@@ -142,21 +131,33 @@ class OutputMeter:
         self.counted = 0
         self._encode = tokens.encoding(tokens.encoding_name_for(info.model)).encode_ordinary
         self._factor = factor
+        self._waiting: list[Event] = []
+        self._waiting_bytes = 0
 
     def on_event(self, event: Event) -> None:
-        for text in self.kit.output_texts(self.api, event):
-            if text:
-                n = len(self._encode(text))
-                if self._factor != 1:
-                    n = math.ceil(n * self._factor)
-                self.counted += max(1, n)
+        self._waiting.append(event)
+        self._waiting_bytes += len(event.data)
+        if self.counted + self._waiting_bytes > self.limit:
+            waiting, self._waiting, self._waiting_bytes = self._waiting, [], 0
+            for ev in waiting:
+                for text in self.kit.output_texts(self.api, ev):
+                    self.counted += self._tokens(text)
 
-    def running(self, reported: Usage | None) -> int:
-        """Output so far: the larger of the count and what the stream reported."""
-        return max(self.counted, reported.output_tokens if reported is not None else 0)
+    def _tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        # Long text in pieces: never fewer tokens than whole, and linear (one huge run of a
+        # repeated character is slow for BPE).
+        n = sum(len(self._encode(text[i : i + _PIECE])) for i in range(0, len(text), _PIECE))
+        return max(1, math.ceil(n * self._factor) if self._factor != 1 else n)
 
     def over(self, reported: Usage | None) -> bool:
-        return self.running(reported) > self.limit
+        """Whether the output so far (the larger of the count and what the stream reported)
+        passed the limit."""
+        return self.counted > self.limit or (reported is not None and reported.output_tokens > self.limit)
+
+
+_PIECE = 4096
 
 
 def count_factor(model: str, script_margins: Mapping[str, Decimal]) -> Decimal:
