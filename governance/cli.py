@@ -3,6 +3,7 @@
 spendfuse run [mitmdump args]   the proxy, failing closed on any bad option
 spendfuse status                every scope's limits: spent, reserved, remaining, next reset
 spendfuse report                spend by model and by day
+spendfuse simulate FLOWS --rules FILE   what a rules file would have done to a recording
 spendfuse check FILE            validate a rules file: every problem with its line, and the policy
 spendfuse reset SCOPE           start a new window of a scope's limits now (history is kept)
 spendfuse topup SCOPE USD       add to a never-resetting budget's balance
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, money, policy
+from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, money, policy, simulate_cli
 from governance.checks.quota import budget_claim, rate_claims, rule_parts
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import default_path as default_ledger_path
@@ -453,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
     _common(p)
     p.set_defaults(fn=cmd_report)
+    simulate_cli.add_parser(sub)
     p = sub.add_parser("schema", help="print the rules file's JSON schema")
     p.add_argument("--check", action="store_true", help="fail if rules/policy.schema.json is stale")
     p.set_defaults(fn=cmd_schema)

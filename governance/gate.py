@@ -186,13 +186,13 @@ def _unknown_llm(incoming: Incoming, url_host: str, policy: Policy, table: HostT
     if policy.unknown_llm_hosts == "meter":
         post = incoming.method.strip().upper() == "POST"
         routes = table.families["openai"]
-        for metering, table_routes in ((Metering.FREE, routes.free), (Metering.METERED, routes.metered)):
-            for route, api in sorted(table_routes.items(), key=lambda r: -len(r[0])):
-                if path.endswith(route):
-                    # As on a known host: only a POST runs a route; the gate refuses the rest.
-                    if not post:
-                        metering, api = Metering.UNMETERED, path
-                    return Endpoint("openai", api, metering, host, path, "openai", UNKNOWN_ENTRY)
+        for free, route, api in routes.literal():
+            if path.endswith(route):
+                metering = Metering.FREE if free else Metering.METERED
+                # As on a known host: only a POST runs a route; the gate refuses the rest.
+                if not post:
+                    metering, api = Metering.UNMETERED, path
+                return Endpoint("openai", api, metering, host, path, "openai", UNKNOWN_ENTRY)
     return Endpoint("unknown", path, Metering.UNMETERED, host, path, envelope, "")
 
 

@@ -8,10 +8,11 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from governance.families import ENVELOPES, FAMILIES
 from governance.hosts import HostTable, build_table
+from governance.routes import check_path
 from governance.rulefile import RulesInvalid, read_yaml, validation_problems
 from governance.rulemodels import PriceOverride, Strict
 from governance.shape import UnknownHostsRules
@@ -20,6 +21,30 @@ from governance.shape import UnknownHostsRules
 Family = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
 #: An error envelope's name (`governance.families.ENVELOPES`).
 Envelope = Literal[tuple(ENVELOPES)]  # type: ignore[valid-type]
+
+
+def _base_paths(v: str | list[str]) -> str | list[str]:
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("names at least one path")
+        return [check_path(p) for p in v]
+    return check_path(v)
+
+
+#: Path prefixes of an API on a host (`/v1`, or several, or with `{placeholders}`).
+BasePaths = Annotated[str | list[str], AfterValidator(_base_paths)]
+
+
+class MountRule(Strict):
+    """Another API family served on the same host under its own base path (the Gemini API's
+    OpenAI-compatible `/v1beta/openai`, Vertex's Anthropic publisher path)."""
+
+    family: Family
+    """The API family of requests under `base_path`."""
+    base_path: BasePaths
+    """Path prefix (or prefixes) of that API, before the family's routes; may hold `{placeholders}`."""
+    envelope: Envelope | None = None
+    """Whose error format its clients understand. Defaults to the family."""
 
 
 class HostRule(Strict):
@@ -36,8 +61,11 @@ class HostRule(Strict):
     """Whose error format its clients understand. Defaults to the family, else openai."""
     provider: str | None = None
     """genai-prices provider id for pricing. Defaults to the family."""
-    base_path: str = "/v1"
-    """Path prefix of the API on this host, before the family's routes (`/v1/chat/completions`)."""
+    base_path: BasePaths = "/v1"
+    """Path prefix of the API on this host, before the family's routes (`/v1/chat/completions`);
+    a list for several, and `{name}` placeholders for parts that vary (`/v1/projects/{project}`)."""
+    mounts: list[MountRule] = []
+    """More API families served on this host, each under its own base path, tried first."""
     prices: dict[str, PriceOverride] = {}
     """Model prices on this host, USD per 1M tokens, by exact model then longest prefix. They win
     over the rules' `prices` and over genai-prices."""
@@ -52,13 +80,6 @@ class HostRule(Strict):
                 raise ValueError(f"host pattern {pattern!r} would match every host")
         return [p.strip().lower() for p in v]
 
-    @field_validator("base_path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must start with /")
-        return v
-
 
 class FamilyRoutes(Strict):
     """One API family's routes after a host's base path: path -> API name (POST only)."""
@@ -67,6 +88,11 @@ class FamilyRoutes(Strict):
     """Billable routes that spendfuse prices, reserves and settles."""
     free: dict[str, str] = {}
     """Routes the provider does not bill (token counting)."""
+
+    @field_validator("metered", "free")
+    @classmethod
+    def _routes(cls, v: dict[str, str]) -> dict[str, str]:
+        return {check_path(route): api for route, api in v.items()}
 
 
 class HostsFile(Strict):
@@ -118,6 +144,8 @@ def _host_entry(rule: HostRule) -> dict[str, Any]:
         "family": rule.family,
         "base_path": rule.base_path,
     }
+    if rule.mounts:
+        entry["mounts"] = [m.model_dump(exclude_none=True) for m in rule.mounts]
     if rule.envelope is not None:
         entry["envelope"] = rule.envelope
     if rule.provider is not None:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from governance.routes import Mount, Routes
 from governance.shape import LlmShape
 
 #: Names that reach this machine whatever their spelling: connecting to them reaches the same
@@ -84,14 +85,6 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 
 @dataclass(frozen=True)
-class Routes:
-    """One API family's routes, after a host's base path: path -> API name (POST only)."""
-
-    metered: Mapping[str, str]
-    free: Mapping[str, str]
-
-
-@dataclass(frozen=True)
 class HostEntry:
     """A known LLM host (or set of hosts, by glob)."""
 
@@ -100,7 +93,8 @@ class HostEntry:
     family: str | None = None  # the metering family; None: known but not metered (refused)
     envelope: str = "openai"
     provider: str | None = None  # genai-prices provider id
-    base_path: str = "/v1"
+    base_path: str | tuple[str, ...] = "/v1"
+    mounts: tuple[Mount, ...] = ()  # more API families on the same host, tried before `family`
     operator: bool = False  # from the operator's rules rather than the shipped table
     settings: Mapping[str, Any] = field(default_factory=dict)  # operator extras (prices)
     _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
@@ -114,11 +108,19 @@ class HostEntry:
         family = kwargs.get("family")
         kwargs.setdefault("envelope", family or "openai")
         kwargs.setdefault("provider", family)
-        return cls(match=match, _exact=exact, _globs=globs, **kwargs)
+        if isinstance(kwargs.get("base_path"), list):
+            kwargs["base_path"] = tuple(kwargs["base_path"])
+        mounts = tuple(
+            m if isinstance(m, Mount) else Mount.build(m["family"], m["base_path"], m.get("envelope"))
+            for m in kwargs.pop("mounts", ())
+        )
+        if family is not None:
+            mounts += (Mount.build(family, kwargs.get("base_path", "/v1"), kwargs["envelope"]),)
+        return cls(match=match, mounts=mounts, _exact=exact, _globs=globs, **kwargs)
 
     @property
     def metered(self) -> bool:
-        return self.family is not None
+        return bool(self.mounts)
 
     def matches(self, canonical: str) -> bool:
         return canonical in self._exact or any(g.match(canonical) for g in self._globs)
@@ -166,14 +168,15 @@ def build_table(shipped: Mapping[str, Any], operator: Iterable[Mapping[str, Any]
     """A table from the shipped `hosts.yaml` data and the operator's `hosts:` entries (already
     validated by `governance.hostrules`)."""
     families = {
-        name: Routes(metered=dict(spec.get("metered", {})), free=dict(spec.get("free", {})))
+        name: Routes.build(dict(spec.get("metered", {})), dict(spec.get("free", {})))
         for name, spec in shipped["families"].items()
     }
     entries = [HostEntry.build(operator=True, **dict(e)) for e in operator]
     entries += [HostEntry.build(**dict(e)) for e in shipped["hosts"]]
     for entry in entries:
-        if entry.family is not None and entry.family not in families:
-            raise ValueError(f"host {entry.name!r}: unknown API family {entry.family!r}")
+        for mount in entry.mounts:
+            if mount.family not in families:
+                raise ValueError(f"host {entry.name!r}: unknown API family {mount.family!r}")
     return HostTable(tuple(entries), families, LlmShape.build(shipped["unknown_hosts"]))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from governance.ledger import default_path
 from governance.store import LedgerStore
 from governance.store.opening import open_store
@@ -13,9 +15,10 @@ def ledger_path(option: str) -> str:
     return option or str(default_path())
 
 
-def open_ledger(path: str) -> tuple[LedgerStore, str]:
+def open_ledger(path: str, spool_dir: Path | None = None) -> tuple[LedgerStore, str]:
     """Open (creating if missing) the ledger at `path` (a SQLite file, or a `postgresql://` URL),
     and read its salt for hashing upstream API keys into principals. Runs on the ledger thread.
-    Raises `LedgerUnavailable`."""
-    ledger = open_store(path)
+    Raises `LedgerUnavailable`. A database's settlements that cannot be written wait in
+    `spool_dir` (the proxy's confdir) until it is back."""
+    ledger = open_store(path, spool_dir)
     return ledger, ledger.salt()

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from governance import money, refusals, regional, wire
+from governance.decisions import Settled
 from governance.errors import LedgerUnavailable, PricingError
 from governance.families import runaway
 from governance.types import Priced, RequestInfo, Usage
@@ -157,19 +158,21 @@ def read_shutdown(info: RequestInfo, tapped: Usage | None, *, reached: bool) -> 
     return Settlement(info, tapped, outcome, upstream_ran=reached)
 
 
-def settle(engine: Engine, s: Settlement, now: datetime) -> None:
-    """Carry out `s` in the engine's ledger (ledger thread). When settling fails for a reason
-    other than the ledger, the reservation, an upper bound of the bill, is charged instead."""
+def settle(engine: Engine, s: Settlement, now: datetime) -> Settled | None:
+    """Carry out `s` in the engine's ledger (ledger thread), and say what it did (None: the
+    hold stays, for the reaper). When settling fails for a reason other than the ledger, the
+    reservation, an upper bound of the bill, is charged instead."""
     if not s.charge:
         try:
-            engine.finish(s.info, s.usage, now, outcome=s.outcome, upstream_ran=s.upstream_ran)
-            return
+            return engine.finish(s.info, s.usage, now, outcome=s.outcome, upstream_ran=s.upstream_ran)
         except Exception:
             logger.exception("settling %s failed", s.info.request_id)
     try:
         engine.ledger.charge_reservation(s.info.request_id, now, outcome="settle failed")
     except LedgerUnavailable as e:
         logger.error("%s stays held until the reaper charges it: %s", s.info.request_id, e)
+        return None
+    return Settled("charged", "settle failed")
 
 
 def finish(
@@ -180,23 +183,23 @@ def finish(
     *,
     outcome: str,
     upstream_ran: bool = True,
-) -> None:
-    """Settle a reservation. Real usage is priced and charged; without usage, the hold is
-    released if the upstream never ran the request, and charged in full otherwise (a
+) -> Settled:
+    """Settle a reservation, and say how. Real usage is priced and charged; without usage, the
+    hold is released if the upstream never ran the request, and charged in full otherwise (a
     provider bills a stream that was cut before its usage event)."""
     ledger = engine.ledger
     if usage is None:
         if upstream_ran:
             ledger.charge_reservation(info.request_id, now, outcome=outcome)
-        else:
-            ledger.release(info.request_id, now, outcome=outcome)
-        return
+            return Settled("charged", outcome)
+        ledger.release(info.request_id, now, outcome=outcome)
+        return Settled("released", outcome)
     try:
-        priced = _price_usage(engine, info, usage, now)
+        priced = price_usage(engine, info, usage, now)
     except PricingError:
         logger.error("cannot price usage of %s on %s; charging its reservation", info.request_id, info.model)
         ledger.charge_reservation(info.request_id, now, outcome=f"{outcome}:unpriced")
-        return
+        return Settled("charged", f"{outcome}:unpriced")
     micro, rest = money.split(priced.cost)  # exact: see governance.money
     ledger.settle(
         info.request_id,
@@ -207,9 +210,11 @@ def finish(
         price_source=priced.source,
         cost_submicro=rest,
     )
+    return Settled("settled", outcome, priced.cost)
 
 
-def _price_usage(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> Priced:
+def price_usage(engine: Engine, info: RequestInfo, usage: Usage, now: datetime) -> Priced:
+    """What `usage` of `info` costs at `now`. Raises `PricingError`."""
     # Price by the model the upstream says it ran (a dated id, or what a router picked),
     # falling back to the requested model when that name is unknown.
     if usage.model and usage.model != info.model:

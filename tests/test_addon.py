@@ -137,7 +137,7 @@ class TestRequest:
         assert (
             "x-spendfuse-key" not in f.request.headers and f.request.headers["accept-encoding"] == "identity"
         )
-        assert f.metadata["spendfuse"]["decision"] == "allowed"
+        assert f.metadata["spendfuse"]["decision"] == "admitted"
         respond(f, {"model": "gpt-4o", "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
         a.responseheaders(f)
         await a.response(f)

@@ -8,7 +8,9 @@ import pytest
 
 from governance import DEFAULT_RULES, cli, money
 from governance.ledger import RequestRecord
-from governance.store.opening import open_store
+from governance.store import LedgerStore
+from governance.store.opening import is_database
+from governance.store.opening import open_store as _open_store
 from governance.types import Claim, Usage
 
 
@@ -18,6 +20,16 @@ def ledger_db(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "l.sqlite")
     return request.getfixturevalue("pg_server").create_db("cli")
+
+
+def open_store(target: str) -> LedgerStore:
+    """The ledger at `target`, with time injected (`now` as given) in either store: the seeded
+    history is dated by the tests, not by the database's clock."""
+    if is_database(target):
+        from governance.store.postgres import PostgresStore
+
+        return PostgresStore.open(target, db_clock=False)
+    return _open_store(target)
 
 
 def seed(db: str | Path) -> None:

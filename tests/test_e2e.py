@@ -641,6 +641,10 @@ class TestModes:
             ["--set", "spendfuse_max_multiplier=-1"],
             ["--set", "spendfuse_dry_run=perhaps"],
             ["--set", "spendfuse_websockets=sometimes"],
+            ["--set", "spendfuse_log_format=xml"],
+            ["--set", "spendfuse_metrics=0.0.0.0:9464"],  # exposed without a token
+            ["--set", "spendfuse_metrics=nine"],
+            ["--set", "spendfuse_log_format=json", "--set", "spendfuse_log_file=/nonexistent/dir/d.jsonl"],
             ["--set", "spendfuse_budgte=5"],  # misspelled
             ["--set", "spendfuse_rules=does-not-exist.yaml"],
             ["--set", "stream_large_bodies=1m"],

@@ -31,7 +31,7 @@ def sqlite_store(tmp_path: Path) -> LedgerStore:
 
 
 def postgres_store(tmp_path: Path) -> LedgerStore:
-    return PostgresStore.open(database_for(str(tmp_path)))
+    return PostgresStore.open(database_for(str(tmp_path)), db_clock=False)  # time injected, as SQLite's
 
 
 #: One factory per store: `factory(tmp_path) -> LedgerStore`, the same store for the same

@@ -108,6 +108,20 @@ def test_openai_usage_through_tap():
     assert tap.usage.input_tokens == 1200 and tap.chunks > 100
 
 
+def test_the_end_of_a_stream_hands_its_usage_to_on_end_once():
+    ended = []
+    tap = StreamTap(anthropic.StreamUsage("messages"))
+    tap.on_end = ended.append
+    assert tap(STREAM) == STREAM and ended == []
+    assert tap(b"") == b""
+    assert len(ended) == 1 and ended[0].output_tokens == 400
+    broken = StreamTap(anthropic.StreamUsage("messages"))
+    broken.on_end = ended.append
+    broken.broken = "a parse problem"  # usage read past a problem is not trusted
+    broken(b"")
+    assert ended[-1] is None
+
+
 # -- events spendfuse added (the usage-only chunk of `include_usage`) ------------------------
 
 CHAT = (FIX / "openai" / "chat_stream.sse").read_bytes()

@@ -237,6 +237,8 @@ class StreamTap:
         self.drain_limit = 0
         self.on_overflow: Callable[[str], None] | None = None
         self._tail = b""  # the last bytes passed on: an event boundary may straddle two chunks
+        # Called once with the usage read, when the stream ends (before mitmproxy's `response`).
+        self.on_end: Callable[[Usage | None], None] | None = None
 
     @property
     def usage(self) -> Usage | None:
@@ -251,6 +253,8 @@ class StreamTap:
             except Exception as e:  # noqa: BLE001 - a parser bug must never cut a stream; logged
                 self.broken = f"{type(e).__name__}: {e}"
                 logger.error("stream tap stopped reading usage: %s", self.broken)
+        if not data and self.on_end is not None:
+            self.on_end(None if self.broken else self.reader.usage)
         if self.hung_up:
             return self._drain(data)
         if self.guard is not None and data and self.broken is None and self.guard.over(self.reader.usage):

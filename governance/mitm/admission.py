@@ -3,17 +3,19 @@ counter when a refusal hinges on it), and forwarded with the body the engine pre
 answered with the engine's refusal."""
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from governance import refusals
+from governance import decisions, refusals
+from governance.decisions import Settled
 from governance.engine import Engine
 from governance.errors import RequestParseError
 from governance.identity import Identity
 from governance.injection import Plan
-from governance.mitm import translate
+from governance.mitm import marks, translate
 from governance.mitm.state import Decided, Pending, decided_endpoint
 from governance.reading import ReadRequest
 from governance.store import RequestRecord
@@ -97,7 +99,7 @@ class Admission:
         read, prepared, plan = understood
         counter = engine.counter_request(read, endpoint.family)
         decision = await self.fuse.on_ledger(
-            lambda: engine.admit(read.info, translate.now(), count_may_help=counter is not None)
+            functools.partial(engine.admit, read.info, translate.now(), count_may_help=counter is not None)
         )
         if decision.hinges_on_count:
             assert counter is not None
@@ -107,10 +109,11 @@ class Admission:
             decision = await self.fuse.on_ledger(engine.admit, read.info, translate.now())
         if not decision.allowed:
             assert decision.refusal is not None
-            self.fuse.answer(flow, endpoint, decision.refusal)
+            self.fuse.answer(flow, endpoint, decision.refusal, read.info)
             return
         # Allowed: from here on the reservation must be settled by `response` or `error`, or
         # released here if the flow cannot be forwarded after all.
+        marks.decided(flow, decisions.admitted(read.info, decision), self.fuse.runtime.observers)
         try:
             forward = engine.forward_bytes(read, decision, endpoint.family, prepared)
             if forward is not None:
@@ -120,16 +123,8 @@ class Admission:
                 flow.request.content = forward
             # Read usage from plain bytes; the stream tap still decodes if an upstream compresses.
             flow.request.headers["accept-encoding"] = "identity"
-            flow.metadata["spendfuse"] = {
-                "decision": "dry_run" if decision.refusal else "allowed",
-                "model": read.info.model,
-                "principal": who.principal,
-                "reserved_usd": f"{decision.reserved:.6f}",
-                **(
-                    {"injected_output_tokens": decision.output_cap} if decision.output_cap is not None else {}
-                ),
-                **({"would_refuse": decision.refusal.rule} if decision.refusal else {}),
-            }
+            if decision.output_cap is not None:
+                flow.metadata[marks.KEY]["injected_output_tokens"] = decision.output_cap
             fs = self.fuse.state.flow(flow.id)
             fs.custody = plan
             fs.pending = Pending(read.info, endpoint, flow, engine, decision=decision)
@@ -140,7 +135,10 @@ class Admission:
             request_id = read.info.request_id
             logger.exception("spendfuse: %s could not be forwarded after its reservation", request_id)
             what = type(e).__name__
+            outcome = f"not forwarded: {what}"
             await self.fuse.on_ledger(
-                lambda: engine.release(request_id, translate.now(), outcome=f"not forwarded: {what}")
+                functools.partial(engine.release, request_id, translate.now(), outcome=outcome)
             )
-            self.fuse.fail(flow, endpoint, refusals.internal(what))
+            released = decisions.settled(read.info, decision.reserved, Settled("released", outcome))
+            marks.decided(flow, released, self.fuse.runtime.observers)
+            self.fuse.fail(flow, endpoint, refusals.internal(what), read.info)

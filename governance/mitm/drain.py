@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 from mitmproxy.proxy import commands, events, layers
 
-from governance.mitm import streams, translate
+from governance.mitm import streams
 from governance.mitm.state import Pending
 from governance.settlement import Settlement
 
@@ -50,8 +50,9 @@ class Drain:
 class Drains:
     """The streams being read on after their client went away, by flow id."""
 
-    def __init__(self, fuse: SpendFuse) -> None:
+    def __init__(self, fuse: SpendFuse, settle: Callable[[Pending, Settlement], Awaitable[None]]) -> None:
         self.fuse = fuse
+        self.settle = settle  # the fuse's own settling (the ledger, then the flow's marks)
         self.active: dict[str, Drain] = {}
 
     def wants(self, flow: http.HTTPFlow) -> bool:
@@ -109,7 +110,7 @@ class Drains:
 
         async def settle() -> None:
             try:
-                await self.fuse.on_ledger(drain.pending.engine.settle, settlement, translate.now())
+                await self.settle(drain.pending, settlement)
             finally:
                 drain.done.set()
 

@@ -5,19 +5,21 @@ envelope. mitmproxy's own `safecall` would log an exception and forward the requ
 exception is allowed to escape a request hook.
 """
 
+import functools
 import json
 import logging
 
 from mitmproxy import command, ctx, http
 
 from governance import clients, refusals, verdicts
+from governance.decisions import About
 from governance.engine import Engine
 from governance.errors import LedgerUnavailable
 from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.injection import Plan
-from governance.mitm import custody, options, streams, translate
+from governance.mitm import custody, marks, notes, options, streams, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
 from governance.mitm.drain import Drains
@@ -68,7 +70,7 @@ class SpendFuse:
         self.gateway = Gateway()
         self.redactor = custody.Redactor()
         self.websockets = WebSocketMeter(self)
-        self.drains = Drains(self)
+        self.drains = Drains(self, lambda pending, s: _settle(self.runtime, pending, s))
         self.addons = [self.redactor, self.websockets]  # their hooks run right after this addon's
 
     @property
@@ -148,9 +150,13 @@ class SpendFuse:
 
     # -- answering ----------------------------------------------------------------------------
 
-    def answer(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
-        """Answer the flow with `refusal` in its endpoint's envelope (whatever dry run says)."""
+    def answer(
+        self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal, about: About = None
+    ) -> None:
+        """Answer the flow with `refusal` in its endpoint's envelope (whatever dry run says);
+        `about`: what is known of the request (`RequestRecord`, `RequestInfo`), for its record."""
         self.state.flow(flow.id).answered = answer_flow(flow, endpoint, refusal, self.engine)
+        marks.refused(flow, endpoint, refusal, about, self.runtime.observers)
 
     async def refuse_early(
         self, flow: http.HTTPFlow, endpoint: Endpoint | None, rec: RequestRecord | None, refusal: Refusal
@@ -165,7 +171,7 @@ class SpendFuse:
                 provider=provider,
             )
         await self.record_refusal(rec, refusal)
-        self.fail(flow, endpoint, refusal)
+        self.fail(flow, endpoint, refusal, rec)
 
     async def record_refusal(self, rec: RequestRecord, refusal: Refusal) -> None:
         """Record a refusal made before any reservation. Best effort: the refusal is sent even
@@ -176,16 +182,17 @@ class SpendFuse:
             except Exception as e:  # noqa: BLE001 - the refusal is sent whether or not it is recorded
                 logger.error("spendfuse: could not record refusal %s: %s", rec.request_id, e)
 
-    def fail(self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal) -> None:
+    def fail(
+        self, flow: http.HTTPFlow, endpoint: Endpoint | None, refusal: Refusal, about: About = None
+    ) -> None:
         fs = self.state.flows.get(flow.id)
         if fs is not None:
             fs.pending = None
-        engine = self.engine
-        if (
-            verdicts.enforced(refusal, dry_run=engine is not None and engine.dry_run, what=flow.id)
-            is not None
-        ):
-            self.answer(flow, endpoint, refusal)
+        dry_run = self.engine is not None and self.engine.dry_run
+        if verdicts.enforced(refusal, dry_run=dry_run, what=flow.id) is not None:
+            self.answer(flow, endpoint, refusal, about)
+        else:
+            marks.refused(flow, endpoint, refusal, about, self.runtime.observers, dry_run=True)
 
     # -- request ------------------------------------------------------------------------------
 
@@ -276,7 +283,10 @@ class SpendFuse:
             assert not isinstance(plan, Refusal)  # refused above
             fs.custody = plan
             fs.decided = Decided(decided_endpoint(endpoint), None, principal)
-            if "allow_unmetered" in verdict.notes:
+            unmetered = "allow_unmetered" in verdict.notes
+            rid = translate.request_id(flow, self.state)
+            marks.let_through(flow, endpoint, rid, principal, unmetered, self.runtime.observers)
+            if unmetered:
                 logger.info(
                     "spendfuse: letting unmetered %s %s%s through (allow_unmetered)",
                     flow.request.method,
@@ -298,7 +308,9 @@ class SpendFuse:
             flow.response.headers["x-spendfuse-remaining-usd"] = f"{decision.remaining:.6f}"
             flow.response.headers["x-spendfuse-budget"] = decision.binding or ""
         try:
-            streams.install_tap(flow, pending)
+            tap = streams.install_tap(flow, pending)
+            if tap is not None:
+                tap.on_end = functools.partial(notes.note_usage, flow)
         except Exception:
             # Not streaming means buffering: `response` then reads usage from the whole body.
             logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
@@ -323,7 +335,7 @@ class SpendFuse:
         except Exception:
             logger.exception("spendfuse: settling %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
-        await self._settle(pending, s)
+        await _settle(self.runtime, pending, s)
         self.drains.finished(flow.id)
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -337,15 +349,17 @@ class SpendFuse:
         except Exception:
             logger.exception("spendfuse: settling failed flow %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
-        await self._settle(pending, s)
+        await _settle(self.runtime, pending, s)
 
-    async def _settle(self, pending: Pending, s: Settlement) -> None:
-        try:
-            await self.on_ledger(pending.engine.settle, s, translate.now())
-        except LedgerUnavailable as e:
-            logger.error(
-                "spendfuse: %s stays held until the reaper charges it: %s", pending.info.request_id, e
-            )
+
+async def _settle(runtime: Runtime, pending: Pending, s: Settlement) -> None:
+    """Settle a flow's reservation, and show how on the flow."""
+    try:
+        done = await runtime.on_ledger(pending.engine.settle, s, translate.now())
+    except LedgerUnavailable as e:
+        logger.error("spendfuse: %s stays held until the reaper charges it: %s", pending.info.request_id, e)
+        return
+    marks.settled(pending.flow, pending.info, pending.decision, done, runtime.observers)
 
 
 def answer_flow(
@@ -363,12 +377,6 @@ def answer_flow(
         clients=engine.refusal_clients if engine is not None else clients.shipped(),
     )
     flow.response = http.Response.make(ans.status, ans.body, ans.headers)
-    flow.metadata["spendfuse"] = {
-        "decision": "refused",
-        "rule": refusal.rule,
-        "code": refusal.code,
-        "message": refusal.message,
-    }
     host, path = (endpoint.host, endpoint.path) if endpoint else (req.host, req.path)
     logger.info("spendfuse: refused %s %s%s: %s", req.method, host, path, refusal.message)
     return ans

@@ -78,6 +78,33 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "meter or refuse: replaces the rules' `websockets` (WebSockets to the Responses API, "
         "metered frame by frame, or answered 426). Empty: use the rules.",
     ),
+    OptionSpec(
+        "spendfuse_log_format",
+        "SPENDFUSE_LOG_FORMAT",
+        "human",
+        "human or json. json: also write one JSON line per decision (rules/decision-log.schema.json) "
+        "to spendfuse_log_file; the human log stays as it is.",
+    ),
+    OptionSpec(
+        "spendfuse_log_file",
+        "SPENDFUSE_LOG_FILE",
+        "",
+        "Where the JSON decision log goes: a file (appended) or - for stderr. Empty: stderr.",
+    ),
+    OptionSpec(
+        "spendfuse_metrics",
+        "SPENDFUSE_METRICS",
+        "",
+        "Serve Prometheus metrics on PORT (loopback) or HOST:PORT, at /metrics. Empty: off. A "
+        "host other than loopback requires spendfuse_metrics_token.",
+    ),
+    OptionSpec(
+        "spendfuse_metrics_token",
+        "SPENDFUSE_METRICS_TOKEN",
+        "",
+        "The bearer token a scrape must send (Authorization: Bearer TOKEN). Required when the "
+        "metrics listen on a host other than loopback; optional on loopback.",
+    ),
 )
 
 

@@ -4,18 +4,23 @@ settling of what is in flight at a clean shutdown."""
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
 from governance import gate, lifecycle, tokens
+from governance.decisions import Record
 from governance.engine import Engine
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger_thread import LedgerThread
 from governance.mitm import options, translate
+from governance.mitm.observing import Observing
 from governance.mitm.state import Pending
 from governance.mitm.watcher import RulesWatcher, rules_signature
+from governance.observe import Observers
 from governance.policy import Policy
 from governance.types import usd
 
@@ -34,8 +39,13 @@ class Runtime:
         self.config_error: str | None = "not configured yet"
         self._worker: LedgerThread | None = None
         self.watcher = RulesWatcher(self.reload_rules)
+        self.observing = Observing()  # where decisions are shown besides their flows
         self._reaper: asyncio.Task | None = None
         self._forcing = False
+
+    @property
+    def observers(self) -> Observers:
+        return self.observing.observers
 
     def ledger_thread(self) -> LedgerThread:
         if self._worker is None:
@@ -48,7 +58,15 @@ class Runtime:
             self.engine.housekeep()
 
     async def on_ledger(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await self.ledger_thread().call(fn, *args)
+        metrics = self.observers.metrics
+        if metrics is None:
+            return await self.ledger_thread().call(fn, *args)
+        start = time.perf_counter()
+        try:
+            return await self.ledger_thread().call(fn, *args)
+        finally:
+            op = getattr(getattr(fn, "func", fn), "__name__", "")  # a partial names its function
+            metrics.ledger_seconds(op, time.perf_counter() - start)
 
     def configure(self, updated: set[str]) -> None:
         if getattr(ctx.options, "stream_large_bodies", None):
@@ -60,6 +78,7 @@ class Runtime:
         if any(name.startswith("spendfuse_") for name in updated) or self.engine is None:
             self._configure_engine()
         assert self.engine is not None
+        self.observing.configure()
         if self.engine.keyring and getattr(ctx.options, "ssl_insecure", False):
             raise exceptions.OptionsError(
                 "spendfuse refuses ssl_insecure with custody keys (credentials:): a key must only "
@@ -110,7 +129,7 @@ class Runtime:
             logger.warning("spendfuse: %s: %s: %s", o.spendfuse_rules, w.where(), w.message)
         try:
             ledger, salt = self.ledger_thread().call_blocking(
-                lifecycle.open_ledger, lifecycle.ledger_path(o.spendfuse_db)
+                lifecycle.open_ledger, lifecycle.ledger_path(o.spendfuse_db), Path(o.confdir).expanduser()
             )
         except LedgerUnavailable as e:
             raise exceptions.OptionsError(f"spendfuse_db: {e}") from e
@@ -168,12 +187,14 @@ class Runtime:
             logger.error(
                 "spendfuse: the edited rules were NOT applied; the previous rules stay in force: %s", e
             )
+            self.observing.reloaded(False)
             return
         for w in warnings:
             logger.warning("spendfuse: %s: %s: %s", path, w.where(), w.message)
         # Same ledger, same counters: a changed limit applies to the spend already recorded.
         self.engine = Engine(rules, engine.ledger, dry_run=engine.dry_run, salt=engine.salt, keyring=keyring)
         logger.info("spendfuse: rules %s reloaded", path)
+        self.observing.reloaded(True)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -183,6 +204,8 @@ class Runtime:
                     n = await self.on_ledger(engine.reap, translate.now())
                     if n:
                         logger.warning("spendfuse: charged %d stale reservation(s) left by a crash", n)
+                        if self.observers:
+                            self.observers.emit(Record("reaped", count=n))
                 except LedgerUnavailable as e:
                     logger.error("spendfuse: reaping stale reservations failed: %s", e)
             await asyncio.sleep(REAP_SECONDS)
@@ -198,6 +221,7 @@ class Runtime:
                 self._worker.submit(self.engine.close)
             self._worker.close()
             self._worker = None
+        self.observing.close()
 
     def _settle_in_flight(self, in_flight: Iterable[Pending]) -> None:
         """A clean shutdown settles every flow still in flight, instead of leaving holds for the

@@ -10,6 +10,7 @@ import logging
 
 from mitmproxy import ctx, http
 
+from governance.families.tap import StreamTap
 from governance.mitm import translate
 from governance.mitm.state import Pending
 from governance.settlement import Settlement, read_cut, stream_tap
@@ -17,9 +18,10 @@ from governance.settlement import Settlement, read_cut, stream_tap
 logger = logging.getLogger("spendfuse")
 
 
-def install_tap(flow: http.HTTPFlow, pending: Pending) -> None:
+def install_tap(flow: http.HTTPFlow, pending: Pending) -> StreamTap | None:
     """Stream an event-stream response through the tap that reads its usage and guards it
-    against running away (`governance.settlement.stream_tap`); any other response is buffered."""
+    against running away (`governance.settlement.stream_tap`), and return it; any other
+    response is buffered (None)."""
     assert flow.response is not None
     headers = flow.response.headers
     tap = stream_tap(
@@ -34,6 +36,7 @@ def install_tap(flow: http.HTTPFlow, pending: Pending) -> None:
         tap.on_cut = functools.partial(close_upstream, flow)
         pending.tap = tap
         flow.response.stream = tap
+    return tap
 
 
 def close_upstream(flow: http.HTTPFlow) -> None:

@@ -48,8 +48,9 @@ def proxy_credentials(header: str | None) -> tuple[str, str | None] | None:
     return (user, secret if sep else None) if user else None
 
 
-def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
-    """What the request presents about who sends it (see `governance.identity`)."""
+def credentials(flow: http.HTTPFlow, state: State, *, listen_port: int | None = None) -> Credentials:
+    """What the request presents about who sends it (see `governance.identity`). `listen_port`:
+    the proxy's `listen_port` option (default: read from the running proxy)."""
     # One pass over the headers: each `headers.get` is a scan of its own.
     found: dict[str, str] = {}
     for name, value in flow.request.headers.items():
@@ -64,7 +65,9 @@ def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
     mode = flow.client_conn.proxy_mode
     # The port the proxy listens on for this mode: in transparent modes the connection's own
     # address is the destination the client dialled, which says nothing about who it is.
-    port = mode.listen_port(getattr(ctx.options, "listen_port", None))
+    if listen_port is None:
+        listen_port = getattr(ctx.options, "listen_port", None)
+    port = mode.listen_port(listen_port)
     listeners = (str(port), mode.full_spec) if port else (mode.full_spec,)
     header = next((n for n in KEY_HEADERS if n in found), None)
     return Credentials(
@@ -77,8 +80,9 @@ def credentials(flow: http.HTTPFlow, state: State) -> Credentials:
     )
 
 
-def incoming(flow: http.HTTPFlow, state: State) -> Incoming:
-    """The request's facts for the gate: every name it carries for its target."""
+def incoming(flow: http.HTTPFlow, state: State, *, keep_host_header: bool | None = None) -> Incoming:
+    """The request's facts for the gate: every name it carries for its target. `keep_host_header`:
+    the proxy's option of that name (default: read from the running proxy)."""
     req = flow.request
     mode = flow.client_conn.proxy_mode
     names: list[tuple[str, str]] = [("url", req.host)]
@@ -86,9 +90,9 @@ def incoming(flow: http.HTTPFlow, state: State) -> Incoming:
         # The destination is the operator's reverse target; the client's Host names the proxy
         # and is replaced upstream, unless keep_host_header sends it on. On spendfuse's gateway
         # listener the Host is the one the gateway set from its table (governance.gateway).
-        if getattr(ctx.options, "keep_host_header", False) or gateway.is_gateway_target(
-            mode.scheme, mode.address[0]
-        ):
+        if keep_host_header is None:
+            keep_host_header = getattr(ctx.options, "keep_host_header", False)
+        if keep_host_header or gateway.is_gateway_target(mode.scheme, mode.address[0]):
             names += [("host", v) for v in req.headers.get_all("host")]
     else:
         if connect := state.connect_target(flow.client_conn.id):

@@ -34,17 +34,24 @@ def _window(
     claim: Claim, reset: windows.Reset | None, anchor_text: str | None, now: datetime
 ) -> tuple[str, str]:
     """`(window_start key, resets)` of the claim's window at `now`."""
+    found = _bounds(claim, reset, anchor_text, now)
+    return found[2], found[3]
+
+
+def _bounds(
+    claim: Claim, reset: windows.Reset | None, anchor_text: str | None, now: datetime
+) -> tuple[datetime | None, datetime | None, str, str]:
     key = (claim.reset, claim.calendar, claim.timezone, anchor_text)
     hit = _WINDOW_CACHE.get(key)
     if hit is not None and (hit[0] is None or hit[0] <= now) and (hit[1] is None or now < hit[1]):
-        return hit[2], hit[3]
+        return hit
     anchor = _parse_iso(anchor_text) if anchor_text else None
     start, end = windows.window_at(reset, now, anchor=anchor, calendar=claim.calendar, tz=claim.timezone)
     result = (start, end, windows.window_key(start), iso(end) if end is not None else "never")
     if len(_WINDOW_CACHE) > 4096:
         _WINDOW_CACHE.clear()
     _WINDOW_CACHE[key] = result
-    return result[2], result[3]
+    return result
 
 
 @functools.lru_cache(maxsize=4096)
@@ -86,6 +93,21 @@ def window_key(claim: Claim, anchor_text: str | None, now: datetime) -> tuple[st
     if reset is None and anchor_text is None:
         return "", "never"
     return _window(claim, reset, anchor_text, now)
+
+
+def window_bounds(
+    claim: Claim, anchor_text: str | None, now: datetime
+) -> tuple[str, str, datetime | None, datetime | None]:
+    """`(window_start key, resets, since, until)` of the claim's window at `now`: every instant in
+    `[since, until)` falls in that same window (None: unbounded on that side; a window that
+    starts at its anchor also holds every instant before it, see `windows.window_at`)."""
+    reset = parse_reset(claim.reset)
+    if reset is None and anchor_text is None:
+        return "", "never", None, None
+    start, end, key, resets = _bounds(claim, reset, anchor_text, now)
+    if start is not None and anchor_text is not None and start == _parse_iso(anchor_text):
+        start = None
+    return key, resets, start, end
 
 
 def resolve(claim: Claim, anchor_text: str | None, topup_micro: int, now: datetime) -> Claim:

@@ -9,14 +9,12 @@ reconnection gives up after `wait_s`, so the first request after the server is b
 at once: no restart of the proxy is needed. The pool checks a connection before lending it
 unless the ledger worked within the last second (`_Freshness`).
 
-The skew check at `open` is the only clock comparison: it is not repeated while the proxy runs
-(a clock that drifts later goes unnoticed until the next start).
-
-Time: the verbs take `now` from the proxy (the same `now` the engine prices and logs with, and
-the one tests inject). Windows are therefore computed from each proxy's clock, and `open` bounds
-how far that may be from the database's clock: a proxy whose clock differs from the database
-server's by more than `max_skew_s` does not start (`LedgerUnavailable`), so two proxies of a
-fleet never disagree on a window's edge by more than twice that."""
+Time: windows are computed from the database's clock, so proxies whose clocks disagree still
+count in the same windows. The hot path's functions read `clock_timestamp()` in the same round
+trip (`governance.store.pg_functions`); the proxy keeps the offset it last saw between its clock
+and the database's, to compute the windows it expects, and the function checks them. A store
+opened with `db_clock=False` uses the `now` each verb is given instead (tests inject time so).
+The offset at `open` is logged when it is large: it no longer stops the proxy."""
 
 from __future__ import annotations
 
@@ -24,6 +22,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Self, TypeVar
 
@@ -33,7 +32,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from governance.errors import LedgerUnavailable
-from governance.store import pg_schema
+from governance.store import counters, pg_schema
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +49,15 @@ def redacted(url: str) -> str:
 class PgConnection:
     """The pool of a PostgreSQL ledger. Open it with `open(url)`; close it with `close()`."""
 
-    def __init__(self, pool: ConnectionPool, url: str) -> None:
+    def __init__(self, pool: ConnectionPool, url: str, *, db_clock: bool = True) -> None:
         self.pool = pool
+        self.url = url
         self.path = redacted(url)  # what the proxy's start-up line names as its ledger
+        self.db_clock = db_clock  # windows and timestamps from the database's clock, not `now`
         self._down = False  # whether the last transaction failed for want of the database
         self._fresh = _Freshness()
+        self._offset = timedelta(0)  # the database's clock minus this host's, as last seen
+        self._known: counters.Known = {}  # the counters' rows as last seen (`pg_reserve`)
 
     @classmethod
     def open(
@@ -63,12 +66,13 @@ class PgConnection:
         *,
         connect_timeout_s: float = 5.0,
         wait_s: float = 2.0,
-        max_skew_s: float = 2.0,
+        warn_skew_s: float = 2.0,
         pool_size: int = 4,
+        db_clock: bool = True,
     ) -> Self:
-        """Connect, migrate, and check the clocks. Raises `LedgerUnavailable` if the database
-        cannot be reached now (a proxy does not start on a ledger it cannot write) or if this
-        host's clock is more than `max_skew_s` from the database's."""
+        """Connect, migrate, and read the database's clock. Raises `LedgerUnavailable` if the
+        database cannot be reached now (a proxy does not start on a ledger it cannot write). A
+        clock more than `warn_skew_s` off the database's is logged: windows follow the database's."""
         checked = _Freshness()
         pool = ConnectionPool(
             url,
@@ -103,13 +107,15 @@ class PgConnection:
             logger.info("spendfuse: ledger %s migrated: %s", redacted(url), ", ".join(applied))
         assert db_now is not None
         skew = float(db_now[0]) - (before + after) / 2
-        if abs(skew) > max_skew_s + (after - before) / 2:
-            pool.close()
-            raise LedgerUnavailable(
-                f"this host's clock is {skew:+.1f}s off the ledger database's ({redacted(url)}): windows "
-                f"would start and end at different moments on different proxies; sync the clocks (NTP)"
+        if abs(skew) > warn_skew_s:
+            logger.warning(
+                "spendfuse: this host's clock is %+.1fs off the ledger database's (%s); windows follow "
+                "the database's clock",
+                skew,
+                redacted(url),
             )
-        store = cls(pool, url)
+        store = cls(pool, url, db_clock=db_clock)
+        store._offset = timedelta(seconds=skew)
         store._fresh = checked
         return store
 
@@ -125,10 +131,25 @@ class PgConnection:
 
     def _transact(self, fn: Callable[[psycopg.Cursor], T]) -> T:
         """Run `fn` in one transaction (see the module's docstring)."""
+        return self._on_connection(lambda conn: _in_transaction(conn, fn))
+
+    def _call(self, sql: str, params: Sequence[Any], *, fetch: bool = True) -> Any:
+        """One statement, which is its own transaction (autocommit): one round trip. Its row
+        when `fetch`."""
+
+        def run(conn: psycopg.Connection) -> Any:
+            cur = conn.execute(sql, params)
+            return cur.fetchone() if fetch else None
+
+        return self._on_connection(run)
+
+    def _on_connection(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        """`fn` on a pooled connection, run again after a deadlock or serialization failure
+        (which wrote nothing); any other failure raises `LedgerUnavailable`."""
         for attempt in range(_RETRIES):
             try:
                 with self.pool.connection() as conn:
-                    result = _in_transaction(conn, fn)
+                    result = fn(conn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise LedgerUnavailable("ledger write kept deadlocking") from None
@@ -139,6 +160,15 @@ class PgConnection:
             self._came_back()
             return result
         raise AssertionError("unreachable")
+
+    def _clock_estimate(self, now: datetime) -> datetime:
+        """The database's clock as this host last saw it against `now` (`now` itself when time
+        is injected)."""
+        return now + self._offset if self.db_clock else now
+
+    def _saw_clock(self, now: datetime, db_now: datetime) -> None:
+        if self.db_clock:
+            self._offset = db_now - now
 
     def _rows(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
         try:

@@ -30,9 +30,12 @@ _LOCK = (
 )
 
 
-def lock_windows(cur: psycopg.Cursor, claims: Sequence[Claim], now: datetime) -> list[Claim]:
+def lock_windows(
+    cur: psycopg.Cursor, claims: Sequence[Claim], now: datetime, seen: counters.Known | None = None
+) -> list[Claim]:
     """Each claim with its current window and effective limit (`sqlite_counters.resolve_windows`'s
-    contract), its counter locked until the transaction ends."""
+    contract), its counter locked until the transaction ends. The counters' rows as they end up
+    are added to `seen`."""
     if not claims:
         return []
     first: dict[str, Claim] = {}
@@ -47,9 +50,10 @@ def lock_windows(cur: psycopg.Cursor, claims: Sequence[Claim], now: datetime) ->
             [counters.shape(first[s]) for s in scopes],
         ),
     )
-    return counters.resolve_known(
+    rows: counters.Known = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
+    resolved = counters.resolve_known(
         claims,
-        {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()},
+        rows,
         now,
         first_use=_never,  # every counter claimed has a row by now: the upsert made it
         change_shape=lambda claim, was, anchor: _change_shape(cur, claim, was, anchor, now),
@@ -57,6 +61,9 @@ def lock_windows(cur: psycopg.Cursor, claims: Sequence[Claim], now: datetime) ->
             "UPDATE counters SET shape = %s, anchor_at = %s WHERE counter = %s", (shape, anchor, counter)
         ),
     )
+    if seen is not None:
+        seen.update(rows)
+    return resolved
 
 
 def _never(counter: str, anchor: str | None, shape: str) -> None:

@@ -13,6 +13,8 @@ import secrets
 
 import psycopg
 
+from governance.store import pg_functions
+
 #: The advisory lock key every spendfuse process takes to migrate ("spendfus" in ASCII).
 MIGRATION_LOCK = 0x7370656E6466757
 
@@ -90,8 +92,15 @@ def _m001_initial(cur: psycopg.Cursor) -> None:
     cur.execute("INSERT INTO meta (key, value) VALUES ('salt', %s)", (secrets.token_hex(16),))
 
 
+def _m002_functions(cur: psycopg.Cursor) -> None:
+    """The hot path's server-side functions (`governance.store.pg_functions`)."""
+    cur.execute(pg_functions.ISO)
+    cur.execute(pg_functions.RESERVE)
+    cur.execute(pg_functions.FINISH)
+
+
 #: (version, name, apply): in order, never edited once released.
-MIGRATIONS = ((1, "initial", _m001_initial),)
+MIGRATIONS = ((1, "initial", _m001_initial), (2, "one-round-trip functions", _m002_functions))
 
 
 def apply(conn: psycopg.Connection) -> list[str]:

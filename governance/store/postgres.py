@@ -13,23 +13,25 @@ transaction, and no transaction spans an upstream call: the admission prices out
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from functools import partial
+from pathlib import Path
+from typing import Any, Self
 
 import psycopg
 
-from governance import money
-from governance.store import RequestRecord, ReserveResult, holds, iso
+from governance.store import RequestRecord, ReserveResult, holds, pg_reserve
 from governance.store.pg_conn import PgConnection
 from governance.store.pg_counters import lock_windows, totals_of
 from governance.store.pg_ops import PgOperator
+from governance.store.pg_spool import PgSpooling, spool_path
 from governance.store.reports import LedgerReports
 from governance.store.verbs import StoreVerbs
 from governance.types import Claim
 from governance.units import unit_of
 
 _INSERT_REQUEST = holds.INSERT_REQUEST.replace("?", "%s")
-_SETTLE_SQL = money.add_sql("settled", "settled_rest").replace("%", "%%").replace("?", "%s")
 
 
 def _hold(cur: psycopg.Cursor, request_id: str, claims: Sequence[Claim]) -> None:
@@ -60,17 +62,51 @@ def _hold(cur: psycopg.Cursor, request_id: str, claims: Sequence[Claim]) -> None
     )
 
 
-_SETTLE_REQUEST = holds.SETTLE_REQUEST.replace("?", "%s")
+_FINISH_SQL = "SELECT spendfuse_finish(" + ", ".join(["%s"] * 14) + ")"
 
 
-class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
+class PostgresStore(StoreVerbs, PgOperator, PgSpooling, PgConnection, LedgerReports):
     """The ledger in a PostgreSQL database (`PostgresStore.open(url)`): a `LedgerStore`."""
 
+    @classmethod
+    def open(cls, url: str, *, spool_dir: Path | None = None, **kw: Any) -> Self:
+        """`PgConnection.open`, with settlements that cannot be written spooled in `spool_dir`
+        (`governance.store.pg_spool`; None: they raise `LedgerUnavailable`). A spool left by an
+        earlier run is replayed now."""
+        store = super().open(url, **kw)
+        if spool_dir is not None:
+            store.spool = spool_path(spool_dir, url)
+            store.replay_spool()
+        return store
+
     def _reserve(self, r: holds.Reservation) -> ReserveResult:
+        """One call of `spendfuse_reserve` when this proxy knows the counters as they are (the
+        usual case: one round trip); otherwise the multi-statement transaction, at the clock the
+        function answered with (`governance.store.pg_reserve`)."""
+        now = self._clock_estimate(r.now)
+        for _ in range(3):
+            expected = pg_reserve.expect(r, self._known, now, None if self.db_clock else r.now)
+            if expected is None:
+                break
+            answer = self._call(pg_reserve.RESERVE_SQL, expected.params)
+            self._saw_clock(r.now, answer[1])
+            pg_reserve.learn(self._known, expected.params[1], answer)
+            if answer[0] != "stale":
+                result, late = pg_reserve.outcome(r, expected, answer)
+                if late is not None:
+                    self._call(_INSERT_REQUEST, late, fetch=False)
+                return result
+            now = answer[1]
+
         def tx(cur: psycopg.Cursor) -> ReserveResult:
-            claims = lock_windows(cur, r.claims, r.now)
+            at = r
+            if self.db_clock:  # the windows at the database's clock, read in this transaction
+                cur.execute("SELECT clock_timestamp()")
+                at = replace(r, now=cur.fetchone()[0])
+                self._saw_clock(r.now, at.now)
+            claims = lock_windows(cur, at.claims, at.now, self._known)
             found = totals_of(cur, claims) if claims else {}
-            return holds.decide(r, claims, found, partial(cur.execute, _INSERT_REQUEST), partial(_hold, cur))
+            return holds.decide(at, claims, found, partial(cur.execute, _INSERT_REQUEST), partial(_hold, cur))
 
         return self._transact(tx)
 
@@ -78,73 +114,43 @@ class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
         self, rec: RequestRecord, now: datetime, *, rule: str, reason: str | None, decision: str = "refused"
     ) -> None:
         """Record a request refused before any reservation (parse, price, multiplier, endpoint)."""
-        self._transact(
-            lambda cur: cur.execute(
-                _INSERT_REQUEST,
-                holds.request_row(
-                    rec, now, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
-                ),
-            )
+        at = self._clock_estimate(now)
+        row = holds.request_row(
+            rec, at, state="refused", decision=decision, reserved_micro=0, rule=rule, reason=reason
         )
+        self._call(_INSERT_REQUEST, row, fetch=False)
 
     def _finish(self, f: holds.Finish) -> bool:
-        """`StoreVerbs._finish`: one transaction that locks the request, then its claims."""
+        """`StoreVerbs._finish`: one call of `spendfuse_finish` (one round trip), which locks the
+        request, then its claims. When the database cannot be reached it is tried again, and
+        then the settlement waits in this proxy's spool until the database is back
+        (`governance.store.pg_spool`): it is never lost, and it counts once."""
+        return self._settle_or_spool(f, lambda: self._call(_FINISH_SQL, self._finish_params(f))[0])
 
-        def tx(cur: psycopg.Cursor) -> bool:
-            # Both reads in one round trip (pipelined): the request first, then its claims.
-            cur.execute(
-                "SELECT state, reserved_micro FROM requests WHERE id = %s FOR UPDATE", (f.request_id,)
-            )
-            with cur.connection.cursor() as claims_cur:
-                claims_cur.execute(
-                    "SELECT scope, window_start, amount, unit FROM claims WHERE request_id = %s "
-                    'ORDER BY scope COLLATE "C", window_start COLLATE "C" FOR UPDATE',
-                    (f.request_id,),
-                )
-                head = cur.fetchone()
-                claimed = claims_cur.fetchall()
-            if head is None or head[0] not in ("held", "expired"):
-                return False  # already settled or released: settlement is idempotent
-            cost = head[1] if f.cost_micro is None else f.cost_micro
-            rows = [(head[0], head[1], *r) for r in claimed] or [(head[0], head[1], None, None, 0, "")]
-            totals, finals = holds.finished_claims(
-                rows, f.request_id, cost, f.cost_submicro, f.usage, f.state
-            )
-            if totals:  # in the claims' order: sorted, as every transaction locks totals
-                cur.executemany(
-                    f"UPDATE totals SET held = held - %s, {_SETTLE_SQL} "
-                    "WHERE scope = %s AND window_start = %s",
-                    totals,
-                )
-                cur.executemany(
-                    "UPDATE claims SET amount = %s, amount_rest = %s, state = 'settled' "
-                    "WHERE request_id = %s AND scope = %s AND window_start = %s",
-                    finals,
-                )
-            cur.execute(_SETTLE_REQUEST, holds.settle_request_params(f, cost))
-            if f.usage is not None:  # the larger size wins (`holds.context_rows`)
-                cur.executemany(
-                    "INSERT INTO contexts AS x (id, tokens, updated_at) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (id) DO UPDATE SET tokens = GREATEST(x.tokens, excluded.tokens), "
-                    "updated_at = excluded.updated_at",
-                    holds.context_rows(f.usage, f.now),
-                )
-            return True
-
-        return self._transact(tx)
+    def _finish_params(self, f: holds.Finish) -> tuple:
+        u = f.usage
+        contexts = holds.context_rows(u, f.now) if u is not None else []
+        return (
+            None if self.db_clock else f.now, f.request_id, f.cost_micro, f.cost_submicro, f.state,
+            f.outcome, u.input_tokens if u else None, u.output_tokens if u else None,
+            u.cache_read_tokens if u else None, u.cache_write_tokens if u else None, f.price_source,
+            u.model if u else None, [c[0] for c in contexts], [c[1] for c in contexts],
+        )  # fmt: skip
 
     def reap(self, now: datetime, ttl_seconds: int) -> int:
         """Charge holds older than `ttl_seconds` at their reserved amount (state `expired`).
         Any proxy of a fleet may run it at any time: each stale hold is reaped exactly once
         (its request row is locked, and one being settled right now is skipped and left to
         its settlement)."""
-        cutoff = iso(now - timedelta(seconds=ttl_seconds))
+        self.replay_spool()  # a settlement waiting in the spool wins over the reaper's charge
+        at = None if self.db_clock else now
 
         def tx(cur: psycopg.Cursor) -> int:
             cur.execute(
-                "SELECT id FROM requests WHERE state = 'held' AND created_at < %s ORDER BY id "
-                "FOR UPDATE SKIP LOCKED",
-                (cutoff,),
+                "SELECT id FROM requests WHERE state = 'held' AND created_at < "
+                "spendfuse_iso(coalesce(%s, clock_timestamp()) - make_interval(secs => %s)) "
+                "ORDER BY id FOR UPDATE SKIP LOCKED",
+                (at, ttl_seconds),
             )
             stale = [r[0] for r in cur.fetchall()]
             if not stale:
@@ -170,9 +176,10 @@ class PostgresStore(StoreVerbs, PgOperator, PgConnection, LedgerReports):
                 (stale,),
             )
             cur.execute(
-                "UPDATE requests SET state = 'expired', outcome = 'expired', settled_at = %s, "
+                "UPDATE requests SET state = 'expired', outcome = 'expired', "
+                "settled_at = spendfuse_iso(coalesce(%s, clock_timestamp())), "
                 "cost_micro = reserved_micro, cost_submicro = 0 WHERE id = ANY(%s)",
-                (iso(now), stale),
+                (at, stale),
             )
             return len(stale)
 

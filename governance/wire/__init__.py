@@ -49,16 +49,6 @@ def normalise_path(path: str) -> str:
     return "/" + "/".join(segments)
 
 
-def _under(path: str, prefix: str) -> str | None:
-    """`path` relative to `prefix` (both normalised), or None when it is not under it."""
-    prefix = normalise_path(prefix)
-    if prefix == "/":
-        return path
-    if path == prefix:
-        return "/"
-    return path[len(prefix) :] if path.startswith(prefix + "/") else None
-
-
 def detect(method: str, host: str, path: str, table: HostTable | None = None) -> Endpoint | None:
     """Classify a request to `host` (already chosen by `hosts.resolve`) by its path. None: not
     LLM traffic, pass it untouched."""
@@ -74,23 +64,23 @@ def detect_on(entry: HostEntry, method: str, host: str, path: str, table: HostTa
     whole host: a path it has no route for is a free read (GET, HEAD, OPTIONS) or UNMETERED."""
     norm = normalise_path(path)
     method = method.upper()
-    if entry.family is not None and method == "POST":
-        routes = table.families[entry.family]
-        route = _under(norm, entry.base_path)
-        if route is not None:
-            api = routes.metered.get(route)
-            if api is not None:
-                return Endpoint(entry.family, api, Metering.METERED, host, norm, entry.envelope, entry.name)
-            free = routes.free.get(route)
-            if free is not None:
-                return Endpoint(entry.family, free, Metering.FREE, host, norm, entry.envelope, entry.name)
+    envelope: str | None = None  # the first API the path is under answers its errors
+    for mount in entry.mounts:
+        route = mount.base.under(norm)
+        if route is None:
+            continue
+        envelope = envelope or mount.envelope
+        if method != "POST":
+            continue
+        found = table.families[mount.family].find(route)
+        if found is not None:
+            free, api = found
+            metering = Metering.FREE if free else Metering.METERED
+            return Endpoint(mount.family, api, metering, host, norm, mount.envelope, entry.name)
+    envelope = envelope or entry.envelope
     if method in SAFE_METHODS:
-        return Endpoint(
-            entry.family or entry.name, "read", Metering.FREE, host, norm, entry.envelope, entry.name
-        )
-    return Endpoint(
-        entry.family or entry.name, norm, Metering.UNMETERED, host, norm, entry.envelope, entry.name
-    )
+        return Endpoint(entry.family or entry.name, "read", Metering.FREE, host, norm, envelope, entry.name)
+    return Endpoint(entry.family or entry.name, norm, Metering.UNMETERED, host, norm, envelope, entry.name)
 
 
 def render_error(endpoint: Endpoint, refusal: Refusal, request_id: str) -> tuple[int, dict[str, str], bytes]:
