@@ -70,24 +70,25 @@ class Drains:
         )
 
     def hung_up(self, flow: http.HTTPFlow) -> bool:
-        """In `error`: the client went away from a stream being drained. True: its reservation
-        stays open (the stream's end settles it); the tap reads on, bounded."""
+        """In `error`: whether the flow's client went away from a stream being drained. True:
+        its reservation stays open (the stream's end settles it)."""
         if flow.id not in self.active:
             return False
-        drain = self.active[flow.id]
-        tap = drain.pending.tap
-        assert tap is not None
-        tap.hung_up, tap.drain_limit = True, DRAIN_BYTES
-        tap.on_overflow = lambda why: self.stop(flow.id, f"the client went away, and then {why}")
-        loop = asyncio.get_running_loop()
-        drain.timer = loop.call_later(
-            DRAIN_SECONDS, self.stop, flow.id, "the client went away, and then it passed the drain's time"
-        )
         logger.info("spendfuse: %s: the client went away; reading the stream on to its usage", flow.id)
         return True
 
     def started(self, flow: http.HTTPFlow) -> None:
-        self.active[flow.id] = Drain(flow, self.fuse.state.pending(flow.id))  # type: ignore[arg-type]
+        """The client of this streaming flow went away and its upstream stays open: the tap
+        reads on, passing nothing, within the drain's bounds."""
+        pending = self.fuse.state.pending(flow.id)
+        assert pending is not None and pending.tap is not None  # `wants` checked it
+        drain = self.active[flow.id] = Drain(flow, pending)
+        tap = pending.tap
+        tap.hung_up, tap.drain_limit = True, DRAIN_BYTES
+        tap.on_overflow = lambda why: self.stop(flow.id, f"the client went away, and then {why}")
+        drain.timer = asyncio.get_running_loop().call_later(
+            DRAIN_SECONDS, self.stop, flow.id, "the client went away, and then it passed the drain's time"
+        )
 
     def finished(self, flow_id: str) -> None:
         """The drained stream ended (its `response` settled it)."""
