@@ -204,3 +204,14 @@ def gateway_unrouted(method: str, target: str, why: str) -> Refusal:
         f"spendfuse: {method} {target} was not forwarded: {why}. The gateway serves the path "
         f"prefixes in rules/gateway.yaml (such as /openai/v1, /anthropic, /genai and /v1).",
     )
+
+
+def runaway(limit: int) -> Refusal:
+    """A stream cut because its output passed what its reservation covered."""
+    return _refusal(
+        "runaway_stream",
+        "stream_over_reservation",
+        RefusalKind.QUOTA,
+        f"spendfuse: the stream was cut because its output passed the {limit} tokens its "
+        f"reservation covered (the request's output cap); it was charged its reservation.",
+    )

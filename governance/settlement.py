@@ -14,13 +14,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from governance import money, regional, usage_rules, wire
+from governance import money, refusals, regional, usage_rules, wire
 from governance.decisions import Settled
 from governance.errors import LedgerUnavailable, PricingError
+from governance.families import runaway
 from governance.types import Priced, RequestInfo, Usage
 from governance.wire.tap import StreamTap, read_sse_body
 
@@ -70,13 +73,23 @@ def is_event_stream(content_type: str) -> bool:
 
 
 def stream_tap(
-    info: RequestInfo, family: str, content_type: str, content_encoding: str, *, sized: bool = False
+    info: RequestInfo,
+    family: str,
+    content_type: str,
+    content_encoding: str,
+    *,
+    sized: bool = False,
+    margins: Mapping[str, Decimal] | None = None,
 ) -> StreamTap | None:
     """The tap that reads usage from an event stream (or a streamed request's answer in a type
     its family names in `STREAM_CONTENT_TYPES`) as it passes (None: not a stream; the whole body
     is read when it has arrived). Events that preparing the request added are taken
     out of what the client receives, unless the stream's bytes cannot change: compressed, or
-    `sized` (a Content-Length the client holds the body to)."""
+    `sized` (a Content-Length the client holds the body to).
+
+    With `margins` (the rules' `estimate.script_margins`), a stream of a family that has a
+    stream kit (`governance.families.runaway`) is guarded: cut once its running output passes
+    what its reservation covers."""
     fam = wire.FAMILIES[family]
     if _own_stream(fam, content_type):  # a binary framing of the family's own (AWS event stream)
         return StreamTap(fam.stream_reader(info.api), content_encoding)
@@ -87,7 +100,23 @@ def stream_tap(
     drop = None
     if info.hides_added_events and not sized:
         drop = functools.partial(fam.added_event, info.api)
-    return StreamTap(fam.StreamUsage(info.api), content_encoding, drop=drop)
+    kit = runaway.kit(family, fam) if margins is not None and not sized else None
+    if kit is None:
+        return StreamTap(fam.StreamUsage(info.api), content_encoding, drop=drop)
+    guard = runaway.OutputMeter(kit, info, runaway.count_factor(info.model, margins))
+
+    def cut_event() -> bytes:  # rendered only for a stream that is cut
+        refusal = refusals.runaway(guard.limit)
+        return kit.error_event(info.api, refusal, fam.render_error(refusal, info.request_id)[2])
+
+    return StreamTap(fam.StreamUsage(info.api), content_encoding, drop=drop, guard=guard, cut_event=cut_event)
+
+
+def read_cut(info: RequestInfo, reason: str) -> Settlement:
+    """How a stream spendfuse cut settles: at its reservation, whatever usage it reported (a
+    runaway reports more than was reserved; the provider bills what it generated up to the cut,
+    which the reservation covers)."""
+    return Settlement(info, None, f"cut: {reason}"[:120], upstream_ran=True)
 
 
 def _own_stream(fam: object, content_type: str) -> bool:

@@ -43,6 +43,7 @@ class SseStream:
     def __init__(self, events: UsageReader) -> None:
         self.events = events
         self._parser = SSEParser()
+        self.watch: Callable[[Event], None] | None = None  # sees every event too (the runaway meter)
 
     @property
     def usage(self) -> Usage | None:
@@ -51,10 +52,14 @@ class SseStream:
     def feed(self, chunk: bytes) -> None:
         for event in self._parser.feed(chunk):
             self.events.on_event(event)
+            if self.watch is not None:
+                self.watch(event)
 
     def close(self) -> None:
         for event in self._parser.close():
             self.events.on_event(event)
+            if self.watch is not None:
+                self.watch(event)
 
 
 class _Frames(Protocol):
@@ -183,12 +188,25 @@ class EventFilter:
         return event_bytes
 
 
+class Guard(Protocol):
+    """Watches a stream's events for a runaway (`governance.families.runaway.OutputMeter`)."""
+
+    def on_event(self, event: Event) -> None: ...
+
+    def over(self, reported: Usage | None) -> bool: ...
+
+
 class StreamTap:
     """Install as `flow.response.stream`. Returns each chunk exactly as received, but for events
     `drop` picks (see `EventFilter`; only a stream it can read as sent is filtered).
 
     Parse problems never touch the bytes the client gets: they are logged and the flow is then
-    settled without usage (its reservation is charged)."""
+    settled without usage (its reservation is charged).
+
+    With a `guard`, a stream whose running output passes what its reservation covers is cut: the
+    client gets the events up to the one that passed it, then `cut_event()` (an error in the API's
+    own stream format) and the end of the body; nothing after. `on_cut` is then called once, to
+    close the upstream (the proxy side sets it); `cut` says why it was cut."""
 
     def __init__(
         self,
@@ -196,6 +214,8 @@ class StreamTap:
         content_encoding: str = "",
         *,
         drop: Callable[[Event], bool] | None = None,
+        guard: Guard | None = None,
+        cut_event: Callable[[], bytes] | None = None,
     ) -> None:
         # An event reader (a family's `StreamUsage`) reads SSE; a `StreamReader` frames its own.
         self.reader = reader if isinstance(reader, StreamReader) else SseStream(reader)
@@ -204,6 +224,19 @@ class StreamTap:
         self.chunks = 0
         self.ended = False
         self.broken: str | None = None
+        self.guard = guard if isinstance(self.reader, SseStream) else None
+        if self.guard is not None:
+            self.reader.watch = self.guard.on_event  # type: ignore[union-attr]
+        self.cut_event = cut_event
+        self.cut: str | None = None
+        self.on_cut: Callable[[], None] | None = None
+        # The client went away and the stream is read on for its usage (governance.mitm.drain):
+        # nothing more is passed on; past `drain_limit` bytes (or a runaway), `on_overflow` once.
+        self.hung_up = False
+        self.drained = 0
+        self.drain_limit = 0
+        self.on_overflow: Callable[[str], None] | None = None
+        self._tail = b""  # the last bytes passed on: an event boundary may straddle two chunks
         # Called once with the usage read, when the stream ends (before mitmproxy's `response`).
         self.on_end: Callable[[Usage | None], None] | None = None
 
@@ -212,6 +245,8 @@ class StreamTap:
         return self.reader.usage
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
+        if self.cut is not None:
+            return []  # nothing after the cut reaches the client
         if self.broken is None:
             try:
                 self._read(data)
@@ -220,12 +255,43 @@ class StreamTap:
                 logger.error("stream tap stopped reading usage: %s", self.broken)
         if not data and self.on_end is not None:
             self.on_end(None if self.broken else self.reader.usage)
+        if self.hung_up:
+            return self._drain(data)
+        if self.guard is not None and data and self.broken is None and self.guard.over(self.reader.usage):
+            return self._cut(data)
         if self.filter is None:
+            if self.guard is not None:
+                self._tail = data[-4:]
             return data
         out = self.filter(data)
         # Nothing to send yet is no chunks, never an empty one: mitmproxy frames each chunk it is
         # given, and an empty HTTP/1 chunk is the chunked body's terminator.
         return out if out or not data else []
+
+    def _drain(self, data: bytes) -> list[bytes]:
+        self.drained += len(data)
+        runaway = self.guard is not None and self.guard.over(self.reader.usage)
+        if (runaway or self.drained > self.drain_limit) and self.on_overflow is not None:
+            overflow, self.on_overflow = self.on_overflow, None
+            overflow(
+                "its output passed what the reservation covers" if runaway else "it passed the drain's bytes"
+            )
+        return []
+
+    def _cut(self, data: bytes) -> list[bytes]:
+        """The last chunk of a runaway stream: its whole events, the error event, the end."""
+        self.cut = "runaway: output passed what the reservation covers"
+        if self.filter is not None:
+            whole = self.filter(data)  # the filter passes whole events only; what it holds is dropped
+        else:
+            end = last_event_end(self._tail, data)
+            whole = data[:end] if end > 0 else b""
+        if self.on_cut is not None:
+            self.on_cut()
+        if self.decode is not None:  # compressed: no event can be added to it; it just ends
+            return [whole, b""] if whole else [b""]
+        event = self.cut_event() if self.cut_event is not None else b""
+        return [c for c in (whole, event) if c] + [b""]
 
     def then(self, other: Callable[[bytes], bytes | Iterable[bytes]]) -> Callable[[bytes], list[bytes]]:
         """A stream function that passes what this tap passes on to `other` (another addon's
@@ -251,6 +317,18 @@ class StreamTap:
         else:  # b"" marks the end of the message
             self.ended = True
             self.reader.close()
+
+
+def last_event_end(tail: bytes, chunk: bytes) -> int:
+    """The offset in `chunk` just past its last blank line (the end of an event), 0 when it ends
+    none. `tail`: the bytes passed just before it, where the blank line's first line end may be."""
+    joined = tail + chunk
+    best, previous_end = -1, None
+    for m in LINE_END.finditer(joined):
+        if m.start() == previous_end:
+            best = m.end()
+        previous_end = m.end()
+    return max(0, best - len(tail))
 
 
 def _chunks(result: bytes | Iterable[bytes]) -> list[bytes]:

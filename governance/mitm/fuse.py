@@ -19,15 +19,16 @@ from governance.gate import HEALTH_HOST, Action, Verdict
 from governance.hosts import canonical_host
 from governance.identity import KEY_HEADERS, Credentials, Identity
 from governance.injection import Plan
-from governance.mitm import custody, marks, notes, options, translate
+from governance.mitm import custody, marks, notes, options, streams, translate
 from governance.mitm.admission import Admission
 from governance.mitm.counter import INTERNAL_HEADER, CounterClient
+from governance.mitm.drain import Drains
 from governance.mitm.gateway import Gateway, is_gateway
 from governance.mitm.guard import TransportGuard
 from governance.mitm.runtime import Runtime
 from governance.mitm.state import Decided, Pending, State, decided_endpoint
 from governance.mitm.websocket import WebSocketMeter
-from governance.settlement import Settlement, stream_tap
+from governance.settlement import Settlement
 from governance.store import RequestRecord
 from governance.types import Endpoint, Refusal, RefusalKind
 
@@ -69,6 +70,7 @@ class SpendFuse:
         self.gateway = Gateway()
         self.redactor = custody.Redactor()
         self.websockets = WebSocketMeter(self)
+        self.drains = Drains(self, lambda pending, s: _settle(self.runtime, pending, s))
         self.addons = [self.redactor, self.websockets]  # their hooks run right after this addon's
 
     @property
@@ -142,8 +144,9 @@ class SpendFuse:
             logger.exception("spendfuse: CONNECT hook failed")
             self.answer(flow, None, refusals.internal(type(e).__name__))
 
-    def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+    def client_disconnected(self, client):  # type: ignore[no-untyped-def]
         self.state.conns.pop(client.id, None)
+        return self.drains.wait(client.id)  # awaited: mitmproxy closes its upstreams after this hook
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -305,18 +308,9 @@ class SpendFuse:
             flow.response.headers["x-spendfuse-remaining-usd"] = f"{decision.remaining:.6f}"
             flow.response.headers["x-spendfuse-budget"] = decision.binding or ""
         try:
-            headers = flow.response.headers
-            tap = stream_tap(
-                pending.info,
-                pending.endpoint.family,
-                headers.get("content-type", ""),
-                headers.get("content-encoding", ""),
-                sized="content-length" in headers,
-            )
+            tap = streams.install_tap(flow, pending)
             if tap is not None:
-                pending.tap = tap
                 tap.on_end = functools.partial(notes.note_usage, flow)
-                flow.response.stream = tap
         except Exception:
             # Not streaming means buffering: `response` then reads usage from the whole body.
             logger.exception("spendfuse: could not install the stream tap for %s", flow.id)
@@ -337,22 +331,21 @@ class SpendFuse:
         if pending is None:
             return
         try:
-            facts = translate.response_facts(flow, pending.tap, pending.endpoint.family)
-            s = pending.engine.read_response(pending.info, pending.endpoint.family, facts)
+            s = streams.response_settlement(flow, pending)
         except Exception:
             logger.exception("spendfuse: settling %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)
         await _settle(self.runtime, pending, s)
+        self.drains.finished(flow.id)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        if self.drains.hung_up(flow):
+            return  # read on: the stream's end settles it (governance.mitm.drain)
         pending = self.state.end(flow.id).pending
         if pending is None:
             return
         try:
-            tapped = pending.tap.usage if pending.tap is not None else None
-            reached = translate.reached_upstream(flow)
-            error = flow.error.msg if flow.error else "error"
-            s = pending.engine.read_error(pending.info, tapped, reached=reached, error=error)
+            s = streams.error_settlement(flow, pending)
         except Exception:
             logger.exception("spendfuse: settling failed flow %s failed", flow.id)
             s = Settlement(pending.info, None, "settle failed", upstream_ran=True, charge=True)

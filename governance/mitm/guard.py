@@ -11,6 +11,7 @@ from mitmproxy.tls import ClientHelloData
 from governance import refusals, verdicts
 from governance.errors import LedgerUnavailable
 from governance.mitm import custody, translate
+from governance.mitm.drain import keep_upstream
 from governance.store import RequestRecord
 from governance.types import Refusal
 
@@ -101,6 +102,8 @@ class TransportGuard:
         context = nextlayer.context
         data = nextlayer.data_client()
         raw = next((lay for lay in _layer_chain(chosen) if isinstance(lay, _RAW_LAYERS)), None)
+        if isinstance(chosen, layers.HttpLayer):
+            keep_upstream(chosen, self.fuse.drains)  # a stream whose client hangs up is read on
         if raw is None:
             if isinstance(chosen, layers.HttpLayer) and 0 < len(data) < 3 and data[0] == 0x16:
                 # The first bytes of a TLS record, split off by the client: wait for the rest

@@ -72,6 +72,9 @@ class Knobs:
     # WebSocket: after `response.created`, send nothing more (a response still generating).
     ws_stall: bool = False
     thought_tokens: int = 0  # Google: thoughts per candidate (billed as output, within maxOutputTokens)
+    # A lying provider: streams (and bills) this many output tokens beyond the request's cap,
+    # one content event per output token (each event's text " x" is one token).
+    overrun_tokens: int = 0
 
 
 #: Where clients put a provider API key: the providers' documented auth headers (OpenAI
@@ -107,6 +110,8 @@ class Upstream:
     snis: list[str | None] = field(default_factory=list)  # the SNI of each TLS handshake
     bills: list[dict[str, Any]] = field(default_factory=list)  # USD billed per answer (see `_bill`)
     raw: list[tuple[str, list[tuple[str, str]], bytes]] = field(default_factory=list)  # Bedrock, as received
+    # Every stream as it went: events written, and whether it was written to its end.
+    streams: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -129,6 +134,7 @@ class Upstream:
             self.billed.clear()
             self.bills.clear()
             self.raw.clear()
+            self.streams.clear()
         self.knobs = Knobs()
 
     def close(self) -> None:
@@ -274,6 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream: Upstream  # set on the subclass
     output_tokens = 0  # this request's output: the knob, within the request's own cap
+    overrun = 0  # output tokens it streams beyond the request's cap (a lying provider)
 
     def setup(self) -> None:
         super().setup()
@@ -407,6 +414,10 @@ class _Handler(BaseHTTPRequestHandler):
         if k.output_at_cap and caps:
             n = body.get("n")
             output = min(caps) * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
+        # The knob, or for one request its `x-test-overrun-tokens` header.
+        self.overrun = int(self.headers.get("x-test-overrun-tokens") or k.overrun_tokens)
+        if self.overrun:
+            output = min(caps or [k.completion_tokens]) + self.overrun
         self.output_tokens = output * self.rounds
         base_input = k.prompt_tokens
         if k.bill_as_provider:
@@ -474,11 +485,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         events = []
-        for i in range(k.chunks):
+        for text in self._deltas():
             delta = (
-                {"index": 0, "text": f"w{i} "}
+                {"index": 0, "text": text}
                 if legacy
-                else {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+                else {"index": 0, "delta": {"content": text}, "finish_reason": None}
             )
             events.append(
                 (
@@ -560,17 +571,17 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
         ]
-        for i in range(k.chunks):
+        for i, text in enumerate(self._deltas()):
             events.append(
                 (
                     "response.output_text.delta",
-                    {"type": "response.output_text.delta", "sequence_number": i + 1, "delta": f"w{i} "},
+                    {"type": "response.output_text.delta", "sequence_number": i + 1, "delta": text},
                 )
             )
         events.append(
             (
                 "response.completed",
-                {"type": "response.completed", "sequence_number": k.chunks + 1, "response": final},
+                {"type": "response.completed", "sequence_number": len(events), "response": final},
             )
         )
         self._stream(events)
@@ -629,14 +640,14 @@ class _Handler(BaseHTTPRequestHandler):
                 {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
             ),
         ]
-        for i in range(k.chunks):
+        for text in self._deltas():
             events.append(
                 (
                     "content_block_delta",
                     {
                         "type": "content_block_delta",
                         "index": 0,
-                        "delta": {"type": "text_delta", "text": f"w{i} "},
+                        "delta": {"type": "text_delta", "text": text},
                     },
                 )
             )
@@ -650,6 +661,14 @@ class _Handler(BaseHTTPRequestHandler):
         events.append(("message_delta", delta))
         events.append(("message_stop", {"type": "message_stop"}))
         self._stream(events)
+
+    def _deltas(self) -> list[str]:
+        """The text of each content event: `chunks` of them, or, for a lying provider, one per
+        output token it generates."""
+        k = self.upstream.knobs
+        if self.overrun:
+            return [" x"] * self.output_tokens
+        return [f"w{i} " for i in range(k.chunks)]
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -669,25 +688,34 @@ class _Handler(BaseHTTPRequestHandler):
 
 def send_chunked(handler: Any, content_type: str, pieces: list[bytes]) -> None:
     """A 200 with `pieces` as a chunked body, one chunk each, cut after `break_stream_after` of
-    them and paced by `chunk_delay_s` as the knobs say."""
+    them and paced by `chunk_delay_s` as the knobs say; recorded in `Upstream.streams` (how far
+    it was written, and whether to its end)."""
     k = handler.upstream.knobs
     handler.send_response(200)
     handler.send_header("content-type", content_type)
     handler.send_header("transfer-encoding", "chunked")
     handler.send_header("cache-control", "no-cache")
     handler.end_headers()
-    for i, chunk in enumerate(pieces):
-        if k.break_stream_after is not None and i >= k.break_stream_after:
+    record = {"events": 0, "of": len(pieces), "finished": False}
+    with handler.upstream.lock:
+        handler.upstream.streams.append(record)
+    try:
+        for i, chunk in enumerate(pieces):
+            if k.break_stream_after is not None and i >= k.break_stream_after:
+                handler.wfile.flush()
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                handler.close_connection = True
+                return
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             handler.wfile.flush()
-            handler.connection.shutdown(socket.SHUT_RDWR)
-            handler.close_connection = True
-            return
-        handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            record["events"] = i + 1
+            if k.chunk_delay_s:
+                time.sleep(k.chunk_delay_s)
+        handler.wfile.write(b"0\r\n\r\n")
         handler.wfile.flush()
-        if k.chunk_delay_s:
-            time.sleep(k.chunk_delay_s)
-    handler.wfile.write(b"0\r\n\r\n")
-    handler.wfile.flush()
+        record["finished"] = True
+    except OSError:  # the proxy closed the connection: the provider stops generating
+        handler.close_connection = True
 
 
 class _TLSServer(ThreadingHTTPServer):
