@@ -1,4 +1,4 @@
-"""The agents themselves: Claude Code and Codex, installed from the npm registry as
+"""The agents themselves: Claude Code, Codex and Gemini CLI, installed from the npm registry as
 tests/clients/package-lock.json pins them (scripts/install-clients), run as real processes
 configured only by environment (HTTPS_PROXY and the CA), through a real mitmdump, against the fake
 upstream. Each is served, and each stops at once on a refusal, printing spendfuse's message."""
@@ -25,7 +25,9 @@ def clients() -> Path:
     return CLIENTS
 
 
-def _run(cli: list[str], proxy, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+def _run(
+    cli: list[str], proxy, tmp_path: Path, extra: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
@@ -40,6 +42,7 @@ def _run(cli: list[str], proxy, tmp_path: Path) -> tuple[subprocess.CompletedPro
         DISABLE_AUTOUPDATER="1",
         NO_COLOR="1",
     )
+    env.update(extra or {})
     t0 = time.monotonic()
     done = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     return done, time.monotonic() - t0
@@ -88,4 +91,42 @@ class TestCodex:
         assert done.returncode != 0
         assert "spendfuse: budget 'global'" in done.stdout + done.stderr
         assert upstream.hits["WS response.create"] == 0
+        assert took < 60
+
+
+def _gemini(clients: Path) -> list[str]:
+    return [str(clients / "gemini"), "-p", "say hi", "-m", "gemini-2.5-flash"]
+
+
+#: Gemini CLI reads its key from the environment and trusts the folder it runs in only when told.
+GEMINI_ENV = {"GEMINI_API_KEY": "test-not-real", "GEMINI_CLI_TRUST_WORKSPACE": "true"}
+
+
+def _no_usage_statistics(tmp_path: Path) -> None:
+    """Gemini CLI's own usage statistics go to Google's logging host, not to the model: off."""
+    settings = tmp_path / "home" / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('{"privacy": {"usageStatisticsEnabled": false}}')
+
+
+class TestGeminiCli:
+    def test_is_served_and_settled(self, clients, start, upstream, tmp_path):
+        proxy = start(spendfuse_budget="10")  # it asks for the model's whole output window
+        _no_usage_statistics(tmp_path)
+        done, _ = _run(_gemini(clients), proxy, tmp_path, GEMINI_ENV)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert 'part 0 [of] {answer} "0"part 1' in done.stdout  # the fake Gemini's answer, streamed
+        billed = [r for r in rows(tmp_path / "ledger.sqlite") if r["model"] and r["cost_micro"]]
+        assert billed and all(r["state"] == "settled" for r in billed)
+        assert [(r["input_tokens"], r["output_tokens"]) for r in billed] == [(11, 7)] * len(billed)
+        assert len(billed) == len(upstream.bills)  # each answer it was billed for, settled
+
+    def test_stops_at_once_on_a_refusal_printing_spendfuses_message(self, clients, start, upstream, tmp_path):
+        proxy = start(spendfuse_budget="0.0001")
+        _no_usage_statistics(tmp_path)
+        done, took = _run(_gemini(clients), proxy, tmp_path, GEMINI_ENV)
+        assert done.returncode != 0
+        assert "spendfuse: budget 'global'" in done.stdout + done.stderr, done.stdout + done.stderr
+        refused = [r for r in rows(tmp_path / "ledger.sqlite") if r["model"]]
+        assert len(refused) == 1 and refused[0]["decision"] == "refused"  # one attempt, no retries
         assert took < 60
