@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from governance import ADDON_SCRIPT, DEFAULT_RULES, RULES_DIR, load_addon, money, policy, simulate_cli
+from governance import (
+    ADDON_SCRIPT,
+    DEFAULT_RULES,
+    RULES_DIR,
+    load_addon,
+    money,
+    policy,
+    report_cli,
+    simulate_cli,
+)
 from governance.checks.quota import budget_claim, rate_claims, rule_parts
 from governance.errors import LedgerUnavailable, PolicyError
 from governance.ledger import default_path as default_ledger_path
@@ -270,77 +278,7 @@ def cmd_migrate_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    ledger = _open_ledger(args.db)
-    if args.format != "text":
-        from governance import report
-
-        t = report.tables(ledger, args.since)
-        sys.stdout.write(report.as_json(t) + "\n" if args.format == "json" else report.as_csv(t))
-        return 0
-    by_model = ledger.spend_by_model(args.since)
-    by_model.sort(key=lambda r: money.summed(r, "cost"), reverse=True)
-    by_day = ledger.spend_by_day(args.since)
-    refused = ledger.refusals_by_rule(args.since)
-    print("spend by model")
-    print(
-        _table(
-            [
-                [r["model"], str(r["n"]), str(r["tin"]), str(r["tout"]), usd(money.summed(r, "cost"))]
-                for r in by_model
-            ],
-            ["model", "requests", "input tok", "output tok", "cost"],
-        )
-        if by_model
-        else "  (none)"
-    )
-    print("\nspend by day (UTC)")
-    print(
-        _table(
-            [[r["day"], str(r["n"]), usd(money.summed(r, "cost"))] for r in by_day],
-            ["day", "requests", "cost"],
-        )
-        if by_day
-        else "  (none)"
-    )
-    print("\nrefusals by rule")
-    print(_table([[r["rule"], str(r["n"])] for r in refused], ["rule", "count"]) if refused else "  (none)")
-    surcharged = ledger.spend_by_rules_table(args.since)
-    print("\nprices from the rules' fee and regional tables (rules/fees.yaml, rules/regional_prices.yaml)")
-    print(
-        _table(
-            [[r["model"], str(r["n"]), usd(from_micro(r["cost"])), r["source"]] for r in surcharged],
-            ["model", "requests", "cost", "price source"],
-        )
-        if surcharged
-        else "  (none)"
-    )
-    measured = ledger.input_estimates(args.since)
-    print("\ninput estimate against the real input (real / estimated: above 1 is an undercount)")
-    rows = estimator_errors(measured)
-    print(_table(rows, ["model", "requests", "median", "p99", "max", "undercounts"]) if rows else "  (none)")
-    return 0
-
-
-def estimator_errors(measured: list[dict]) -> list[list[str]]:
-    """Per model: how the real input compared with the estimate reserved for it."""
-    by_model: dict[str, list[float]] = {}
-    for r in measured:
-        by_model.setdefault(r["model"], []).append(r["real"] / r["est"])
-    rows = []
-    for model, ratios in sorted(by_model.items()):
-        ratios.sort()
-        p99 = ratios[min(len(ratios) - 1, int(0.99 * len(ratios)))]
-        rows.append(
-            [
-                model,
-                str(len(ratios)),
-                f"{statistics.median(ratios):.3f}",
-                f"{p99:.3f}",
-                f"{ratios[-1]:.3f}",
-                str(sum(x > 1 for x in ratios)),
-            ]
-        )
-    return rows
+    return report_cli.render(_open_ledger(args.db), args)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -456,10 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the SQLite ledger file")
     p.add_argument("target", help="postgresql://user@host/db, holding no requests yet")
     p.set_defaults(fn=cmd_migrate_ledger)
-    p = sub.add_parser("report", help="spend by model and by day")
+    p = sub.add_parser("report", help="spend by model, day, principal and budget; export; chart")
     p.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
     p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="csv, json: for export")
-    _common(p)
+    p.add_argument(
+        "--chart", metavar="FILE.html", help="write spend over time per budget, with its limit, as HTML"
+    )
+    _with_rules(p)
     p.set_defaults(fn=cmd_report)
     simulate_cli.add_parser(sub)
     p = sub.add_parser("schema", help="print the rules file's JSON schema")

@@ -93,6 +93,18 @@ class LedgerReports:
             params,
         )
 
+    def budget_claims_over_time(self, since: str | None = None) -> list[dict[str, Any]]:
+        """Every settled USD claim, oldest first: `scope` (the budget's counter), `window_start`,
+        `at` (when its request was made) and its `amount` pair (micro-USD and the rest)."""
+        return self.query(
+            "SELECT c.scope AS scope, c.window_start AS window_start, r.created_at AS at, "
+            "c.amount AS amount, c.amount_rest AS amount_rest FROM claims c "
+            "JOIN requests r ON r.id = c.request_id WHERE c.state = 'settled' AND c.unit = 'usd' "
+            + ("AND r.created_at >= ? " if since else "")
+            + "ORDER BY r.created_at, c.scope",
+            [since] if since else [],
+        )
+
     def refusals_by_rule(self, since: str | None = None) -> list[dict[str, Any]]:
         """Per rule: `rule`, `n` refusals, most first."""
         return self.query(
