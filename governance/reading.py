@@ -81,11 +81,7 @@ def read_request(
     )
     forward = _prepared(engine, endpoint, body, parsed)
     loop, refuse_loop, searches, forward = _tool_loop(engine, endpoint, body, parsed, forward)
-    if getattr(family, "BODY_FIXED", False) and forward is not None:
-        # A signed request cannot take a bound written into it: it is refused instead.
-        raise RequestParseError(
-            "this request is signed over its bytes, and spendfuse would have to change it"
-        )
+    _refuse_signed_rewrite(family, forward)
     info = RequestInfo(
         request_id=request_id,
         provider=provider,
@@ -119,6 +115,14 @@ def read_request(
         body_fixed=getattr(family, "BODY_FIXED", False),
     )
     return ReadRequest(info, forward, body, legacy_cap(engine.usage_rules.get(endpoint.entry)))
+
+
+def _refuse_signed_rewrite(family: object, forward: object) -> None:
+    """A signed request (`BODY_FIXED`) cannot take a bound written into it: it is refused instead."""
+    if getattr(family, "BODY_FIXED", False) and forward is not None:
+        raise RequestParseError(
+            "this request is signed over its bytes, and spendfuse would have to change it"
+        )
 
 
 def _deployed(
