@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import socket
 
+from tests.support.ports import free_port
 from tests.support.proxy import Proxy
 from tests.support.rawclient import TIMEOUT, Reply, read_reply
-
-
-def free_port() -> int:
-    """A loopback port free now (mitmproxy refuses two listeners on 127.0.0.1:0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gateway() -> dict[str, str]:

